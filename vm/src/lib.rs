@@ -1,0 +1,21 @@
+//! # skiff-vm: content-addressed functions on a resumable stack machine
+//!
+//! The one decision everything here follows from: **a function is identified by the hash of
+//! what it does**. Code is stored, shipped and cached as blobs whose SHA-256 covers exactly the
+//! bytes that affect execution (debug names and positions travel beside them). Two nodes that
+//! agree on a hash agree on behaviour, so a peer only ever needs the blobs it lacks, and a
+//! blob received from anywhere is trusted only after it is re-hashed and verified.
+//!
+//! Layers, bottom up: [`opcodes`] (the instruction set, defined once), [`blob`] (canonical
+//! encoding and hashing), [`module`] (compiled scripts, transitive blob closures),
+//! [`portable`] (send-copy values). The VM knows nothing of networks.
+
+pub mod blob;
+pub mod module;
+pub mod opcodes;
+pub mod portable;
+
+pub use blob::{Blob, BlobDebug, BlobHash, Const, FnRef, FunctionCode, FunctionDebug, FunctionId};
+pub use module::{transitive_closure, Module};
+pub use opcodes::Instr;
+pub use portable::Portable;
