@@ -162,7 +162,11 @@ pub enum BlobDecodeError {
     #[error("{0} trailing bytes after the blob")]
     TrailingBytes(usize),
     #[error("unknown {what} tag 0x{tag:02x} at byte {offset}")]
-    UnknownTag { what: &'static str, tag: u8, offset: usize },
+    UnknownTag {
+        what: &'static str,
+        tag: u8,
+        offset: usize,
+    },
     #[error("invalid UTF-8 in a string at byte {0}")]
     InvalidUtf8(usize),
     #[error("cell slots are not strictly ascending")]
@@ -243,7 +247,10 @@ impl Blob {
     /// Decodes canonical bytes; anything else is an error, never a panic.
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Blob, BlobDecodeError> {
         if bytes.len() > max_size {
-            return Err(BlobDecodeError::TooLarge { size: bytes.len(), limit: max_size });
+            return Err(BlobDecodeError::TooLarge {
+                size: bytes.len(),
+                limit: max_size,
+            });
         }
         let mut r = Reader { bytes, pos: 0 };
         if r.take(3)? != MAGIC {
@@ -285,7 +292,13 @@ impl Blob {
                         let len = r.count(1)?;
                         Const::Bytes(r.take(len)?.to_vec())
                     }
-                    tag => return Err(BlobDecodeError::UnknownTag { what: "constant", tag, offset }),
+                    tag => {
+                        return Err(BlobDecodeError::UnknownTag {
+                            what: "constant",
+                            tag,
+                            offset,
+                        })
+                    }
                 });
             }
             let n_refs = r.count(5)?;
@@ -296,9 +309,18 @@ impl Blob {
                     0 => FnRef::Local(r.u32()?),
                     1 => {
                         let blob = BlobHash(r.array()?);
-                        FnRef::External(FunctionId { blob, member: r.u32()? })
+                        FnRef::External(FunctionId {
+                            blob,
+                            member: r.u32()?,
+                        })
                     }
-                    tag => return Err(BlobDecodeError::UnknownTag { what: "reference", tag, offset }),
+                    tag => {
+                        return Err(BlobDecodeError::UnknownTag {
+                            what: "reference",
+                            tag,
+                            offset,
+                        })
+                    }
                 });
             }
             let n_natives = r.count(4)?;
@@ -306,7 +328,16 @@ impl Blob {
             for _ in 0..n_natives {
                 natives.push(r.string()?);
             }
-            functions.push(FunctionCode { arity, locals, upvals, cells, code, consts, refs, natives });
+            functions.push(FunctionCode {
+                arity,
+                locals,
+                upvals,
+                cells,
+                code,
+                consts,
+                refs,
+                natives,
+            });
         }
         if r.pos != bytes.len() {
             return Err(BlobDecodeError::TrailingBytes(bytes.len() - r.pos));
@@ -355,7 +386,9 @@ impl<'a> Reader<'a> {
     }
     fn array<const N: usize>(&mut self) -> Result<[u8; N], BlobDecodeError> {
         let pos = self.pos;
-        self.take(N)?.try_into().map_err(|_| BlobDecodeError::Truncated(pos))
+        self.take(N)?
+            .try_into()
+            .map_err(|_| BlobDecodeError::Truncated(pos))
     }
     fn u8(&mut self) -> Result<u8, BlobDecodeError> {
         Ok(self.array::<1>()?[0])
@@ -395,8 +428,19 @@ mod tests {
                 upvals: 0,
                 cells: vec![1],
                 code: vec![Instr::GetLocal { slot: 0 }, Instr::Return {}],
-                consts: vec![Const::Int(-1), Const::Float(0.5), Const::Str("é".into()), Const::Bytes(vec![0, 255])],
-                refs: vec![FnRef::Local(0), FnRef::External(FunctionId { blob: BlobHash([7; 32]), member: 2 })],
+                consts: vec![
+                    Const::Int(-1),
+                    Const::Float(0.5),
+                    Const::Str("é".into()),
+                    Const::Bytes(vec![0, 255]),
+                ],
+                refs: vec![
+                    FnRef::Local(0),
+                    FnRef::External(FunctionId {
+                        blob: BlobHash([7; 32]),
+                        member: 2,
+                    }),
+                ],
                 natives: vec!["print".into()],
             }],
         }
@@ -417,15 +461,24 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Blob::decode(&bytes[..cut], 1 << 20).is_err());
         }
-        assert!(matches!(Blob::decode(&bytes, 4), Err(BlobDecodeError::TooLarge { .. })));
+        assert!(matches!(
+            Blob::decode(&bytes, 4),
+            Err(BlobDecodeError::TooLarge { .. })
+        ));
         bytes.push(0);
-        assert_eq!(Blob::decode(&bytes, 1 << 20), Err(BlobDecodeError::TrailingBytes(1)));
+        assert_eq!(
+            Blob::decode(&bytes, 1 << 20),
+            Err(BlobDecodeError::TrailingBytes(1))
+        );
     }
 
     #[test]
     fn hostile_count_does_not_allocate() {
         let mut bytes = b"SKB\x01".to_vec();
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Blob::decode(&bytes, 1 << 20), Err(BlobDecodeError::Truncated(_))));
+        assert!(matches!(
+            Blob::decode(&bytes, 1 << 20),
+            Err(BlobDecodeError::Truncated(_))
+        ));
     }
 }

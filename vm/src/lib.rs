@@ -11,11 +11,16 @@
 //! [`portable`] (send-copy values). The VM knows nothing of networks.
 
 pub mod blob;
+pub mod function;
+pub mod heap;
 pub mod module;
+pub mod native;
 pub mod opcodes;
 pub mod portable;
+pub mod value;
 
 pub use blob::{Blob, BlobDebug, BlobHash, Const, FnRef, FunctionCode, FunctionDebug, FunctionId};
 pub use module::{transitive_closure, Module};
 pub use opcodes::Instr;
 pub use portable::Portable;
+pub use value::Value;

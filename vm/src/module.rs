@@ -64,6 +64,8 @@ pub fn transitive_closure<'a>(
 impl Module {
     /// The blobs needed to run `roots`, dependencies first.
     pub fn closure_of(&self, roots: &[FunctionId]) -> Result<Vec<BlobHash>, MissingBlob> {
-        transitive_closure(roots.iter().map(|f| f.blob), |h| self.blobs.get(h).map(|b| &**b))
+        transitive_closure(roots.iter().map(|f| f.blob), |h| {
+            self.blobs.get(h).map(|b| &**b)
+        })
     }
 }

@@ -333,7 +333,10 @@ mod tests {
     fn opcodes_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for (code, name, ..) in TABLE {
-            assert!(seen.insert(*code), "opcode 0x{code:02x} ({name}) used twice");
+            assert!(
+                seen.insert(*code),
+                "opcode 0x{code:02x} ({name}) used twice"
+            );
         }
     }
 
@@ -342,8 +345,15 @@ mod tests {
         let code = vec![
             Instr::Int { value: -7 },
             Instr::Const { index: 70000 },
-            Instr::Closure { func: 3, captures: 2 },
-            Instr::RemoteElse { func: 1, argc: 2, fallback: 9 },
+            Instr::Closure {
+                func: 3,
+                captures: 2,
+            },
+            Instr::RemoteElse {
+                func: 1,
+                argc: 2,
+                fallback: 9,
+            },
             Instr::Return {},
         ];
         let mut bytes = Vec::new();

@@ -30,7 +30,10 @@ pub enum Portable {
     /// `start..end`, end exclusive.
     Range(i64, i64),
     /// A closure: its function and the copied values of its captured cells.
-    Function { func: FunctionId, captures: Vec<Portable> },
+    Function {
+        func: FunctionId,
+        captures: Vec<Portable>,
+    },
 }
 
 impl Portable {
