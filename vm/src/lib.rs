@@ -13,6 +13,7 @@
 pub mod blob;
 pub mod function;
 pub mod heap;
+pub mod hop;
 pub mod module;
 pub mod native;
 pub mod opcodes;

@@ -1,0 +1,163 @@
+//! The meaning of a `remote` target (LANGUAGE.md §8), shared by every host.
+//!
+//! A script evaluates `TARGET` to a peer name, a list of names (tried in order) or a map
+//! `{peer: ..}` / `{peers: [..]}` with optional `context` and `timeout_ms`. [`HopTarget::parse`]
+//! turns that value into a plan; hosts (the in-process cluster, the QUIC node) carry it out and
+//! report failures with the error kinds defined here.
+//!
+//! Invariants:
+//! - A malformed target is a `TypeError`/`ValueError` raised in the caller; nothing is sent.
+//! - Failover moves to the next peer only on [`FAILOVER_KINDS`]; any other failure (a thrown
+//!   value, a runtime error, `MissingNative`, `LimitExceeded`) ends the hop at once.
+
+use crate::portable::Portable;
+use std::time::Duration;
+
+/// Error kinds after which the next peer of a list is tried, and `else` runs when all failed.
+pub const FAILOVER_KINDS: &[&str] = &["Unreachable", "Disconnected", "Refused", "Timeout"];
+
+/// The default execution context on every node.
+pub const DEFAULT_CONTEXT: &str = "default";
+
+/// Where and how a hop runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopTarget {
+    /// Peer names in the order they are tried; never empty.
+    pub peers: Vec<String>,
+    pub context: String,
+    pub timeout: Option<Duration>,
+}
+
+/// Why a target value is not a valid target; raised in the caller as `(kind, message)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+fn type_error(message: impl Into<String>) -> TargetError {
+    TargetError { kind: "TypeError", message: message.into() }
+}
+
+fn names(list: &[Portable]) -> Result<Vec<String>, TargetError> {
+    let peers = list
+        .iter()
+        .map(|p| match p {
+            Portable::Str(s) => Ok(s.clone()),
+            other => Err(type_error(format!("a peer name must be a string, got {}", kind_of(other)))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if peers.is_empty() {
+        return Err(TargetError { kind: "ValueError", message: "the peer list is empty".into() });
+    }
+    Ok(peers)
+}
+
+fn kind_of(p: &Portable) -> &'static str {
+    match p {
+        Portable::Nil => "nil",
+        Portable::Bool(_) => "bool",
+        Portable::Int(_) => "int",
+        Portable::Float(_) => "float",
+        Portable::Str(_) => "string",
+        Portable::Bytes(_) => "bytes",
+        Portable::List(_) => "list",
+        Portable::Map(_) => "map",
+        Portable::Range(..) => "range",
+        Portable::Function { .. } => "function",
+    }
+}
+
+impl HopTarget {
+    /// Reads a target value.
+    pub fn parse(target: &Portable) -> Result<HopTarget, TargetError> {
+        let mut plan = HopTarget { peers: Vec::new(), context: DEFAULT_CONTEXT.into(), timeout: None };
+        match target {
+            Portable::Str(name) => plan.peers.push(name.clone()),
+            Portable::List(list) => plan.peers = names(list)?,
+            Portable::Map(entries) => {
+                for (key, value) in entries {
+                    let Portable::Str(key) = key else {
+                        return Err(type_error("target map keys must be strings"));
+                    };
+                    match (key.as_str(), value) {
+                        ("peer", Portable::Str(name)) => plan.peers = vec![name.clone()],
+                        ("peers", Portable::List(list)) => plan.peers = names(list)?,
+                        ("context", Portable::Str(context)) => plan.context = context.clone(),
+                        ("timeout_ms", Portable::Int(ms)) if *ms >= 0 => {
+                            plan.timeout = Some(Duration::from_millis(*ms as u64))
+                        }
+                        ("timeout_ms", Portable::Int(_)) => {
+                            return Err(TargetError { kind: "ValueError", message: "timeout_ms must not be negative".into() })
+                        }
+                        ("peer" | "peers" | "context" | "timeout_ms", other) => {
+                            return Err(type_error(format!("target `{key}` cannot be {}", kind_of(other))))
+                        }
+                        _ => return Err(TargetError { kind: "ValueError", message: format!("unknown target key `{key}`") }),
+                    }
+                }
+                if plan.peers.is_empty() {
+                    return Err(TargetError { kind: "ValueError", message: "a target map needs `peer` or `peers`".into() });
+                }
+            }
+            other => return Err(type_error(format!("a remote target must be a string, list or map, got {}", kind_of(other)))),
+        }
+        Ok(plan)
+    }
+}
+
+/// Whether a failure of this kind moves on to the next peer (and finally to `else`).
+pub fn is_failover_kind(kind: &str) -> bool {
+    FAILOVER_KINDS.contains(&kind)
+}
+
+/// The error map a host reports for a failed hop: `{"kind", "message", "peer"}`.
+pub fn hop_error(kind: &str, message: impl Into<String>, peer: &str) -> Portable {
+    Portable::Map(vec![
+        (Portable::Str("kind".into()), Portable::Str(kind.into())),
+        (Portable::Str("message".into()), Portable::Str(message.into())),
+        (Portable::Str("peer".into()), Portable::Str(peer.into())),
+    ])
+}
+
+/// The `kind` of an error map, if the value is one.
+pub fn error_kind(error: &Portable) -> Option<&str> {
+    let Portable::Map(entries) = error else { return None };
+    entries.iter().find_map(|(k, v)| match (k, v) {
+        (Portable::Str(k), Portable::Str(v)) if k == "kind" => Some(v.as_str()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(text: &str) -> Portable {
+        Portable::Str(text.into())
+    }
+
+    #[test]
+    fn parses_every_target_form() {
+        assert_eq!(HopTarget::parse(&s("a")).unwrap().peers, vec!["a"]);
+        let list = Portable::List(vec![s("x"), s("y")]);
+        assert_eq!(HopTarget::parse(&list).unwrap().peers, vec!["x", "y"]);
+        let map = Portable::Map(vec![
+            (s("peers"), list),
+            (s("context"), s("gpu")),
+            (s("timeout_ms"), Portable::Int(250)),
+        ]);
+        let plan = HopTarget::parse(&map).unwrap();
+        assert_eq!((plan.context.as_str(), plan.timeout), ("gpu", Some(Duration::from_millis(250))));
+    }
+
+    #[test]
+    fn rejects_malformed_targets() {
+        assert_eq!(HopTarget::parse(&Portable::Int(3)).unwrap_err().kind, "TypeError");
+        assert_eq!(HopTarget::parse(&Portable::List(vec![])).unwrap_err().kind, "ValueError");
+        let no_peer = Portable::Map(vec![(s("context"), s("x"))]);
+        assert_eq!(HopTarget::parse(&no_peer).unwrap_err().kind, "ValueError");
+        let bad_key = Portable::Map(vec![(s("peer"), s("a")), (s("colour"), s("x"))]);
+        assert!(HopTarget::parse(&bad_key).unwrap_err().message.contains("colour"));
+    }
+}
