@@ -328,6 +328,67 @@ impl Value {
     }
 }
 
+/// Drops values without recursing once per nesting level: the children of a container
+/// that is being freed are moved onto an explicit worklist instead of being dropped in
+/// place, so a list nested a million deep (or a chain of closures over cells) cannot
+/// overflow the Rust stack when it is released.
+fn release(mut pending: Vec<Value>) {
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::List(rc) => {
+                if let Ok(mut list) = Rc::try_unwrap(rc) {
+                    pending.append(list.items.get_mut());
+                }
+            }
+            Value::Map(rc) => {
+                if let Ok(mut map) = Rc::try_unwrap(rc) {
+                    pending.extend(map.entries.get_mut().drain(..).map(|(_, v)| v));
+                }
+            }
+            Value::Cell(rc) => {
+                if let Ok(mut cell) = Rc::try_unwrap(rc) {
+                    pending.push(std::mem::take(cell.value.get_mut()));
+                }
+            }
+            Value::Function(rc) => {
+                if let Ok(mut closure) = Rc::try_unwrap(rc) {
+                    pending.extend(std::mem::take(&mut closure.upvals).into_vec().into_iter().map(Value::Cell));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for ListObj {
+    fn drop(&mut self) {
+        release(std::mem::take(self.items.get_mut()));
+    }
+}
+
+impl Drop for MapObj {
+    fn drop(&mut self) {
+        release(self.entries.get_mut().drain(..).map(|(_, v)| v).collect());
+    }
+}
+
+impl Drop for CellObj {
+    fn drop(&mut self) {
+        let value = std::mem::take(self.value.get_mut());
+        if matches!(value, Value::List(_) | Value::Map(_) | Value::Cell(_) | Value::Function(_)) {
+            release(vec![value]);
+        }
+    }
+}
+
+impl Drop for Closure {
+    fn drop(&mut self) {
+        if !self.upvals.is_empty() {
+            release(std::mem::take(&mut self.upvals).into_vec().into_iter().map(Value::Cell).collect());
+        }
+    }
+}
+
 fn str_obj(text: &str) -> Rc<StrObj> {
     match Value::str(text) {
         Value::Str(s) => s,
@@ -342,6 +403,29 @@ mod tests {
     #[test]
     fn value_is_two_words() {
         assert_eq!(std::mem::size_of::<Value>(), 16);
+    }
+
+    #[test]
+    fn dropping_deep_nesting_does_not_overflow_a_small_stack() {
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let mut list = Value::list(vec![]);
+                let mut map = Value::map(Entries::new());
+                let mut cell = CellObj::new(Value::Nil);
+                for _ in 0..200_000 {
+                    list = Value::list(vec![list]);
+                    let mut entries = Entries::new();
+                    entries.insert(Key::Int(0), map);
+                    map = Value::map(entries);
+                    cell = CellObj::new(Value::Cell(cell));
+                }
+                let before = crate::heap::live();
+                drop((list, map, cell));
+                assert!(crate::heap::live() < before);
+            })
+            .unwrap();
+        handle.join().unwrap();
     }
 
     #[test]
