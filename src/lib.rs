@@ -1,1 +1,144 @@
-//! skiff facade
+//! # Skiff: distributed code that looks like local code
+//!
+//! This crate is the front door: it compiles Skiff scripts, runs them under host-chosen
+//! limits, lets a host add its own native functions, and (through [`cluster`]) runs
+//! `remote` blocks on other VM instances. The key decision it embodies is that **the host is
+//! always in control**: an execution never blocks a thread or recurses on the Rust stack; it
+//! runs in slices and comes back to the host whenever it finishes, fails, or waits on
+//! something only the host can provide (a remote result, a timer). Everything below —
+//! the in-process cluster here, the QUIC node in `skiff-transport` — is a host loop that
+//! feeds those suspensions.
+//!
+//! ```
+//! use skiff::{Engine, Limits};
+//!
+//! let mut engine = Engine::new(Limits::default());
+//! engine.register_fn("greet", |name: String| format!("hello, {name}"));
+//! let module = engine.compile("fn hi(n) { greet(n) + \"!\" }", "hi.skiff").unwrap();
+//! let text: String = engine.call(&module, "hi", ("ada",)).unwrap();
+//! assert_eq!(text, "hello, ada!");
+//! ```
+
+pub mod cluster;
+pub mod convert;
+pub mod report;
+
+pub use convert::{FromPortable, FromValue, IntoArgs, IntoNative, IntoPortable, IntoValue};
+pub use skiff_compiler::{CompileOptions, Diagnostic, Severity};
+pub use skiff_vm::native::{NativeCtx, NativeError, NodeInfo};
+pub use skiff_vm::{ExecError, ExecIo, Limits, Module, Portable, Value};
+
+use cluster::{LocalCluster, RunError};
+
+/// Why a compile, load or call through the facade failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("compile errors:\n{}", .0.iter().map(|d| format!("  {}", d.message)).collect::<Vec<_>>().join("\n"))]
+    Compile(Vec<Diagnostic>),
+    #[error("no exported function `{0}`")]
+    NoSuchFunction(String),
+    #[error("{}: {}", .0.kind, .0.message)]
+    Runtime(ExecError),
+    #[error("{0}")]
+    Host(String),
+    #[error("unexpected result: {0}")]
+    Result(String),
+}
+
+impl From<RunError> for Error {
+    fn from(e: RunError) -> Error {
+        match e {
+            RunError::Failed(error) => Error::Runtime(error),
+            other => Error::Host(other.to_string()),
+        }
+    }
+}
+
+/// Compiles scripts and runs them with the host's natives and limits.
+pub struct Engine {
+    vm: skiff_vm::Engine,
+    natives: Vec<String>,
+    limits: Limits,
+}
+
+impl Engine {
+    /// An engine whose executions run under `limits`.
+    pub fn new(limits: Limits) -> Engine {
+        Engine { vm: skiff_vm::Engine::new(), natives: Vec::new(), limits }
+    }
+
+    /// The limits new executions get.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Adds a typed host function: `engine.register_fn("add", |a: i64, b: i64| a + b)`.
+    /// Arguments convert with [`FromValue`] (a mismatch is a `TypeError` in the script);
+    /// the result with [`IntoValue`]; a returned `Err(e)` raises `HostError` with `e`'s text.
+    pub fn register_fn<Args, F: IntoNative<Args> + 'static>(&mut self, name: &str, f: F) {
+        let owned = name.to_owned();
+        self.register_native(name, move |_, args| {
+            if args.len() != f.arity() {
+                return Err(NativeError::error(
+                    "ArityError",
+                    format!("{owned} takes {} arguments, got {}", f.arity(), args.len()),
+                ));
+            }
+            f.call(args)
+        });
+    }
+
+    /// Adds a raw host function that sees the VM's values and context directly.
+    pub fn register_native(
+        &mut self,
+        name: &str,
+        f: impl Fn(&mut NativeCtx<'_>, &[Value]) -> Result<Value, NativeError> + 'static,
+    ) {
+        self.natives.push(name.to_owned());
+        self.vm.register_native(name, f);
+    }
+
+    /// The names of the registered host natives (what the compiler accepts besides builtins).
+    pub fn native_names(&self) -> &[String] {
+        &self.natives
+    }
+
+    /// The VM engine, for hosts that drive executions themselves.
+    pub fn vm(&self) -> &skiff_vm::Engine {
+        &self.vm
+    }
+
+    /// Compiles `source`; warnings are dropped, errors returned all together.
+    pub fn compile(&self, source: &str, file: &str) -> Result<Module, Error> {
+        let options = CompileOptions { natives: self.natives.clone() };
+        let output = skiff_compiler::compile(source, file, &options);
+        output.module.ok_or_else(|| {
+            Error::Compile(output.diagnostics.into_iter().filter(|d| d.severity == Severity::Error).collect())
+        })
+    }
+
+    /// Calls the exported function `name` with `args` and converts the result.
+    pub fn call<R: FromPortable>(&self, module: &Module, name: &str, args: impl IntoArgs) -> Result<R, Error> {
+        let func = *module.exports.get(name).ok_or_else(|| Error::NoSuchFunction(name.to_owned()))?;
+        let value = self.run_function(module, func, args.into_args(), &[])?;
+        R::from_portable(value).map_err(Error::Result)
+    }
+
+    /// Runs a script's top level on a node named `main`, with in-process `peers`.
+    pub fn run(&self, module: &Module, peers: &[String]) -> Result<Portable, Error> {
+        self.run_function(module, module.entry, Vec::new(), peers)
+    }
+
+    fn run_function(&self, module: &Module, func: skiff_vm::FunctionId, args: Vec<Portable>, peers: &[String]) -> Result<Portable, Error> {
+        let mut names = vec!["main".to_owned()];
+        names.extend(peers.iter().cloned());
+        let io: cluster::IoFactory = Box::new(|| ExecIo { out: Box::new(std::io::stdout()), err: Box::new(std::io::stderr()) });
+        let mut cluster = LocalCluster::new(&self.vm, &names, self.limits.clone(), io);
+        cluster
+            .store_mut("main")
+            .expect("main exists")
+            .add_module(module)
+            .map_err(|e| Error::Host(e.to_string()))?;
+        Ok(cluster.run("main", func, args)?)
+    }
+}

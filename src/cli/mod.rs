@@ -1,0 +1,127 @@
+//! Command-line parsing and the sub-commands of `skiff`.
+//!
+//! Invariant: every sub-command returns an exit code; only `main` exits the process.
+
+mod cert;
+mod disasm;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
+use skiff::cluster::{LocalCluster, RunError};
+use skiff::{report, CompileOptions, Engine, ExecIo, Limits, Module, Severity};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(name = "skiff", version, about = "Run Skiff scripts; run parts of them on other nodes")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compile and run a script.
+    Run(RunArgs),
+    /// Report diagnostics without running.
+    Check { file: PathBuf },
+    /// Compile to one file per blob plus a manifest of exports.
+    Compile {
+        file: PathBuf,
+        /// Output directory.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Disassemble a script or a compiled directory.
+    Disasm { path: PathBuf },
+    /// Make certificates: a CA, CA-signed node certificates, or pinned dev certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    file: PathBuf,
+    /// Instructions the execution may run (default: unlimited).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Maximum call depth.
+    #[arg(long, default_value_t = Limits::default().max_depth)]
+    max_depth: usize,
+    /// Maximum live heap bytes.
+    #[arg(long)]
+    max_heap: Option<usize>,
+    /// Wall-clock limit for the whole run, in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Run `remote` blocks on in-process peers with these names (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    local_peers: Vec<String>,
+}
+
+pub fn main(cli: Cli) -> i32 {
+    let outcome = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check { file } => load(&file).map(|m| if m.is_some() { 0 } else { 2 }),
+        Command::Compile { file, out } => compile(&file, &out),
+        Command::Disasm { path } => disasm::main(&path),
+        Command::Cert(command) => cert::main(command),
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        2
+    })
+}
+
+/// Compiles `file`, printing every diagnostic; `None` when there were errors.
+fn load(file: &Path) -> Result<Option<Module>> {
+    let source = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let name = file.display().to_string();
+    let output = skiff_compiler::compile(&source, &name, &CompileOptions::default());
+    let mut stderr = StandardStream::stderr(ColorChoice::Auto);
+    report::diagnostics(&mut stderr, &name, &source, &output.diagnostics);
+    let failed = output.diagnostics.iter().any(|d| d.severity == Severity::Error);
+    Ok(if failed { None } else { output.module })
+}
+
+fn run(args: RunArgs) -> Result<i32> {
+    let Some(module) = load(&args.file)? else { return Ok(2) };
+    let limits = Limits {
+        fuel: args.fuel,
+        max_depth: args.max_depth,
+        max_heap: args.max_heap,
+        deadline: args.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+    };
+    let engine = Engine::new(limits.clone());
+    let mut names = vec!["main".to_owned()];
+    names.extend(args.local_peers);
+    let io: skiff::cluster::IoFactory =
+        Box::new(|| ExecIo { out: Box::new(std::io::stdout()), err: Box::new(std::io::stderr()) });
+    let mut cluster = LocalCluster::new(engine.vm(), &names, limits, io);
+    cluster.store_mut("main").expect("main exists").add_module(&module)?;
+    match cluster.run("main", module.entry, Vec::new()) {
+        Ok(_) => Ok(0),
+        Err(RunError::Failed(error)) => {
+            report::runtime_error(&mut std::io::stderr(), &error);
+            Ok(1)
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn compile(file: &Path, out: &Path) -> Result<i32> {
+    let Some(module) = load(file)? else { return Ok(2) };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (hash, blob) in &module.blobs {
+        let path = out.join(format!("{hash}.blob"));
+        std::fs::write(&path, blob.encode()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut manifest = format!("entry {}\n", module.entry);
+    for (name, func) in &module.exports {
+        manifest.push_str(&format!("export {name} {func}\n"));
+    }
+    std::fs::write(out.join("manifest"), manifest).context("cannot write the manifest")?;
+    println!("{} blobs written to {}", module.blobs.len(), out.display());
+    Ok(0)
+}

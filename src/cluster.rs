@@ -1,0 +1,346 @@
+//! An in-process cluster: several named VM instances in one thread, each with its own
+//! blob store, that carry out `remote` hops between them without any network.
+//!
+//! This is what `skiff run --local-peers a,b` uses, and the reference for what a hop does:
+//! parse the target, try its peers in order, ship exactly the blobs the callee's store lacks
+//! (the transitive closure of the body and of any closures in the arguments), run the body
+//! under the callee's limits, and report the outcome with the error kinds of LANGUAGE.md §8.
+//! The QUIC node does the same over the wire.
+//!
+//! Invariants:
+//! - A node's store receives only blobs some hop needed; every blob is verified on insert.
+//! - Executions are stepped in slices, so one busy node cannot starve the others, and no
+//!   script call recurses on the Rust stack (hops are records in `running`, not calls).
+//! - When an execution ends, every hop it started and is still running is cancelled.
+
+use skiff_vm::hop::{error_kind, hop_error, is_failover_kind, HopTarget, DEFAULT_CONTEXT};
+use skiff_vm::native::NodeInfo;
+use skiff_vm::{
+    BlobHash, CodeStore, Engine, ExecError, ExecIo, Execution, FunctionId, Limits, Portable,
+    RemoteFailure, RemoteRequest, Status,
+};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Makes the output sinks of each new execution.
+pub type IoFactory = Box<dyn Fn() -> ExecIo>;
+
+/// Counters a node keeps about the code it received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub blobs_received: usize,
+    pub blob_bytes_received: usize,
+    pub calls_served: usize,
+}
+
+struct LocalNode {
+    store: CodeStore,
+    stats: NodeStats,
+}
+
+/// A hop in progress: which peers are left to try and where the answer goes.
+struct Hop {
+    caller: usize,
+    request: RemoteRequest,
+    plan: HopTarget,
+    next_peer: usize,
+    deadline: Option<Instant>,
+}
+
+struct Running {
+    node: String,
+    exec: Execution,
+    /// `None` for the top level; otherwise the hop this execution is serving.
+    hop: Option<Hop>,
+    runnable: bool,
+    wake_at: Option<Instant>,
+}
+
+/// Several named nodes in one process.
+pub struct LocalCluster<'e> {
+    engine: &'e Engine,
+    nodes: BTreeMap<String, LocalNode>,
+    limits: Limits,
+    io: IoFactory,
+    running: Vec<Option<Running>>,
+}
+
+impl<'e> LocalCluster<'e> {
+    /// A cluster of `names` (the first runs the top level), each node applying `limits`.
+    pub fn new(engine: &'e Engine, names: &[String], limits: Limits, io: IoFactory) -> Self {
+        let nodes = names
+            .iter()
+            .map(|n| (n.clone(), LocalNode { store: CodeStore::new(), stats: NodeStats::default() }))
+            .collect();
+        LocalCluster { engine, nodes, limits, io, running: Vec::new() }
+    }
+
+    /// The blob store of `node`, e.g. to load a module into it.
+    pub fn store_mut(&mut self, node: &str) -> Option<&mut CodeStore> {
+        self.nodes.get_mut(node).map(|n| &mut n.store)
+    }
+
+    /// The hashes `node` holds.
+    pub fn hashes(&self, node: &str) -> Vec<BlobHash> {
+        self.nodes.get(node).map(|n| n.store.hashes()).unwrap_or_default()
+    }
+
+    /// What `node` received.
+    pub fn stats(&self, node: &str) -> NodeStats {
+        self.nodes.get(node).map(|n| n.stats).unwrap_or_default()
+    }
+
+    fn node_info(&self, here: &str, caller: Option<&str>) -> NodeInfo {
+        NodeInfo {
+            here: here.to_owned(),
+            caller: caller.map(str::to_owned),
+            peers: self.nodes.keys().filter(|n| *n != here).cloned().collect(),
+        }
+    }
+
+    /// Runs `func(args)` on `node` to completion, serving every hop it makes.
+    pub fn run(&mut self, node: &str, func: FunctionId, args: Vec<Portable>) -> Result<Portable, RunError> {
+        let store = &self.nodes.get(node).ok_or_else(|| RunError::UnknownNode(node.to_owned()))?.store;
+        let info = self.node_info(node, None);
+        let exec = Execution::start(self.engine, store, func, args, info, self.limits.clone(), (self.io)())
+            .map_err(|e| RunError::Start(e.to_string()))?;
+        self.running.push(Some(Running { node: node.to_owned(), exec, hop: None, runnable: true, wake_at: None }));
+        let top = self.running.len() - 1;
+        loop {
+            let now = Instant::now();
+            self.expire_hops(now);
+            for id in 0..self.running.len() {
+                let due = match &self.running[id] {
+                    Some(r) => r.runnable || r.wake_at.is_some_and(|w| w <= now),
+                    None => false,
+                };
+                if !due {
+                    continue;
+                }
+                if let Some(result) = self.step(id, now) {
+                    if id == top {
+                        self.running.clear();
+                        return result.map_err(RunError::Failed);
+                    }
+                    self.finish(id, result);
+                }
+            }
+            if self.running.iter().flatten().any(|r| r.runnable) {
+                continue;
+            }
+            let next = self
+                .running
+                .iter()
+                .flatten()
+                .flat_map(|r| [r.wake_at, r.hop.as_ref().and_then(|h| h.deadline)])
+                .flatten()
+                .min();
+            match next {
+                Some(at) => std::thread::sleep(at.saturating_duration_since(Instant::now())),
+                None => {
+                    self.running.clear();
+                    return Err(RunError::Stalled);
+                }
+            }
+        }
+    }
+
+    /// Runs one slice of execution `id`; `Some` when it ended.
+    fn step(&mut self, id: usize, now: Instant) -> Option<Result<Portable, ExecError>> {
+        let running = self.running[id].as_mut()?;
+        let status = running.exec.run(now);
+        let requests = running.exec.take_requests();
+        running.runnable = false;
+        running.wake_at = None;
+        let ended = match status {
+            Status::Done(value) => Some(Ok(value)),
+            Status::Failed(error) => Some(Err(error)),
+            Status::Blocked { wake_at } => {
+                running.wake_at = wake_at;
+                None
+            }
+            Status::Yielded => {
+                running.runnable = true;
+                None
+            }
+        };
+        if ended.is_none() {
+            for request in requests {
+                self.start_hop(id, request, now);
+            }
+        }
+        ended
+    }
+
+    fn start_hop(&mut self, caller: usize, request: RemoteRequest, now: Instant) {
+        match HopTarget::parse(&request.target) {
+            Ok(plan) => {
+                let deadline = plan.timeout.map(|t| now + t);
+                self.try_next_peer(Hop { caller, request, plan, next_peer: 0, deadline }, None);
+            }
+            Err(e) => {
+                let error = Portable::Map(vec![
+                    (Portable::Str("kind".into()), Portable::Str(e.kind.into())),
+                    (Portable::Str("message".into()), Portable::Str(e.message)),
+                ]);
+                self.answer(caller, request.id, Err(RemoteFailure { error, trace: Vec::new() }));
+            }
+        }
+    }
+
+    /// Starts the hop on its next peer, or answers the caller with the last failure.
+    fn try_next_peer(&mut self, mut hop: Hop, mut last: Option<Portable>) {
+        while let Some(peer) = hop.plan.peers.get(hop.next_peer).cloned() {
+            hop.next_peer += 1;
+            match self.launch(&hop, &peer) {
+                Ok(exec) => {
+                    self.running.push(Some(Running { node: peer, exec, hop: Some(hop), runnable: true, wake_at: None }));
+                    return;
+                }
+                Err(error) => {
+                    let failover = error_kind(&error).is_some_and(is_failover_kind);
+                    last = Some(error);
+                    if !failover {
+                        break;
+                    }
+                }
+            }
+        }
+        let error = last.unwrap_or_else(|| hop_error("Unreachable", "no peer to try", ""));
+        self.answer(hop.caller, hop.request.id, Err(RemoteFailure { error, trace: Vec::new() }));
+    }
+
+    /// Ships the blobs the hop needs to `peer` and starts the body there.
+    fn launch(&mut self, hop: &Hop, peer: &str) -> Result<Execution, Portable> {
+        let caller_node = self.running[hop.caller].as_ref().map(|r| r.node.clone()).unwrap_or_default();
+        if !self.nodes.contains_key(peer) {
+            return Err(hop_error("Unreachable", format!("unknown peer `{peer}`"), peer));
+        }
+        if hop.plan.context != DEFAULT_CONTEXT {
+            return Err(hop_error("Refused", format!("peer `{peer}` has no context `{}`", hop.plan.context), peer));
+        }
+        let mut roots = vec![hop.request.func];
+        hop.request.args.iter().for_each(|a| a.functions(&mut roots));
+        let needed = self.nodes[&caller_node]
+            .store
+            .closure_of(&roots)
+            .map_err(|e| hop_error("Refused", e.to_string(), peer))?;
+        self.ship(&caller_node, peer, &needed)?;
+        let mut limits = self.limits.clone();
+        limits.deadline = match (limits.deadline, hop.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let info = self.node_info(peer, Some(&caller_node));
+        let node = self.nodes.get_mut(peer).expect("checked above");
+        node.stats.calls_served += 1;
+        Execution::start(self.engine, &node.store, hop.request.func, hop.request.args.clone(), info, limits, (self.io)())
+            .map_err(|e| match e.missing_native() {
+                Some(name) => hop_error("MissingNative", format!("peer `{peer}` has no native `{name}`"), peer),
+                None => hop_error("Refused", e.to_string(), peer),
+            })
+    }
+
+    /// Copies the blobs of `needed` that `peer` lacks from `caller`'s store into `peer`'s.
+    fn ship(&mut self, caller: &str, peer: &str, needed: &[BlobHash]) -> Result<(), Portable> {
+        if caller == peer {
+            return Ok(()); // a hop to oneself: the store already holds everything.
+        }
+        let missing: Vec<_> = {
+            let (source, target) = (&self.nodes[caller].store, &self.nodes[peer].store);
+            needed
+                .iter()
+                .filter(|h| !target.contains(h))
+                .map(|h| source.get(h).ok_or_else(|| hop_error("Refused", format!("blob {h} missing"), peer)))
+                .collect::<Result<_, _>>()?
+        };
+        let target = self.nodes.get_mut(peer).expect("peer exists");
+        for (blob, debug) in missing {
+            target.stats.blobs_received += 1;
+            target.stats.blob_bytes_received += blob.encode().len();
+            target.store.insert(blob, debug).map_err(|e| hop_error("Refused", e.to_string(), peer))?;
+        }
+        Ok(())
+    }
+
+    /// An execution serving a hop ended: answer its caller (or fail over on a timeout).
+    fn finish(&mut self, id: usize, result: Result<Portable, ExecError>) {
+        let Some(running) = self.running[id].take() else { return };
+        self.cancel_children(id);
+        let Some(hop) = running.hop else { return };
+        let peer = running.node;
+        match result {
+            Ok(value) => self.answer(hop.caller, hop.request.id, Ok(value)),
+            Err(error) => {
+                let failure = match error.limit {
+                    Some(_) if hop.deadline.is_some_and(|d| d <= Instant::now()) => {
+                        return self.try_next_peer(hop, Some(hop_error("Timeout", format!("hop to `{peer}` timed out"), &peer)));
+                    }
+                    Some(limit) => RemoteFailure {
+                        error: hop_error("LimitExceeded", format!("peer `{peer}` stopped the body: {limit}"), &peer),
+                        trace: error.trace,
+                    },
+                    None => {
+                        let mut trace = error.trace;
+                        for frame in &mut trace {
+                            frame.peer.get_or_insert_with(|| peer.clone());
+                        }
+                        RemoteFailure { error: error.error, trace }
+                    }
+                };
+                self.answer(hop.caller, hop.request.id, Err(failure));
+            }
+        }
+    }
+
+    /// Cancels hops whose deadline passed and fails them over as `Timeout`.
+    fn expire_hops(&mut self, now: Instant) {
+        for id in 0..self.running.len() {
+            let expired = self.running[id]
+                .as_ref()
+                .and_then(|r| r.hop.as_ref())
+                .is_some_and(|h| h.deadline.is_some_and(|d| d <= now));
+            if expired {
+                let Some(mut running) = self.running[id].take() else { continue };
+                running.exec.cancel();
+                self.cancel_children(id);
+                if let Some(hop) = running.hop {
+                    let peer = running.node;
+                    self.try_next_peer(hop, Some(hop_error("Timeout", format!("hop to `{peer}` timed out"), &peer)));
+                }
+            }
+        }
+    }
+
+    fn cancel_children(&mut self, parent: usize) {
+        let children: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].as_ref().and_then(|r| r.hop.as_ref()).is_some_and(|h| h.caller == parent))
+            .collect();
+        for child in children {
+            if let Some(mut running) = self.running[child].take() {
+                running.exec.cancel();
+                self.cancel_children(child);
+            }
+        }
+    }
+
+    fn answer(&mut self, caller: usize, request: u64, outcome: Result<Portable, RemoteFailure>) {
+        if let Some(running) = self.running[caller].as_mut() {
+            running.exec.resolve(request, outcome);
+            running.runnable = true;
+        }
+    }
+}
+
+/// Why a cluster run did not produce a value.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no node named `{0}`")]
+    UnknownNode(String),
+    #[error("{0}")]
+    Start(String),
+    #[error("execution failed")]
+    Failed(ExecError),
+    #[error("every task is waiting and nothing can wake it")]
+    Stalled,
+}
