@@ -1,0 +1,1627 @@
+//! The per-connection protocol state machine (sans-IO).
+//!
+//! A [`Connection`] is fed stream bytes, stream ends and time, and produces [`Transmit`]s
+//! (bytes to write on a stream) and [`Event`]s (calls to run, results, cancellations).
+//! It never touches a socket or a clock: the transport maps [`StreamId`]s to QUIC streams
+//! and passes `now` in, as `quinn` does with `quinn-proto`.
+//!
+//! Streams (QUIC numbering, bidirectional only: `id = 4 * index + initiator`, initiator
+//! 0 = client/dialer, 1 = server/acceptor):
+//! - stream 0 (the client's first) is the control stream: hello both ways, error replies;
+//! - every call runs on its own stream opened by the caller; either side may open calls.
+//!
+//! Invariants:
+//! - Nothing the peer sends can panic this code or make it allocate beyond the configured
+//!   limits: frame lengths are checked before buffering, every decode is bounded.
+//! - Every blob received is re-hashed before it is stored or verified; a mismatch stores
+//!   nothing, fails the call with `hash_mismatch`, and `max_offences` of them close the
+//!   connection.
+//! - An incoming call's closure is pinned in the store from the time its blobs are known
+//!   until the node responds, the call is cancelled, or the connection closes.
+//! - The known-held records (blobs and sidecars the peer holds) only grow on evidence: a
+//!   blob on a successful response (or the peer pushing it to us); a sidecar when the peer
+//!   sent it to us with the retain flag, or when it answered on (or finished) the stream
+//!   that carried ours.
+//! - An unknown or malformed message is answered with an error reply on its stream; it
+//!   never closes the connection.
+
+use crate::frame::{decode_frame, FrameStatus, FrameType, HEADER_LEN};
+use crate::limits::{check, Config, Limit, LimitExceeded};
+use crate::message::{
+    decode_message, encode_message, encode_sidecar, CallRequest, CallResponse, ErrorKind,
+    ErrorReply, Hello, Message, MessageError, RemoteError, Target, PROTOCOL_VERSION,
+};
+use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
+use crate::value::{SidecarHash, SidecarOut};
+use bytes::{Bytes, BytesMut};
+use skiff_vm::{BlobHash, FunctionId, Portable};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Which end of the connection this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The dialer: opens the control stream and sends hello first.
+    Client,
+    /// The acceptor.
+    Server,
+}
+
+/// An abstract bidirectional stream id, numbered as QUIC numbers bidirectional streams.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+impl StreamId {
+    /// The `index`th bidirectional stream opened by `initiator`.
+    pub fn new(initiator: Side, index: u64) -> StreamId {
+        StreamId(index << 2 | matches!(initiator, Side::Server) as u64)
+    }
+    pub fn initiator(self) -> Side {
+        if self.0 & 1 == 0 {
+            Side::Client
+        } else {
+            Side::Server
+        }
+    }
+    pub fn index(self) -> u64 {
+        self.0 >> 2
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = match self.initiator() {
+            Side::Client => "c",
+            Side::Server => "s",
+        };
+        write!(f, "stream {}{}", who, self.index())
+    }
+}
+
+/// The control stream (hello, connection-level error replies).
+pub const CONTROL_STREAM: StreamId = StreamId(0);
+
+/// A call is identified by the stream it runs on.
+pub type CallId = StreamId;
+
+/// Bytes to write on a stream, in order; `fin` finishes the send side afterwards.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transmit {
+    pub stream: StreamId,
+    pub data: Bytes,
+    pub fin: bool,
+}
+
+/// What the peer said about itself at hello.
+pub type PeerInfo = Hello;
+
+/// A call for the node to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncomingCall {
+    pub id: CallId,
+    pub target: Target,
+    pub context: Portable,
+    pub args: Vec<Portable>,
+    /// When the node must give up: now + min(caller's deadline, `max_call_duration`).
+    pub deadline: Instant,
+    pub caller: String,
+    pub hops: Vec<String>,
+    /// The closure of the target and of every function in the arguments and context,
+    /// dependencies first; all present (and pinned) in the store until the call ends.
+    pub blobs: Vec<BlobHash>,
+}
+
+impl IncomingCall {
+    /// The hop chain a nested call made while running this one should carry.
+    pub fn nested_hops(&self) -> Vec<String> {
+        let mut hops = self.hops.clone();
+        hops.push(self.caller.clone());
+        hops
+    }
+}
+
+/// What to call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallOptions {
+    pub target: Target,
+    pub args: Vec<Portable>,
+    pub context: Portable,
+    /// Relative deadline; the call fails with `deadline_exceeded` after it.
+    pub deadline: Option<Duration>,
+    /// Hop chain (use [`IncomingCall::nested_hops`] for a call made inside a call).
+    pub hops: Vec<String>,
+}
+
+impl CallOptions {
+    /// A call of a function by hash with these arguments, no deadline.
+    pub fn function(func: FunctionId, args: Vec<Portable>) -> CallOptions {
+        CallOptions {
+            target: Target::Function(func),
+            args,
+            context: Portable::Nil,
+            deadline: None,
+            hops: Vec::new(),
+        }
+    }
+
+    /// A call of an exported name.
+    pub fn named(name: impl Into<String>, args: Vec<Portable>) -> CallOptions {
+        CallOptions {
+            target: Target::Name(name.into()),
+            ..CallOptions::function(
+                FunctionId {
+                    blob: BlobHash([0; 32]),
+                    member: 0,
+                },
+                args,
+            )
+        }
+    }
+}
+
+/// Why the connection ended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    #[error("protocol version mismatch: we speak {ours}, the peer {theirs}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("the peer refused the connection: {0}")]
+    PeerRefused(String),
+    #[error("{count} hash mismatches from the peer")]
+    TooManyOffences { count: u32 },
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("closed locally: {0}")]
+    Local(String),
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+/// Events for the node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Hello exchanged; calls may flow.
+    Connected(PeerInfo),
+    /// Run this and [`Connection::respond`].
+    IncomingCall(IncomingCall),
+    /// An outgoing call finished.
+    CallResult {
+        id: CallId,
+        result: Result<Portable, RemoteError>,
+    },
+    /// Stop running an incoming call (`Cancelled`, `DeadlineExceeded` or `ConnectionLost`);
+    /// a later `respond` for it is ignored.
+    CallCancelled { id: CallId, reason: ErrorKind },
+    /// The peer sent an error reply about something we sent.
+    PeerError { stream: StreamId, reply: ErrorReply },
+    /// The connection is finished; the transport should close it.
+    Closed(CloseReason),
+}
+
+/// Errors starting a call.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("the connection is closed")]
+    Closed,
+    #[error("blob {0} is not available locally")]
+    MissingBlob(BlobHash),
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+}
+
+/// Counters, for tests and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub blobs_sent: u64,
+    pub blob_bytes_sent: u64,
+    pub queries_sent: u64,
+    pub wants_sent: u64,
+    pub sidecars_sent: u64,
+    pub sidecar_bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    pub blobs_received: u64,
+    pub blob_bytes_received: u64,
+    pub sidecar_bytes_received: u64,
+    pub hash_mismatches: u64,
+    pub error_replies_sent: u64,
+}
+
+#[derive(Default)]
+struct RecvState {
+    buf: BytesMut,
+    /// Total bytes the frame at the front of `buf` needs (from its header).
+    need: usize,
+    sidecar_bytes: u64,
+    sidecars: HashMap<SidecarHash, Bytes>,
+    closed: bool,
+}
+
+struct OutCall {
+    call_id: u64,
+    closure: Vec<BlobHash>,
+    bytes: HashMap<BlobHash, Bytes>,
+    deps: HashMap<BlobHash, Vec<BlobHash>>,
+    /// Hashes offered in the `BlobQuery`.
+    offered: HashSet<BlobHash>,
+    /// Hashes pushed on this call.
+    sent: HashSet<BlobHash>,
+    deadline: Option<Instant>,
+    /// Frames held back until the hello exchange completes.
+    queued: Vec<Bytes>,
+    /// Sidecars sent with the retain flag, awaiting evidence of receipt.
+    retained_pending: Vec<SidecarHash>,
+    want_rounds: u32,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum Phase {
+    /// Frames before the call request.
+    Receiving,
+    /// Request received, waiting for wanted blobs.
+    Waiting,
+    /// Handed to the node.
+    Running,
+    /// Response sent; waiting for the caller's fin (sidecar evidence).
+    Responded,
+}
+
+struct InCall {
+    call_id: u64,
+    phase: Phase,
+    request: Option<CallRequest>,
+    wanted: HashSet<BlobHash>,
+    pinned: Vec<BlobHash>,
+    blobs_received: usize,
+    blob_bytes_received: u64,
+    want_rounds: u32,
+    deadline: Option<Instant>,
+    retained_pending: Vec<SidecarHash>,
+    /// Over the in-flight limit: answer the request with this error.
+    reject: Option<RemoteError>,
+}
+
+/// The sans-IO protocol state of one connection.
+pub struct Connection {
+    side: Side,
+    config: Config,
+    store: SharedStore,
+    verifier: Verifier,
+    peer: Option<Hello>,
+    next_local: u64,
+    /// Every peer-opened stream index below this has been seen.
+    remote_watermark: u64,
+    /// Peer-opened stream indices at or above the watermark that have been seen (streams
+    /// may be opened out of order).
+    remote_seen: std::collections::BTreeSet<u64>,
+    next_call_id: u64,
+    recv: HashMap<StreamId, RecvState>,
+    outgoing: HashMap<StreamId, OutCall>,
+    incoming: HashMap<StreamId, InCall>,
+    /// Data that arrived on call streams before the peer's hello.
+    early: Vec<(StreamId, Bytes)>,
+    early_bytes: u64,
+    peer_blobs: HashSet<BlobHash>,
+    peer_sidecars: HashSet<SidecarHash>,
+    /// Sidecars kept for this connection: those received with the retain flag and those
+    /// we sent with it (the peer may reference either).
+    retained: HashMap<SidecarHash, Bytes>,
+    retained_by_peer: HashSet<SidecarHash>,
+    retained_by_peer_bytes: u64,
+    retained_for_peer: HashSet<SidecarHash>,
+    retained_for_peer_bytes: u64,
+    offences: u32,
+    closed: Option<CloseReason>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("side", &self.side)
+            .field("node", &self.config.node_name)
+            .field("peer", &self.peer.as_ref().map(|p| &p.node))
+            .field("outgoing", &self.outgoing.len())
+            .field("incoming", &self.incoming.len())
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A new connection. The client queues its hello on the control stream at once.
+    pub fn new(side: Side, config: Config, store: SharedStore, verifier: Verifier) -> Connection {
+        let mut c = Connection {
+            side,
+            config,
+            store,
+            verifier,
+            peer: None,
+            // The client's stream 0 is the control stream.
+            next_local: if side == Side::Client { 1 } else { 0 },
+            // The server's first remote stream (the client's index 0) is the control stream.
+            remote_watermark: if side == Side::Server { 1 } else { 0 },
+            remote_seen: Default::default(),
+            next_call_id: 1,
+            recv: HashMap::new(),
+            outgoing: HashMap::new(),
+            incoming: HashMap::new(),
+            early: Vec::new(),
+            early_bytes: 0,
+            peer_blobs: HashSet::new(),
+            peer_sidecars: HashSet::new(),
+            retained: HashMap::new(),
+            retained_by_peer: HashSet::new(),
+            retained_by_peer_bytes: 0,
+            retained_for_peer: HashSet::new(),
+            retained_for_peer_bytes: 0,
+            offences: 0,
+            closed: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        if side == Side::Client {
+            c.send_hello();
+        }
+        c
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Accessors
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The peer's hello, once received.
+    pub fn peer(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+    /// Hello exchanged in both directions.
+    pub fn is_established(&self) -> bool {
+        self.peer.is_some() && self.closed.is_none()
+    }
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.closed.as_ref()
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Whether the peer is known to hold a blob.
+    pub fn peer_holds(&self, hash: &BlobHash) -> bool {
+        self.peer_blobs.contains(hash)
+    }
+    /// Whether the peer is known to hold a sidecar.
+    pub fn peer_holds_sidecar(&self, hash: &SidecarHash) -> bool {
+        self.peer_sidecars.contains(hash)
+    }
+    /// Outgoing calls not yet finished.
+    pub fn calls_in_flight(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Output
+
+    /// The next bytes to write, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest time [`Connection::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let out = self.outgoing.values().filter_map(|c| c.deadline);
+        let inc = self
+            .incoming
+            .values()
+            .filter(|c| c.phase != Phase::Responded)
+            .filter_map(|c| c.deadline);
+        out.chain(inc).min()
+    }
+
+    fn emit(&mut self, stream: StreamId, data: Vec<u8>, fin: bool) {
+        if !data.is_empty() {
+            self.stats.frames_sent += 1;
+        }
+        self.stats.bytes_sent += data.len() as u64;
+        self.transmits.push_back(Transmit {
+            stream,
+            data: Bytes::from(data),
+            fin,
+        });
+    }
+
+    fn finish_stream(&mut self, stream: StreamId) {
+        self.transmits.push_back(Transmit {
+            stream,
+            data: Bytes::new(),
+            fin: true,
+        });
+    }
+
+    fn error_reply(&mut self, stream: StreamId, code: &str, message: String, frame_type: u8) {
+        tracing::debug!(?stream, code, %message, "error reply");
+        self.stats.error_replies_sent += 1;
+        let frame = encode_message(
+            &Message::Error(ErrorReply {
+                code: code.to_owned(),
+                message,
+                frame_type,
+            }),
+            usize::MAX,
+            &mut Vec::new(),
+        );
+        self.emit(stream, frame, false);
+    }
+
+    fn send_hello(&mut self) {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node: self.config.node_name.clone(),
+            capabilities: self.config.capabilities.clone(),
+            max_frame: self.config.limits.max_frame,
+            sidecar_retain: self.config.sidecar_retain_bytes,
+        };
+        let frame = encode_message(&Message::Hello(hello), usize::MAX, &mut Vec::new());
+        self.emit(CONTROL_STREAM, frame, false);
+    }
+
+    fn peer_max_frame(&self) -> u64 {
+        self.peer.as_ref().map_or(u32::MAX, |p| p.max_frame) as u64
+    }
+
+    /// Turns encoder-extracted sidecars into frames, skipping those the peer holds and
+    /// setting the retain flag while the peer's announced budget allows.
+    fn sidecar_frames(
+        &mut self,
+        outs: Vec<SidecarOut>,
+        pending: &mut Vec<SidecarHash>,
+    ) -> Vec<Vec<u8>> {
+        let budget = self.peer.as_ref().map_or(0, |p| p.sidecar_retain);
+        let mut frames = Vec::new();
+        for s in outs {
+            if self.peer_sidecars.contains(&s.hash) {
+                continue;
+            }
+            let len = s.data.len() as u64;
+            let retain = if self.retained_for_peer.contains(&s.hash) {
+                true
+            } else if self.retained_for_peer_bytes + len <= budget {
+                self.retained_for_peer.insert(s.hash);
+                self.retained_for_peer_bytes += len;
+                self.retained.insert(s.hash, s.data.clone());
+                true
+            } else {
+                false
+            };
+            if retain {
+                pending.push(s.hash);
+            }
+            self.stats.sidecars_sent += 1;
+            self.stats.sidecar_bytes_sent += len;
+            frames.push(encode_sidecar(s.hash, retain, &s.data));
+        }
+        frames
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Calls out
+
+    /// Starts a call. Computes the closure of the target and of every function in the
+    /// arguments and context from `source`, and sends (in one flight, on a new stream):
+    /// eager pushes of small unknown blobs, a `BlobQuery` offering the other unknown ones,
+    /// the sidecars, and the request. See docs/protocol.md, "Negotiation".
+    pub fn start_call(
+        &mut self,
+        opts: CallOptions,
+        source: &dyn BlobSource,
+        now: Instant,
+    ) -> Result<CallId, CallError> {
+        if self.closed.is_some() {
+            return Err(CallError::Closed);
+        }
+        let mut roots: Vec<FunctionId> = Vec::new();
+        if let Target::Function(f) = &opts.target {
+            roots.push(*f);
+        }
+        opts.context.functions(&mut roots);
+        for a in &opts.args {
+            a.functions(&mut roots);
+        }
+        let order = closure(roots.iter().map(|f| f.blob), |h| source.blob_deps(h))
+            .map_err(CallError::MissingBlob)?;
+        let mut bytes = HashMap::with_capacity(order.len());
+        let mut deps = HashMap::with_capacity(order.len());
+        for h in &order {
+            let b = source.blob_bytes(h).ok_or(CallError::MissingBlob(*h))?;
+            bytes.insert(*h, b);
+            deps.insert(*h, source.blob_deps(h).unwrap_or_default());
+        }
+
+        // Negotiation: known-held → nothing; small unknown → eager push; rest → offered.
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut offered = Vec::new();
+        let mut sent = HashSet::new();
+        let mut eager_total = 0usize;
+        let max_frame = self.peer_max_frame();
+        let unknown: Vec<BlobHash> = order
+            .iter()
+            .filter(|h| !self.peer_blobs.contains(h))
+            .copied()
+            .collect();
+        for h in &unknown {
+            let b = &bytes[h];
+            if b.len() <= self.config.eager_push_max_blob
+                && eager_total + b.len() <= self.config.eager_push_budget
+            {
+                eager_total += b.len();
+                sent.insert(*h);
+                frames.push(self.push_frame(*h, b.clone()));
+            } else {
+                offered.push(*h);
+            }
+        }
+        let offered_set: HashSet<BlobHash> = offered.iter().copied().collect();
+        if !offered.is_empty() {
+            check(
+                Limit::MaxNegotiationList,
+                self.config.limits.max_negotiation_list as u64,
+                offered.len() as u64,
+            )?;
+            self.stats.queries_sent += 1;
+            frames.push(encode_message(
+                &Message::BlobQuery(offered),
+                usize::MAX,
+                &mut Vec::new(),
+            ));
+        }
+        let call_id = self.next_call_id;
+        let req = CallRequest {
+            call_id,
+            target: opts.target,
+            deadline_ms: opts
+                .deadline
+                .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+            caller: self.config.node_name.clone(),
+            hops: opts.hops,
+            context: opts.context,
+            args: opts.args,
+        };
+        let mut outs = Vec::new();
+        let call_frame = encode_message(
+            &Message::Call(req),
+            self.config.sidecar_threshold,
+            &mut outs,
+        );
+        check(
+            Limit::MaxFrame,
+            max_frame,
+            (call_frame.len() - HEADER_LEN) as u64,
+        )?;
+        let mut pending = Vec::new();
+        frames.extend(self.sidecar_frames(outs, &mut pending));
+        frames.push(call_frame);
+
+        self.next_call_id += 1;
+        let stream = StreamId::new(self.side, self.next_local);
+        self.next_local += 1;
+        let mut call = OutCall {
+            call_id,
+            closure: order,
+            bytes,
+            deps,
+            offered: offered_set,
+            sent,
+            deadline: opts.deadline.map(|d| now + d),
+            queued: Vec::new(),
+            retained_pending: pending,
+            want_rounds: 0,
+        };
+        if self.is_established() {
+            for f in frames {
+                self.emit(stream, f, false);
+            }
+        } else {
+            call.queued = frames.into_iter().map(Bytes::from).collect();
+        }
+        self.outgoing.insert(stream, call);
+        self.recv.insert(stream, RecvState::default());
+        Ok(stream)
+    }
+
+    fn push_frame(&mut self, hash: BlobHash, blob: Bytes) -> Vec<u8> {
+        self.stats.blobs_sent += 1;
+        self.stats.blob_bytes_sent += blob.len() as u64;
+        encode_message(
+            &Message::BlobPush { hash, blob },
+            usize::MAX,
+            &mut Vec::new(),
+        )
+    }
+
+    /// Cancels an outgoing call: sends `Cancel`, and reports `CallResult(cancelled)`.
+    pub fn cancel(&mut self, id: CallId) {
+        if let Some(call) = self.outgoing.remove(&id) {
+            if call.queued.is_empty() {
+                let f = encode_message(
+                    &Message::Cancel {
+                        call_id: call.call_id,
+                    },
+                    usize::MAX,
+                    &mut Vec::new(),
+                );
+                self.emit(id, f, true);
+            }
+            self.close_recv(id);
+            self.events.push_back(Event::CallResult {
+                id,
+                result: Err(RemoteError::new(
+                    ErrorKind::Cancelled,
+                    "cancelled by the caller",
+                )),
+            });
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Calls in
+
+    /// Answers an incoming call. Ignored if the call was cancelled or already answered.
+    pub fn respond(&mut self, id: CallId, result: Result<Portable, RemoteError>) {
+        let Some(call) = self.incoming.get_mut(&id) else {
+            return;
+        };
+        if call.phase != Phase::Running {
+            return;
+        }
+        let call_id = call.call_id;
+        self.release_pins(id);
+        let mut outs = Vec::new();
+        let mut frame = encode_message(
+            &Message::Response(CallResponse { call_id, result }),
+            self.config.sidecar_threshold,
+            &mut outs,
+        );
+        if let Err(e) = check(
+            Limit::MaxFrame,
+            self.peer_max_frame(),
+            (frame.len() - HEADER_LEN) as u64,
+        ) {
+            outs.clear();
+            frame = encode_message(
+                &Message::Response(CallResponse {
+                    call_id,
+                    result: Err(RemoteError::limit(e)),
+                }),
+                usize::MAX,
+                &mut Vec::new(),
+            );
+        }
+        let mut pending = Vec::new();
+        for f in self.sidecar_frames(outs, &mut pending) {
+            self.emit(id, f, false);
+        }
+        self.emit(id, frame, true);
+        if pending.is_empty() {
+            self.incoming.remove(&id);
+            self.close_recv(id);
+        } else if let Some(call) = self.incoming.get_mut(&id) {
+            call.phase = Phase::Responded;
+            call.retained_pending = pending;
+        }
+    }
+
+    fn release_pins(&mut self, id: CallId) {
+        if let Some(call) = self.incoming.get_mut(&id) {
+            let pins = std::mem::take(&mut call.pinned);
+            if let Ok(mut store) = self.store.lock() {
+                for h in &pins {
+                    store.unpin(h);
+                }
+            }
+        }
+    }
+
+    /// Fails an incoming call with a typed error response and finishes its stream.
+    fn fail_incoming(&mut self, id: CallId, err: RemoteError) {
+        let call_id = self
+            .incoming
+            .get(&id)
+            .map_or(0, |c| c.request.as_ref().map_or(c.call_id, |r| r.call_id));
+        let was_running = self
+            .incoming
+            .get(&id)
+            .is_some_and(|c| c.phase == Phase::Running);
+        self.release_pins(id);
+        self.incoming.remove(&id);
+        self.close_recv(id);
+        if was_running {
+            self.events.push_back(Event::CallCancelled {
+                id,
+                reason: err.kind.clone(),
+            });
+        }
+        let frame = encode_message(
+            &Message::Response(CallResponse {
+                call_id,
+                result: Err(err),
+            }),
+            usize::MAX,
+            &mut Vec::new(),
+        );
+        self.emit(id, frame, true);
+    }
+
+    fn close_recv(&mut self, id: StreamId) {
+        if let Some(r) = self.recv.get_mut(&id) {
+            r.closed = true;
+            r.buf = BytesMut::new();
+            r.sidecars.clear();
+        }
+        // Closed streams need no state: late data on them is recognised by id.
+        self.recv.remove(&id);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Input
+
+    /// Bytes received on a stream. Frames may be split or coalesced arbitrarily.
+    pub fn handle_stream_data(&mut self, stream: StreamId, data: Bytes, now: Instant) {
+        if self.closed.is_some() || data.is_empty() {
+            return;
+        }
+        self.stats.bytes_received += data.len() as u64;
+        if self.peer.is_none() && stream != CONTROL_STREAM {
+            // A call stream may overtake the control stream; hold it until hello.
+            self.early_bytes += data.len() as u64;
+            if self.early_bytes > self.config.limits.max_frame as u64 {
+                self.close(CloseReason::Protocol(
+                    "too much call data before hello".into(),
+                ));
+                return;
+            }
+            self.early.push((stream, data));
+            return;
+        }
+        if !self.accept_stream(stream) {
+            return;
+        }
+        let mut input = data;
+        {
+            let Some(st) = self.recv.get_mut(&stream) else {
+                return;
+            };
+            if !st.buf.is_empty() {
+                append(&mut st.buf, st.need, &input);
+                input = Bytes::new();
+            }
+        }
+        loop {
+            let max_frame = self.config.limits.max_frame;
+            let Some(st) = self.recv.get_mut(&stream) else {
+                return;
+            };
+            let max_sidecar = self
+                .config
+                .limits
+                .max_sidecar_bytes_per_call
+                .saturating_sub(st.sidecar_bytes);
+            let (frame, ty, payload) = if st.buf.is_empty() {
+                if input.is_empty() {
+                    return;
+                }
+                match decode_frame(&input, max_frame, max_sidecar) {
+                    Err(e) => return self.stream_fatal(stream, e),
+                    Ok(FrameStatus::NeedMore(total)) => {
+                        st.need = total;
+                        append(&mut st.buf, total, &input);
+                        return;
+                    }
+                    Ok(FrameStatus::Complete { ty, payload }) => {
+                        let frame = input.split_to(payload.end);
+                        (frame, ty, payload)
+                    }
+                }
+            } else {
+                match decode_frame(&st.buf, max_frame, max_sidecar) {
+                    Err(e) => return self.stream_fatal(stream, e),
+                    Ok(FrameStatus::NeedMore(total)) => {
+                        st.need = total;
+                        return;
+                    }
+                    Ok(FrameStatus::Complete { ty, payload }) => {
+                        let frame = st.buf.split_to(payload.end).freeze();
+                        (frame, ty, payload)
+                    }
+                }
+            };
+            if ty == FrameType::Sidecar as u8 {
+                st.sidecar_bytes +=
+                    (payload.len() - crate::message::SIDECAR_HEADER_LEN.min(payload.len())) as u64;
+            }
+            self.stats.frames_received += 1;
+            self.handle_frame(stream, ty, frame.slice(payload), now);
+            if self.closed.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// The peer finished its send side of a stream.
+    pub fn handle_stream_finished(&mut self, stream: StreamId, now: Instant) {
+        let _ = now;
+        if let Some(call) = self.incoming.get(&stream) {
+            match call.phase {
+                Phase::Responded => {
+                    // Evidence: the caller read our whole response, sidecars included.
+                    let pending = call.retained_pending.clone();
+                    self.peer_sidecars.extend(pending);
+                    self.incoming.remove(&stream);
+                    self.close_recv(stream);
+                }
+                Phase::Receiving | Phase::Waiting => self.fail_incoming(
+                    stream,
+                    RemoteError::new(
+                        ErrorKind::MissingBlobs,
+                        "the caller finished the stream before the call was complete",
+                    ),
+                ),
+                Phase::Running => {}
+            }
+        } else if let Some(call) = self.outgoing.remove(&stream) {
+            let _ = call;
+            self.close_recv(stream);
+            self.events.push_back(Event::CallResult {
+                id: stream,
+                result: Err(RemoteError::new(
+                    ErrorKind::Protocol,
+                    "the callee finished the stream without a response",
+                )),
+            });
+        }
+    }
+
+    /// The peer reset a stream (or stopped reading it): the call on it is over.
+    pub fn handle_stream_reset(&mut self, stream: StreamId, now: Instant) {
+        let _ = now;
+        if self.incoming.contains_key(&stream) {
+            let running = self.incoming[&stream].phase == Phase::Running;
+            self.release_pins(stream);
+            self.incoming.remove(&stream);
+            self.close_recv(stream);
+            if running {
+                self.events.push_back(Event::CallCancelled {
+                    id: stream,
+                    reason: ErrorKind::Cancelled,
+                });
+            }
+        } else if self.outgoing.remove(&stream).is_some() {
+            self.close_recv(stream);
+            self.events.push_back(Event::CallResult {
+                id: stream,
+                result: Err(RemoteError::new(
+                    ErrorKind::ConnectionLost,
+                    "the callee reset the call stream",
+                )),
+            });
+        }
+    }
+
+    /// The transport lost the connection.
+    pub fn handle_connection_lost(&mut self, reason: impl Into<String>) {
+        self.close(CloseReason::Lost(reason.into()));
+    }
+
+    /// Closes the connection locally (the transport then closes the QUIC connection).
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.closed.is_some() {
+            return;
+        }
+        tracing::debug!(%reason, "closing");
+        let ids: Vec<StreamId> = self.outgoing.keys().copied().collect();
+        for id in ids {
+            self.outgoing.remove(&id);
+            self.events.push_back(Event::CallResult {
+                id,
+                result: Err(RemoteError::new(
+                    ErrorKind::ConnectionLost,
+                    reason.to_string(),
+                )),
+            });
+        }
+        let ids: Vec<StreamId> = self.incoming.keys().copied().collect();
+        for id in ids {
+            let running = self.incoming[&id].phase == Phase::Running;
+            self.release_pins(id);
+            self.incoming.remove(&id);
+            if running {
+                self.events.push_back(Event::CallCancelled {
+                    id,
+                    reason: ErrorKind::ConnectionLost,
+                });
+            }
+        }
+        self.recv.clear();
+        self.closed = Some(reason.clone());
+        self.events.push_back(Event::Closed(reason));
+    }
+
+    /// Deadlines: expires outgoing calls (sending `Cancel`) and incoming ones (telling the
+    /// node to stop and answering `deadline_exceeded`).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<StreamId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(call) = self.outgoing.remove(&id) {
+                if call.queued.is_empty() {
+                    let f = encode_message(
+                        &Message::Cancel {
+                            call_id: call.call_id,
+                        },
+                        usize::MAX,
+                        &mut Vec::new(),
+                    );
+                    self.emit(id, f, true);
+                }
+                self.close_recv(id);
+                self.events.push_back(Event::CallResult {
+                    id,
+                    result: Err(RemoteError::new(
+                        ErrorKind::DeadlineExceeded,
+                        "the call's deadline passed",
+                    )),
+                });
+            }
+        }
+        let expired: Vec<StreamId> = self
+            .incoming
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Responded && c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.fail_incoming(
+                id,
+                RemoteError::new(ErrorKind::DeadlineExceeded, "the call's deadline passed"),
+            );
+        }
+    }
+
+    /// Registers a stream we have not seen; false if its data must be ignored.
+    fn accept_stream(&mut self, stream: StreamId) -> bool {
+        if stream == CONTROL_STREAM {
+            self.recv.entry(stream).or_default();
+            return true;
+        }
+        if self.recv.contains_key(&stream) {
+            return true;
+        }
+        if stream.initiator() == self.side {
+            return false; // one of ours, finished
+        }
+        let index = stream.index();
+        if index < self.remote_watermark || self.remote_seen.contains(&index) {
+            return false; // the peer's, finished
+        }
+        self.remote_seen.insert(index);
+        while self.remote_seen.remove(&self.remote_watermark) {
+            self.remote_watermark += 1;
+        }
+        let active = self
+            .incoming
+            .values()
+            .filter(|c| c.phase != Phase::Responded)
+            .count();
+        let reject = check(
+            Limit::MaxCallsInFlight,
+            self.config.limits.max_calls_in_flight as u64,
+            active as u64 + 1,
+        )
+        .err()
+        .map(RemoteError::limit);
+        self.incoming.insert(
+            stream,
+            InCall {
+                call_id: 0,
+                phase: Phase::Receiving,
+                request: None,
+                wanted: HashSet::new(),
+                pinned: Vec::new(),
+                blobs_received: 0,
+                blob_bytes_received: 0,
+                want_rounds: 0,
+                deadline: None,
+                retained_pending: Vec::new(),
+                reject,
+            },
+        );
+        self.recv.insert(stream, RecvState::default());
+        true
+    }
+
+    /// A framing error: the stream cannot be resynchronised. Reply and stop reading it.
+    fn stream_fatal(&mut self, stream: StreamId, e: LimitExceeded) {
+        if self.incoming.contains_key(&stream) {
+            self.fail_incoming(stream, RemoteError::limit(e));
+        } else if stream == CONTROL_STREAM {
+            self.error_reply(stream, "limit", e.to_string(), 0);
+            self.close(CloseReason::Protocol(e.to_string()));
+        } else {
+            self.error_reply(stream, "limit", e.to_string(), 0);
+            if self.outgoing.remove(&stream).is_some() {
+                self.events.push_back(Event::CallResult {
+                    id: stream,
+                    result: Err(RemoteError::limit(e)),
+                });
+            }
+            self.close_recv(stream);
+            self.finish_stream(stream);
+        }
+    }
+
+    fn handle_frame(&mut self, stream: StreamId, ty: u8, payload: Bytes, now: Instant) {
+        let decoded = {
+            let local = self.recv.get(&stream).map(|r| &r.sidecars);
+            let retained = &self.retained;
+            let lookup = |h: &SidecarHash| {
+                local
+                    .and_then(|m| m.get(h).cloned())
+                    .or_else(|| retained.get(h).cloned())
+            };
+            decode_message(ty, &payload, &self.config.limits, &lookup)
+        };
+        let msg = match decoded {
+            Ok(m) => m,
+            Err(e) => return self.decode_error(stream, ty, e),
+        };
+        if let Message::Error(reply) = msg {
+            return self.on_error_reply(stream, reply);
+        }
+        if stream == CONTROL_STREAM {
+            self.on_control(msg, now);
+        } else if self.outgoing.contains_key(&stream) {
+            self.on_outgoing(stream, msg);
+        } else if self.incoming.contains_key(&stream) {
+            self.on_incoming(stream, msg, now);
+        }
+    }
+
+    fn decode_error(&mut self, stream: StreamId, ty: u8, e: MessageError) {
+        let code = match &e {
+            MessageError::UnknownType(_) => "unknown_message",
+            MessageError::Limit(_) => "limit",
+            _ => "malformed",
+        };
+        let unknown = matches!(e, MessageError::UnknownType(_));
+        if !unknown && self.incoming.contains_key(&stream) {
+            let err = match e {
+                MessageError::Limit(l) => RemoteError::limit(l),
+                e => RemoteError::new(ErrorKind::Protocol, e.to_string()),
+            };
+            return self.fail_incoming(stream, err);
+        }
+        if ty == FrameType::Response as u8 && self.outgoing.contains_key(&stream) {
+            self.outgoing.remove(&stream);
+            self.close_recv(stream);
+            self.finish_stream(stream);
+            let err = match e {
+                MessageError::Limit(l) => RemoteError::limit(l),
+                e => RemoteError::new(ErrorKind::Protocol, format!("bad response: {e}")),
+            };
+            self.events.push_back(Event::CallResult {
+                id: stream,
+                result: Err(err),
+            });
+            return;
+        }
+        self.error_reply(stream, code, e.to_string(), ty);
+    }
+
+    fn on_error_reply(&mut self, stream: StreamId, reply: ErrorReply) {
+        if stream == CONTROL_STREAM && self.peer.is_none() {
+            return self.close(CloseReason::PeerRefused(format!(
+                "{}: {}",
+                reply.code, reply.message
+            )));
+        }
+        if self.outgoing.remove(&stream).is_some() {
+            self.close_recv(stream);
+            self.finish_stream(stream);
+            self.events.push_back(Event::CallResult {
+                id: stream,
+                result: Err(RemoteError::new(
+                    ErrorKind::Protocol,
+                    format!("{}: {}", reply.code, reply.message),
+                )),
+            });
+        }
+        self.events.push_back(Event::PeerError { stream, reply });
+    }
+
+    fn on_control(&mut self, msg: Message, now: Instant) {
+        match msg {
+            Message::Hello(h) if self.peer.is_none() => {
+                if h.version != PROTOCOL_VERSION {
+                    let reason = CloseReason::VersionMismatch {
+                        ours: PROTOCOL_VERSION,
+                        theirs: h.version,
+                    };
+                    self.error_reply(CONTROL_STREAM, "version_mismatch", reason.to_string(), 1);
+                    return self.close(reason);
+                }
+                if self.side == Side::Server {
+                    self.send_hello();
+                }
+                self.peer = Some(h.clone());
+                self.events.push_back(Event::Connected(h));
+                // Flush calls queued before hello, then replay early call-stream data.
+                let mut ids: Vec<StreamId> = self
+                    .outgoing
+                    .iter()
+                    .filter(|(_, c)| !c.queued.is_empty())
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.sort();
+                for id in ids {
+                    let frames = self
+                        .outgoing
+                        .get_mut(&id)
+                        .map(|c| std::mem::take(&mut c.queued))
+                        .unwrap_or_default();
+                    for f in frames {
+                        self.emit(id, f.to_vec(), false);
+                    }
+                }
+                for (stream, data) in std::mem::take(&mut self.early) {
+                    // Counted when it was held back.
+                    self.stats.bytes_received -= data.len() as u64;
+                    self.handle_stream_data(stream, data, now);
+                }
+            }
+            Message::Hello(_) => self.error_reply(
+                CONTROL_STREAM,
+                "unexpected",
+                "hello was already received".into(),
+                FrameType::Hello as u8,
+            ),
+            other => {
+                let ty = frame_type_of(&other);
+                self.error_reply(
+                    CONTROL_STREAM,
+                    "unexpected",
+                    format!("{ty:?} is not valid on the control stream"),
+                    ty as u8,
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::result_large_err)] // private; the error becomes a response at once
+    fn accept_sidecar(
+        &mut self,
+        stream: StreamId,
+        hash: SidecarHash,
+        retain: bool,
+        data: Bytes,
+    ) -> Result<(), RemoteError> {
+        let actual = SidecarHash::of(&data);
+        if actual != hash {
+            self.stats.hash_mismatches += 1;
+            self.offence();
+            return Err(RemoteError::new(
+                ErrorKind::HashMismatch,
+                format!("sidecar {hash:?} hashes to {actual:?}"),
+            ));
+        }
+        self.stats.sidecar_bytes_received += data.len() as u64;
+        if retain && !self.retained_by_peer.contains(&hash) {
+            let budget = self.config.sidecar_retain_bytes;
+            if self.retained_by_peer_bytes + data.len() as u64 > budget {
+                return Err(RemoteError::new(
+                    ErrorKind::Protocol,
+                    format!("retained sidecars exceed the announced budget of {budget} bytes"),
+                ));
+            }
+            self.retained_by_peer.insert(hash);
+            self.retained_by_peer_bytes += data.len() as u64;
+            self.retained.insert(hash, data.clone());
+        }
+        if retain {
+            // The peer keeps what it sends with the retain flag.
+            self.peer_sidecars.insert(hash);
+        }
+        if let Some(r) = self.recv.get_mut(&stream) {
+            r.sidecars.insert(hash, data);
+        }
+        Ok(())
+    }
+
+    fn offence(&mut self) {
+        self.offences += 1;
+        if self.offences >= self.config.max_offences {
+            let count = self.offences;
+            self.error_reply(
+                CONTROL_STREAM,
+                "too_many_offences",
+                format!("{count} hash mismatches"),
+                0,
+            );
+            self.close(CloseReason::TooManyOffences { count });
+        }
+    }
+
+    fn on_outgoing(&mut self, stream: StreamId, msg: Message) {
+        match msg {
+            Message::BlobWant(hashes) => {
+                let Some(call) = self.outgoing.get_mut(&stream) else {
+                    return;
+                };
+                call.want_rounds += 1;
+                // An offered hash: push exactly it. A hash we did not offer means our
+                // record of the peer was stale (it evicted the blob): push it with its
+                // dependencies within this call's closure, except those the peer
+                // confirmed or that are already on their way.
+                let mut order = Vec::new();
+                for h in &hashes {
+                    if call.offered.contains(h) {
+                        order.push(*h);
+                    } else if call.bytes.contains_key(h) {
+                        let sub = closure([*h], |x| call.deps.get(x).cloned()).unwrap_or_default();
+                        order.extend(
+                            sub.into_iter()
+                                .filter(|x| x == h || !call.offered.contains(x)),
+                        );
+                    }
+                }
+                let mut pushes = Vec::new();
+                for h in order {
+                    if call.sent.insert(h) {
+                        if let Some(b) = call.bytes.get(&h) {
+                            pushes.push((h, b.clone()));
+                        }
+                    }
+                }
+                for h in &hashes {
+                    self.peer_blobs.remove(h);
+                }
+                for (h, b) in pushes {
+                    self.peer_blobs.remove(&h);
+                    let f = self.push_frame(h, b);
+                    self.emit(stream, f, false);
+                }
+            }
+            Message::Sidecar { hash, retain, data } => {
+                if let Err(e) = self.accept_sidecar(stream, hash, retain, data) {
+                    if self.closed.is_none() {
+                        self.error_reply(
+                            stream,
+                            "hash_mismatch",
+                            e.message,
+                            FrameType::Sidecar as u8,
+                        );
+                    }
+                }
+            }
+            Message::Response(resp) => {
+                let Some(call) = self.outgoing.remove(&stream) else {
+                    return;
+                };
+                let ran = match &resp.result {
+                    Ok(_) => true,
+                    Err(e) => matches!(e.kind, ErrorKind::Thrown | ErrorKind::Runtime),
+                };
+                if ran {
+                    self.peer_blobs.extend(call.closure.iter().copied());
+                }
+                // The callee answered on this stream: it read our sidecars.
+                self.peer_sidecars.extend(call.retained_pending);
+                self.close_recv(stream);
+                self.finish_stream(stream);
+                self.events.push_back(Event::CallResult {
+                    id: stream,
+                    result: resp.result,
+                });
+            }
+            other => {
+                let ty = frame_type_of(&other);
+                self.error_reply(
+                    stream,
+                    "unexpected",
+                    format!("{ty:?} is not valid from a callee"),
+                    ty as u8,
+                );
+            }
+        }
+    }
+
+    fn on_incoming(&mut self, stream: StreamId, msg: Message, now: Instant) {
+        let phase = match self.incoming.get(&stream) {
+            Some(c) => c.phase,
+            None => return,
+        };
+        match msg {
+            Message::BlobQuery(hashes) if phase == Phase::Receiving => {
+                let Some(call) = self.incoming.get_mut(&stream) else {
+                    return;
+                };
+                if call.reject.is_some() {
+                    return;
+                }
+                let mut want = Vec::new();
+                if let Ok(mut store) = self.store.lock() {
+                    for h in hashes {
+                        if store.pin(&h) {
+                            call.pinned.push(h);
+                        } else if !call.wanted.contains(&h) {
+                            call.wanted.insert(h);
+                            want.push(h);
+                        }
+                    }
+                }
+                if !want.is_empty() {
+                    call.want_rounds += 1;
+                    self.stats.wants_sent += 1;
+                    let f = encode_message(&Message::BlobWant(want), usize::MAX, &mut Vec::new());
+                    self.emit(stream, f, false);
+                }
+            }
+            Message::BlobPush { hash, blob }
+                if matches!(phase, Phase::Receiving | Phase::Waiting) =>
+            {
+                self.on_push(stream, hash, blob, now)
+            }
+            Message::Sidecar { hash, retain, data } if phase == Phase::Receiving => {
+                if let Err(e) = self.accept_sidecar(stream, hash, retain, data) {
+                    if self.closed.is_none() {
+                        self.fail_incoming(stream, e);
+                    }
+                }
+            }
+            Message::Call(req) if phase == Phase::Receiving => self.on_call(stream, req, now),
+            Message::Cancel { .. } => {
+                let running = phase == Phase::Running;
+                self.release_pins(stream);
+                self.incoming.remove(&stream);
+                self.close_recv(stream);
+                if running {
+                    self.events.push_back(Event::CallCancelled {
+                        id: stream,
+                        reason: ErrorKind::Cancelled,
+                    });
+                }
+                if phase != Phase::Responded {
+                    self.finish_stream(stream);
+                }
+            }
+            other => {
+                let ty = frame_type_of(&other);
+                self.error_reply(
+                    stream,
+                    "unexpected",
+                    format!("{ty:?} is not valid here (call phase {phase:?})"),
+                    ty as u8,
+                );
+            }
+        }
+    }
+
+    fn on_push(&mut self, stream: StreamId, hash: BlobHash, blob: Bytes, now: Instant) {
+        let limits = self.config.limits.clone();
+        let Some(call) = self.incoming.get_mut(&stream) else {
+            return;
+        };
+        if call.reject.is_some() {
+            return;
+        }
+        call.blobs_received += 1;
+        call.blob_bytes_received += blob.len() as u64;
+        let (n, b) = (call.blobs_received, call.blob_bytes_received);
+        self.stats.blobs_received += 1;
+        self.stats.blob_bytes_received += blob.len() as u64;
+        let limit = check(
+            Limit::MaxBlobsPerCall,
+            limits.max_blobs_per_call as u64,
+            n as u64,
+        )
+        .and_then(|_| {
+            check(
+                Limit::MaxBlobBytesPerCall,
+                limits.max_blob_bytes_per_call,
+                b,
+            )
+        });
+        if let Err(e) = limit {
+            return self.fail_incoming(stream, RemoteError::limit(e));
+        }
+        let verifier = self.verifier.clone();
+        let max_size = self.config.max_blob_size;
+        let result = match self.store.lock() {
+            Ok(mut store) => store
+                .insert_verified(hash, blob, max_size, &*verifier)
+                .map(|()| store.pin(&hash)),
+            Err(_) => Err(StoreError::Verify("blob store poisoned".into())),
+        };
+        match result {
+            Ok(_) => {
+                self.peer_blobs.insert(hash);
+                if let Some(call) = self.incoming.get_mut(&stream) {
+                    call.pinned.push(hash);
+                    call.wanted.remove(&hash);
+                    if call.phase == Phase::Waiting && call.wanted.is_empty() {
+                        self.try_start(stream, now);
+                    }
+                }
+            }
+            Err(StoreError::HashMismatch { claimed, actual }) => {
+                self.stats.hash_mismatches += 1;
+                self.fail_incoming(
+                    stream,
+                    RemoteError::new(
+                        ErrorKind::HashMismatch,
+                        format!("blob claimed {claimed} but hashes to {actual}"),
+                    ),
+                );
+                self.offence();
+            }
+            Err(StoreError::Full(e)) => self.fail_incoming(stream, RemoteError::limit(e)),
+            Err(e) => self.fail_incoming(
+                stream,
+                RemoteError::new(ErrorKind::VerifyFailed, format!("blob {hash}: {e}")),
+            ),
+        }
+    }
+
+    fn on_call(&mut self, stream: StreamId, req: CallRequest, now: Instant) {
+        let max_ms = self.config.max_call_duration;
+        let Some(call) = self.incoming.get_mut(&stream) else {
+            return;
+        };
+        call.call_id = req.call_id;
+        if let Some(err) = call.reject.take() {
+            return self.fail_incoming(stream, err);
+        }
+        let allowed = req
+            .deadline_ms
+            .map_or(max_ms, |ms| Duration::from_millis(ms).min(max_ms));
+        call.deadline = Some(now + allowed);
+        call.request = Some(req);
+        call.phase = Phase::Waiting;
+        if call.wanted.is_empty() {
+            self.try_start(stream, now);
+        }
+    }
+
+    /// All blobs present? Hand the call to the node. Otherwise ask for what is missing
+    /// (at most one extra round, for a peer record gone stale by eviction).
+    fn try_start(&mut self, stream: StreamId, _now: Instant) {
+        let Some(call) = self.incoming.get(&stream) else {
+            return;
+        };
+        let Some(req) = &call.request else { return };
+        let roots = call_roots(req);
+        let missing = {
+            let Ok(store) = self.store.lock() else { return };
+            missing_from(roots.iter().copied(), |h| store.deps(h).map(|d| d.to_vec()))
+        };
+        if !missing.is_empty() {
+            let Some(call) = self.incoming.get_mut(&stream) else {
+                return;
+            };
+            if call.want_rounds >= 2 {
+                let list: Vec<String> = missing.iter().map(|h| h.to_hex()).collect();
+                return self.fail_incoming(
+                    stream,
+                    RemoteError::new(
+                        ErrorKind::MissingBlobs,
+                        format!("blobs never supplied: {}", list.join(", ")),
+                    ),
+                );
+            }
+            if let Err(e) = check(
+                Limit::MaxNegotiationList,
+                self.config.limits.max_negotiation_list as u64,
+                missing.len() as u64,
+            ) {
+                return self.fail_incoming(stream, RemoteError::limit(e));
+            }
+            call.want_rounds += 1;
+            call.wanted.extend(missing.iter().copied());
+            self.stats.wants_sent += 1;
+            let f = encode_message(&Message::BlobWant(missing), usize::MAX, &mut Vec::new());
+            self.emit(stream, f, false);
+            return;
+        }
+        let order = {
+            let Ok(mut store) = self.store.lock() else {
+                return;
+            };
+            let order = closure(roots.iter().copied(), |h| store.deps(h).map(|d| d.to_vec()))
+                .unwrap_or_default();
+            for h in &order {
+                store.pin(h);
+            }
+            order
+        };
+        let Some(call) = self.incoming.get_mut(&stream) else {
+            return;
+        };
+        call.pinned.extend(order.iter().copied());
+        call.phase = Phase::Running;
+        let Some(req) = call.request.take() else {
+            return;
+        };
+        let deadline = call.deadline.unwrap_or(_now);
+        self.events.push_back(Event::IncomingCall(IncomingCall {
+            id: stream,
+            target: req.target,
+            context: req.context,
+            args: req.args,
+            deadline,
+            caller: req.caller,
+            hops: req.hops,
+            blobs: order,
+        }));
+    }
+}
+
+/// Appends to a receive buffer without trusting the announced frame length for the
+/// allocation: capacity grows geometrically with the bytes actually received, never past
+/// what the current frame needs (unless more bytes than that were received).
+fn append(buf: &mut BytesMut, need: usize, data: &[u8]) {
+    let want = buf.len() + data.len();
+    if want > buf.capacity() {
+        let cap = (buf.capacity() * 2).max(4096).min(need).max(want);
+        let mut grown = BytesMut::with_capacity(cap);
+        grown.extend_from_slice(buf);
+        *buf = grown;
+    }
+    buf.extend_from_slice(data);
+}
+
+fn call_roots(req: &CallRequest) -> Vec<BlobHash> {
+    let mut funcs = Vec::new();
+    if let Target::Function(f) = &req.target {
+        funcs.push(*f);
+    }
+    req.context.functions(&mut funcs);
+    for a in &req.args {
+        a.functions(&mut funcs);
+    }
+    let mut roots: Vec<BlobHash> = Vec::new();
+    for f in funcs {
+        if !roots.contains(&f.blob) {
+            roots.push(f.blob);
+        }
+    }
+    roots
+}
+
+fn frame_type_of(msg: &Message) -> FrameType {
+    match msg {
+        Message::Hello(_) => FrameType::Hello,
+        Message::Call(_) => FrameType::Call,
+        Message::Response(_) => FrameType::Response,
+        Message::BlobQuery(_) => FrameType::BlobQuery,
+        Message::BlobWant(_) => FrameType::BlobWant,
+        Message::BlobPush { .. } => FrameType::BlobPush,
+        Message::Sidecar { .. } => FrameType::Sidecar,
+        Message::Cancel { .. } => FrameType::Cancel,
+        Message::Error(_) => FrameType::Error,
+    }
+}

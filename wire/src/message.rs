@@ -1,0 +1,701 @@
+//! Wire messages: their Rust types, and their encoding as frame payloads.
+//!
+//! A message frame's payload is a *header* — a MessagePack array produced by rmp-serde from
+//! a plain serde struct (structs serialise as arrays, fields in declaration order) —
+//! followed, for the two messages that carry Skiff values (`Call`, `Response`), by the
+//! values encoded with the hand-written codec in [`crate::value`], each one MessagePack
+//! object. The payload must be consumed exactly: trailing bytes are an error.
+//!
+//! The sidecar frame is the one raw frame: `hash[32] flags:u8 data[..]`.
+//!
+//! Invariants:
+//! - Wire types are separate from VM types: only [`skiff_vm::Portable`] (the value codec's
+//!   subject) and hashes/function ids appear here.
+//! - Before serde sees a header, [`crate::value::object_len`] delimits it and checks its
+//!   nesting depth and every container length against the bytes present, so serde never
+//!   recurses deeply nor trusts a hostile length; sequences are pre-allocated at most
+//!   [`PREALLOC_CAP`] elements.
+
+use crate::frame::{put_header, FrameType};
+use crate::limits::{check, Limit, LimitExceeded, Limits};
+use crate::value::{
+    decode_value_at, encode_value_with_sidecars, object_len, SidecarHash, SidecarLookup,
+    SidecarOut, ValueError,
+};
+use bytes::Bytes;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeTuple, Serializer};
+use serde::{Deserialize, Serialize};
+use skiff_vm::{BlobHash, FunctionId, Portable};
+use std::fmt;
+
+/// The protocol version this build speaks (checked at hello).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The ALPN protocol id.
+pub const ALPN: &[u8] = b"skiff/1";
+/// Bytes before the data in a sidecar frame payload: hash (32) + flags (1).
+pub const SIDECAR_HEADER_LEN: usize = 33;
+/// Sidecar flag: the receiver retains this sidecar for the rest of the connection.
+pub const SIDECAR_RETAIN: u8 = 0x01;
+/// Largest pre-allocation of a decoded sequence, in elements.
+pub const PREALLOC_CAP: usize = 1024;
+
+/// Hello: first message on the control stream, both directions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub node: String,
+    #[serde(deserialize_with = "bounded_vec")]
+    pub capabilities: Vec<String>,
+    /// The largest message frame this side accepts.
+    pub max_frame: u32,
+    /// Sidecar bytes this side retains on the peer's behalf (0: no sidecar dedup).
+    pub sidecar_retain: u64,
+}
+
+/// What a call runs: a function by hash, or a function the callee exports by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Function(FunctionId),
+    Name(String),
+}
+
+/// A call request (values decoded).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallRequest {
+    pub call_id: u64,
+    pub target: Target,
+    /// Relative deadline in milliseconds, if the caller has one.
+    pub deadline_ms: Option<u64>,
+    /// The calling node's name.
+    pub caller: String,
+    /// Nodes the call has already passed through, outermost first (excluding `caller`).
+    pub hops: Vec<String>,
+    /// Application-defined call context (e.g. trace ids); nil when unused.
+    pub context: Portable,
+    pub args: Vec<Portable>,
+}
+
+/// Typed error kinds of a failed call.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The script threw; `value` holds what it threw.
+    Thrown,
+    /// A runtime error in the callee's VM.
+    Runtime,
+    /// The callee's policy refused the call; nothing ran.
+    Refused,
+    /// An exported name that does not exist.
+    NotFound,
+    /// Blobs the call needs were never supplied.
+    MissingBlobs,
+    /// A pushed blob or sidecar did not match its hash.
+    HashMismatch,
+    /// A pushed blob failed to decode or verify.
+    VerifyFailed,
+    /// A limit was exceeded (the message names it and the size seen).
+    Limit,
+    Cancelled,
+    DeadlineExceeded,
+    /// The peer violated the protocol.
+    Protocol,
+    /// The connection closed before the call finished.
+    ConnectionLost,
+    /// A kind this build does not know (forward compatibility).
+    Other(String),
+}
+
+impl ErrorKind {
+    /// The wire name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorKind::Thrown => "thrown",
+            ErrorKind::Runtime => "runtime",
+            ErrorKind::Refused => "refused",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MissingBlobs => "missing_blobs",
+            ErrorKind::HashMismatch => "hash_mismatch",
+            ErrorKind::VerifyFailed => "verify_failed",
+            ErrorKind::Limit => "limit",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::ConnectionLost => "connection_lost",
+            ErrorKind::Other(s) => s,
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> ErrorKind {
+        match s {
+            "thrown" => ErrorKind::Thrown,
+            "runtime" => ErrorKind::Runtime,
+            "refused" => ErrorKind::Refused,
+            "not_found" => ErrorKind::NotFound,
+            "missing_blobs" => ErrorKind::MissingBlobs,
+            "hash_mismatch" => ErrorKind::HashMismatch,
+            "verify_failed" => ErrorKind::VerifyFailed,
+            "limit" => ErrorKind::Limit,
+            "cancelled" => ErrorKind::Cancelled,
+            "deadline_exceeded" => ErrorKind::DeadlineExceeded,
+            "protocol" => ErrorKind::Protocol,
+            "connection_lost" => ErrorKind::ConnectionLost,
+            other => ErrorKind::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A failed call, as the caller sees it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The remote stack trace, innermost frame first, one line per frame.
+    pub trace: Vec<String>,
+    /// The thrown value for [`ErrorKind::Thrown`], nil otherwise.
+    pub value: Portable,
+}
+
+impl RemoteError {
+    /// An error with no trace and no value.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
+        RemoteError {
+            kind,
+            message: message.into(),
+            trace: Vec::new(),
+            value: Portable::Nil,
+        }
+    }
+
+    /// A limit error.
+    pub fn limit(e: LimitExceeded) -> RemoteError {
+        RemoteError::new(ErrorKind::Limit, e.to_string())
+    }
+}
+
+/// A call response (values decoded).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallResponse {
+    pub call_id: u64,
+    pub result: Result<Portable, RemoteError>,
+}
+
+/// An error reply: the peer could not handle a frame we sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Machine-readable: `unknown_message`, `malformed`, `unexpected`, `limit`,
+    /// `version_mismatch`, `hash_mismatch`, `too_many_offences`.
+    pub code: String,
+    pub message: String,
+    /// The type byte of the frame being complained about (0 when not about one frame).
+    pub frame_type: u8,
+}
+
+/// Every message, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Hello(Hello),
+    Call(CallRequest),
+    Response(CallResponse),
+    /// Negotiation request: "which of these blobs do you lack?"
+    BlobQuery(Vec<BlobHash>),
+    /// Negotiation response: "send me these".
+    BlobWant(Vec<BlobHash>),
+    BlobPush {
+        hash: BlobHash,
+        blob: Bytes,
+    },
+    Sidecar {
+        hash: SidecarHash,
+        retain: bool,
+        data: Bytes,
+    },
+    Cancel {
+        call_id: u64,
+    },
+    Error(ErrorReply),
+}
+
+/// Why a frame's payload could not be decoded as a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("unknown message type 0x{0:02x}")]
+    UnknownType(u8),
+    #[error("malformed {ty:?} message: {why}")]
+    Malformed { ty: FrameType, why: String },
+    #[error("in a {ty:?} message: {err}")]
+    Value { ty: FrameType, err: ValueError },
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+    #[error("{n} trailing bytes after a {ty:?} message")]
+    Trailing { ty: FrameType, n: usize },
+}
+
+// ---------------------------------------------------------------------------------------
+// serde helpers
+
+/// A 32-byte hash as MessagePack `bin 8` of length 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HashBin([u8; 32]);
+
+impl Serialize for HashBin {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for HashBin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HashBin;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 32-byte bin")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<HashBin, E> {
+                let arr: [u8; 32] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(HashBin(arr))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A borrowed `bin` (sliced out of the frame afterwards, no copy).
+struct BorrowedBin<'a>(&'a [u8]);
+
+impl Serialize for BorrowedBin<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedBin<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = BorrowedBin<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a bin")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(BorrowedBin(v))
+            }
+        }
+        d.deserialize_bytes(V(std::marker::PhantomData))
+    }
+}
+
+/// Deserialises a sequence with a bounded pre-allocation.
+fn bounded_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOC_CAP));
+            while let Some(x) = seq.next_element()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V(std::marker::PhantomData))
+}
+
+/// Wire form of [`Target`]: `[hash, member]` or a name string.
+#[derive(Debug)]
+enum TargetWire {
+    Function(HashBin, u32),
+    Name(String),
+}
+
+impl Serialize for TargetWire {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TargetWire::Function(h, m) => {
+                let mut t = s.serialize_tuple(2)?;
+                t.serialize_element(h)?;
+                t.serialize_element(m)?;
+                t.end()
+            }
+            TargetWire::Name(n) => s.serialize_str(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetWire {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TargetWire;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("[hash, member] or an exported name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetWire, E> {
+                Ok(TargetWire::Name(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TargetWire, A::Error> {
+                let h: HashBin = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let m: u32 = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                Ok(TargetWire::Function(h, m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CallHeader {
+    call_id: u64,
+    target: TargetWire,
+    deadline_ms: Option<u64>,
+    caller: String,
+    #[serde(deserialize_with = "bounded_vec")]
+    hops: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorHeader {
+    kind: String,
+    message: String,
+    #[serde(deserialize_with = "bounded_vec")]
+    trace: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResponseHeader {
+    call_id: u64,
+    error: Option<ErrorHeader>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HashList {
+    #[serde(deserialize_with = "bounded_vec")]
+    hashes: Vec<HashBin>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PushHeader<'a> {
+    hash: HashBin,
+    #[serde(borrow)]
+    blob: BorrowedBin<'a>,
+}
+
+impl<'a> PushHeader<'a> {
+    fn blob(&self) -> &'a [u8] {
+        self.blob.0
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CancelHeader {
+    call_id: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding
+
+fn header<T: Serialize>(value: &T) -> Vec<u8> {
+    // Structs serialise as arrays (rmp-serde's default); writing into a Vec cannot fail.
+    rmp_serde::to_vec(value).unwrap_or_default()
+}
+
+fn frame(ty: FrameType, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 5);
+    put_header(&mut out, ty as u8, payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Encodes a message as one complete frame. Bytes values of at least `sidecar_threshold`
+/// bytes in a `Call`/`Response` are replaced by sidecar references and appended to
+/// `sidecars`; the caller must send those sidecar frames (see [`encode_sidecar`]) on the
+/// same stream *before* this frame.
+pub fn encode_message(
+    msg: &Message,
+    sidecar_threshold: usize,
+    sidecars: &mut Vec<SidecarOut>,
+) -> Vec<u8> {
+    match msg {
+        Message::Hello(h) => frame(FrameType::Hello, &header(h)),
+        Message::Call(c) => {
+            let mut p = header(&CallHeader {
+                call_id: c.call_id,
+                target: match &c.target {
+                    Target::Function(f) => TargetWire::Function(HashBin(f.blob.0), f.member),
+                    Target::Name(n) => TargetWire::Name(n.clone()),
+                },
+                deadline_ms: c.deadline_ms,
+                caller: c.caller.clone(),
+                hops: c.hops.clone(),
+            });
+            encode_value_with_sidecars(&c.context, &mut p, sidecar_threshold, sidecars);
+            // The args array is written directly (no intermediate Portable::List clone).
+            let _ = rmp::encode::write_array_len(&mut p, c.args.len() as u32);
+            for a in &c.args {
+                encode_value_with_sidecars(a, &mut p, sidecar_threshold, sidecars);
+            }
+            frame(FrameType::Call, &p)
+        }
+        Message::Response(r) => {
+            let (error, value) = match &r.result {
+                Ok(v) => (None, v),
+                Err(e) => (
+                    Some(ErrorHeader {
+                        kind: e.kind.as_str().to_owned(),
+                        message: e.message.clone(),
+                        trace: e.trace.clone(),
+                    }),
+                    &e.value,
+                ),
+            };
+            let mut p = header(&ResponseHeader {
+                call_id: r.call_id,
+                error,
+            });
+            encode_value_with_sidecars(value, &mut p, sidecar_threshold, sidecars);
+            frame(FrameType::Response, &p)
+        }
+        Message::BlobQuery(hs) | Message::BlobWant(hs) => {
+            let ty = if matches!(msg, Message::BlobQuery(_)) {
+                FrameType::BlobQuery
+            } else {
+                FrameType::BlobWant
+            };
+            let list = HashList {
+                hashes: hs.iter().map(|h| HashBin(h.0)).collect(),
+            };
+            frame(ty, &header(&list))
+        }
+        Message::BlobPush { hash, blob } => frame(
+            FrameType::BlobPush,
+            &header(&PushHeader {
+                hash: HashBin(hash.0),
+                blob: BorrowedBin(blob),
+            }),
+        ),
+        Message::Sidecar { hash, retain, data } => encode_sidecar(*hash, *retain, data),
+        Message::Cancel { call_id } => frame(
+            FrameType::Cancel,
+            &header(&CancelHeader { call_id: *call_id }),
+        ),
+        Message::Error(e) => frame(FrameType::Error, &header(e)),
+    }
+}
+
+/// Encodes a sidecar frame. (The data is copied into the frame here; a transport wanting
+/// zero-copy sends can use [`sidecar_frame_head`] and write `data` after it.)
+pub fn encode_sidecar(hash: SidecarHash, retain: bool, data: &[u8]) -> Vec<u8> {
+    let mut out = sidecar_frame_head(hash, retain, data.len());
+    out.extend_from_slice(data);
+    out
+}
+
+/// The frame header and sidecar header (38 bytes) of a sidecar frame carrying `len` bytes.
+pub fn sidecar_frame_head(hash: SidecarHash, retain: bool, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + SIDECAR_HEADER_LEN);
+    put_header(&mut out, FrameType::Sidecar as u8, len + SIDECAR_HEADER_LEN);
+    out.extend_from_slice(&hash.0);
+    out.push(if retain { SIDECAR_RETAIN } else { 0 });
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+
+fn malformed(ty: FrameType, why: impl fmt::Display) -> MessageError {
+    MessageError::Malformed {
+        ty,
+        why: why.to_string(),
+    }
+}
+
+/// Decodes the serde header at the start of `payload`, returning it and its length.
+fn decode_header<'a, T: Deserialize<'a>>(
+    ty: FrameType,
+    payload: &'a [u8],
+    limits: &Limits,
+) -> Result<(T, usize), MessageError> {
+    let n = object_len(payload, limits.max_depth).map_err(|err| match err {
+        ValueError::Limit(l) => MessageError::Limit(l),
+        err => MessageError::Value { ty, err },
+    })?;
+    let value = rmp_serde::from_slice(&payload[..n]).map_err(|e| malformed(ty, e))?;
+    Ok((value, n))
+}
+
+fn exact(ty: FrameType, payload: &[u8], used: usize) -> Result<(), MessageError> {
+    match payload.len() - used {
+        0 => Ok(()),
+        n => Err(MessageError::Trailing { ty, n }),
+    }
+}
+
+fn hashes(list: Vec<HashBin>, limits: &Limits) -> Result<Vec<BlobHash>, MessageError> {
+    check(
+        Limit::MaxNegotiationList,
+        limits.max_negotiation_list as u64,
+        list.len() as u64,
+    )?;
+    Ok(list.into_iter().map(|h| BlobHash(h.0)).collect())
+}
+
+/// Decodes a frame payload of type `ty`. Sidecar references in values are resolved with
+/// `sidecars`. Pure: no I/O, no panics, allocations bounded by the payload.
+pub fn decode_message(
+    ty: u8,
+    payload: &Bytes,
+    limits: &Limits,
+    sidecars: SidecarLookup<'_>,
+) -> Result<Message, MessageError> {
+    let fty = FrameType::from_u8(ty).ok_or(MessageError::UnknownType(ty))?;
+    let p: &[u8] = payload;
+    let value_err = |err: ValueError| match err {
+        ValueError::Limit(l) => MessageError::Limit(l),
+        err => MessageError::Value { ty: fty, err },
+    };
+    match fty {
+        FrameType::Hello => {
+            let (h, n): (Hello, usize) = decode_header(fty, p, limits)?;
+            exact(fty, p, n)?;
+            Ok(Message::Hello(h))
+        }
+        FrameType::Call => {
+            let (h, n): (CallHeader, usize) = decode_header(fty, p, limits)?;
+            check(Limit::MaxHops, limits.max_hops as u64, h.hops.len() as u64)?;
+            let (context, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
+                .map_err(value_err)?;
+            let (args, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
+                .map_err(value_err)?;
+            exact(fty, p, n)?;
+            let Portable::List(args) = args else {
+                return Err(malformed(fty, "args must be an array"));
+            };
+            Ok(Message::Call(CallRequest {
+                call_id: h.call_id,
+                target: match h.target {
+                    TargetWire::Function(hash, member) => Target::Function(FunctionId {
+                        blob: BlobHash(hash.0),
+                        member,
+                    }),
+                    TargetWire::Name(n) => Target::Name(n),
+                },
+                deadline_ms: h.deadline_ms,
+                caller: h.caller,
+                hops: h.hops,
+                context,
+                args,
+            }))
+        }
+        FrameType::Response => {
+            let (h, n): (ResponseHeader, usize) = decode_header(fty, p, limits)?;
+            let (value, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
+                .map_err(value_err)?;
+            exact(fty, p, n)?;
+            let result = match h.error {
+                None => Ok(value),
+                Some(e) => Err(RemoteError {
+                    kind: ErrorKind::parse(&e.kind),
+                    message: e.message,
+                    trace: e.trace,
+                    value,
+                }),
+            };
+            Ok(Message::Response(CallResponse {
+                call_id: h.call_id,
+                result,
+            }))
+        }
+        FrameType::BlobQuery | FrameType::BlobWant => {
+            let (h, n): (HashList, usize) = decode_header(fty, p, limits)?;
+            exact(fty, p, n)?;
+            let hs = hashes(h.hashes, limits)?;
+            Ok(if fty == FrameType::BlobQuery {
+                Message::BlobQuery(hs)
+            } else {
+                Message::BlobWant(hs)
+            })
+        }
+        FrameType::BlobPush => {
+            let (h, n): (PushHeader<'_>, usize) = decode_header(fty, p, limits)?;
+            exact(fty, p, n)?;
+            let blob = if h.blob.0.is_empty() {
+                Bytes::new()
+            } else {
+                payload.slice_ref(h.blob())
+            };
+            Ok(Message::BlobPush {
+                hash: BlobHash(h.hash.0),
+                blob,
+            })
+        }
+        FrameType::Sidecar => {
+            if p.len() < SIDECAR_HEADER_LEN {
+                return Err(malformed(fty, "shorter than its 33-byte header"));
+            }
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&p[..32]);
+            let flags = p[32];
+            if flags & !SIDECAR_RETAIN != 0 {
+                return Err(malformed(fty, format!("unknown flags 0x{flags:02x}")));
+            }
+            Ok(Message::Sidecar {
+                hash: SidecarHash(h),
+                retain: flags & SIDECAR_RETAIN != 0,
+                data: payload.slice(SIDECAR_HEADER_LEN..),
+            })
+        }
+        FrameType::Cancel => {
+            let (h, n): (CancelHeader, usize) = decode_header(fty, p, limits)?;
+            exact(fty, p, n)?;
+            Ok(Message::Cancel { call_id: h.call_id })
+        }
+        FrameType::Error => {
+            let (h, n): (ErrorReply, usize) = decode_header(fty, p, limits)?;
+            exact(fty, p, n)?;
+            Ok(Message::Error(h))
+        }
+    }
+}
+
+/// Encodes a message with no sidecar extraction (every bytes value inline).
+pub fn encode_plain(msg: &Message) -> Vec<u8> {
+    let mut none = Vec::new();
+    encode_message(msg, usize::MAX, &mut none)
+}
+
+/// Decodes one complete frame (header included) that must span all of `frame`;
+/// sidecar references fail. For tests, tools and fuzzing.
+pub fn decode_frame_exact(frame: &Bytes, limits: &Limits) -> Result<Message, MessageError> {
+    use crate::frame::{decode_frame, FrameStatus};
+    match decode_frame(frame, limits.max_frame, limits.max_sidecar_bytes_per_call)? {
+        FrameStatus::NeedMore(n) => Err(MessageError::Malformed {
+            ty: FrameType::from_u8(frame.first().copied().unwrap_or(0)).unwrap_or(FrameType::Error),
+            why: format!("incomplete frame: {} of {n} bytes", frame.len()),
+        }),
+        FrameStatus::Complete { ty, payload } => {
+            let fty = FrameType::from_u8(ty).ok_or(MessageError::UnknownType(ty))?;
+            if payload.end != frame.len() {
+                return Err(MessageError::Trailing {
+                    ty: fty,
+                    n: frame.len() - payload.end,
+                });
+            }
+            decode_message(ty, &frame.slice(payload), limits, &|_| None)
+        }
+    }
+}

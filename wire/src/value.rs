@@ -1,0 +1,725 @@
+//! The value codec: [`Portable`] ↔ native MessagePack, written by hand on the `rmp` crate.
+//!
+//! Mapping (see docs/protocol.md, "Values"):
+//!
+//! | Skiff      | MessagePack                                                    |
+//! |------------|----------------------------------------------------------------|
+//! | nil        | nil                                                            |
+//! | bool       | true / false                                                   |
+//! | int        | int (smallest encoding; uint64 above `i64::MAX` is rejected)   |
+//! | float      | float 64 (float 32 accepted on decode)                         |
+//! | string     | str (UTF-8 checked)                                            |
+//! | bytes      | bin, or ext 3 (sidecar reference) at/above the threshold       |
+//! | list       | array                                                          |
+//! | map        | map (keys nil/bool/int/str/bin only)                           |
+//! | range      | ext 2: start i64 BE, end i64 BE                                |
+//! | closure    | ext 1: blob hash (32) member u32 BE, then a MessagePack array  |
+//! |            | of the captured values                                         |
+//!
+//! Invariants:
+//! - Decoding never panics and never allocates more than the input could justify: every
+//!   length is checked against the bytes remaining before a container or string is built
+//!   (each array element needs at least one byte, each map entry two).
+//! - Nesting is limited by `max_depth` (a top-level container is depth 1; a closure and
+//!   its capture array each add a level), so a nesting bomb fails fast. Decoding is
+//!   iterative (an explicit stack of open containers), so it fits any thread stack.
+//! - Bytes are never encoded as integer arrays. Decoding a `bin` from a [`Bytes`] buffer
+//!   slices it (no copy).
+//! - `decode(encode(v)) == v` for every `Portable` (property-tested).
+
+use crate::limits::{Limit, LimitExceeded};
+use bytes::Bytes;
+use rmp::encode as enc;
+use rmp::Marker;
+use sha2::{Digest, Sha256};
+use skiff_vm::{BlobHash, FunctionId, Portable};
+use std::fmt;
+
+/// Ext type of a closure.
+pub const EXT_FUNCTION: i8 = 1;
+/// Ext type of a range.
+pub const EXT_RANGE: i8 = 2;
+/// Ext type of a sidecar reference.
+pub const EXT_SIDECAR: i8 = 3;
+
+/// SHA-256 of a sidecar's bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SidecarHash(pub [u8; 32]);
+
+impl SidecarHash {
+    /// Hashes sidecar bytes.
+    pub fn of(bytes: &[u8]) -> SidecarHash {
+        SidecarHash(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Debug for SidecarHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sidecar#")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A sidecar the encoder took out of a value: its hash and bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SidecarOut {
+    pub hash: SidecarHash,
+    pub data: Bytes,
+}
+
+/// Why a value could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("value truncated at byte {0}")]
+    Truncated(usize),
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+    #[error("invalid UTF-8 in a string at byte {0}")]
+    InvalidUtf8(usize),
+    #[error("integer at byte {0} does not fit in i64")]
+    IntOutOfRange(usize),
+    #[error("reserved MessagePack marker 0xc1 at byte {0}")]
+    Reserved(usize),
+    #[error("unknown ext type {ty} at byte {at}")]
+    UnknownExt { ty: i8, at: usize },
+    #[error("malformed ext type {ty} at byte {at}: {why}")]
+    BadExt {
+        ty: i8,
+        at: usize,
+        why: &'static str,
+    },
+    #[error("map key at byte {0} is not nil, bool, int, string or bytes")]
+    InvalidMapKey(usize),
+    #[error("reference to unknown sidecar {0:?}")]
+    UnknownSidecar(SidecarHash),
+    #[error("sidecar {hash:?} is {actual} bytes but the reference says {declared}")]
+    SidecarLength {
+        hash: SidecarHash,
+        declared: u64,
+        actual: u64,
+    },
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
+    #[error("expected {expected} at byte {at}")]
+    Unexpected { expected: &'static str, at: usize },
+}
+
+// ---------------------------------------------------------------------------------------
+// Encoding
+
+/// Encodes a value with no sidecars (every bytes value inline as `bin`).
+pub fn encode_value(value: &Portable, out: &mut Vec<u8>) {
+    let mut none = Vec::new();
+    encode_value_with_sidecars(value, out, usize::MAX, &mut none);
+}
+
+/// Encodes a value; bytes of at least `threshold` bytes become sidecar references and are
+/// appended (deduplicated by hash) to `sidecars`.
+pub fn encode_value_with_sidecars(
+    value: &Portable,
+    out: &mut Vec<u8>,
+    threshold: usize,
+    sidecars: &mut Vec<SidecarOut>,
+) {
+    // Writes into a Vec cannot fail.
+    encode_inner(value, out, threshold, sidecars);
+}
+
+fn encode_inner(
+    value: &Portable,
+    out: &mut Vec<u8>,
+    threshold: usize,
+    sidecars: &mut Vec<SidecarOut>,
+) {
+    match value {
+        Portable::Nil => {
+            let _ = enc::write_nil(out);
+        }
+        Portable::Bool(b) => {
+            let _ = enc::write_bool(out, *b);
+        }
+        Portable::Int(i) => {
+            {
+                let _ = enc::write_sint(out, *i);
+            };
+        }
+        Portable::Float(x) => {
+            let _ = enc::write_f64(out, *x);
+        }
+        Portable::Str(s) => {
+            let _ = enc::write_str(out, s);
+        }
+        Portable::Bytes(b) if b.len() >= threshold => {
+            let hash = SidecarHash::of(b);
+            if !sidecars.iter().any(|s| s.hash == hash) {
+                sidecars.push(SidecarOut {
+                    hash,
+                    data: b.clone(),
+                });
+            }
+            {
+                let _ = enc::write_ext_meta(out, 40, EXT_SIDECAR);
+            };
+            out.extend_from_slice(&hash.0);
+            out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+        }
+        Portable::Bytes(b) => {
+            let _ = enc::write_bin(out, b);
+        }
+        Portable::List(items) => {
+            {
+                let _ = enc::write_array_len(out, len32(items.len()));
+            };
+            for item in items {
+                encode_inner(item, out, threshold, sidecars);
+            }
+        }
+        Portable::Map(entries) => {
+            {
+                let _ = enc::write_map_len(out, len32(entries.len()));
+            };
+            for (k, v) in entries {
+                encode_inner(k, out, threshold, sidecars);
+                encode_inner(v, out, threshold, sidecars);
+            }
+        }
+        Portable::Range(start, end) => {
+            {
+                let _ = enc::write_ext_meta(out, 16, EXT_RANGE);
+            };
+            out.extend_from_slice(&start.to_be_bytes());
+            out.extend_from_slice(&end.to_be_bytes());
+        }
+        Portable::Function { func, captures } => {
+            let mut payload = Vec::with_capacity(40);
+            payload.extend_from_slice(&func.blob.0);
+            payload.extend_from_slice(&func.member.to_be_bytes());
+            {
+                let _ = enc::write_array_len(&mut payload, len32(captures.len()));
+            };
+            for c in captures {
+                encode_inner(c, &mut payload, threshold, sidecars);
+            }
+            {
+                let _ = enc::write_ext_meta(out, len32(payload.len()), EXT_FUNCTION);
+            };
+            out.extend_from_slice(&payload);
+        }
+    }
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).expect("container longer than u32::MAX cannot be encoded")
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+
+/// Looks a sidecar up by hash (a stream's received sidecars, then the
+/// connection's retained table).
+pub type SidecarLookup<'a> = &'a dyn Fn(&SidecarHash) -> Option<Bytes>;
+
+/// Decodes exactly one value occupying all of `buf`; sidecar references are errors.
+pub fn decode_value(buf: &Bytes, max_depth: usize) -> Result<Portable, ValueError> {
+    let no_sidecars = |_: &SidecarHash| None;
+    let mut r = Reader::new(buf, 0, buf.len());
+    let v = r.value(max_depth, &no_sidecars)?;
+    r.finish()?;
+    Ok(v)
+}
+
+/// Decodes one value starting at `buf[pos..end]`, returning it and the position after it.
+pub fn decode_value_at(
+    buf: &Bytes,
+    pos: usize,
+    end: usize,
+    max_depth: usize,
+    sidecars: SidecarLookup<'_>,
+) -> Result<(Portable, usize), ValueError> {
+    let mut r = Reader::new(buf, pos, end);
+    let v = r.value(max_depth, sidecars)?;
+    Ok((v, r.pos))
+}
+
+/// Length in bytes of the one MessagePack object at the start of `buf`, checking nesting
+/// against `max_depth` without recursion. Used to delimit serde-decoded message headers.
+pub fn object_len(buf: &[u8], max_depth: usize) -> Result<usize, ValueError> {
+    let mut pos = 0usize;
+    // Items still to skip at each open container level.
+    let mut stack: Vec<u64> = Vec::new();
+    let mut pending: u64 = 1;
+    loop {
+        while pending == 0 {
+            match stack.pop() {
+                Some(p) => pending = p,
+                None => return Ok(pos),
+            }
+        }
+        pending -= 1;
+        let at = pos;
+        let m = *buf.get(pos).ok_or(ValueError::Truncated(at))?;
+        pos += 1;
+        let (skip, children): (u64, u64) = match Marker::from_u8(m) {
+            Marker::Null | Marker::True | Marker::False | Marker::FixPos(_) | Marker::FixNeg(_) => {
+                (0, 0)
+            }
+            Marker::U8 | Marker::I8 => (1, 0),
+            Marker::U16 | Marker::I16 => (2, 0),
+            Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
+            Marker::U64 | Marker::I64 | Marker::F64 => (8, 0),
+            Marker::FixStr(n) => (n as u64, 0),
+            Marker::Str8 | Marker::Bin8 => (be(buf, &mut pos, 1)?, 0),
+            Marker::Str16 | Marker::Bin16 => (be(buf, &mut pos, 2)?, 0),
+            Marker::Str32 | Marker::Bin32 => (be(buf, &mut pos, 4)?, 0),
+            Marker::FixArray(n) => (0, n as u64),
+            Marker::Array16 => (0, be(buf, &mut pos, 2)?),
+            Marker::Array32 => (0, be(buf, &mut pos, 4)?),
+            Marker::FixMap(n) => (0, 2 * n as u64),
+            Marker::Map16 => (0, 2 * be(buf, &mut pos, 2)?),
+            Marker::Map32 => (0, 2 * be(buf, &mut pos, 4)?),
+            Marker::FixExt1 => (2, 0),
+            Marker::FixExt2 => (3, 0),
+            Marker::FixExt4 => (5, 0),
+            Marker::FixExt8 => (9, 0),
+            Marker::FixExt16 => (17, 0),
+            Marker::Ext8 => (be(buf, &mut pos, 1)? + 1, 0),
+            Marker::Ext16 => (be(buf, &mut pos, 2)? + 1, 0),
+            Marker::Ext32 => (be(buf, &mut pos, 4)? + 1, 0),
+            Marker::Reserved => return Err(ValueError::Reserved(at)),
+        };
+        let remaining = (buf.len() - pos) as u64;
+        if skip > remaining || children > remaining {
+            return Err(ValueError::Truncated(at));
+        }
+        pos += skip as usize;
+        if children > 0 {
+            let depth = stack.len() + 1;
+            if depth > max_depth {
+                return Err(LimitExceeded {
+                    limit: Limit::MaxDepth,
+                    max: max_depth as u64,
+                    seen: depth as u64,
+                }
+                .into());
+            }
+            stack.push(pending);
+            pending = children;
+        }
+    }
+}
+
+fn be(buf: &[u8], pos: &mut usize, n: usize) -> Result<u64, ValueError> {
+    let at = *pos;
+    let end = at.checked_add(n).ok_or(ValueError::Truncated(at))?;
+    let bytes = buf.get(at..end).ok_or(ValueError::Truncated(at))?;
+    *pos = end;
+    Ok(bytes.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64))
+}
+
+struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a Bytes, pos: usize, end: usize) -> Self {
+        let end = end.min(buf.len());
+        Reader {
+            buf,
+            pos: pos.min(end),
+            end,
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.end - self.pos
+    }
+
+    fn take(&mut self, n: u64) -> Result<std::ops::Range<usize>, ValueError> {
+        if n > self.remaining() as u64 {
+            return Err(ValueError::Truncated(self.pos));
+        }
+        let start = self.pos;
+        self.pos += n as usize;
+        Ok(start..self.pos)
+    }
+
+    fn uint(&mut self, n: usize) -> Result<u64, ValueError> {
+        let r = self.take(n as u64)?;
+        Ok(self.buf[r]
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | b as u64))
+    }
+
+    fn finish(&self) -> Result<(), ValueError> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(ValueError::Trailing(n)),
+        }
+    }
+
+    fn depth_check(max_depth: usize, depth: usize) -> Result<(), ValueError> {
+        if depth > max_depth {
+            return Err(LimitExceeded {
+                limit: Limit::MaxDepth,
+                max: max_depth as u64,
+                seen: depth as u64,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Decodes one value. Iterative (an explicit stack of open containers, bounded by
+    /// `max_depth`), so the Rust stack use is constant whatever the input.
+    fn value(
+        &mut self,
+        max_depth: usize,
+        sidecars: SidecarLookup<'_>,
+    ) -> Result<Portable, ValueError> {
+        let mut stack: Vec<Open> = Vec::new();
+        loop {
+            let at = self.pos;
+            let mut v = match self.item(sidecars)? {
+                Item::Value(v) => v,
+                Item::Array(n) => {
+                    Self::depth_check(max_depth, stack.len() + 1)?;
+                    if n > self.remaining() as u64 {
+                        return Err(ValueError::Truncated(self.pos));
+                    }
+                    if n > 0 {
+                        stack.push(Open::List {
+                            items: Vec::with_capacity((n as usize).min(PREALLOC)),
+                            left: n,
+                        });
+                        continue;
+                    }
+                    Portable::List(Vec::new())
+                }
+                Item::Map(n) => {
+                    Self::depth_check(max_depth, stack.len() + 1)?;
+                    if n.saturating_mul(2) > self.remaining() as u64 {
+                        return Err(ValueError::Truncated(self.pos));
+                    }
+                    if n > 0 {
+                        stack.push(Open::Map {
+                            entries: Vec::with_capacity((n as usize).min(PREALLOC)),
+                            key: None,
+                            left: n,
+                        });
+                        continue;
+                    }
+                    Portable::Map(Vec::new())
+                }
+                Item::Closure { func, ext_end } => {
+                    Self::depth_check(max_depth, stack.len() + 1)?;
+                    stack.push(Open::Closure {
+                        func,
+                        ext_end,
+                        outer_end: self.end,
+                        at,
+                    });
+                    self.end = ext_end;
+                    continue;
+                }
+            };
+            // Close every container this value completes.
+            loop {
+                match stack.last_mut() {
+                    None => return Ok(v),
+                    Some(Open::List { items, left }) => {
+                        items.push(v);
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        let Some(Open::List { items, .. }) = stack.pop() else {
+                            return Err(internal(self.pos));
+                        };
+                        v = Portable::List(items);
+                    }
+                    Some(Open::Map { entries, key, left }) => {
+                        let Some(k) = key.take() else {
+                            if !matches!(
+                                v,
+                                Portable::Nil
+                                    | Portable::Bool(_)
+                                    | Portable::Int(_)
+                                    | Portable::Str(_)
+                                    | Portable::Bytes(_)
+                            ) {
+                                return Err(ValueError::InvalidMapKey(at));
+                            }
+                            *key = Some(v);
+                            break;
+                        };
+                        entries.push((k, v));
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        let Some(Open::Map { entries, .. }) = stack.pop() else {
+                            return Err(internal(self.pos));
+                        };
+                        v = Portable::Map(entries);
+                    }
+                    Some(Open::Closure { .. }) => {
+                        let Some(Open::Closure {
+                            func,
+                            ext_end,
+                            outer_end,
+                            at,
+                        }) = stack.pop()
+                        else {
+                            return Err(internal(self.pos));
+                        };
+                        if self.pos != ext_end {
+                            return Err(ValueError::Trailing(ext_end - self.pos));
+                        }
+                        self.end = outer_end;
+                        let Portable::List(captures) = v else {
+                            return Err(ValueError::BadExt {
+                                ty: EXT_FUNCTION,
+                                at,
+                                why: "closure captures must be an array",
+                            });
+                        };
+                        v = Portable::Function { func, captures };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one item: a complete scalar, or the header of a container.
+    fn item(&mut self, sidecars: SidecarLookup<'_>) -> Result<Item, ValueError> {
+        let at = self.pos;
+        let m = self.uint(1)? as u8;
+        let v = match Marker::from_u8(m) {
+            Marker::Null => Portable::Nil,
+            Marker::True => Portable::Bool(true),
+            Marker::False => Portable::Bool(false),
+            Marker::FixPos(n) => Portable::Int(n as i64),
+            Marker::FixNeg(n) => Portable::Int(n as i64),
+            Marker::U8 => Portable::Int(self.uint(1)? as i64),
+            Marker::U16 => Portable::Int(self.uint(2)? as i64),
+            Marker::U32 => Portable::Int(self.uint(4)? as i64),
+            Marker::U64 => {
+                let v = self.uint(8)?;
+                Portable::Int(i64::try_from(v).map_err(|_| ValueError::IntOutOfRange(at))?)
+            }
+            Marker::I8 => Portable::Int(self.uint(1)? as u8 as i8 as i64),
+            Marker::I16 => Portable::Int(self.uint(2)? as u16 as i16 as i64),
+            Marker::I32 => Portable::Int(self.uint(4)? as u32 as i32 as i64),
+            Marker::I64 => Portable::Int(self.uint(8)? as i64),
+            Marker::F32 => Portable::Float(f32::from_bits(self.uint(4)? as u32) as f64),
+            Marker::F64 => Portable::Float(f64::from_bits(self.uint(8)?)),
+            Marker::FixStr(n) => self.string(n as u64)?,
+            Marker::Str8 => {
+                let n = self.uint(1)?;
+                self.string(n)?
+            }
+            Marker::Str16 => {
+                let n = self.uint(2)?;
+                self.string(n)?
+            }
+            Marker::Str32 => {
+                let n = self.uint(4)?;
+                self.string(n)?
+            }
+            Marker::Bin8 => {
+                let n = self.uint(1)?;
+                self.bin(n)?
+            }
+            Marker::Bin16 => {
+                let n = self.uint(2)?;
+                self.bin(n)?
+            }
+            Marker::Bin32 => {
+                let n = self.uint(4)?;
+                self.bin(n)?
+            }
+            Marker::FixArray(n) => return Ok(Item::Array(n as u64)),
+            Marker::Array16 => return Ok(Item::Array(self.uint(2)?)),
+            Marker::Array32 => return Ok(Item::Array(self.uint(4)?)),
+            Marker::FixMap(n) => return Ok(Item::Map(n as u64)),
+            Marker::Map16 => return Ok(Item::Map(self.uint(2)?)),
+            Marker::Map32 => return Ok(Item::Map(self.uint(4)?)),
+            Marker::FixExt1 => return self.ext(1, at, sidecars),
+            Marker::FixExt2 => return self.ext(2, at, sidecars),
+            Marker::FixExt4 => return self.ext(4, at, sidecars),
+            Marker::FixExt8 => return self.ext(8, at, sidecars),
+            Marker::FixExt16 => return self.ext(16, at, sidecars),
+            Marker::Ext8 => {
+                let n = self.uint(1)?;
+                return self.ext(n, at, sidecars);
+            }
+            Marker::Ext16 => {
+                let n = self.uint(2)?;
+                return self.ext(n, at, sidecars);
+            }
+            Marker::Ext32 => {
+                let n = self.uint(4)?;
+                return self.ext(n, at, sidecars);
+            }
+            Marker::Reserved => return Err(ValueError::Reserved(at)),
+        };
+        Ok(Item::Value(v))
+    }
+
+    fn string(&mut self, n: u64) -> Result<Portable, ValueError> {
+        let r = self.take(n)?;
+        let at = r.start;
+        let s = std::str::from_utf8(&self.buf[r]).map_err(|_| ValueError::InvalidUtf8(at))?;
+        Ok(Portable::Str(s.to_owned()))
+    }
+
+    fn bin(&mut self, n: u64) -> Result<Portable, ValueError> {
+        let r = self.take(n)?;
+        Ok(Portable::Bytes(self.buf.slice(r)))
+    }
+
+    fn ext(&mut self, n: u64, at: usize, sidecars: SidecarLookup<'_>) -> Result<Item, ValueError> {
+        let ty = self.uint(1)? as u8 as i8;
+        if n > self.remaining() as u64 {
+            return Err(ValueError::Truncated(self.pos));
+        }
+        let start = self.pos;
+        let end = start + n as usize;
+        let payload = &self.buf[start..end];
+        let bad = |why| ValueError::BadExt { ty, at, why };
+        match ty {
+            EXT_RANGE => {
+                if payload.len() != 16 {
+                    return Err(bad("range payload must be 16 bytes"));
+                }
+                let s = i64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
+                let e = i64::from_be_bytes(payload[8..].try_into().unwrap_or_default());
+                self.pos = end;
+                Ok(Item::Value(Portable::Range(s, e)))
+            }
+            EXT_SIDECAR => {
+                if payload.len() != 40 {
+                    return Err(bad("sidecar reference payload must be 40 bytes"));
+                }
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&payload[..32]);
+                let hash = SidecarHash(h);
+                let declared = u64::from_be_bytes(payload[32..].try_into().unwrap_or_default());
+                let data = sidecars(&hash).ok_or(ValueError::UnknownSidecar(hash))?;
+                if data.len() as u64 != declared {
+                    return Err(ValueError::SidecarLength {
+                        hash,
+                        declared,
+                        actual: data.len() as u64,
+                    });
+                }
+                self.pos = end;
+                Ok(Item::Value(Portable::Bytes(data)))
+            }
+            EXT_FUNCTION => {
+                if payload.len() < 37 {
+                    return Err(bad("closure payload shorter than hash + member + array"));
+                }
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&payload[..32]);
+                let member = u32::from_be_bytes(payload[32..36].try_into().unwrap_or_default());
+                self.pos = start + 36;
+                Ok(Item::Closure {
+                    func: FunctionId {
+                        blob: BlobHash(h),
+                        member,
+                    },
+                    ext_end: end,
+                })
+            }
+            _ => Err(ValueError::UnknownExt { ty, at }),
+        }
+    }
+}
+
+/// A decoder state that cannot occur; reported as an error rather than a panic.
+fn internal(at: usize) -> ValueError {
+    ValueError::Unexpected {
+        expected: "a consistent decoder state",
+        at,
+    }
+}
+
+/// Largest pre-allocation of a decoded container, in elements.
+const PREALLOC: usize = 1024;
+
+enum Item {
+    Value(Portable),
+    Array(u64),
+    Map(u64),
+    Closure { func: FunctionId, ext_end: usize },
+}
+
+enum Open {
+    List {
+        items: Vec<Portable>,
+        left: u64,
+    },
+    Map {
+        entries: Vec<(Portable, Portable)>,
+        key: Option<Portable>,
+        left: u64,
+    },
+    Closure {
+        func: FunctionId,
+        ext_end: usize,
+        outer_end: usize,
+        at: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(v: &Portable) -> Portable {
+        let mut out = Vec::new();
+        encode_value(v, &mut out);
+        decode_value(&Bytes::from(out), 64).unwrap()
+    }
+
+    #[test]
+    fn native_forms() {
+        let mut out = Vec::new();
+        encode_value(&Portable::Bytes(Bytes::from_static(&[1, 2, 3])), &mut out);
+        assert_eq!(out, [0xc4, 3, 1, 2, 3]);
+        out.clear();
+        encode_value(
+            &Portable::List(vec![Portable::Int(1), Portable::Str("a".into())]),
+            &mut out,
+        );
+        assert_eq!(out, [0x92, 0x01, 0xa1, b'a']);
+        for v in [
+            Portable::Int(i64::MIN),
+            Portable::Int(i64::MAX),
+            Portable::Int(-33),
+            Portable::Range(-5, 7),
+            Portable::Float(1.5),
+        ] {
+            assert_eq!(rt(&v), v);
+        }
+    }
+
+    #[test]
+    fn object_len_matches() {
+        let v = Portable::Map(vec![(
+            Portable::Str("k".into()),
+            Portable::List(vec![Portable::Nil, Portable::Range(1, 2)]),
+        )]);
+        let mut out = Vec::new();
+        encode_value(&v, &mut out);
+        let n = out.len();
+        out.push(0xc0);
+        assert_eq!(object_len(&out, 64).unwrap(), n);
+    }
+}

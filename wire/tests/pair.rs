@@ -1,0 +1,810 @@
+//! Protocol behaviour over a simulated pair: round trips and bytes on the wire for warm and
+//! cold calls, negotiation edge cases, call-backs, nesting, cancellation, deadlines, hash
+//! mismatches, sidecars, hello and error replies.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use skiff_vm::{BlobHash, FunctionId, Portable};
+use skiff_wire::message::{encode_plain, encode_sidecar};
+use skiff_wire::{
+    BlobStore, CallOptions, CloseReason, Config, ErrorKind, Event, Hello, Message, Side, StreamId,
+    Target,
+};
+use std::time::Duration;
+
+fn args() -> Vec<Portable> {
+    vec![Portable::Int(7), Portable::Str("x".into())]
+}
+
+#[test]
+fn cold_then_warm_call_negotiated() {
+    // Eager pushes off: every unknown blob is offered, and exactly the missing ones pushed.
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    let (set, entry, closure) = program(1, 2000);
+    pair.client.source = set;
+    let all_bytes = size_of(&pair.client.source, &closure);
+
+    let before = pair.client.conn.stats().clone();
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, args()));
+    assert_eq!(r.unwrap(), Portable::List(args()));
+    let s = pair.client.conn.stats().clone();
+    assert_eq!(rtt, 2, "cold call: query+request, want, push, response");
+    assert_eq!(s.blobs_sent - before.blobs_sent, 4);
+    assert_eq!(s.blob_bytes_sent - before.blob_bytes_sent, all_bytes);
+    assert_eq!(s.queries_sent - before.queries_sent, 1);
+    for h in &closure {
+        assert!(pair.client.conn.peer_holds(h));
+        assert!(pair.server.store.lock().unwrap().contains(h));
+        assert!(
+            !pair.server.store.lock().unwrap().is_pinned(h),
+            "pins released"
+        );
+    }
+    println!(
+        "cold call: {rtt} RTT, {} blob bytes, {} bytes client→server",
+        s.blob_bytes_sent - before.blob_bytes_sent,
+        s.bytes_sent - before.bytes_sent
+    );
+
+    let before = pair.client.conn.stats().clone();
+    let wire_before = pair.wire_bytes;
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, args()));
+    assert_eq!(r.unwrap(), Portable::List(args()));
+    let s = pair.client.conn.stats().clone();
+    assert_eq!(rtt, 1, "warm call: one round trip");
+    assert_eq!(s.blob_bytes_sent - before.blob_bytes_sent, 0);
+    assert_eq!(s.queries_sent - before.queries_sent, 0);
+    assert_eq!(s.frames_sent - before.frames_sent, 1, "just the request");
+    // The request frame: 5-byte header + [id, [hash, 0], nil, "client", []] + nil + args.
+    let up = pair.wire_bytes.0 - wire_before.0;
+    let down = pair.wire_bytes.1 - wire_before.1;
+    let expected_request = 5 + (1 + 1 + (1 + 2 + 32 + 1) + 1 + 7 + 1) + 1 + (1 + 1 + 2);
+    assert_eq!(up, expected_request as u64);
+    // Response: 5 + [id, nil] + [7, "x"].
+    assert_eq!(down, 5 + 3 + 4);
+    println!("warm call: {rtt} RTT, 0 blob bytes, {up} bytes up, {down} bytes down");
+}
+
+#[test]
+fn cold_call_with_eager_push_is_one_round_trip() {
+    let mut pair = Pair::default_pair();
+    let (set, entry, closure) = program(2, 100);
+    pair.client.source = set;
+    let all_bytes = size_of(&pair.client.source, &closure);
+    assert!(all_bytes < 16 << 10);
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, args()));
+    assert!(r.is_ok());
+    assert_eq!(rtt, 1, "small blobs pushed eagerly: one round trip");
+    assert_eq!(pair.client.conn.stats().blob_bytes_sent, all_bytes);
+    assert_eq!(pair.client.conn.stats().queries_sent, 0);
+}
+
+#[test]
+fn only_missing_blobs_cross_and_warm_store_needs_none() {
+    // The server already stores two of the four blobs (e.g. from an earlier connection).
+    let (set, entry, closure) = program(3, 3000);
+    let server_store = BlobStore::new(1 << 20).shared();
+    {
+        let mut s = server_store.lock().unwrap();
+        for h in &closure[..2] {
+            use skiff_wire::BlobSource;
+            s.insert_verified(*h, set.blob_bytes(h).unwrap(), 1 << 20, &|_| Ok(()))
+                .unwrap();
+        }
+    }
+    let mut pair = Pair::with_stores(
+        no_eager("client"),
+        BlobStore::new(1 << 20).shared(),
+        no_eager("server"),
+        server_store.clone(),
+    );
+    pair.client.source = set;
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, args()));
+    assert!(r.is_ok());
+    assert_eq!(rtt, 2);
+    assert_eq!(pair.client.conn.stats().blobs_sent, 2);
+    assert_eq!(
+        pair.client.conn.stats().blob_bytes_sent,
+        size_of(&pair.client.source, &closure[2..])
+    );
+
+    // A new connection to a server whose store is warm: the query is answered with nothing
+    // wanted, so it costs one round trip and no blob bytes.
+    let source = pair.client.source.clone();
+    let mut pair2 = Pair::with_stores(
+        no_eager("client"),
+        BlobStore::new(1 << 20).shared(),
+        no_eager("server"),
+        server_store,
+    );
+    pair2.client.source = source;
+    let (r, rtt) = pair2.client_call(CallOptions::function(entry, args()));
+    assert!(r.is_ok());
+    assert_eq!(rtt, 1);
+    assert_eq!(pair2.client.conn.stats().blob_bytes_sent, 0);
+}
+
+#[test]
+fn stale_record_after_eviction_costs_one_more_round_trip() {
+    // Server store fits one program only; a second program evicts the first.
+    let (set1, entry1, closure1) = program(10, 4000);
+    let (set2, entry2, _) = program(20, 4000);
+    let server_store = BlobStore::new(size_of(&set1, &closure1) + 100).shared();
+    let mut pair = Pair::with_stores(
+        no_eager("client"),
+        BlobStore::new(1 << 20).shared(),
+        no_eager("server"),
+        server_store,
+    );
+    let mut both = set1.clone();
+    both.merge(&set2);
+    pair.client.source = both;
+    assert_eq!(pair.client_call(CallOptions::function(entry1, args())).1, 2);
+    assert_eq!(pair.client_call(CallOptions::function(entry2, args())).1, 2);
+    // The client still believes the server holds program 1; it was evicted.
+    assert!(pair.client.conn.peer_holds(&entry1.blob));
+    let before = pair.client.conn.stats().blob_bytes_sent;
+    let (r, rtt) = pair.client_call(CallOptions::function(entry1, args()));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(rtt, 2, "request, want, push, response");
+    assert_eq!(
+        pair.client.conn.stats().blob_bytes_sent - before,
+        size_of(&set1, &closure1)
+    );
+}
+
+#[test]
+fn chunked_delivery_byte_by_byte() {
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    pair.byte_by_byte = true;
+    let (set, entry, _) = program(4, 500);
+    pair.client.source = set;
+    let big = Portable::Bytes(Bytes::from(vec![9u8; 70_000]));
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, vec![big.clone()]));
+    assert_eq!(r.unwrap(), Portable::List(vec![big]));
+    assert_eq!(rtt, 2);
+}
+
+#[test]
+fn call_back_through_the_callers_connection_and_hops() {
+    // The client calls the server; while running it, the server calls back into the
+    // client (same connection, server-opened stream), then answers with what it got.
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    pair.server.auto = Auto::Manual;
+    let (set, entry, _) = program(5, 300);
+    pair.client.source = set;
+    let (sset, sentry, _) = program(50, 300);
+    pair.server.source = sset;
+
+    let t0 = pair.now;
+    let id = pair
+        .client
+        .call(CallOptions::function(entry, args()), pair.now);
+    let incoming = loop {
+        if let Some(c) = pair.server.incoming() {
+            break c;
+        }
+        assert!(pair.step());
+    };
+    assert_eq!(incoming.caller, "client");
+    assert_eq!(incoming.hops, Vec::<String>::new());
+    let mut back = CallOptions::function(sentry, vec![Portable::Int(42)]);
+    back.hops = incoming.nested_hops();
+    let back_id = pair.server.call(back, pair.now);
+    assert_eq!(back_id.initiator(), Side::Server);
+    let back_result = loop {
+        if let Some(r) = pair.server.result(back_id) {
+            break r;
+        }
+        assert!(pair.step());
+    };
+    assert_eq!(
+        back_result.unwrap(),
+        Portable::List(vec![Portable::Int(42)])
+    );
+    // The client's echo saw the hop chain.
+    let seen = pair
+        .client
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::IncomingCall(c) => Some(c.hops.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(seen, vec!["client".to_string()]);
+    pair.server
+        .conn
+        .respond(incoming.id, Ok(Portable::Str("done".into())));
+    let r = loop {
+        if let Some(r) = pair.client.result(id) {
+            break r;
+        }
+        assert!(pair.step());
+    };
+    assert_eq!(r.unwrap(), Portable::Str("done".into()));
+    // cold outer (2) + cold call-back (2) = 4 round trips.
+    assert_eq!((pair.now - t0).as_millis(), 4 * 20);
+}
+
+#[test]
+fn nested_call_across_two_connections() {
+    // A → B, and B runs part of it on C: B is server of pair ab and client of pair bc.
+    let mut ab = Pair::new(no_eager("a"), no_eager("b"));
+    let mut bc = Pair::new(no_eager("b"), no_eager("c"));
+    ab.server.auto = Auto::Manual;
+    let (set, entry, _) = program(6, 200);
+    ab.client.source = set.clone();
+    bc.client.source = set;
+    let id = ab.client.call(CallOptions::function(entry, args()), ab.now);
+    let incoming = loop {
+        if let Some(c) = ab.server.incoming() {
+            break c;
+        }
+        assert!(ab.step());
+    };
+    // B forwards the call (same function, which it now holds) to C.
+    let mut fwd = CallOptions::function(entry, incoming.args.clone());
+    fwd.hops = incoming.nested_hops();
+    let (r, rtt) = bc.client_call(fwd);
+    assert_eq!(rtt, 2);
+    let inner = bc
+        .server
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::IncomingCall(c) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(inner.hops, vec!["a".to_string()]);
+    assert_eq!(inner.caller, "b");
+    ab.server.conn.respond(incoming.id, r);
+    let r = loop {
+        if let Some(r) = ab.client.result(id) {
+            break r;
+        }
+        assert!(ab.step());
+    };
+    assert_eq!(r.unwrap(), Portable::List(args()));
+}
+
+#[test]
+fn cancellation_reaches_the_callee_and_releases_pins() {
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    pair.server.auto = Auto::Manual;
+    let (set, entry, closure) = program(7, 100);
+    pair.client.source = set;
+    let id = pair
+        .client
+        .call(CallOptions::function(entry, args()), pair.now);
+    let incoming = loop {
+        if let Some(c) = pair.server.incoming() {
+            break c;
+        }
+        assert!(pair.step());
+    };
+    assert_eq!(incoming.blobs, closure, "closure in dependency order");
+    for h in &closure {
+        assert!(pair.server.store.lock().unwrap().is_pinned(h));
+    }
+    pair.client.conn.cancel(id);
+    pair.collect();
+    let r = pair.client.result(id);
+    assert_eq!(r.unwrap().unwrap_err().kind, ErrorKind::Cancelled);
+    pair.drive();
+    assert!(pair.server.events.iter().any(|e| matches!(
+        e,
+        Event::CallCancelled { id, reason: ErrorKind::Cancelled } if *id == incoming.id
+    )));
+    for h in &closure {
+        assert!(!pair.server.store.lock().unwrap().is_pinned(h));
+    }
+    // A late response is ignored.
+    pair.server.conn.respond(incoming.id, Ok(Portable::Nil));
+    assert!(pair.server.conn.poll_transmit().is_none());
+    // The connection still works.
+    pair.server.auto = Auto::Echo;
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, args()));
+    assert!(r.is_ok());
+    assert_eq!(rtt, 1);
+}
+
+#[test]
+fn deadlines_expire_on_both_sides() {
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    pair.server.auto = Auto::Manual;
+    let (set, entry, _) = program(8, 100);
+    pair.client.source = set;
+    let mut opts = CallOptions::function(entry, args());
+    opts.deadline = Some(Duration::from_millis(100));
+    let t0 = pair.now;
+    let (r, _) = pair.client_call(opts);
+    assert_eq!(r.unwrap_err().kind, ErrorKind::DeadlineExceeded);
+    assert!((pair.now - t0).as_millis() >= 100);
+    pair.drive();
+    assert!(pair.server.events.iter().any(|e| matches!(
+        e,
+        Event::CallCancelled { reason, .. }
+            if *reason == ErrorKind::Cancelled || *reason == ErrorKind::DeadlineExceeded
+    )));
+}
+
+#[test]
+fn callee_enforces_its_own_maximum_duration() {
+    let mut server = no_eager("server");
+    server.max_call_duration = Duration::from_millis(50);
+    let mut pair = Pair::new(no_eager("client"), server);
+    pair.server.auto = Auto::Manual;
+    let (set, entry, _) = program(9, 100);
+    pair.client.source = set;
+    let mut opts = CallOptions::function(entry, args());
+    opts.deadline = Some(Duration::from_secs(60));
+    let (r, _) = pair.client_call(opts);
+    assert_eq!(r.unwrap_err().kind, ErrorKind::DeadlineExceeded);
+    assert!(pair.server.events.iter().any(|e| matches!(
+        e,
+        Event::CallCancelled {
+            reason: ErrorKind::DeadlineExceeded,
+            ..
+        }
+    )));
+}
+
+fn push_frame(hash: BlobHash, bytes: Vec<u8>) -> Vec<u8> {
+    encode_plain(&Message::BlobPush {
+        hash,
+        blob: Bytes::from(bytes),
+    })
+}
+
+#[test]
+fn hash_mismatch_stores_nothing_and_repeat_offender_is_disconnected() {
+    let mut pair = Pair::default_pair();
+    let good = blob(1, 10, &[]);
+    let hash = good.hash();
+    let mut bad = good.encode();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    for i in 0..3u64 {
+        let stream = StreamId::new(Side::Client, 100 + i);
+        pair.inject_to_server(stream, push_frame(hash, bad.clone()), false);
+        pair.drive();
+        assert!(!pair.server.store.lock().unwrap().contains(&hash));
+        assert!(!pair
+            .server
+            .store
+            .lock()
+            .unwrap()
+            .contains(&BlobHash::of(&bad)));
+    }
+    assert_eq!(pair.server.conn.stats().hash_mismatches, 3);
+    assert_eq!(
+        pair.server.conn.close_reason(),
+        Some(&CloseReason::TooManyOffences { count: 3 })
+    );
+}
+
+#[test]
+fn hash_mismatch_fails_the_call_with_a_typed_error() {
+    let mut pair = Pair::default_pair();
+    let good = blob(1, 10, &[]);
+    let mut bad = good.encode();
+    bad[5] ^= 0x40;
+    let stream = StreamId::new(Side::Client, 1);
+    // Use the client's own next stream so its response is routed to a call.
+    let (set, entry, _) = program(30, 10);
+    pair.client.source = set;
+    let id = pair
+        .client
+        .call(CallOptions::function(entry, args()), pair.now);
+    assert_eq!(id, stream);
+    // The eager pushes are already queued; replace nothing, just add a bad push first.
+    pair.inject_to_server(stream, push_frame(good.hash(), bad), false);
+    let r = loop {
+        if let Some(r) = pair.client.result(id) {
+            break r;
+        }
+        assert!(pair.step());
+    };
+    // Either the genuine frames or the bad push arrive first; the bad one fails the call.
+    assert_eq!(r.unwrap_err().kind, ErrorKind::HashMismatch);
+    assert!(!pair.server.store.lock().unwrap().contains(&good.hash()));
+}
+
+#[test]
+fn verifier_rejection_stores_nothing() {
+    let (set, entry, closure) = program(11, 10);
+    let store = BlobStore::new(1 << 20).shared();
+    let mut pair = Pair::build(
+        Config::new("client"),
+        BlobStore::new(1 << 20).shared(),
+        Config::new("server"),
+        store.clone(),
+        std::sync::Arc::new(|_: &skiff_vm::Blob| Err("nope".into())),
+    );
+    pair.client.source = set;
+    let (r, _) = pair.client_call(CallOptions::function(entry, args()));
+    let e = r.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::VerifyFailed);
+    assert!(e.message.contains("nope"));
+    for h in &closure {
+        assert!(!store.lock().unwrap().contains(h));
+    }
+}
+
+#[test]
+fn sidecars_travel_beside_and_are_not_resent() {
+    let mut pair = Pair::default_pair();
+    let (set, entry, _) = program(12, 10);
+    pair.client.source = set;
+    let big = Bytes::from((0..300_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    let small = Bytes::from_static(b"tiny");
+    let a = vec![
+        Portable::Bytes(big.clone()),
+        Portable::Bytes(small.clone()),
+        Portable::List(vec![Portable::Bytes(big.clone())]),
+    ];
+    let before = pair.wire_bytes.0;
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, a.clone()));
+    assert_eq!(rtt, 1);
+    let got = r.unwrap();
+    assert_eq!(got, Portable::List(a.clone()));
+    // Sent once (deduplicated within the call), received back without resending: the
+    // echo's response references the sidecar the server retained.
+    assert_eq!(pair.client.conn.stats().sidecar_bytes_sent, 300_000);
+    assert_eq!(pair.server.conn.stats().sidecar_bytes_sent, 0);
+    assert!(pair.wire_bytes.0 - before < 300_000 + 2_000);
+    // The server's copy reached the node as a slice of the frame (no copy into the value).
+    let inc = pair
+        .server
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::IncomingCall(c) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(inc.args[0], Portable::Bytes(big.clone()));
+
+    // Second call with the same bytes: the peer holds it, nothing resent.
+    let before = pair.client.conn.stats().sidecar_bytes_sent;
+    let (r, rtt) = pair.client_call(CallOptions::function(entry, a.clone()));
+    assert_eq!(rtt, 1);
+    assert_eq!(r.unwrap(), Portable::List(a));
+    assert_eq!(pair.client.conn.stats().sidecar_bytes_sent, before);
+}
+
+#[test]
+fn results_carry_sidecars_back() {
+    let mut pair = Pair::default_pair();
+    pair.server.auto = Auto::Manual;
+    let (set, entry, _) = program(13, 10);
+    pair.client.source = set;
+    let id = pair
+        .client
+        .call(CallOptions::function(entry, vec![]), pair.now);
+    let inc = loop {
+        if let Some(c) = pair.server.incoming() {
+            break c;
+        }
+        assert!(pair.step());
+    };
+    let out = Bytes::from(vec![0xabu8; 200_000]);
+    pair.server
+        .conn
+        .respond(inc.id, Ok(Portable::Bytes(out.clone())));
+    let r = loop {
+        if let Some(r) = pair.client.result(id) {
+            break r;
+        }
+        assert!(pair.step());
+    };
+    assert_eq!(r.unwrap(), Portable::Bytes(out.clone()));
+    assert_eq!(pair.server.conn.stats().sidecar_bytes_sent, 200_000);
+    pair.drive();
+    // After the caller finished the stream, the server knows it holds the sidecar.
+    assert!(pair
+        .server
+        .conn
+        .peer_holds_sidecar(&skiff_wire::SidecarHash::of(&out)));
+}
+
+#[test]
+fn sidecar_hash_mismatch_is_rejected() {
+    let mut pair = Pair::default_pair();
+    let stream = StreamId::new(Side::Client, 7);
+    let data = vec![1u8; 100];
+    let wrong = skiff_wire::SidecarHash::of(b"other");
+    pair.inject_to_server(stream, encode_sidecar(wrong, false, &data), false);
+    pair.drive();
+    assert_eq!(pair.server.conn.stats().hash_mismatches, 1);
+}
+
+#[test]
+fn version_mismatch_is_a_clear_error_at_hello() {
+    let store = BlobStore::new(1 << 20).shared();
+    let mut server =
+        skiff_wire::Connection::new(Side::Server, Config::new("server"), store, accept_all());
+    let hello = encode_plain(&Message::Hello(Hello {
+        version: 99,
+        node: "future".into(),
+        capabilities: vec![],
+        max_frame: 1 << 20,
+        sidecar_retain: 0,
+    }));
+    server.handle_stream_data(StreamId(0), Bytes::from(hello), std::time::Instant::now());
+    let reply = server.poll_transmit().unwrap();
+    let msg = skiff_wire::message::decode_frame_exact(&reply.data, &Default::default()).unwrap();
+    match msg {
+        Message::Error(e) => {
+            assert_eq!(e.code, "version_mismatch");
+            assert!(e.message.contains("99"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        server.close_reason(),
+        Some(&CloseReason::VersionMismatch {
+            ours: 1,
+            theirs: 99
+        })
+    );
+    // And the client side reports the refusal.
+    let mut client = skiff_wire::Connection::new(
+        Side::Client,
+        Config::new("client"),
+        BlobStore::new(1 << 20).shared(),
+        accept_all(),
+    );
+    client.handle_stream_data(StreamId(0), reply.data, std::time::Instant::now());
+    assert!(matches!(
+        client.close_reason(),
+        Some(CloseReason::PeerRefused(m)) if m.contains("version_mismatch")
+    ));
+}
+
+#[test]
+fn unknown_message_gets_an_error_reply_and_the_connection_survives() {
+    let mut pair = Pair::default_pair();
+    pair.inject_to_server(StreamId(0), vec![0x42, 0, 0, 0, 2, 0xc0, 0xc0], false);
+    pair.inject_to_server(StreamId(0), vec![0x08, 0, 0, 0, 1, 0xc1], false);
+    pair.drive();
+    let replies: Vec<_> = pair
+        .client
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerError { reply, .. } => Some(reply.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 2);
+    assert_eq!(replies[0].code, "unknown_message");
+    assert_eq!(replies[0].frame_type, 0x42);
+    assert_eq!(replies[1].code, "malformed");
+    assert!(pair.server.conn.close_reason().is_none());
+    let (set, entry, _) = program(14, 10);
+    pair.client.source = set;
+    assert!(pair
+        .client_call(CallOptions::function(entry, args()))
+        .0
+        .is_ok());
+}
+
+#[test]
+fn calls_queued_before_hello_and_early_call_data() {
+    // The client starts a call before the handshake completes: it is held, then sent.
+    let mut client = skiff_wire::Connection::new(
+        Side::Client,
+        Config::new("client"),
+        BlobStore::new(1 << 20).shared(),
+        accept_all(),
+    );
+    let mut server = skiff_wire::Connection::new(
+        Side::Server,
+        Config::new("server"),
+        BlobStore::new(1 << 20).shared(),
+        accept_all(),
+    );
+    let now = std::time::Instant::now();
+    let (set, entry, _) = program(15, 10);
+    let id = client
+        .start_call(CallOptions::function(entry, args()), &set, now)
+        .unwrap();
+    let hello = client.poll_transmit().unwrap();
+    assert_eq!(hello.stream, StreamId(0));
+    assert!(client.poll_transmit().is_none(), "call held until hello");
+    server.handle_stream_data(hello.stream, hello.data, now);
+    let server_hello = server.poll_transmit().unwrap();
+    client.handle_stream_data(server_hello.stream, server_hello.data, now);
+    let mut frames = Vec::new();
+    while let Some(t) = client.poll_transmit() {
+        assert_eq!(t.stream, id);
+        frames.push(t);
+    }
+    assert!(!frames.is_empty());
+
+    // A server that sees call data before the client's hello holds it until hello.
+    let mut server2 = skiff_wire::Connection::new(
+        Side::Server,
+        Config::new("server"),
+        BlobStore::new(1 << 20).shared(),
+        accept_all(),
+    );
+    for t in &frames {
+        server2.handle_stream_data(t.stream, t.data.clone(), now);
+    }
+    assert!(server2.poll_event().is_none());
+    let hello = encode_plain(&Message::Hello(Hello {
+        version: 1,
+        node: "client".into(),
+        capabilities: vec![],
+        max_frame: 1 << 20,
+        sidecar_retain: 0,
+    }));
+    server2.handle_stream_data(StreamId(0), Bytes::from(hello), now);
+    let mut saw_call = false;
+    while let Some(e) = server2.poll_event() {
+        saw_call |= matches!(e, Event::IncomingCall(_));
+    }
+    assert!(saw_call);
+}
+
+#[test]
+fn named_targets_pass_through() {
+    let mut pair = Pair::default_pair();
+    let (r, rtt) = pair.client_call(CallOptions::named("main", vec![Portable::Nil]));
+    assert!(r.is_ok());
+    assert_eq!(rtt, 1);
+    let inc = pair
+        .server
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::IncomingCall(c) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(inc.target, Target::Name("main".into()));
+    assert!(inc.blobs.is_empty());
+}
+
+#[test]
+fn closures_in_arguments_ship_their_blobs() {
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    let (set, entry, closure) = program(16, 100);
+    pair.client.source = set;
+    let f = Portable::Function {
+        func: entry,
+        captures: vec![Portable::Int(1)],
+    };
+    let (r, rtt) = pair.client_call(CallOptions::named("apply", vec![f.clone()]));
+    assert_eq!(r.unwrap(), Portable::List(vec![f]));
+    assert_eq!(rtt, 2);
+    for h in &closure {
+        assert!(pair.server.store.lock().unwrap().contains(h));
+    }
+    let _ = FunctionId {
+        blob: closure[0],
+        member: 0,
+    };
+}
+
+#[test]
+fn call_streams_may_arrive_out_of_order() {
+    let now = std::time::Instant::now();
+    let mut client = skiff_wire::Connection::new(
+        Side::Client,
+        Config::new("client"),
+        BlobStore::new(1 << 20).shared(),
+        accept_all(),
+    );
+    let mut server = skiff_wire::Connection::new(
+        Side::Server,
+        Config::new("server"),
+        BlobStore::new(1 << 20).shared(),
+        accept_all(),
+    );
+    let hello = client.poll_transmit().unwrap();
+    server.handle_stream_data(hello.stream, hello.data, now);
+    let reply = server.poll_transmit().unwrap();
+    client.handle_stream_data(reply.stream, reply.data, now);
+    let a = client
+        .start_call(
+            CallOptions::named("a", vec![]),
+            &skiff_wire::BlobSet::new(),
+            now,
+        )
+        .unwrap();
+    let b = client
+        .start_call(
+            CallOptions::named("b", vec![]),
+            &skiff_wire::BlobSet::new(),
+            now,
+        )
+        .unwrap();
+    let mut frames: Vec<_> = std::iter::from_fn(|| client.poll_transmit()).collect();
+    frames.reverse(); // b's stream first
+    for t in frames {
+        server.handle_stream_data(t.stream, t.data, now);
+    }
+    let calls: Vec<StreamId> = std::iter::from_fn(|| server.poll_event())
+        .filter_map(|e| match e {
+            Event::IncomingCall(c) => Some(c.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls, vec![b, a]);
+    // Late data on a finished stream is ignored, not taken for a new call.
+    server.respond(a, Ok(Portable::Nil));
+    server.handle_stream_finished(a, now);
+    server.handle_stream_data(
+        a,
+        Bytes::from(encode_plain(&Message::Cancel { call_id: 1 })),
+        now,
+    );
+    assert!(server.poll_event().is_none());
+}
+
+#[test]
+fn received_sidecars_are_slices_of_the_received_buffer() {
+    let now = std::time::Instant::now();
+    let mut server = skiff_wire::Connection::new(
+        Side::Server,
+        Config::new("server"),
+        BlobStore::new(1 << 20).shared(),
+        accept_all(),
+    );
+    let hello = encode_plain(&Message::Hello(Hello {
+        version: 1,
+        node: "client".into(),
+        capabilities: vec![],
+        max_frame: 1 << 20,
+        sidecar_retain: 0,
+    }));
+    server.handle_stream_data(StreamId(0), Bytes::from(hello), now);
+    let data = vec![5u8; 100_000];
+    let mut sidecars = Vec::new();
+    let call = skiff_wire::encode_message(
+        &Message::Call(skiff_wire::CallRequest {
+            call_id: 1,
+            target: Target::Name("f".into()),
+            deadline_ms: None,
+            caller: "client".into(),
+            hops: vec![],
+            context: Portable::Nil,
+            args: vec![Portable::Bytes(Bytes::from(data.clone()))],
+        }),
+        1000,
+        &mut sidecars,
+    );
+    assert_eq!(sidecars.len(), 1);
+    let mut wire = encode_sidecar(sidecars[0].hash, false, &data);
+    wire.extend_from_slice(&call);
+    let wire = Bytes::from(wire);
+    let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+    server.handle_stream_data(StreamId::new(Side::Client, 1), wire.clone(), now);
+    let inc = std::iter::from_fn(|| server.poll_event())
+        .find_map(|e| match e {
+            Event::IncomingCall(c) => Some(c),
+            _ => None,
+        })
+        .unwrap();
+    match &inc.args[0] {
+        Portable::Bytes(b) => {
+            assert_eq!(&b[..], &data[..]);
+            assert!(range.contains(&(b.as_ptr() as usize)), "not copied");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn connection_is_send() {
+    fn is_send<T: Send>() {}
+    is_send::<skiff_wire::Connection>();
+    is_send::<skiff_wire::SharedStore>();
+}
