@@ -6,7 +6,11 @@ use skiff::{Engine, Limits, Portable};
 
 fn main() -> Result<(), skiff::Error> {
     // Every execution of this engine gets at most 10 million instructions and 64 MiB.
-    let limits = Limits { fuel: Some(10_000_000), max_heap: Some(64 << 20), ..Limits::default() };
+    let limits = Limits {
+        fuel: Some(10_000_000),
+        max_heap: Some(64 << 20),
+        ..Limits::default()
+    };
     let mut engine = Engine::new(limits);
 
     // Host functions are plain closures; argument and result types convert automatically.

@@ -16,8 +16,8 @@
 use skiff_vm::hop::{error_kind, hop_error, is_failover_kind, HopTarget, DEFAULT_CONTEXT};
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
-    BlobHash, CodeStore, Engine, ExecError, ExecIo, Execution, FunctionId, Limits, Portable,
-    RemoteFailure, RemoteRequest, Status,
+    transitive_closure, BlobHash, CodeStore, Engine, ExecError, ExecIo, Execution, FunctionId,
+    Limits, Portable, RemoteFailure, RemoteRequest, StartError, Status,
 };
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -70,9 +70,23 @@ impl<'e> LocalCluster<'e> {
     pub fn new(engine: &'e Engine, names: &[String], limits: Limits, io: IoFactory) -> Self {
         let nodes = names
             .iter()
-            .map(|n| (n.clone(), LocalNode { store: CodeStore::new(), stats: NodeStats::default() }))
+            .map(|n| {
+                (
+                    n.clone(),
+                    LocalNode {
+                        store: CodeStore::new(),
+                        stats: NodeStats::default(),
+                    },
+                )
+            })
             .collect();
-        LocalCluster { engine, nodes, limits, io, running: Vec::new() }
+        LocalCluster {
+            engine,
+            nodes,
+            limits,
+            io,
+            running: Vec::new(),
+        }
     }
 
     /// The blob store of `node`, e.g. to load a module into it.
@@ -82,7 +96,10 @@ impl<'e> LocalCluster<'e> {
 
     /// The hashes `node` holds.
     pub fn hashes(&self, node: &str) -> Vec<BlobHash> {
-        self.nodes.get(node).map(|n| n.store.hashes()).unwrap_or_default()
+        self.nodes
+            .get(node)
+            .map(|n| n.store.hashes())
+            .unwrap_or_default()
     }
 
     /// What `node` received.
@@ -99,12 +116,35 @@ impl<'e> LocalCluster<'e> {
     }
 
     /// Runs `func(args)` on `node` to completion, serving every hop it makes.
-    pub fn run(&mut self, node: &str, func: FunctionId, args: Vec<Portable>) -> Result<Portable, RunError> {
-        let store = &self.nodes.get(node).ok_or_else(|| RunError::UnknownNode(node.to_owned()))?.store;
+    pub fn run(
+        &mut self,
+        node: &str,
+        func: FunctionId,
+        args: Vec<Portable>,
+    ) -> Result<Portable, RunError> {
+        let store = &self
+            .nodes
+            .get(node)
+            .ok_or_else(|| RunError::UnknownNode(node.to_owned()))?
+            .store;
         let info = self.node_info(node, None);
-        let exec = Execution::start(self.engine, store, func, args, info, self.limits.clone(), (self.io)())
-            .map_err(|e| RunError::Start(e.to_string()))?;
-        self.running.push(Some(Running { node: node.to_owned(), exec, hop: None, runnable: true, wake_at: None }));
+        let exec = Execution::start(
+            self.engine,
+            store,
+            func,
+            args,
+            info,
+            self.limits.clone(),
+            (self.io)(),
+        )
+        .map_err(|e| RunError::Start(e.to_string()))?;
+        self.running.push(Some(Running {
+            node: node.to_owned(),
+            exec,
+            hop: None,
+            runnable: true,
+            wake_at: None,
+        }));
         let top = self.running.len() - 1;
         loop {
             let now = Instant::now();
@@ -120,7 +160,7 @@ impl<'e> LocalCluster<'e> {
                 if let Some(result) = self.step(id, now) {
                     if id == top {
                         self.running.clear();
-                        return result.map_err(RunError::Failed);
+                        return result.map_err(|e| RunError::Failed(Box::new(e)));
                     }
                     self.finish(id, result);
                 }
@@ -176,14 +216,30 @@ impl<'e> LocalCluster<'e> {
         match HopTarget::parse(&request.target) {
             Ok(plan) => {
                 let deadline = plan.timeout.map(|t| now + t);
-                self.try_next_peer(Hop { caller, request, plan, next_peer: 0, deadline }, None);
+                self.try_next_peer(
+                    Hop {
+                        caller,
+                        request,
+                        plan,
+                        next_peer: 0,
+                        deadline,
+                    },
+                    None,
+                );
             }
             Err(e) => {
                 let error = Portable::Map(vec![
                     (Portable::Str("kind".into()), Portable::Str(e.kind.into())),
                     (Portable::Str("message".into()), Portable::Str(e.message)),
                 ]);
-                self.answer(caller, request.id, Err(RemoteFailure { error, trace: Vec::new() }));
+                self.answer(
+                    caller,
+                    request.id,
+                    Err(RemoteFailure {
+                        error,
+                        trace: Vec::new(),
+                    }),
+                );
             }
         }
     }
@@ -194,7 +250,13 @@ impl<'e> LocalCluster<'e> {
             hop.next_peer += 1;
             match self.launch(&hop, &peer) {
                 Ok(exec) => {
-                    self.running.push(Some(Running { node: peer, exec, hop: Some(hop), runnable: true, wake_at: None }));
+                    self.running.push(Some(Running {
+                        node: peer,
+                        exec,
+                        hop: Some(hop),
+                        runnable: true,
+                        wake_at: None,
+                    }));
                     return;
                 }
                 Err(error) => {
@@ -207,24 +269,45 @@ impl<'e> LocalCluster<'e> {
             }
         }
         let error = last.unwrap_or_else(|| hop_error("Unreachable", "no peer to try", ""));
-        self.answer(hop.caller, hop.request.id, Err(RemoteFailure { error, trace: Vec::new() }));
+        self.answer(
+            hop.caller,
+            hop.request.id,
+            Err(RemoteFailure {
+                error,
+                trace: Vec::new(),
+            }),
+        );
     }
 
     /// Ships the blobs the hop needs to `peer` and starts the body there.
     fn launch(&mut self, hop: &Hop, peer: &str) -> Result<Execution, Portable> {
-        let caller_node = self.running[hop.caller].as_ref().map(|r| r.node.clone()).unwrap_or_default();
+        let caller_node = self.running[hop.caller]
+            .as_ref()
+            .map(|r| r.node.clone())
+            .unwrap_or_default();
         if !self.nodes.contains_key(peer) {
-            return Err(hop_error("Unreachable", format!("unknown peer `{peer}`"), peer));
+            return Err(hop_error(
+                "Unreachable",
+                format!("unknown peer `{peer}`"),
+                peer,
+            ));
         }
         if hop.plan.context != DEFAULT_CONTEXT {
-            return Err(hop_error("Refused", format!("peer `{peer}` has no context `{}`", hop.plan.context), peer));
+            return Err(hop_error(
+                "Refused",
+                format!("peer `{peer}` has no context `{}`", hop.plan.context),
+                peer,
+            ));
         }
         let mut roots = vec![hop.request.func];
-        hop.request.args.iter().for_each(|a| a.functions(&mut roots));
-        let needed = self.nodes[&caller_node]
-            .store
-            .closure_of(&roots)
-            .map_err(|e| hop_error("Refused", e.to_string(), peer))?;
+        hop.request
+            .args
+            .iter()
+            .for_each(|a| a.functions(&mut roots));
+        let store = &self.nodes[&caller_node].store;
+        let needed =
+            transitive_closure(roots.iter().map(|f| f.blob), |h| store.get(h).map(|b| &**b))
+                .map_err(|e| hop_error("Refused", e.to_string(), peer))?;
         self.ship(&caller_node, peer, &needed)?;
         let mut limits = self.limits.clone();
         limits.deadline = match (limits.deadline, hop.deadline) {
@@ -234,11 +317,23 @@ impl<'e> LocalCluster<'e> {
         let info = self.node_info(peer, Some(&caller_node));
         let node = self.nodes.get_mut(peer).expect("checked above");
         node.stats.calls_served += 1;
-        Execution::start(self.engine, &node.store, hop.request.func, hop.request.args.clone(), info, limits, (self.io)())
-            .map_err(|e| match e.missing_native() {
-                Some(name) => hop_error("MissingNative", format!("peer `{peer}` has no native `{name}`"), peer),
-                None => hop_error("Refused", e.to_string(), peer),
-            })
+        Execution::start(
+            self.engine,
+            &node.store,
+            hop.request.func,
+            hop.request.args.clone(),
+            info,
+            limits,
+            (self.io)(),
+        )
+        .map_err(|e| match e {
+            StartError::MissingNative(name) => hop_error(
+                "MissingNative",
+                format!("peer `{peer}` has no native `{name}`"),
+                peer,
+            ),
+            other => hop_error("Refused", other.to_string(), peer),
+        })
     }
 
     /// Copies the blobs of `needed` that `peer` lacks from `caller`'s store into `peer`'s.
@@ -251,21 +346,31 @@ impl<'e> LocalCluster<'e> {
             needed
                 .iter()
                 .filter(|h| !target.contains(h))
-                .map(|h| source.get(h).ok_or_else(|| hop_error("Refused", format!("blob {h} missing"), peer)))
+                .map(|h| {
+                    let stored = source
+                        .stored(h)
+                        .ok_or_else(|| hop_error("Refused", format!("blob {h} missing"), peer))?;
+                    Ok((stored.blob.clone(), stored.debug.clone()))
+                })
                 .collect::<Result<_, _>>()?
         };
         let target = self.nodes.get_mut(peer).expect("peer exists");
         for (blob, debug) in missing {
             target.stats.blobs_received += 1;
             target.stats.blob_bytes_received += blob.encode().len();
-            target.store.insert(blob, debug).map_err(|e| hop_error("Refused", e.to_string(), peer))?;
+            target
+                .store
+                .insert(blob, debug)
+                .map_err(|e| hop_error("Refused", e.to_string(), peer))?;
         }
         Ok(())
     }
 
     /// An execution serving a hop ended: answer its caller (or fail over on a timeout).
     fn finish(&mut self, id: usize, result: Result<Portable, ExecError>) {
-        let Some(running) = self.running[id].take() else { return };
+        let Some(running) = self.running[id].take() else {
+            return;
+        };
         self.cancel_children(id);
         let Some(hop) = running.hop else { return };
         let peer = running.node;
@@ -274,10 +379,21 @@ impl<'e> LocalCluster<'e> {
             Err(error) => {
                 let failure = match error.limit {
                     Some(_) if hop.deadline.is_some_and(|d| d <= Instant::now()) => {
-                        return self.try_next_peer(hop, Some(hop_error("Timeout", format!("hop to `{peer}` timed out"), &peer)));
+                        return self.try_next_peer(
+                            hop,
+                            Some(hop_error(
+                                "Timeout",
+                                format!("hop to `{peer}` timed out"),
+                                &peer,
+                            )),
+                        );
                     }
                     Some(limit) => RemoteFailure {
-                        error: hop_error("LimitExceeded", format!("peer `{peer}` stopped the body: {limit}"), &peer),
+                        error: hop_error(
+                            "LimitExceeded",
+                            format!("peer `{peer}` stopped the body: {}", limit.name()),
+                            &peer,
+                        ),
                         trace: error.trace,
                     },
                     None => {
@@ -285,7 +401,10 @@ impl<'e> LocalCluster<'e> {
                         for frame in &mut trace {
                             frame.peer.get_or_insert_with(|| peer.clone());
                         }
-                        RemoteFailure { error: error.error, trace }
+                        RemoteFailure {
+                            error: error.error,
+                            trace,
+                        }
                     }
                 };
                 self.answer(hop.caller, hop.request.id, Err(failure));
@@ -301,12 +420,21 @@ impl<'e> LocalCluster<'e> {
                 .and_then(|r| r.hop.as_ref())
                 .is_some_and(|h| h.deadline.is_some_and(|d| d <= now));
             if expired {
-                let Some(mut running) = self.running[id].take() else { continue };
+                let Some(mut running) = self.running[id].take() else {
+                    continue;
+                };
                 running.exec.cancel();
                 self.cancel_children(id);
                 if let Some(hop) = running.hop {
                     let peer = running.node;
-                    self.try_next_peer(hop, Some(hop_error("Timeout", format!("hop to `{peer}` timed out"), &peer)));
+                    self.try_next_peer(
+                        hop,
+                        Some(hop_error(
+                            "Timeout",
+                            format!("hop to `{peer}` timed out"),
+                            &peer,
+                        )),
+                    );
                 }
             }
         }
@@ -314,7 +442,12 @@ impl<'e> LocalCluster<'e> {
 
     fn cancel_children(&mut self, parent: usize) {
         let children: Vec<usize> = (0..self.running.len())
-            .filter(|&i| self.running[i].as_ref().and_then(|r| r.hop.as_ref()).is_some_and(|h| h.caller == parent))
+            .filter(|&i| {
+                self.running[i]
+                    .as_ref()
+                    .and_then(|r| r.hop.as_ref())
+                    .is_some_and(|h| h.caller == parent)
+            })
             .collect();
         for child in children {
             if let Some(mut running) = self.running[child].take() {
@@ -340,7 +473,7 @@ pub enum RunError {
     #[error("{0}")]
     Start(String),
     #[error("execution failed")]
-    Failed(ExecError),
+    Failed(Box<ExecError>),
     #[error("every task is waiting and nothing can wake it")]
     Stalled,
 }

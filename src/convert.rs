@@ -136,7 +136,8 @@ impl<T: IntoValue> IntoNativeResult for T {
 }
 impl<T: IntoValue, E: std::fmt::Display> IntoNativeResult for Result<T, E> {
     fn into_native_result(self) -> Result<Value, NativeError> {
-        self.map(T::into_value).map_err(|e| NativeError::error("HostError", e.to_string()))
+        self.map(T::into_value)
+            .map_err(|e| NativeError::error("HostError", e.to_string()))
     }
 }
 

@@ -38,7 +38,7 @@ pub enum Error {
     #[error("no exported function `{0}`")]
     NoSuchFunction(String),
     #[error("{}: {}", .0.kind, .0.message)]
-    Runtime(ExecError),
+    Runtime(Box<ExecError>),
     #[error("{0}")]
     Host(String),
     #[error("unexpected result: {0}")]
@@ -64,7 +64,11 @@ pub struct Engine {
 impl Engine {
     /// An engine whose executions run under `limits`.
     pub fn new(limits: Limits) -> Engine {
-        Engine { vm: skiff_vm::Engine::new(), natives: Vec::new(), limits }
+        Engine {
+            vm: skiff_vm::Engine::new(),
+            natives: Vec::new(),
+            limits,
+        }
     }
 
     /// The limits new executions get.
@@ -110,16 +114,32 @@ impl Engine {
 
     /// Compiles `source`; warnings are dropped, errors returned all together.
     pub fn compile(&self, source: &str, file: &str) -> Result<Module, Error> {
-        let options = CompileOptions { natives: self.natives.clone() };
+        let options = CompileOptions {
+            natives: self.natives.clone(),
+        };
         let output = skiff_compiler::compile(source, file, &options);
         output.module.ok_or_else(|| {
-            Error::Compile(output.diagnostics.into_iter().filter(|d| d.severity == Severity::Error).collect())
+            Error::Compile(
+                output
+                    .diagnostics
+                    .into_iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .collect(),
+            )
         })
     }
 
     /// Calls the exported function `name` with `args` and converts the result.
-    pub fn call<R: FromPortable>(&self, module: &Module, name: &str, args: impl IntoArgs) -> Result<R, Error> {
-        let func = *module.exports.get(name).ok_or_else(|| Error::NoSuchFunction(name.to_owned()))?;
+    pub fn call<R: FromPortable>(
+        &self,
+        module: &Module,
+        name: &str,
+        args: impl IntoArgs,
+    ) -> Result<R, Error> {
+        let func = *module
+            .exports
+            .get(name)
+            .ok_or_else(|| Error::NoSuchFunction(name.to_owned()))?;
         let value = self.run_function(module, func, args.into_args(), &[])?;
         R::from_portable(value).map_err(Error::Result)
     }
@@ -129,10 +149,19 @@ impl Engine {
         self.run_function(module, module.entry, Vec::new(), peers)
     }
 
-    fn run_function(&self, module: &Module, func: skiff_vm::FunctionId, args: Vec<Portable>, peers: &[String]) -> Result<Portable, Error> {
+    fn run_function(
+        &self,
+        module: &Module,
+        func: skiff_vm::FunctionId,
+        args: Vec<Portable>,
+        peers: &[String],
+    ) -> Result<Portable, Error> {
         let mut names = vec!["main".to_owned()];
         names.extend(peers.iter().cloned());
-        let io: cluster::IoFactory = Box::new(|| ExecIo { out: Box::new(std::io::stdout()), err: Box::new(std::io::stderr()) });
+        let io: cluster::IoFactory = Box::new(|| ExecIo {
+            out: Box::new(std::io::stdout()),
+            err: Box::new(std::io::stderr()),
+        });
         let mut cluster = LocalCluster::new(&self.vm, &names, self.limits.clone(), io);
         cluster
             .store_mut("main")

@@ -16,7 +16,10 @@ let second = remote("a") [n] { middle(n) + 1 }
 "#;
 
 fn quiet() -> IoFactory {
-    Box::new(|| ExecIo { out: Box::new(std::io::sink()), err: Box::new(std::io::sink()) })
+    Box::new(|| ExecIo {
+        out: Box::new(std::io::sink()),
+        err: Box::new(std::io::sink()),
+    })
 }
 
 #[test]
@@ -25,21 +28,42 @@ fn callee_store_holds_exactly_the_transitive_set() {
     let module = engine.compile(SCRIPT, "ship.skiff").unwrap();
     let names = vec!["main".to_owned(), "a".to_owned()];
     let mut cluster = LocalCluster::new(engine.vm(), &names, Limits::default(), quiet());
-    cluster.store_mut("main").unwrap().add_module(&module).unwrap();
+    cluster
+        .store_mut("main")
+        .unwrap()
+        .add_module(&module)
+        .unwrap();
     let result = cluster.run("main", module.entry, Vec::new()).unwrap();
     assert_eq!(
         result,
-        Portable::List(vec![Portable::Int(41), Portable::Int(42), Portable::Str("never shipped".into())])
+        Portable::List(vec![
+            Portable::Int(41),
+            Portable::Int(42),
+            Portable::Str("never shipped".into())
+        ])
     );
 
     // What `a` must hold: the two remote bodies and everything they reach — nothing else.
     let entry = &module.blobs[&module.entry.blob];
-    let bodies: Vec<BlobHash> = entry.dependencies().into_iter().filter(|h| {
-        let reachable = module.closure_of(&[skiff_vm::FunctionId { blob: *h, member: 0 }]).unwrap();
-        reachable.contains(&module.exports["middle"].blob) && *h != module.exports["middle"].blob
-    }).collect();
+    let bodies: Vec<BlobHash> = entry
+        .dependencies()
+        .into_iter()
+        .filter(|h| {
+            let reachable = module
+                .closure_of(&[skiff_vm::FunctionId {
+                    blob: *h,
+                    member: 0,
+                }])
+                .unwrap();
+            reachable.contains(&module.exports["middle"].blob)
+                && *h != module.exports["middle"].blob
+        })
+        .collect();
     assert_eq!(bodies.len(), 2, "two remote bodies");
-    let roots: Vec<_> = bodies.iter().map(|&blob| skiff_vm::FunctionId { blob, member: 0 }).collect();
+    let roots: Vec<_> = bodies
+        .iter()
+        .map(|&blob| skiff_vm::FunctionId { blob, member: 0 })
+        .collect();
     let expected: BTreeSet<BlobHash> = module.closure_of(&roots).unwrap().into_iter().collect();
     let held: BTreeSet<BlobHash> = cluster.hashes("a").into_iter().collect();
     assert_eq!(held, expected);

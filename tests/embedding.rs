@@ -8,21 +8,38 @@ fn typed_natives_and_calls() {
     let mut engine = Engine::new(Limits::default());
     engine.register_fn("add", |a: i64, b: i64| a + b);
     engine.register_fn("shout", |s: String| s.to_uppercase());
-    let module = engine.compile("fn f(x) { add(x, 1) }\nfn g(s) { shout(s) + \"!\" }", "t.skiff").unwrap();
+    let module = engine
+        .compile(
+            "fn f(x) { add(x, 1) }\nfn g(s) { shout(s) + \"!\" }",
+            "t.skiff",
+        )
+        .unwrap();
     assert_eq!(engine.call::<i64>(&module, "f", (41,)).unwrap(), 42);
     assert_eq!(engine.call::<String>(&module, "g", ("hi",)).unwrap(), "HI!");
-    assert!(matches!(engine.call::<i64>(&module, "nope", ()), Err(Error::NoSuchFunction(_))));
+    assert!(matches!(
+        engine.call::<i64>(&module, "nope", ()),
+        Err(Error::NoSuchFunction(_))
+    ));
 }
 
 #[test]
 fn native_errors_and_type_mismatches_are_catchable() {
     let mut engine = Engine::new(Limits::default());
-    engine.register_fn("half", |n: i64| if n % 2 == 0 { Ok(n / 2) } else { Err("odd") });
+    engine.register_fn(
+        "half",
+        |n: i64| if n % 2 == 0 { Ok(n / 2) } else { Err("odd") },
+    );
     let module = engine
-        .compile("fn f(x) { try { half(x) } catch e { e.kind + \": \" + e.message } }", "t.skiff")
+        .compile(
+            "fn f(x) { try { half(x) } catch e { e.kind + \": \" + e.message } }",
+            "t.skiff",
+        )
         .unwrap();
     assert_eq!(engine.call::<i64>(&module, "f", (8,)).unwrap(), 4);
-    assert_eq!(engine.call::<String>(&module, "f", (3,)).unwrap(), "HostError: odd");
+    assert_eq!(
+        engine.call::<String>(&module, "f", (3,)).unwrap(),
+        "HostError: odd"
+    );
     let err: String = engine.call(&module, "f", ("x",)).unwrap();
     assert!(err.starts_with("TypeError"), "{err}");
 }
@@ -30,21 +47,31 @@ fn native_errors_and_type_mismatches_are_catchable() {
 #[test]
 fn results_are_deep_copies() {
     let engine = Engine::new(Limits::default());
-    let module = engine.compile("fn f() { let l = [1, {\"a\": b\"\\x00\"}]; l }", "t.skiff").unwrap();
+    let module = engine
+        .compile("fn f() { let l = [1, {\"a\": b\"\\x00\"}]; l }", "t.skiff")
+        .unwrap();
     let value: Portable = engine.call(&module, "f", ()).unwrap();
     assert_eq!(
         value,
         Portable::List(vec![
             Portable::Int(1),
-            Portable::Map(vec![(Portable::Str("a".into()), Portable::Bytes(vec![0u8].into()))]),
+            Portable::Map(vec![(
+                Portable::Str("a".into()),
+                Portable::Bytes(vec![0u8].into())
+            )]),
         ])
     );
 }
 
 #[test]
 fn limits_stop_runaway_calls() {
-    let engine = Engine::new(Limits { fuel: Some(10_000), ..Limits::default() });
-    let module = engine.compile("fn spin() { while true { } }", "t.skiff").unwrap();
+    let engine = Engine::new(Limits {
+        fuel: Some(10_000),
+        ..Limits::default()
+    });
+    let module = engine
+        .compile("fn spin() { while true { } }", "t.skiff")
+        .unwrap();
     match engine.call::<Portable>(&module, "spin", ()) {
         Err(Error::Runtime(e)) => assert_eq!(e.kind, "OutOfFuel"),
         other => panic!("expected OutOfFuel, got {other:?}"),

@@ -44,10 +44,18 @@ fn golden_scripts() {
     let filter = std::env::var("SKIFF_GOLDEN").unwrap_or_default();
     let scripts: Vec<String> = scripts
         .iter()
-        .map(|p| p.strip_prefix(root).unwrap_or(p).to_string_lossy().replace('\\', "/"))
+        .map(|p| {
+            p.strip_prefix(root)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
         .filter(|p| p.contains(&filter))
         .collect();
-    assert!(!scripts.is_empty(), "no golden scripts match SKIFF_GOLDEN={filter:?}");
+    assert!(
+        !scripts.is_empty(),
+        "no golden scripts match SKIFF_GOLDEN={filter:?}"
+    );
 
     // Work-stealing over a shared index; each result is (script, failure report if any).
     let next = AtomicUsize::new(0);
@@ -78,7 +86,9 @@ fn golden_scripts() {
 }
 
 fn collect_scripts(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -123,9 +133,15 @@ fn parse_directives(source: &str) -> Result<Expect, String> {
         let n = n + 1;
         let line = line.trim_end_matches('\r');
         if let Some(i) = line.find("// args:") {
-            e.args.extend(line[i + "// args:".len()..].split_whitespace().map(String::from));
+            e.args.extend(
+                line[i + "// args:".len()..]
+                    .split_whitespace()
+                    .map(String::from),
+            );
         }
-        let Some(i) = line.find("// expect") else { continue };
+        let Some(i) = line.find("// expect") else {
+            continue;
+        };
         let rest = &line[i + "// expect".len()..];
         let (kind, text) = rest
             .split_once(':')
@@ -154,10 +170,17 @@ fn parse_diag(text: &str, at: usize) -> Result<DiagExpect, String> {
     let (pos, msg) = text.split_once(' ').unwrap_or((text, ""));
     let bad = || format!("line {at}: bad position `{pos}` (want LINE:COL or LINE)");
     let (line, col) = match pos.split_once(':') {
-        Some((l, c)) => (l.parse().map_err(|_| bad())?, Some(c.parse().map_err(|_| bad())?)),
+        Some((l, c)) => (
+            l.parse().map_err(|_| bad())?,
+            Some(c.parse().map_err(|_| bad())?),
+        ),
         None => (pos.parse().map_err(|_| bad())?, None),
     };
-    Ok(DiagExpect { pos: Pos { line, col }, text: msg.trim().to_string(), at })
+    Ok(DiagExpect {
+        pos: Pos { line, col },
+        text: msg.trim().to_string(),
+        at,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,7 +293,9 @@ fn parse_diagnostics(stderr: &str) -> Vec<Diag> {
             Some(r) => r.split_once(']').map_or("", |(_, r)| r),
             None => rest,
         };
-        let Some(message) = rest.strip_prefix(':') else { continue };
+        let Some(message) = rest.strip_prefix(':') else {
+            continue;
+        };
         let location = lines[i + 1..].iter().find_map(|l| {
             let l = l.trim_start();
             l.strip_prefix("-->").or_else(|| l.strip_prefix("┌─"))
@@ -280,7 +305,12 @@ fn parse_diagnostics(stderr: &str) -> Vec<Diag> {
         let col = parts.next().and_then(|c| c.trim().parse().ok());
         let line = parts.next().and_then(|l| l.trim().parse().ok());
         if let (Some(line), Some(col)) = (line, col) {
-            diags.push(Diag { error, message: message.trim().to_string(), line, col });
+            diags.push(Diag {
+                error,
+                message: message.trim().to_string(),
+                line,
+                col,
+            });
         }
     }
     diags
@@ -302,7 +332,10 @@ fn check_script(root: &Path, script: &str) -> Option<String> {
     };
 
     if run.timed_out {
-        problems.push(format!("timed out after {}s and was killed", TIMEOUT.as_secs()));
+        problems.push(format!(
+            "timed out after {}s and was killed",
+            TIMEOUT.as_secs()
+        ));
     } else {
         let want_code = if !expect.compile_errors.is_empty() {
             2
@@ -312,7 +345,10 @@ fn check_script(root: &Path, script: &str) -> Option<String> {
             0
         };
         if run.code != Some(want_code) {
-            problems.push(format!("exit code: expected {want_code}, got {:?}", run.code));
+            problems.push(format!(
+                "exit code: expected {want_code}, got {:?}",
+                run.code
+            ));
         }
     }
 
@@ -325,7 +361,10 @@ fn check_script(root: &Path, script: &str) -> Option<String> {
                 "stdout line {}: expected {want:?}, got {got:?}",
                 i + 1
             )),
-            None => problems.push(format!("stdout line {}: expected {want:?}, got nothing", i + 1)),
+            None => problems.push(format!(
+                "stdout line {}: expected {want:?}, got nothing",
+                i + 1
+            )),
         }
     }
     if actual.len() > expect.stdout.len() {
@@ -341,7 +380,9 @@ fn check_script(root: &Path, script: &str) -> Option<String> {
         match run.stderr.lines().find(|l| l.starts_with("error[")) {
             Some(got) if got.starts_with(want.as_str()) => {}
             Some(got) => problems.push(format!("runtime error: expected {want:?}, got {got:?}")),
-            None => problems.push(format!("runtime error: expected {want:?}, no `error[` line")),
+            None => problems.push(format!(
+                "runtime error: expected {want:?}, no `error[` line"
+            )),
         }
     }
 

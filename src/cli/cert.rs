@@ -55,7 +55,10 @@ pub fn main(command: CertCommand) -> Result<i32> {
 
 fn write(dir: &Path, stem: &str, generated: &GeneratedCert) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (cert_path, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+    let (cert_path, key_path) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
     generated.write_files(&cert_path, &key_path)?;
     println!("wrote {} and {}", cert_path.display(), key_path.display());
     println!("fingerprint: {}", generated.fingerprint());

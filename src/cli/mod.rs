@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(name = "skiff", version, about = "Run Skiff scripts; run parts of them on other nodes")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Run Skiff scripts; run parts of them on other nodes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,30 +80,43 @@ pub fn main(cli: Cli) -> i32 {
 
 /// Compiles `file`, printing every diagnostic; `None` when there were errors.
 fn load(file: &Path) -> Result<Option<Module>> {
-    let source = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let source =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.display().to_string();
     let output = skiff_compiler::compile(&source, &name, &CompileOptions::default());
     let mut stderr = StandardStream::stderr(ColorChoice::Auto);
     report::diagnostics(&mut stderr, &name, &source, &output.diagnostics);
-    let failed = output.diagnostics.iter().any(|d| d.severity == Severity::Error);
+    let failed = output
+        .diagnostics
+        .iter()
+        .any(|d| d.severity == Severity::Error);
     Ok(if failed { None } else { output.module })
 }
 
 fn run(args: RunArgs) -> Result<i32> {
-    let Some(module) = load(&args.file)? else { return Ok(2) };
+    let Some(module) = load(&args.file)? else {
+        return Ok(2);
+    };
     let limits = Limits {
         fuel: args.fuel,
         max_depth: args.max_depth,
         max_heap: args.max_heap,
-        deadline: args.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+        deadline: args
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms)),
     };
     let engine = Engine::new(limits.clone());
     let mut names = vec!["main".to_owned()];
     names.extend(args.local_peers);
-    let io: skiff::cluster::IoFactory =
-        Box::new(|| ExecIo { out: Box::new(std::io::stdout()), err: Box::new(std::io::stderr()) });
+    let io: skiff::cluster::IoFactory = Box::new(|| ExecIo {
+        out: Box::new(std::io::stdout()),
+        err: Box::new(std::io::stderr()),
+    });
     let mut cluster = LocalCluster::new(engine.vm(), &names, limits, io);
-    cluster.store_mut("main").expect("main exists").add_module(&module)?;
+    cluster
+        .store_mut("main")
+        .expect("main exists")
+        .add_module(&module)?;
     match cluster.run("main", module.entry, Vec::new()) {
         Ok(_) => Ok(0),
         Err(RunError::Failed(error)) => {
@@ -111,11 +128,14 @@ fn run(args: RunArgs) -> Result<i32> {
 }
 
 fn compile(file: &Path, out: &Path) -> Result<i32> {
-    let Some(module) = load(file)? else { return Ok(2) };
+    let Some(module) = load(file)? else {
+        return Ok(2);
+    };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     for (hash, blob) in &module.blobs {
         let path = out.join(format!("{hash}.blob"));
-        std::fs::write(&path, blob.encode()).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, blob.encode())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let mut manifest = format!("entry {}\n", module.entry);
     for (name, func) in &module.exports {

@@ -36,7 +36,10 @@ pub struct TargetError {
 }
 
 fn type_error(message: impl Into<String>) -> TargetError {
-    TargetError { kind: "TypeError", message: message.into() }
+    TargetError {
+        kind: "TypeError",
+        message: message.into(),
+    }
 }
 
 fn names(list: &[Portable]) -> Result<Vec<String>, TargetError> {
@@ -44,11 +47,17 @@ fn names(list: &[Portable]) -> Result<Vec<String>, TargetError> {
         .iter()
         .map(|p| match p {
             Portable::Str(s) => Ok(s.clone()),
-            other => Err(type_error(format!("a peer name must be a string, got {}", kind_of(other)))),
+            other => Err(type_error(format!(
+                "a peer name must be a string, got {}",
+                kind_of(other)
+            ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     if peers.is_empty() {
-        return Err(TargetError { kind: "ValueError", message: "the peer list is empty".into() });
+        return Err(TargetError {
+            kind: "ValueError",
+            message: "the peer list is empty".into(),
+        });
     }
     Ok(peers)
 }
@@ -71,7 +80,11 @@ fn kind_of(p: &Portable) -> &'static str {
 impl HopTarget {
     /// Reads a target value.
     pub fn parse(target: &Portable) -> Result<HopTarget, TargetError> {
-        let mut plan = HopTarget { peers: Vec::new(), context: DEFAULT_CONTEXT.into(), timeout: None };
+        let mut plan = HopTarget {
+            peers: Vec::new(),
+            context: DEFAULT_CONTEXT.into(),
+            timeout: None,
+        };
         match target {
             Portable::Str(name) => plan.peers.push(name.clone()),
             Portable::List(list) => plan.peers = names(list)?,
@@ -88,19 +101,38 @@ impl HopTarget {
                             plan.timeout = Some(Duration::from_millis(*ms as u64))
                         }
                         ("timeout_ms", Portable::Int(_)) => {
-                            return Err(TargetError { kind: "ValueError", message: "timeout_ms must not be negative".into() })
+                            return Err(TargetError {
+                                kind: "ValueError",
+                                message: "timeout_ms must not be negative".into(),
+                            })
                         }
                         ("peer" | "peers" | "context" | "timeout_ms", other) => {
-                            return Err(type_error(format!("target `{key}` cannot be {}", kind_of(other))))
+                            return Err(type_error(format!(
+                                "target `{key}` cannot be {}",
+                                kind_of(other)
+                            )))
                         }
-                        _ => return Err(TargetError { kind: "ValueError", message: format!("unknown target key `{key}`") }),
+                        _ => {
+                            return Err(TargetError {
+                                kind: "ValueError",
+                                message: format!("unknown target key `{key}`"),
+                            })
+                        }
                     }
                 }
                 if plan.peers.is_empty() {
-                    return Err(TargetError { kind: "ValueError", message: "a target map needs `peer` or `peers`".into() });
+                    return Err(TargetError {
+                        kind: "ValueError",
+                        message: "a target map needs `peer` or `peers`".into(),
+                    });
                 }
             }
-            other => return Err(type_error(format!("a remote target must be a string, list or map, got {}", kind_of(other)))),
+            other => {
+                return Err(type_error(format!(
+                    "a remote target must be a string, list or map, got {}",
+                    kind_of(other)
+                )))
+            }
         }
         Ok(plan)
     }
@@ -115,14 +147,19 @@ pub fn is_failover_kind(kind: &str) -> bool {
 pub fn hop_error(kind: &str, message: impl Into<String>, peer: &str) -> Portable {
     Portable::Map(vec![
         (Portable::Str("kind".into()), Portable::Str(kind.into())),
-        (Portable::Str("message".into()), Portable::Str(message.into())),
+        (
+            Portable::Str("message".into()),
+            Portable::Str(message.into()),
+        ),
         (Portable::Str("peer".into()), Portable::Str(peer.into())),
     ])
 }
 
 /// The `kind` of an error map, if the value is one.
 pub fn error_kind(error: &Portable) -> Option<&str> {
-    let Portable::Map(entries) = error else { return None };
+    let Portable::Map(entries) = error else {
+        return None;
+    };
     entries.iter().find_map(|(k, v)| match (k, v) {
         (Portable::Str(k), Portable::Str(v)) if k == "kind" => Some(v.as_str()),
         _ => None,
@@ -148,16 +185,28 @@ mod tests {
             (s("timeout_ms"), Portable::Int(250)),
         ]);
         let plan = HopTarget::parse(&map).unwrap();
-        assert_eq!((plan.context.as_str(), plan.timeout), ("gpu", Some(Duration::from_millis(250))));
+        assert_eq!(
+            (plan.context.as_str(), plan.timeout),
+            ("gpu", Some(Duration::from_millis(250)))
+        );
     }
 
     #[test]
     fn rejects_malformed_targets() {
-        assert_eq!(HopTarget::parse(&Portable::Int(3)).unwrap_err().kind, "TypeError");
-        assert_eq!(HopTarget::parse(&Portable::List(vec![])).unwrap_err().kind, "ValueError");
+        assert_eq!(
+            HopTarget::parse(&Portable::Int(3)).unwrap_err().kind,
+            "TypeError"
+        );
+        assert_eq!(
+            HopTarget::parse(&Portable::List(vec![])).unwrap_err().kind,
+            "ValueError"
+        );
         let no_peer = Portable::Map(vec![(s("context"), s("x"))]);
         assert_eq!(HopTarget::parse(&no_peer).unwrap_err().kind, "ValueError");
         let bad_key = Portable::Map(vec![(s("peer"), s("a")), (s("colour"), s("x"))]);
-        assert!(HopTarget::parse(&bad_key).unwrap_err().message.contains("colour"));
+        assert!(HopTarget::parse(&bad_key)
+            .unwrap_err()
+            .message
+            .contains("colour"));
     }
 }

@@ -352,7 +352,12 @@ fn release(mut pending: Vec<Value>) {
             }
             Value::Function(rc) => {
                 if let Ok(mut closure) = Rc::try_unwrap(rc) {
-                    pending.extend(std::mem::take(&mut closure.upvals).into_vec().into_iter().map(Value::Cell));
+                    pending.extend(
+                        std::mem::take(&mut closure.upvals)
+                            .into_vec()
+                            .into_iter()
+                            .map(Value::Cell),
+                    );
                 }
             }
             _ => {}
@@ -375,7 +380,10 @@ impl Drop for MapObj {
 impl Drop for CellObj {
     fn drop(&mut self) {
         let value = std::mem::take(self.value.get_mut());
-        if matches!(value, Value::List(_) | Value::Map(_) | Value::Cell(_) | Value::Function(_)) {
+        if matches!(
+            value,
+            Value::List(_) | Value::Map(_) | Value::Cell(_) | Value::Function(_)
+        ) {
             release(vec![value]);
         }
     }
@@ -384,7 +392,13 @@ impl Drop for CellObj {
 impl Drop for Closure {
     fn drop(&mut self) {
         if !self.upvals.is_empty() {
-            release(std::mem::take(&mut self.upvals).into_vec().into_iter().map(Value::Cell).collect());
+            release(
+                std::mem::take(&mut self.upvals)
+                    .into_vec()
+                    .into_iter()
+                    .map(Value::Cell)
+                    .collect(),
+            );
         }
     }
 }

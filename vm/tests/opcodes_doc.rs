@@ -16,5 +16,8 @@ fn opcodes_doc_is_current() {
         std::fs::write(path, &expected).unwrap();
     }
     let actual = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(actual == expected, "docs/opcodes.md is stale: run SKIFF_BLESS=1 cargo test -p skiff-vm --test opcodes_doc");
+    assert!(
+        actual == expected,
+        "docs/opcodes.md is stale: run SKIFF_BLESS=1 cargo test -p skiff-vm --test opcodes_doc"
+    );
 }

@@ -1,0 +1,921 @@
+//! The interpreter and the embedding API: [`Engine`], [`Execution`], [`Limits`], [`Status`].
+//!
+//! An [`Execution`] runs one function call (a script's entry, an exported function, a remote
+//! body) as a set of cooperative tasks. Each task owns one contiguous value stack and a
+//! vector of frames; script calls push frames, they never recurse on the Rust stack. The host
+//! drives the execution with [`Execution::run`], which returns whenever the execution is done,
+//! failed, blocked (every task waits on a timer, another task or a remote call) or has used a
+//! slice of instructions ([`Status::Yielded`]) — control always comes back to the host.
+//!
+//! ```
+//! use skiff_vm::interp::{Engine, Execution, ExecIo, Limits, Status};
+//! use skiff_vm::store::CodeStore;
+//! use skiff_vm::{Blob, FunctionCode, FunctionId, Instr, Portable};
+//! use skiff_vm::native::NodeInfo;
+//! use std::sync::Arc;
+//!
+//! // fn add(a, b) { a + b }
+//! let blob = Blob { functions: vec![FunctionCode {
+//!     arity: 2, locals: 2,
+//!     code: vec![Instr::GetLocal { slot: 0 }, Instr::GetLocal { slot: 1 }, Instr::Add {}, Instr::Return {}],
+//!     ..Default::default()
+//! }] };
+//! let mut store = CodeStore::new();
+//! let hash = store.insert(Arc::new(blob), None).unwrap();
+//! let func = FunctionId { blob: hash, member: 0 };
+//! let engine = Engine::new();
+//! let mut exec = Execution::start(&engine, &store, func, vec![Portable::Int(2), Portable::Int(3)],
+//!     NodeInfo::default(), Limits::default(), ExecIo::null()).unwrap();
+//! match exec.run(std::time::Instant::now()) {
+//!     Status::Done(v) => assert_eq!(v, Portable::Int(5)),
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
+//!
+//! Invariants:
+//! - Only verified code runs: functions come from a [`CodeStore`] through the linker.
+//! - Value-stack discipline: in a frame, locals are `stack[base..base+locals]`, the operand
+//!   stack is above them, and every slot at or above a task's stack pointer holds no heap
+//!   reference (popped heap values are taken out, only scalars may linger), so nothing is kept
+//!   alive by dead slots.
+//! - Fuel is counted per instruction executed: a limit of `n` executes exactly `n`
+//!   instructions before `OutOfFuel`. `OutOfFuel`, `MemoryLimit` and `Deadline` end the whole
+//!   execution; try/catch never sees them. `StackOverflow` is an ordinary runtime error.
+//! - Tasks are scheduled cooperatively in FIFO order; a spawned task is runnable at once but
+//!   the spawner keeps running until it suspends. When the first task finishes the execution is
+//!   done, unfinished tasks are cancelled and errors of tasks nobody awaited are written as
+//!   warnings to the error sink.
+
+pub mod convert;
+pub mod program;
+mod run;
+
+use crate::blob::FunctionId;
+use crate::function::{HostNative, TaskHandle};
+use crate::native::{NativeCtx, NativeError, NodeInfo};
+use crate::portable::Portable;
+use crate::store::CodeStore;
+use crate::value::{Key, Value};
+use program::{LinkError, Program};
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Resource limits chosen by the host for one execution.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Instructions the execution may run in total (`None`: unlimited).
+    pub fuel: Option<u64>,
+    /// Maximum call depth per task; deeper calls raise a catchable `StackOverflow`.
+    pub max_depth: usize,
+    /// Live heap bytes the execution may add (`None`: unlimited).
+    pub max_heap: Option<usize>,
+    /// Wall-clock deadline for the whole execution.
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            fuel: None,
+            max_depth: 10_000,
+            max_heap: None,
+            deadline: None,
+        }
+    }
+}
+
+/// Which host-granted limit ended an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    OutOfFuel,
+    MemoryLimit,
+    Deadline,
+}
+
+impl LimitKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::OutOfFuel => "OutOfFuel",
+            LimitKind::MemoryLimit => "MemoryLimit",
+            LimitKind::Deadline => "Deadline",
+        }
+    }
+}
+
+/// The natives a host offers scripts, on top of the builtins.
+#[derive(Clone, Default)]
+pub struct Engine {
+    natives: HashMap<String, HostNative>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.natives.keys().collect();
+        names.sort();
+        f.debug_struct("Engine").field("natives", &names).finish()
+    }
+}
+
+impl Engine {
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    /// Registers a host native; it shadows a builtin of the same name.
+    pub fn register_native(
+        &mut self,
+        name: impl Into<String>,
+        f: impl Fn(&mut NativeCtx<'_>, &[Value]) -> Result<Value, NativeError> + 'static,
+    ) {
+        self.natives.insert(name.into(), Rc::new(f));
+    }
+
+    pub fn has_native(&self, name: &str) -> bool {
+        self.natives.contains_key(name)
+    }
+}
+
+/// Where an execution writes: `print` output and warnings.
+pub struct ExecIo {
+    pub out: Box<dyn Write>,
+    pub err: Box<dyn Write>,
+}
+
+impl std::fmt::Debug for ExecIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExecIo")
+    }
+}
+
+impl ExecIo {
+    /// The process's stdout and stderr.
+    pub fn stdio() -> ExecIo {
+        ExecIo {
+            out: Box::new(std::io::stdout()),
+            err: Box::new(std::io::stderr()),
+        }
+    }
+
+    /// Discards everything.
+    pub fn null() -> ExecIo {
+        ExecIo {
+            out: Box::new(std::io::sink()),
+            err: Box::new(std::io::sink()),
+        }
+    }
+
+    /// Captures output and errors into shared buffers (tests, embedding).
+    pub fn capture() -> (ExecIo, SharedBuf, SharedBuf) {
+        let out = SharedBuf::default();
+        let err = SharedBuf::default();
+        (
+            ExecIo {
+                out: Box::new(out.clone()),
+                err: Box::new(err.clone()),
+            },
+            out,
+            err,
+        )
+    }
+}
+
+/// A cloneable in-memory writer.
+#[derive(Clone, Default, Debug)]
+pub struct SharedBuf(pub Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl SharedBuf {
+    /// Everything written so far, as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.borrow()).into_owned()
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One frame of a stack trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceFrame {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    pub col: u32,
+    /// The peer where this frame ran, when it ran as a remote body.
+    pub peer: Option<String>,
+}
+
+/// A remote call the host must carry out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteRequest {
+    pub id: u64,
+    pub target: Portable,
+    pub func: FunctionId,
+    pub args: Vec<Portable>,
+}
+
+/// How a remote call failed: the thrown value or error map, and the remote stack trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteFailure {
+    pub error: Portable,
+    pub trace: Vec<TraceFrame>,
+}
+
+impl RemoteFailure {
+    /// A transport-level failure `{"kind": kind, "message": message}` with no trace.
+    pub fn new(kind: &str, message: impl Into<String>) -> RemoteFailure {
+        RemoteFailure {
+            error: error_portable(kind, &message.into()),
+            trace: Vec::new(),
+        }
+    }
+}
+
+/// An execution that ended in an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecError {
+    /// The thrown value or error map.
+    pub error: Portable,
+    /// The error map's kind, or `"Thrown"` for any other value.
+    pub kind: String,
+    pub message: String,
+    pub trace: Vec<TraceFrame>,
+    /// Set when a host-granted limit ended the execution.
+    pub limit: Option<LimitKind>,
+}
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error[{}]: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// Why an execution could not start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartError {
+    #[error("blob {0} is not available")]
+    MissingBlob(crate::blob::BlobHash),
+    #[error("function {0} does not exist")]
+    MissingFunction(FunctionId),
+    #[error("native `{0}` is not available")]
+    MissingNative(String),
+    #[error("function takes {expected} arguments, got {got}")]
+    Arity { expected: u16, got: usize },
+    #[error("function needs captures; start it through a closure")]
+    NeedsCaptures,
+    #[error("argument cannot be imported: {0}")]
+    Import(String),
+    #[error(transparent)]
+    Verify(#[from] crate::verify::VerifyError),
+}
+
+impl From<LinkError> for StartError {
+    fn from(e: LinkError) -> StartError {
+        match e {
+            LinkError::MissingBlob(h) => StartError::MissingBlob(h),
+            LinkError::MissingFunction(f) => StartError::MissingFunction(f),
+            LinkError::MissingNative(n) => StartError::MissingNative(n),
+        }
+    }
+}
+
+/// What [`Execution::run`] came back with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// The first task returned this value.
+    Done(Portable),
+    /// The first task failed, or a limit ended the execution.
+    Failed(ExecError),
+    /// Every task waits; call `run` again at `wake_at` (a timer or the deadline) or after
+    /// [`Execution::resolve`]. New remote requests are in [`Execution::take_requests`].
+    Blocked { wake_at: Option<Instant> },
+    /// A slice of instructions was used; call `run` again to continue.
+    Yielded,
+}
+
+/// A raised value with the stack trace of where it was raised.
+#[derive(Debug, Clone)]
+pub(crate) struct Raised {
+    pub value: Value,
+    pub trace: Vec<TraceFrame>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Frame {
+    pub func: u32,
+    /// Next instruction to run (saved when the frame is not the innermost).
+    pub pc: u32,
+    pub base: u32,
+    /// Where the result goes in the caller (and where the caller's stack top ends).
+    pub ret: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Handler {
+    /// Index of the frame that installed it.
+    pub frame: u32,
+    pub pc: u32,
+    pub sp: u32,
+}
+
+#[derive(Debug)]
+pub(crate) enum Resume {
+    Push(Value),
+    Raise(Raised),
+    Jump(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum TaskState {
+    Ready,
+    Sleeping(Instant),
+    AwaitTask(u32),
+    AwaitRemote(u64),
+    Done,
+}
+
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub stack: Vec<Value>,
+    pub sp: usize,
+    pub frames: Vec<Frame>,
+    pub handlers: Vec<Handler>,
+    pub state: TaskState,
+    pub resume: Option<Resume>,
+    pub result: Option<Result<Value, Raised>>,
+    pub waiters: Vec<u32>,
+    pub awaited: bool,
+    /// Heap accounting for the task's value stack and frames.
+    pub charge: crate::heap::Charge,
+}
+
+impl Task {
+    /// A task whose bottom frame runs `func` with `callee` below its arguments.
+    fn new(program: &Program, func: u32, callee: Value, args: Vec<Value>) -> Task {
+        let size = program.get(func).map_or(0, |f| f.frame_size());
+        let mut stack = Vec::with_capacity(1 + size.max(args.len()) + 8);
+        stack.push(callee);
+        let argc = args.len();
+        stack.extend(args);
+        stack.resize(1 + size.max(argc), Value::Nil);
+        let locals = program.get(func).map_or(0, |f| f.locals as usize);
+        Task {
+            stack,
+            sp: 1 + locals,
+            frames: vec![Frame {
+                func,
+                pc: 0,
+                base: 1,
+                ret: 0,
+            }],
+            handlers: Vec::new(),
+            state: TaskState::Ready,
+            resume: None,
+            result: None,
+            waiters: Vec::new(),
+            awaited: false,
+            charge: crate::heap::Charge::new(task_bytes(size + 1)),
+        }
+    }
+}
+
+/// Bytes charged for a task whose value stack holds `slots` values.
+pub(crate) fn task_bytes(slots: usize) -> usize {
+    256 + slots * std::mem::size_of::<Value>()
+}
+
+/// Instructions run per [`Execution::run`] before it yields, by default.
+pub const DEFAULT_SLICE: u64 = 1 << 20;
+/// Instructions between deadline checks.
+const DEADLINE_CHUNK: u64 = 1024;
+
+/// A running call: tasks, their function table and the host-facing state.
+pub struct Execution {
+    program: Program,
+    engine: Engine,
+    store: CodeStore,
+    tasks: Vec<Option<Task>>,
+    queue: VecDeque<u32>,
+    requests: Vec<RemoteRequest>,
+    /// Pending remote call id → (task, fallback pc of `RemoteElse`).
+    pending: HashMap<u64, (u32, Option<u32>)>,
+    next_request: u64,
+    node: NodeInfo,
+    limits: Limits,
+    fuel_left: Option<u64>,
+    heap_limit: Option<usize>,
+    slice: u64,
+    io: ExecIo,
+    finished: Option<Status>,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution")
+            .field("tasks", &self.tasks.len())
+            .field("fuel_left", &self.fuel_left)
+            .finish()
+    }
+}
+
+fn error_portable(kind: &str, message: &str) -> Portable {
+    Portable::Map(vec![
+        (Portable::Str("kind".into()), Portable::Str(kind.into())),
+        (
+            Portable::Str("message".into()),
+            Portable::Str(message.into()),
+        ),
+    ])
+}
+
+/// `(kind, message)` of an error map, if the value is one.
+pub(crate) fn error_parts(value: &Value) -> Option<(String, String)> {
+    let Value::Map(m) = value else { return None };
+    let get = |k: &str| Key::from_value(&Value::str(k)).and_then(|key| m.get(&key));
+    let kind = get("kind")?.as_str()?.to_string();
+    let message = get("message")
+        .map(|v| match v.as_str() {
+            Some(s) => s.to_string(),
+            None => crate::display::display(&v),
+        })
+        .unwrap_or_default();
+    Some((kind, message))
+}
+
+impl Execution {
+    /// Links `func` (and everything it references) from `store`, imports `args` and makes
+    /// the first task ready. Nothing runs until [`Execution::run`].
+    pub fn start(
+        engine: &Engine,
+        store: &CodeStore,
+        func: FunctionId,
+        args: Vec<Portable>,
+        node: NodeInfo,
+        limits: Limits,
+        io: ExecIo,
+    ) -> Result<Execution, StartError> {
+        let heap_base = crate::heap::live();
+        let mut program = Program::default();
+        let index = program.link(store, &engine.natives, func)?;
+        let (arity, upvals) = program.get(index).map_or((0, 0), |f| (f.arity, f.upvals));
+        if upvals != 0 {
+            return Err(StartError::NeedsCaptures);
+        }
+        if arity as usize != args.len() {
+            return Err(StartError::Arity {
+                expected: arity,
+                got: args.len(),
+            });
+        }
+        let mut values = Vec::with_capacity(args.len());
+        {
+            let mut linker = convert::Linker {
+                program: &mut program,
+                store,
+                natives: &engine.natives,
+            };
+            for a in &args {
+                let v = convert::import(a, &mut linker).map_err(|e| {
+                    StartError::Import(
+                        error_parts(&e)
+                            .map(|(_, m)| m)
+                            .unwrap_or_else(|| "bad value".into()),
+                    )
+                })?;
+                values.push(v);
+            }
+        }
+        let task = Task::new(&program, index, Value::Nil, values);
+        Ok(Execution {
+            program,
+            engine: engine.clone(),
+            store: store.clone(),
+            tasks: vec![Some(task)],
+            queue: VecDeque::from([0]),
+            requests: Vec::new(),
+            pending: HashMap::new(),
+            next_request: 1,
+            node,
+            fuel_left: limits.fuel,
+            heap_limit: limits.max_heap.map(|m| heap_base.saturating_add(m)),
+            limits,
+            slice: DEFAULT_SLICE,
+            io,
+            finished: None,
+        })
+    }
+
+    /// Runs `func(args)` to completion on this thread: a convenience for hosts and tests.
+    /// Sleeps really sleep; remote requests fail with `Unreachable` (there is no network).
+    pub fn call(
+        engine: &Engine,
+        store: &CodeStore,
+        func: FunctionId,
+        args: Vec<Portable>,
+        limits: Limits,
+        io: ExecIo,
+    ) -> Result<Portable, CallError> {
+        let mut exec =
+            Execution::start(engine, store, func, args, NodeInfo::default(), limits, io)?;
+        loop {
+            match exec.run(Instant::now()) {
+                Status::Done(v) => return Ok(v),
+                Status::Failed(e) => return Err(CallError::Failed(Box::new(e))),
+                Status::Yielded => {}
+                Status::Blocked { wake_at } => {
+                    let reqs = exec.take_requests();
+                    if !reqs.is_empty() {
+                        for r in reqs {
+                            exec.resolve(
+                                r.id,
+                                Err(RemoteFailure::new("Unreachable", "no peers in this host")),
+                            );
+                        }
+                        continue;
+                    }
+                    match wake_at {
+                        Some(t) => std::thread::sleep(t.saturating_duration_since(Instant::now())),
+                        None => {
+                            return Err(CallError::Failed(Box::new(exec.deadlock_error())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets how many instructions one `run` executes before returning `Yielded`.
+    pub fn set_slice(&mut self, instructions: u64) {
+        self.slice = instructions.max(1);
+    }
+
+    /// Replaces the store used to link closures arriving later (remote results).
+    pub fn set_store(&mut self, store: &CodeStore) {
+        self.store = store.clone();
+    }
+
+    /// The node identity this execution reports (`here()`, `caller()`, `peers()`).
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Fuel left, if limited.
+    pub fn fuel_left(&self) -> Option<u64> {
+        self.fuel_left
+    }
+
+    /// New remote requests since the last call.
+    pub fn take_requests(&mut self) -> Vec<RemoteRequest> {
+        std::mem::take(&mut self.requests)
+    }
+
+    /// Reports the outcome of remote call `id`; unknown ids are ignored.
+    pub fn resolve(&mut self, id: u64, outcome: Result<Portable, RemoteFailure>) {
+        let Some((task_id, fallback)) = self.pending.remove(&id) else {
+            return;
+        };
+        let resume = match outcome {
+            Ok(p) => {
+                let mut linker = convert::Linker {
+                    program: &mut self.program,
+                    store: &self.store,
+                    natives: &self.engine.natives,
+                };
+                match convert::import(&p, &mut linker) {
+                    Ok(v) => Resume::Push(v),
+                    Err(e) => Resume::Raise(Raised {
+                        value: e,
+                        trace: Vec::new(),
+                    }),
+                }
+            }
+            Err(failure) => {
+                let kind = match &failure.error {
+                    Portable::Map(entries) => entries.iter().find_map(|(k, v)| match (k, v) {
+                        (Portable::Str(k), Portable::Str(v)) if k == "kind" => Some(v.clone()),
+                        _ => None,
+                    }),
+                    _ => None,
+                };
+                let failover = kind
+                    .as_deref()
+                    .is_some_and(|k| crate::hop::FAILOVER_KINDS.contains(&k));
+                match fallback {
+                    Some(pc) if failover => Resume::Jump(pc),
+                    _ => {
+                        let mut linker = convert::Linker {
+                            program: &mut self.program,
+                            store: &self.store,
+                            natives: &self.engine.natives,
+                        };
+                        let value =
+                            convert::import(&failure.error, &mut linker).unwrap_or_else(|e| e);
+                        Resume::Raise(Raised {
+                            value,
+                            trace: failure.trace,
+                        })
+                    }
+                }
+            }
+        };
+        if let Some(Some(task)) = self.tasks.get_mut(task_id as usize) {
+            if task.state == TaskState::AwaitRemote(id) {
+                task.resume = Some(resume);
+                task.state = TaskState::Ready;
+                self.queue.push_back(task_id);
+            }
+        }
+    }
+
+    /// Ends the execution now; unfinished tasks are dropped.
+    pub fn cancel(&mut self) {
+        self.tasks.clear();
+        self.queue.clear();
+        self.pending.clear();
+        self.requests.clear();
+        if self.finished.is_none() {
+            self.finished = Some(Status::Failed(ExecError {
+                error: error_portable("Cancelled", "the execution was cancelled"),
+                kind: "Cancelled".into(),
+                message: "the execution was cancelled".into(),
+                trace: Vec::new(),
+                limit: None,
+            }));
+        }
+    }
+
+    /// Runs until the execution is done, fails, blocks, or has used a slice of instructions.
+    pub fn run(&mut self, now: Instant) -> Status {
+        if let Some(done) = &self.finished {
+            return done.clone();
+        }
+        let _heap_guard = self.heap_limit.map(HeapGuard::install);
+        let mut slice_left = self.slice;
+        loop {
+            if self
+                .limits
+                .deadline
+                .is_some_and(|d| now >= d || Instant::now() >= d)
+            {
+                return self.fail_limit(LimitKind::Deadline, None);
+            }
+            // Wake sleepers whose time has come.
+            for (id, slot) in self.tasks.iter_mut().enumerate() {
+                if let Some(task) = slot {
+                    if let TaskState::Sleeping(t) = task.state {
+                        if t <= now {
+                            task.state = TaskState::Ready;
+                            task.resume = Some(Resume::Push(Value::Nil));
+                            self.queue.push_back(id as u32);
+                        }
+                    }
+                }
+            }
+            let Some(task_id) = self.queue.pop_front() else {
+                return self.blocked_status();
+            };
+            let Some(mut task) = self.tasks.get_mut(task_id as usize).and_then(Option::take) else {
+                continue;
+            };
+            if task.state != TaskState::Ready {
+                self.tasks[task_id as usize] = Some(task);
+                continue;
+            }
+            // Run this task in chunks until it stops or the slice is used.
+            let exit = loop {
+                if slice_left == 0 {
+                    break run::Exit::Budget;
+                }
+                if self.fuel_left == Some(0) {
+                    break run::Exit::Limit(LimitKind::OutOfFuel);
+                }
+                let mut chunk = slice_left;
+                if let Some(f) = self.fuel_left {
+                    chunk = chunk.min(f);
+                }
+                if self.limits.deadline.is_some() {
+                    chunk = chunk.min(DEADLINE_CHUNK);
+                }
+                let mut budget = chunk;
+                let exit = {
+                    let mut ctx = run::Ctx {
+                        tasks: &mut self.tasks,
+                        queue: &mut self.queue,
+                        requests: &mut self.requests,
+                        pending: &mut self.pending,
+                        next_request: &mut self.next_request,
+                        out: &mut *self.io.out,
+                        node: &self.node,
+                        now,
+                        max_depth: self.limits.max_depth,
+                        check_heap: self.heap_limit.is_some(),
+                        self_id: task_id,
+                    };
+                    run::run_task(&self.program, &mut task, &mut ctx, &mut budget)
+                };
+                let used = chunk - budget;
+                slice_left -= used;
+                if let Some(f) = &mut self.fuel_left {
+                    *f -= used;
+                }
+                match exit {
+                    run::Exit::Budget => {
+                        if self.limits.deadline.is_some_and(|d| Instant::now() >= d) {
+                            break run::Exit::Limit(LimitKind::Deadline);
+                        }
+                        continue;
+                    }
+                    other => break other,
+                }
+            };
+            match exit {
+                run::Exit::Budget => {
+                    // Slice used up: the task stays first in line.
+                    self.tasks[task_id as usize] = Some(task);
+                    self.queue.push_front(task_id);
+                    return Status::Yielded;
+                }
+                run::Exit::Suspend => {
+                    if task.state == TaskState::Ready {
+                        self.queue.push_back(task_id);
+                    }
+                    self.tasks[task_id as usize] = Some(task);
+                }
+                run::Exit::Limit(kind) => {
+                    let trace = run::trace(&self.program, &task.frames, &self.node);
+                    drop(task);
+                    return self.fail_limit(kind, Some(trace));
+                }
+                run::Exit::Finished(result) => {
+                    task.state = TaskState::Done;
+                    task.stack = Vec::new();
+                    task.charge.resize(task_bytes(0));
+                    task.frames = Vec::new();
+                    task.handlers = Vec::new();
+                    for w in std::mem::take(&mut task.waiters) {
+                        if let Some(Some(waiter)) = self.tasks.get_mut(w as usize) {
+                            waiter.resume = Some(match &result {
+                                Ok(v) => Resume::Push(v.clone()),
+                                Err(r) => Resume::Raise(r.clone()),
+                            });
+                            waiter.state = TaskState::Ready;
+                            self.queue.push_back(w);
+                            task.awaited = true;
+                        }
+                    }
+                    task.result = Some(result);
+                    self.tasks[task_id as usize] = Some(task);
+                    if task_id == 0 {
+                        return self.finish();
+                    }
+                }
+            }
+        }
+    }
+
+    fn blocked_status(&mut self) -> Status {
+        let mut wake: Option<Instant> = None;
+        let mut waiting_remote = false;
+        for task in self.tasks.iter().flatten() {
+            match task.state {
+                TaskState::Sleeping(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
+                TaskState::AwaitRemote(_) => waiting_remote = true,
+                _ => {}
+            }
+        }
+        if wake.is_none() && !waiting_remote && self.requests.is_empty() {
+            let e = self.deadlock_error();
+            self.end(Status::Failed(e.clone()));
+            return Status::Failed(e);
+        }
+        if let Some(d) = self.limits.deadline {
+            wake = Some(wake.map_or(d, |w| w.min(d)));
+        }
+        Status::Blocked { wake_at: wake }
+    }
+
+    fn deadlock_error(&self) -> ExecError {
+        let message = "every task is waiting on another task (deadlock)";
+        ExecError {
+            error: error_portable("Deadlock", message),
+            kind: "Deadlock".into(),
+            message: message.into(),
+            trace: Vec::new(),
+            limit: None,
+        }
+    }
+
+    fn fail_limit(&mut self, kind: LimitKind, trace: Option<Vec<TraceFrame>>) -> Status {
+        let message = match kind {
+            LimitKind::OutOfFuel => format!(
+                "the execution used all of its {} instructions of fuel",
+                self.limits.fuel.unwrap_or(0)
+            ),
+            LimitKind::MemoryLimit => format!(
+                "the execution passed its heap limit of {} bytes",
+                self.limits.max_heap.unwrap_or(0)
+            ),
+            LimitKind::Deadline => "the execution passed its deadline".to_string(),
+        };
+        let err = ExecError {
+            error: error_portable(kind.name(), &message),
+            kind: kind.name().into(),
+            message,
+            trace: trace.unwrap_or_default(),
+            limit: Some(kind),
+        };
+        self.tasks.clear();
+        self.queue.clear();
+        let status = Status::Failed(err);
+        self.end(status.clone());
+        status
+    }
+
+    fn end(&mut self, status: Status) {
+        self.tasks.clear();
+        self.queue.clear();
+        self.pending.clear();
+        self.finished = Some(status);
+    }
+
+    /// The first task finished: report unawaited task errors, cancel the rest.
+    fn finish(&mut self) -> Status {
+        let tasks = std::mem::take(&mut self.tasks);
+        let mut status = Status::Done(Portable::Nil);
+        for (id, task) in tasks.into_iter().enumerate() {
+            let Some(task) = task else { continue };
+            match (id, task.result) {
+                (0, Some(Ok(v))) => {
+                    status = match convert::export(&v) {
+                        Ok(p) => Status::Done(p),
+                        Err(e) => Status::Failed(self.exec_error(Raised {
+                            value: e,
+                            trace: Vec::new(),
+                        })),
+                    }
+                }
+                (0, Some(Err(r))) => status = Status::Failed(self.exec_error(r)),
+                (_, Some(Err(r))) if !task.awaited => {
+                    let e = self.exec_error(r);
+                    let _ = writeln!(self.io.err, "warning: a task nobody awaited failed: {e}");
+                }
+                _ => {}
+            }
+        }
+        self.end(status.clone());
+        status
+    }
+
+    fn exec_error(&self, raised: Raised) -> ExecError {
+        let (kind, message) = error_parts(&raised.value)
+            .unwrap_or_else(|| ("Thrown".to_string(), crate::display::display(&raised.value)));
+        let error = convert::export(&raised.value)
+            .unwrap_or_else(|_| Portable::Str(crate::display::display(&raised.value)));
+        ExecError {
+            error,
+            kind,
+            message,
+            trace: raised.trace,
+            limit: None,
+        }
+    }
+}
+
+/// [`Execution::call`]'s error: it could not start, or it failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("{0}")]
+    Failed(Box<ExecError>),
+}
+
+/// Installs a heap limit for the duration of a `run` and restores the previous one.
+struct HeapGuard(usize);
+
+impl HeapGuard {
+    fn install(limit: usize) -> HeapGuard {
+        HeapGuard(crate::heap::set_limit(limit))
+    }
+}
+
+impl Drop for HeapGuard {
+    fn drop(&mut self) {
+        crate::heap::set_limit(self.0);
+    }
+}
+
+/// A task handle value for task `id`.
+pub(crate) fn task_value(id: u32) -> Value {
+    Value::Task(Rc::new(TaskHandle { id: u64::from(id) }))
+}

@@ -1,0 +1,167 @@
+//! The linker: verified blobs from a [`CodeStore`] become an execution's function table.
+//!
+//! Linking a function links its whole blob and, transitively, every blob it references, in
+//! one step: indices are assigned first (so mutually recursive members and cross-blob
+//! references resolve to plain `u32` indices), then each member is materialised — constants
+//! as [`Value`]s, natives resolved to builtins or host natives. A native that resolves to
+//! neither fails the link with `MissingNative` before anything runs.
+//!
+//! Invariants:
+//! - The table only grows; an index, once handed out, names the same function for the
+//!   execution's lifetime.
+//! - A failed link leaves the table unchanged.
+
+use crate::blob::{BlobHash, Const, FnRef, FunctionId};
+use crate::function::{HostNative, NativeImpl, RtFunction};
+use crate::store::CodeStore;
+use crate::value::Value;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Why a function could not be linked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("blob {0} is not available")]
+    MissingBlob(BlobHash),
+    #[error("function {0} does not exist")]
+    MissingFunction(FunctionId),
+    #[error("native `{0}` is not available")]
+    MissingNative(String),
+}
+
+/// An execution's linked functions.
+#[derive(Debug, Default)]
+pub struct Program {
+    pub(crate) funcs: Vec<RtFunction>,
+    index: HashMap<FunctionId, u32>,
+}
+
+impl Program {
+    /// The index of `id`, linking its blob (and dependencies) if needed.
+    pub fn link(
+        &mut self,
+        store: &CodeStore,
+        natives: &HashMap<String, HostNative>,
+        id: FunctionId,
+    ) -> Result<u32, LinkError> {
+        if let Some(&i) = self.index.get(&id) {
+            return Ok(i);
+        }
+        // Phase 1: assign indices to every member of every blob not yet linked.
+        let mut new_index: HashMap<FunctionId, u32> = HashMap::new();
+        let mut blobs: Vec<BlobHash> = Vec::new();
+        let mut work = vec![id.blob];
+        let mut next = self.funcs.len() as u32;
+        while let Some(hash) = work.pop() {
+            if blobs.contains(&hash)
+                || self.index.contains_key(&FunctionId {
+                    blob: hash,
+                    member: 0,
+                })
+            {
+                continue;
+            }
+            let stored = store.stored(&hash).ok_or(LinkError::MissingBlob(hash))?;
+            blobs.push(hash);
+            for member in 0..stored.blob.functions.len() as u32 {
+                new_index.insert(FunctionId { blob: hash, member }, next);
+                next += 1;
+            }
+            for dep in stored.blob.dependencies() {
+                work.push(dep);
+            }
+        }
+        let lookup = |f: &FunctionId| -> Result<u32, LinkError> {
+            self.index
+                .get(f)
+                .or_else(|| new_index.get(f))
+                .copied()
+                .ok_or(LinkError::MissingFunction(*f))
+        };
+        let target = lookup(&id)?;
+        // Phase 2: materialise, in index order.
+        let mut built = Vec::new();
+        for hash in &blobs {
+            let Some(stored) = store.stored(hash) else {
+                return Err(LinkError::MissingBlob(*hash));
+            };
+            for (m, code) in stored.blob.functions.iter().enumerate() {
+                let fid = FunctionId {
+                    blob: *hash,
+                    member: m as u32,
+                };
+                let debug = stored.debug.as_ref().and_then(|d| d.functions.get(m));
+                let refs = code
+                    .refs
+                    .iter()
+                    .map(|r| match *r {
+                        FnRef::Local(member) => lookup(&FunctionId {
+                            blob: *hash,
+                            member,
+                        }),
+                        FnRef::External(f) => lookup(&f),
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?;
+                let resolved = code
+                    .natives
+                    .iter()
+                    .map(|name| resolve_native(natives, name))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let consts = code
+                    .consts
+                    .iter()
+                    .map(|c| match c {
+                        Const::Int(i) => Value::Int(*i),
+                        Const::Float(x) => Value::Float(*x),
+                        Const::Str(s) => Value::str(s.as_str()),
+                        Const::Bytes(b) => Value::bytes(b.clone()),
+                    })
+                    .collect::<Vec<_>>();
+                built.push(RtFunction {
+                    id: fid,
+                    name: debug.and_then(|d| d.name.as_deref()).map(Rc::from),
+                    arity: code.arity,
+                    locals: code.locals,
+                    upvals: code.upvals,
+                    max_stack: stored.info.max_stack.get(m).copied().unwrap_or(0),
+                    code: code.code.clone().into_boxed_slice(),
+                    consts: consts.into_boxed_slice(),
+                    refs: refs.into_boxed_slice(),
+                    natives: resolved.into_boxed_slice(),
+                    native_names: code.natives.iter().map(|n| Rc::from(n.as_str())).collect(),
+                    file: debug.map(|d| Rc::from(d.file.as_str())),
+                    positions: debug
+                        .map(|d| d.positions.clone().into_boxed_slice())
+                        .unwrap_or_default(),
+                    shared_value: std::cell::OnceCell::new(),
+                });
+            }
+        }
+        // Commit: indices were assigned in the same order the functions were built.
+        let mut order: Vec<(FunctionId, u32)> = new_index.into_iter().collect();
+        order.sort_by_key(|&(_, i)| i);
+        debug_assert_eq!(order.len(), built.len());
+        self.funcs.extend(built);
+        self.index.extend(order);
+        Ok(target)
+    }
+
+    pub fn get(&self, index: u32) -> Option<&RtFunction> {
+        self.funcs.get(index as usize)
+    }
+}
+
+fn resolve_native(
+    natives: &HashMap<String, HostNative>,
+    name: &str,
+) -> Result<NativeImpl, LinkError> {
+    if let Some(host) = natives.get(name) {
+        return Ok(NativeImpl::Host(host.clone()));
+    }
+    if name == "sleep" {
+        return Ok(NativeImpl::Sleep);
+    }
+    crate::builtins::lookup(name)
+        .map(NativeImpl::Builtin)
+        .ok_or_else(|| LinkError::MissingNative(name.to_string()))
+}

@@ -1,0 +1,1067 @@
+//! The dispatch loop: runs one task until it finishes, suspends, raises past its last
+//! handler, hits a limit or uses its instruction budget.
+//!
+//! Hot state (pc, base, the current code slice, stack pointer) lives in locals of the loop;
+//! calls and returns push and pop [`Frame`]s and reload that state (`continue 'reload`), so a
+//! script call never recurses on the Rust stack. Int (and float) fast paths are inline; every
+//! other operand mix goes to `ops`. Budget is a countdown decremented per instruction.
+//!
+//! Invariants (on top of the module invariants in `interp`):
+//! - The task's value stack is at least `base + frame_size` long for the innermost frame, so
+//!   verified code never indexes past it; pushes write into pre-sized slots.
+//! - Heap values popped off the stack are taken (the slot becomes `nil`); only scalars may be
+//!   left above the stack pointer. `Return` and unwinding clear the slots they abandon.
+//! - Handlers belong to frames: `Return` drops the returning frame's handlers, unwinding to a
+//!   handler drops the frames above the one that installed it.
+
+use super::convert;
+use super::program::Program;
+use super::{
+    task_value, Frame, Handler, LimitKind, Raised, RemoteRequest, Resume, Task, TaskState,
+    TraceFrame,
+};
+use crate::function::{Closure, NativeImpl};
+use crate::heap::Charge;
+use crate::native::{NativeCtx, NativeError, NodeInfo};
+use crate::opcodes::Instr;
+use crate::ops;
+use crate::value::{CellObj, Entries, Key, Value};
+use std::cmp::Ordering;
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Total value-stack slots one task may use (64 MiB of values); beyond is `StackOverflow`.
+const MAX_STACK_SLOTS: usize = 1 << 22;
+
+/// Stores `v` in `slot`, dropping the old value out of line only if it owns heap memory.
+#[inline(always)]
+fn put(slot: &mut Value, v: Value) {
+    let old = std::mem::replace(slot, v);
+    if is_scalar(&old) {
+        std::mem::forget(old);
+    } else {
+        drop_cold(old);
+    }
+}
+
+#[inline(always)]
+fn is_scalar(v: &Value) -> bool {
+    matches!(
+        v,
+        Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_)
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn drop_cold(v: Value) {
+    drop(v);
+}
+
+/// Resets a range of slots to `nil`.
+#[inline(always)]
+fn clear(slots: &mut [Value]) {
+    for slot in slots {
+        put(slot, Value::Nil);
+    }
+}
+
+/// Why `run_task` returned.
+pub(crate) enum Exit {
+    /// The instruction budget ran out; the task can continue.
+    Budget,
+    /// The task changed its state (sleep, await, remote); its resume action is set later.
+    Suspend,
+    /// The task's bottom frame returned or an error escaped every handler.
+    Finished(Result<Value, Raised>),
+    /// A host-granted limit was hit.
+    Limit(LimitKind),
+}
+
+/// Everything outside the task that instructions touch.
+pub(crate) struct Ctx<'a> {
+    pub tasks: &'a mut Vec<Option<Task>>,
+    pub queue: &'a mut VecDeque<u32>,
+    pub requests: &'a mut Vec<RemoteRequest>,
+    pub pending: &'a mut HashMap<u64, (u32, Option<u32>)>,
+    pub next_request: &'a mut u64,
+    pub out: &'a mut dyn Write,
+    pub node: &'a NodeInfo,
+    pub now: Instant,
+    pub max_depth: usize,
+    pub check_heap: bool,
+    pub self_id: u32,
+}
+
+enum Raise {
+    /// Raised by the VM (gets a `"peer"` key on a remote body).
+    Vm(Value),
+    /// Raised by `throw` (never changed).
+    Thrown(Value),
+    /// Raised by a builtin, native or `ops` (like `Vm`; or a memory limit).
+    Native(NativeError),
+    /// Re-raised with its original trace (awaiting a failed task).
+    Rethrow(Raised),
+}
+
+#[cold]
+#[inline(never)]
+fn err(kind: &str, msg: &str) -> Raise {
+    Raise::Vm(Value::error(kind, msg))
+}
+
+#[cold]
+#[inline(never)]
+fn err_fmt(kind: &str, args: std::fmt::Arguments<'_>) -> Raise {
+    Raise::Vm(Value::error(kind, args.to_string()))
+}
+
+#[cold]
+#[inline(never)]
+fn type_err(what: &str, v: &Value) -> Raise {
+    err_fmt("TypeError", format_args!("{what} {}", v.type_name()))
+}
+
+#[cold]
+#[inline(never)]
+fn arity_err(callee: &crate::function::RtFunction, argc: usize) -> Raise {
+    err_fmt(
+        "ArityError",
+        format_args!(
+            "{} takes {} argument{}, got {}",
+            callee.name.as_deref().unwrap_or("function"),
+            callee.arity,
+            if callee.arity == 1 { "" } else { "s" },
+            argc
+        ),
+    )
+}
+
+type BinOp = fn(&Value, &Value) -> Result<Value, NativeError>;
+
+/// Calls a slow-path operator out of line, keeping the dispatch loop small.
+#[inline(never)]
+fn slow(op: BinOp, a: &Value, b: &Value) -> Result<Value, NativeError> {
+    op(a, b)
+}
+
+#[cold]
+#[inline(never)]
+fn overflow(op: &str) -> Raise {
+    err_fmt("Overflow", format_args!("integer overflow in {op}"))
+}
+
+/// The stack trace of `frames`, innermost first.
+pub(crate) fn trace(prog: &Program, frames: &[Frame], node: &NodeInfo) -> Vec<TraceFrame> {
+    let peer = node.caller.as_ref().map(|_| node.here.clone());
+    frames
+        .iter()
+        .rev()
+        .map(|fr| {
+            let f = prog.get(fr.func);
+            let at = fr.pc.saturating_sub(1) as usize;
+            let (line, col) = f
+                .and_then(|f| f.positions.get(at).copied())
+                .unwrap_or((0, 0));
+            let has_debug = f.is_some_and(|f| f.file.is_some());
+            TraceFrame {
+                function: match f.and_then(|f| f.name.as_deref()) {
+                    Some(n) => n.to_string(),
+                    None if has_debug => "<anonymous>".to_string(),
+                    None => "<unknown>".to_string(),
+                },
+                file: f
+                    .and_then(|f| f.file.as_deref())
+                    .unwrap_or("<unknown>")
+                    .to_string(),
+                line,
+                col,
+                peer: peer.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Adds `"peer": here` to an error map that has a kind and no peer yet.
+fn add_peer(value: &Value, here: &str) {
+    if let Value::Map(m) = value {
+        let (Some(kind), Some(peer)) = (
+            Key::from_value(&Value::str("kind")),
+            Key::from_value(&Value::str("peer")),
+        ) else {
+            return;
+        };
+        let is_error = m.entries().contains_key(&kind);
+        let has_peer = m.entries().contains_key(&peer);
+        if is_error && !has_peer {
+            m.mutate(|e| {
+                e.insert(peer, Value::str(here));
+            });
+        }
+    }
+}
+
+/// Unwinds to the innermost handler of the task, or gives the error back.
+fn unwind(
+    stack: &mut Vec<Value>,
+    sp: &mut usize,
+    frames: &mut Vec<Frame>,
+    handlers: &mut Vec<Handler>,
+    raised: Raised,
+) -> Result<(), Raised> {
+    let Some(h) = handlers.pop() else {
+        return Err(raised);
+    };
+    frames.truncate(h.frame as usize + 1);
+    let hsp = h.sp as usize;
+    if hsp < *sp {
+        for slot in &mut stack[hsp..*sp] {
+            *slot = Value::Nil;
+        }
+    }
+    if stack.len() <= hsp {
+        stack.resize(hsp + 1, Value::Nil);
+    }
+    stack[hsp] = raised.value;
+    *sp = hsp + 1;
+    if let Some(top) = frames.last_mut() {
+        top.pc = h.pc;
+    }
+    Ok(())
+}
+
+/// Runs `task` for at most `*budget` instructions.
+pub(crate) fn run_task(
+    prog: &Program,
+    task: &mut Task,
+    ctx: &mut Ctx<'_>,
+    budget: &mut u64,
+) -> Exit {
+    let Task {
+        stack,
+        sp: task_sp,
+        frames,
+        handlers,
+        state,
+        resume,
+        charge,
+        ..
+    } = task;
+    let mut sp = *task_sp;
+    let mut pending: Option<Raised> = None;
+    match resume.take() {
+        Some(Resume::Push(v)) => {
+            if stack.len() <= sp {
+                stack.resize(sp + 1, Value::Nil);
+            }
+            stack[sp] = v;
+            sp += 1;
+        }
+        Some(Resume::Raise(mut r)) => {
+            r.trace.extend(trace(prog, frames, ctx.node));
+            pending = Some(r);
+        }
+        Some(Resume::Jump(pc)) => {
+            if let Some(top) = frames.last_mut() {
+                top.pc = pc;
+            }
+        }
+        None => {}
+    }
+
+    let mut left = *budget;
+    let exit = 'reload: loop {
+        if let Some(r) = pending.take() {
+            if let Err(r) = unwind(stack, &mut sp, frames, handlers, r) {
+                for slot in stack.iter_mut().take(sp) {
+                    *slot = Value::Nil;
+                }
+                *task_sp = 0;
+                break 'reload Exit::Finished(Err(r));
+            }
+        }
+        let Some(&fr) = frames.last() else {
+            break 'reload Exit::Finished(Ok(Value::Nil));
+        };
+        let Some(f) = prog.funcs.get(fr.func as usize) else {
+            break 'reload Exit::Finished(Ok(Value::Nil));
+        };
+        let code: &[Instr] = &f.code;
+        let consts: &[Value] = &f.consts;
+        let refs: &[u32] = &f.refs;
+        let base = fr.base as usize;
+        let mut pc = fr.pc as usize;
+        let st: &mut [Value] = &mut stack[..];
+
+        macro_rules! save {
+            () => {
+                if let Some(top) = frames.last_mut() {
+                    top.pc = pc as u32;
+                }
+                *task_sp = sp;
+            };
+        }
+        macro_rules! pop {
+            () => {{
+                sp -= 1;
+                std::mem::take(&mut st[sp])
+            }};
+        }
+        macro_rules! push {
+            ($v:expr) => {{
+                let v = $v;
+                put(&mut st[sp], v);
+                sp += 1;
+            }};
+        }
+        macro_rules! heap_check {
+            () => {
+                if ctx.check_heap && crate::heap::over_limit() {
+                    save!();
+                    break 'reload Exit::Limit(LimitKind::MemoryLimit);
+                }
+            };
+        }
+        macro_rules! slow2 {
+            ($f:path) => {{
+                let b = pop!();
+                let r = slow($f, &st[sp - 1], &b);
+                match r {
+                    Ok(v) => st[sp - 1] = v,
+                    Err(e) => break Raise::Native(e),
+                }
+            }};
+        }
+        macro_rules! arith {
+            ($checked:ident, $op:tt, $slow:path, $sym:literal) => {{
+                match (&st[sp - 2], &st[sp - 1]) {
+                    (Value::Int(x), Value::Int(y)) => match x.$checked(*y) {
+                        Some(r) => {
+                            put(&mut st[sp - 2], Value::Int(r));
+                            sp -= 1;
+                        }
+                        None => break overflow($sym),
+                    },
+                    (Value::Float(x), Value::Float(y)) => {
+                        let r = *x $op *y;
+                        put(&mut st[sp - 2], Value::Float(r));
+                        sp -= 1;
+                    }
+                    _ => {
+                        slow2!($slow);
+                        heap_check!();
+                    }
+                }
+            }};
+        }
+        macro_rules! divide {
+            ($checked:ident, $op:tt, $slow:path, $sym:literal) => {{
+                match (&st[sp - 2], &st[sp - 1]) {
+                    (Value::Int(_), Value::Int(0)) => {
+                        break err("DivisionByZero", concat!("integer ", $sym, " by zero"))
+                    }
+                    (Value::Int(x), Value::Int(y)) => match x.$checked(*y) {
+                        Some(r) => {
+                            put(&mut st[sp - 2], Value::Int(r));
+                            sp -= 1;
+                        }
+                        None => break overflow($sym),
+                    },
+                    (Value::Float(x), Value::Float(y)) => {
+                        let r = *x $op *y;
+                        put(&mut st[sp - 2], Value::Float(r));
+                        sp -= 1;
+                    }
+                    _ => slow2!($slow),
+                }
+            }};
+        }
+        macro_rules! compare {
+            ($op:tt, $slow:path) => {{
+                match (&st[sp - 2], &st[sp - 1]) {
+                    (Value::Int(x), Value::Int(y)) => {
+                        let r = x $op y;
+                        put(&mut st[sp - 2], Value::Bool(r));
+                        sp -= 1;
+                    }
+                    (Value::Float(x), Value::Float(y)) => {
+                        let r = x $op y;
+                        put(&mut st[sp - 2], Value::Bool(r));
+                        sp -= 1;
+                    }
+                    _ => slow2!($slow),
+                }
+            }};
+        }
+        macro_rules! jump_unless {
+            ($op:tt, $ord:pat, $target:expr) => {{
+                let ok = match (&st[sp - 2], &st[sp - 1]) {
+                    (Value::Int(x), Value::Int(y)) => x $op y,
+                    _ => {
+                        let b = pop!();
+                        let a = pop!();
+                        sp += 2;
+                        match ops::compare(&a, &b) {
+                            Ok(o) => matches!(o, Some($ord)),
+                            Err(e) => {
+                                sp -= 2;
+                                break Raise::Native(e);
+                            }
+                        }
+                    }
+                };
+                sp -= 2;
+                if !ok {
+                    pc = $target as usize;
+                }
+            }};
+        }
+        macro_rules! jump_eq {
+            ($want:expr, $target:expr) => {{
+                let eq = match (&st[sp - 2], &st[sp - 1]) {
+                    (Value::Int(x), Value::Int(y)) => x == y,
+                    _ => {
+                        let b = pop!();
+                        let a = pop!();
+                        sp += 2;
+                        ops::equals(&a, &b)
+                    }
+                };
+                sp -= 2;
+                if eq != $want {
+                    pc = $target as usize;
+                }
+            }};
+        }
+        // Enters function `idx` with its arguments starting at `new_base`.
+        macro_rules! enter {
+            ($idx:expr, $new_base:expr, $ret:expr, $argc:expr) => {{
+                let idx = $idx as usize;
+                let argc: usize = $argc;
+                let Some(callee) = prog.funcs.get(idx) else {
+                    break err("TypeError", "call of an unlinked function");
+                };
+                if callee.arity as usize != argc {
+                    break arity_err(callee, argc);
+                }
+                if frames.len() >= ctx.max_depth {
+                    break err(
+                        "StackOverflow",
+                        &format!("call depth exceeded {}", ctx.max_depth),
+                    );
+                }
+                let nb: usize = $new_base;
+                let need = nb + callee.frame_size();
+                let locals_end = nb + callee.locals as usize;
+                if need > st.len() {
+                    if need > MAX_STACK_SLOTS {
+                        break err("StackOverflow", "value stack exhausted");
+                    }
+                    let grow = need.max(stack.len() * 2).min(MAX_STACK_SLOTS);
+                    stack.resize(grow, Value::Nil);
+                    charge.resize(super::task_bytes(stack.capacity()));
+                    clear(&mut stack[nb + argc..locals_end]);
+                    if ctx.check_heap && crate::heap::over_limit() {
+                        if let Some(top) = frames.last_mut() {
+                            top.pc = pc as u32;
+                        }
+                        *task_sp = sp;
+                        break 'reload Exit::Limit(LimitKind::MemoryLimit);
+                    }
+                } else {
+                    clear(&mut st[nb + argc..locals_end]);
+                }
+                if let Some(top) = frames.last_mut() {
+                    top.pc = pc as u32;
+                }
+                frames.push(Frame {
+                    func: idx as u32,
+                    pc: 0,
+                    base: nb as u32,
+                    ret: $ret as u32,
+                });
+                sp = locals_end;
+                continue 'reload;
+            }};
+        }
+
+        let raise: Raise = loop {
+            if left == 0 {
+                save!();
+                break 'reload Exit::Budget;
+            }
+            left -= 1;
+            let Some(&instr) = code.get(pc) else {
+                break err("TypeError", "control ran off the end of a function");
+            };
+            pc += 1;
+            match instr {
+                Instr::Nil {} => push!(Value::Nil),
+                Instr::True {} => push!(Value::Bool(true)),
+                Instr::False {} => push!(Value::Bool(false)),
+                Instr::Int { value } => push!(Value::Int(i64::from(value))),
+                Instr::Const { index } => push!(consts[index as usize].clone()),
+                Instr::Pop {} => {
+                    let _ = pop!();
+                }
+                Instr::Dup {} => {
+                    let v = st[sp - 1].clone();
+                    push!(v);
+                }
+                Instr::GetLocal { slot } => {
+                    let v = st[base + slot as usize].clone();
+                    push!(v);
+                }
+                Instr::SetLocal { slot } => {
+                    sp -= 1;
+                    let i = base + slot as usize;
+                    if let Value::Int(x) = st[sp] {
+                        // Read the payload only: the slot was likely just written as tag +
+                        // payload, and a 16-byte reload of it would stall store forwarding.
+                        put(&mut st[i], Value::Int(x));
+                    } else {
+                        let v = std::mem::take(&mut st[sp]);
+                        put(&mut st[i], v);
+                    }
+                }
+                Instr::NewCell { slot } => {
+                    let v = pop!();
+                    st[base + slot as usize] = Value::Cell(CellObj::new(v));
+                    heap_check!();
+                }
+                Instr::GetCell { slot } => {
+                    let v = match &st[base + slot as usize] {
+                        Value::Cell(c) => c.value.borrow().clone(),
+                        _ => Value::Nil,
+                    };
+                    push!(v);
+                }
+                Instr::SetCell { slot } => {
+                    let v = pop!();
+                    let i = base + slot as usize;
+                    let cell = match &st[i] {
+                        Value::Cell(c) => Some(c.clone()),
+                        _ => None,
+                    };
+                    match cell {
+                        Some(c) => {
+                            let old = c.value.replace(v);
+                            drop(old);
+                        }
+                        None => st[i] = Value::Cell(CellObj::new(v)),
+                    }
+                }
+                Instr::GetUpval { index } => {
+                    let v = match base.checked_sub(1).and_then(|i| st.get(i)) {
+                        Some(Value::Function(c)) => c
+                            .upvals
+                            .get(index as usize)
+                            .map(|u| u.value.borrow().clone()),
+                        _ => None,
+                    };
+                    push!(v.unwrap_or_default());
+                }
+                Instr::SetUpval { index } => {
+                    let v = pop!();
+                    if let Some(Value::Function(c)) = base.checked_sub(1).and_then(|i| st.get(i)) {
+                        if let Some(u) = c.upvals.get(index as usize) {
+                            let old = u.value.replace(v);
+                            drop(old);
+                        }
+                    }
+                }
+                Instr::CaptureLocal { slot } => {
+                    let i = base + slot as usize;
+                    let existing = match &st[i] {
+                        Value::Cell(c) => Some(c.clone()),
+                        _ => None,
+                    };
+                    let cell = match existing {
+                        Some(c) => c,
+                        None => {
+                            let c = CellObj::new(Value::Nil);
+                            st[i] = Value::Cell(c.clone());
+                            c
+                        }
+                    };
+                    push!(Value::Cell(cell));
+                }
+                Instr::CaptureUpval { index } => {
+                    let cell = match base.checked_sub(1).and_then(|i| st.get(i)) {
+                        Some(Value::Function(c)) => c.upvals.get(index as usize).cloned(),
+                        _ => None,
+                    };
+                    push!(Value::Cell(
+                        cell.unwrap_or_else(|| CellObj::new(Value::Nil))
+                    ));
+                }
+                Instr::Function { func } => {
+                    let idx = refs[func as usize];
+                    let rf = &prog.funcs[idx as usize];
+                    let value = rf.shared_value.get_or_init(|| {
+                        Value::Function(Rc::new(Closure {
+                            func: rf.id,
+                            name: rf.name.clone(),
+                            upvals: Box::new([]),
+                            index: idx,
+                            charge: Charge::new(32),
+                        }))
+                    });
+                    push!(value.clone());
+                }
+                Instr::Closure { func, captures } => {
+                    let n = captures as usize;
+                    let idx = refs[func as usize];
+                    let mut cells = Vec::with_capacity(n);
+                    for slot in &mut st[sp - n..sp] {
+                        match std::mem::take(slot) {
+                            Value::Cell(c) => cells.push(c),
+                            other => cells.push(CellObj::new(other)),
+                        }
+                    }
+                    sp -= n;
+                    let rf = &prog.funcs[idx as usize];
+                    push!(Value::Function(Rc::new(Closure {
+                        func: rf.id,
+                        name: rf.name.clone(),
+                        upvals: cells.into_boxed_slice(),
+                        index: idx,
+                        charge: Charge::new(32 + 8 * n),
+                    })));
+                    heap_check!();
+                }
+                Instr::Call { argc } => {
+                    let argc = argc as usize;
+                    let fpos = sp - argc - 1;
+                    let idx = match &st[fpos] {
+                        Value::Function(c) => c.index,
+                        other => {
+                            break type_err("cannot call a", other);
+                        }
+                    };
+                    enter!(idx, fpos + 1, fpos, argc);
+                }
+                Instr::CallFunction { func, argc } => {
+                    let argc = argc as usize;
+                    let nb = sp - argc;
+                    enter!(refs[func as usize], nb, nb, argc);
+                }
+                Instr::CallNative { native, argc } => {
+                    let argc = argc as usize;
+                    let first = sp - argc;
+                    let result = match &f.natives[native as usize] {
+                        NativeImpl::Sleep => {
+                            if argc != 1 {
+                                break err(
+                                    "ArityError",
+                                    &format!("sleep() takes 1 argument, got {argc}"),
+                                );
+                            }
+                            let ms = match &st[first] {
+                                Value::Int(i) => Duration::from_millis((*i).max(0) as u64),
+                                Value::Float(x) => Duration::try_from_secs_f64(x.max(0.0) / 1000.0)
+                                    .unwrap_or(Duration::from_secs(u32::MAX as u64)),
+                                other => {
+                                    break type_err("sleep() expects a number of ms, got", other)
+                                }
+                            };
+                            st[first] = Value::Nil;
+                            sp = first;
+                            let wake = ctx
+                                .now
+                                .checked_add(ms)
+                                .or_else(|| ctx.now.checked_add(Duration::from_secs(1 << 32)))
+                                .unwrap_or(ctx.now);
+                            *state = TaskState::Sleeping(wake);
+                            save!();
+                            break 'reload Exit::Suspend;
+                        }
+                        NativeImpl::Builtin(b) => {
+                            let mut nctx = NativeCtx {
+                                output: &mut *ctx.out,
+                                node: ctx.node,
+                            };
+                            b(&mut nctx, &st[first..sp])
+                        }
+                        NativeImpl::Host(h) => {
+                            let mut nctx = NativeCtx {
+                                output: &mut *ctx.out,
+                                node: ctx.node,
+                            };
+                            h(&mut nctx, &st[first..sp])
+                        }
+                    };
+                    for slot in &mut st[first..sp] {
+                        *slot = Value::Nil;
+                    }
+                    sp = first;
+                    match result {
+                        Ok(v) => push!(v),
+                        Err(e) => break Raise::Native(e),
+                    }
+                    heap_check!();
+                }
+                Instr::Return {} => {
+                    let result = pop!();
+                    let Some(done) = frames.pop() else {
+                        break 'reload Exit::Finished(Ok(result));
+                    };
+                    let ret = done.ret as usize;
+                    if ret < sp {
+                        clear(&mut st[ret..sp]);
+                    }
+                    let depth = frames.len() as u32;
+                    while handlers.last().is_some_and(|h| h.frame >= depth) {
+                        handlers.pop();
+                    }
+                    if frames.is_empty() {
+                        *task_sp = 0;
+                        break 'reload Exit::Finished(Ok(result));
+                    }
+                    put(&mut st[ret], result);
+                    sp = ret + 1;
+                    continue 'reload;
+                }
+                Instr::Add {} => arith!(checked_add, +, ops::add, "+"),
+                Instr::Sub {} => arith!(checked_sub, -, ops::sub, "-"),
+                Instr::Mul {} => arith!(checked_mul, *, ops::mul, "*"),
+                Instr::Div {} => divide!(checked_div, /, ops::div, "/"),
+                Instr::Rem {} => divide!(checked_rem, %, ops::rem, "%"),
+                Instr::Neg {} => match &st[sp - 1] {
+                    Value::Int(x) => match x.checked_neg() {
+                        Some(r) => put(&mut st[sp - 1], Value::Int(r)),
+                        None => break overflow("unary -"),
+                    },
+                    Value::Float(x) => {
+                        let r = -*x;
+                        put(&mut st[sp - 1], Value::Float(r));
+                    }
+                    _ => {
+                        let a = pop!();
+                        match ops::neg(&a) {
+                            Ok(v) => push!(v),
+                            Err(e) => break Raise::Native(e),
+                        }
+                    }
+                },
+                Instr::Not {} => {
+                    let t = st[sp - 1].is_truthy();
+                    put(&mut st[sp - 1], Value::Bool(!t));
+                }
+                Instr::AddInt { value } => match &st[sp - 1] {
+                    Value::Int(x) => match x.checked_add(i64::from(value)) {
+                        Some(r) => put(&mut st[sp - 1], Value::Int(r)),
+                        None => break overflow("+"),
+                    },
+                    Value::Float(x) => {
+                        let r = *x + f64::from(value);
+                        put(&mut st[sp - 1], Value::Float(r));
+                    }
+                    _ => {
+                        let a = pop!();
+                        match ops::add(&a, &Value::Int(i64::from(value))) {
+                            Ok(v) => push!(v),
+                            Err(e) => break Raise::Native(e),
+                        }
+                    }
+                },
+                Instr::Eq {} | Instr::Ne {} => {
+                    let want = matches!(instr, Instr::Eq {});
+                    let eq = match (&st[sp - 2], &st[sp - 1]) {
+                        (Value::Int(x), Value::Int(y)) => x == y,
+                        _ => {
+                            let b = pop!();
+                            let a = pop!();
+                            sp += 2;
+                            ops::equals(&a, &b)
+                        }
+                    };
+                    sp -= 1;
+                    put(&mut st[sp - 1], Value::Bool(eq == want));
+                }
+                Instr::Lt {} => compare!(<, ops::lt),
+                Instr::Le {} => compare!(<=, ops::le),
+                Instr::Gt {} => compare!(>, ops::gt),
+                Instr::Ge {} => compare!(>=, ops::ge),
+                Instr::Range {} => {
+                    slow2!(ops::make_range);
+                    heap_check!();
+                }
+                Instr::Jump { target } => pc = target as usize,
+                Instr::JumpIfFalse { target } => {
+                    let c = pop!();
+                    if !c.is_truthy() {
+                        pc = target as usize;
+                    }
+                }
+                Instr::JumpIfTrue { target } => {
+                    let c = pop!();
+                    if c.is_truthy() {
+                        pc = target as usize;
+                    }
+                }
+                Instr::JumpIfFalseOrPop { target } => {
+                    if st[sp - 1].is_truthy() {
+                        let _ = pop!();
+                    } else {
+                        pc = target as usize;
+                    }
+                }
+                Instr::JumpIfTrueOrPop { target } => {
+                    if st[sp - 1].is_truthy() {
+                        pc = target as usize;
+                    } else {
+                        let _ = pop!();
+                    }
+                }
+                Instr::JumpIfNotLt { target } => jump_unless!(<, Ordering::Less, target),
+                Instr::JumpIfNotLe { target } => {
+                    jump_unless!(<=, Ordering::Less | Ordering::Equal, target)
+                }
+                Instr::JumpIfNotGt { target } => jump_unless!(>, Ordering::Greater, target),
+                Instr::JumpIfNotGe { target } => {
+                    jump_unless!(>=, Ordering::Greater | Ordering::Equal, target)
+                }
+                Instr::JumpIfNotEq { target } => jump_eq!(true, target),
+                Instr::JumpIfNotNe { target } => jump_eq!(false, target),
+                Instr::List { len } => {
+                    let n = len as usize;
+                    let items: Vec<Value> = st[sp - n..sp].iter_mut().map(std::mem::take).collect();
+                    sp -= n;
+                    push!(Value::list(items));
+                    heap_check!();
+                }
+                Instr::Map { len } => {
+                    let n = len as usize;
+                    let first = sp - 2 * n;
+                    let mut entries = Entries::with_capacity(n);
+                    let mut bad = None;
+                    for j in 0..n {
+                        let k = std::mem::take(&mut st[first + 2 * j]);
+                        let v = std::mem::take(&mut st[first + 2 * j + 1]);
+                        match ops::map_key(&k) {
+                            Ok(key) => {
+                                entries.insert(key, v);
+                            }
+                            Err(e) => bad = bad.or(Some(e)),
+                        }
+                    }
+                    sp = first;
+                    if let Some(e) = bad {
+                        break Raise::Native(e);
+                    }
+                    push!(Value::map(entries));
+                    heap_check!();
+                }
+                Instr::GetIndex {} => {
+                    let r = ops::get_index(&st[sp - 2], &st[sp - 1]);
+                    let _k = pop!();
+                    match r {
+                        Ok(v) => st[sp - 1] = v,
+                        Err(e) => break Raise::Native(e),
+                    }
+                }
+                Instr::SetIndex {} => {
+                    let v = pop!();
+                    let k = pop!();
+                    let c = pop!();
+                    if let Err(e) = ops::set_index(&c, &k, v) {
+                        break Raise::Native(e);
+                    }
+                    heap_check!();
+                }
+                Instr::IterStart {} => {
+                    match &st[sp - 1] {
+                        Value::List(_) | Value::Map(_) | Value::Range(_) => {}
+                        Value::Str(_) => break err(
+                            "TypeError",
+                            "strings are not iterable (iterate over split(s, \"\") or bytes(s))",
+                        ),
+                        other => {
+                            break type_err("cannot iterate over", other);
+                        }
+                    }
+                    push!(Value::Int(0));
+                }
+                Instr::IterNext { target } | Instr::IterNext2 { target } => {
+                    let pair = matches!(instr, Instr::IterNext2 { .. });
+                    let i = match &st[sp - 1] {
+                        Value::Int(i) if *i >= 0 => *i,
+                        _ => break err("TypeError", "bad iteration cursor"),
+                    };
+                    let next: Option<(Value, Value)> = match &st[sp - 2] {
+                        Value::List(l) => l.get(i as usize).map(|v| (Value::Int(i), v)),
+                        Value::Map(m) => m
+                            .entries()
+                            .get_index(i as usize)
+                            .map(|(k, v)| (k.to_value(), v.clone())),
+                        Value::Range(r) => {
+                            if (i as u64) < r.len() {
+                                Some((Value::Int(i), Value::Int(r.start.wrapping_add(i))))
+                            } else {
+                                None
+                            }
+                        }
+                        other => {
+                            break type_err("cannot iterate over", other);
+                        }
+                    };
+                    match next {
+                        Some((k, v)) => {
+                            let Some(next_i) = i.checked_add(1) else {
+                                break err("Overflow", "iteration cursor overflow");
+                            };
+                            put(&mut st[sp - 1], Value::Int(next_i));
+                            if pair {
+                                push!(k);
+                                push!(v);
+                            } else if matches!(&st[sp - 2], Value::Map(_)) {
+                                push!(k);
+                            } else {
+                                push!(v);
+                            }
+                        }
+                        None => {
+                            let _ = pop!();
+                            let _ = pop!();
+                            pc = target as usize;
+                        }
+                    }
+                }
+                Instr::TryBegin { handler } => handlers.push(Handler {
+                    frame: frames.len().saturating_sub(1) as u32,
+                    pc: handler,
+                    sp: sp as u32,
+                }),
+                Instr::TryEnd {} => {
+                    handlers.pop();
+                }
+                Instr::Throw {} => {
+                    let v = pop!();
+                    break Raise::Thrown(v);
+                }
+                Instr::Spawn {} => {
+                    let fv = pop!();
+                    let idx = match &fv {
+                        Value::Function(c) => c.index,
+                        other => {
+                            break type_err("cannot spawn a", other);
+                        }
+                    };
+                    match prog.get(idx) {
+                        Some(callee) if callee.arity == 0 => {}
+                        _ => break err("ArityError", "spawn needs a function of no arguments"),
+                    }
+                    let id = ctx.tasks.len() as u32;
+                    ctx.tasks.push(Some(Task::new(prog, idx, fv, Vec::new())));
+                    ctx.queue.push_back(id);
+                    push!(task_value(id));
+                    heap_check!();
+                }
+                Instr::Await {} => {
+                    let h = pop!();
+                    let id = match &h {
+                        Value::Task(t) => t.id,
+                        other => {
+                            break type_err("cannot await a", other);
+                        }
+                    };
+                    let id = u32::try_from(id).unwrap_or(u32::MAX);
+                    if id == ctx.self_id {
+                        break err("ValueError", "a task cannot await itself");
+                    }
+                    let Some(Some(target)) = ctx.tasks.get_mut(id as usize) else {
+                        break err("ValueError", "that task is not part of this execution");
+                    };
+                    match &target.result {
+                        Some(Ok(v)) => {
+                            target.awaited = true;
+                            let v = v.clone();
+                            push!(v);
+                        }
+                        Some(Err(r)) => {
+                            target.awaited = true;
+                            break Raise::Rethrow(r.clone());
+                        }
+                        None => {
+                            target.waiters.push(ctx.self_id);
+                            *state = TaskState::AwaitTask(id);
+                            save!();
+                            break 'reload Exit::Suspend;
+                        }
+                    }
+                }
+                Instr::Remote { func, argc } | Instr::RemoteElse { func, argc, .. } => {
+                    let fallback = match instr {
+                        Instr::RemoteElse { fallback, .. } => Some(fallback),
+                        _ => None,
+                    };
+                    let first = sp - argc as usize - 1;
+                    let mut values = Vec::with_capacity(argc as usize + 1);
+                    let mut bad = None;
+                    for slot in &st[first..sp] {
+                        match convert::export(slot) {
+                            Ok(p) => values.push(p),
+                            Err(e) => {
+                                bad = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    for slot in &mut st[first..sp] {
+                        *slot = Value::Nil;
+                    }
+                    sp = first;
+                    if let Some(e) = bad {
+                        break Raise::Vm(e);
+                    }
+                    let target = values.remove(0);
+                    if let Err(e) = crate::hop::HopTarget::parse(&target) {
+                        break err(e.kind, &e.message);
+                    }
+                    let idx = refs[func as usize];
+                    let id = *ctx.next_request;
+                    *ctx.next_request += 1;
+                    ctx.requests.push(RemoteRequest {
+                        id,
+                        target,
+                        func: prog.funcs[idx as usize].id,
+                        args: values,
+                    });
+                    ctx.pending.insert(id, (ctx.self_id, fallback));
+                    *state = TaskState::AwaitRemote(id);
+                    save!();
+                    break 'reload Exit::Suspend;
+                }
+            }
+        };
+
+        // Raise: record where, then unwind (next turn of 'reload).
+        if let Some(top) = frames.last_mut() {
+            top.pc = pc as u32;
+        }
+        let (value, from_vm) = match raise {
+            Raise::Vm(v) | Raise::Native(NativeError::Throw(v)) => (v, true),
+            Raise::Native(NativeError::MemoryLimit) => {
+                *task_sp = sp;
+                break 'reload Exit::Limit(LimitKind::MemoryLimit);
+            }
+            Raise::Thrown(v) => (v, false),
+            Raise::Rethrow(r) => {
+                pending = Some(r);
+                continue 'reload;
+            }
+        };
+        if from_vm && ctx.node.caller.is_some() {
+            add_peer(&value, &ctx.node.here);
+        }
+        pending = Some(Raised {
+            trace: trace(prog, frames, ctx.node),
+            value,
+        });
+    };
+    *budget = left;
+    exit
+}
