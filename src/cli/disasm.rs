@@ -1,26 +1,50 @@
 //! `skiff disasm FILE|DIR`: every function of a script or of a compiled directory, with its
-//! hash, dependencies, natives and code (annotated with source lines when debug info exists).
+//! hash, dependencies, natives and code (annotated with source lines when debug info exists:
+//! always for a script, and for a directory when `skiff compile` wrote `HASH.debug` files).
+//!
+//! Invariant: a blob file whose bytes do not hash to its name is refused, not disassembled.
 
 use anyhow::{bail, Context, Result};
 use skiff_vm::module::transitive_closure;
 use skiff_vm::{Blob, BlobDebug, BlobHash, FnRef};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
 use std::path::Path;
 
 pub fn main(path: &Path) -> Result<i32> {
-    if path.is_dir() {
-        let mut blobs = BTreeMap::new();
-        for entry in std::fs::read_dir(path)? {
-            let file = entry?.path();
-            if file.extension().is_some_and(|e| e == "blob") {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = if path.is_dir() {
+        directory(path, &mut out)
+    } else {
+        script(path, &mut out)
+    };
+    match written.and_then(|code| out.flush().map(|_| code).map_err(Into::into)) {
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(0)
+        }
+        other => other,
+    }
+}
+
+fn directory(dir: &Path, out: &mut dyn Write) -> Result<i32> {
+    let mut blobs = BTreeMap::new();
+    let mut debug = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let file = entry?.path();
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("blob") => {
                 let bytes = std::fs::read(&file)?;
-                let blob = Blob::decode(&bytes, usize::MAX)
-                    .with_context(|| format!("{}", file.display()))?;
+                let blob =
+                    Blob::decode(&bytes, usize::MAX).with_context(|| file.display().to_string())?;
                 let hash = BlobHash::of(&bytes);
-                let stem = file
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default();
                 if stem != hash.to_hex() {
                     bail!(
                         "{} does not hash to its name (its hash is {hash})",
@@ -29,40 +53,53 @@ pub fn main(path: &Path) -> Result<i32> {
                 }
                 blobs.insert(hash, blob);
             }
+            Some("debug") => {
+                if let Some(hash) = BlobHash::from_hex(&stem) {
+                    let bytes = std::fs::read(&file)?;
+                    debug.insert(
+                        hash,
+                        BlobDebug::decode(&bytes).with_context(|| file.display().to_string())?,
+                    );
+                }
+            }
+            _ => {}
         }
-        let order = transitive_closure(blobs.keys().copied(), |h| blobs.get(h))?;
-        for hash in order {
-            print_blob(&hash, &blobs[&hash], None, None);
-        }
-    } else {
-        let source = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let Some(module) = super::load(path)? else {
-            return Ok(2);
-        };
-        let roots =
-            std::iter::once(module.entry.blob).chain(module.exports.values().map(|f| f.blob));
-        let order = transitive_closure(roots, |h| module.blobs.get(h).map(|b| &**b))?;
-        for hash in order {
-            print_blob(
-                &hash,
-                &module.blobs[&hash],
-                module.debug.get(&hash).map(|d| &**d),
-                Some(&source),
-            );
-        }
+    }
+    for hash in transitive_closure(blobs.keys().copied(), |h| blobs.get(h))? {
+        print_blob(out, &hash, &blobs[&hash], debug.get(&hash), None)?;
     }
     Ok(0)
 }
 
-fn print_blob(hash: &BlobHash, blob: &Blob, debug: Option<&BlobDebug>, source: Option<&str>) {
-    println!(
-        "blob {hash} ({} function{})",
-        blob.functions.len(),
-        if blob.functions.len() == 1 { "" } else { "s" }
-    );
+fn script(path: &Path, out: &mut dyn Write) -> Result<i32> {
+    let source =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let Some(module) = super::load(path)? else {
+        return Ok(2);
+    };
+    let roots = std::iter::once(module.entry.blob).chain(module.exports.values().map(|f| f.blob));
+    for hash in transitive_closure(roots, |h| module.blobs.get(h).map(|b| &**b))? {
+        let debug = module.debug.get(&hash).map(|d| &**d);
+        print_blob(out, &hash, &module.blobs[&hash], debug, Some(&source))?;
+    }
+    Ok(0)
+}
+
+fn print_blob(
+    out: &mut dyn Write,
+    hash: &BlobHash,
+    blob: &Blob,
+    debug: Option<&BlobDebug>,
+    source: Option<&str>,
+) -> io::Result<()> {
+    let plural = if blob.functions.len() == 1 { "" } else { "s" };
+    writeln!(
+        out,
+        "blob {hash} ({} function{plural})",
+        blob.functions.len()
+    )?;
     for dep in blob.dependencies() {
-        println!("  depends on {dep}");
+        writeln!(out, "  depends on {dep}")?;
     }
     let lines: Vec<&str> = source.map(|s| s.lines().collect()).unwrap_or_default();
     for (member, f) in blob.functions.iter().enumerate() {
@@ -70,21 +107,25 @@ fn print_blob(hash: &BlobHash, blob: &Blob, debug: Option<&BlobDebug>, source: O
         let name = fdebug
             .and_then(|d| d.name.clone())
             .unwrap_or_else(|| "<anonymous>".into());
-        println!(
-            "\n  fn {name} [{hash:?}.{member}] arity {} locals {} upvals {} cells {:?}",
+        let file = fdebug
+            .map(|d| format!(" in {}", d.file))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "\n  fn {name}{file} [{hash:?}.{member}] arity {} locals {} upvals {} cells {:?}",
             f.arity, f.locals, f.upvals, f.cells
-        );
+        )?;
         if !f.natives.is_empty() {
-            println!("    natives: {}", f.natives.join(", "));
+            writeln!(out, "    natives: {}", f.natives.join(", "))?;
         }
         for (i, r) in f.refs.iter().enumerate() {
             match r {
-                FnRef::Local(m) => println!("    ref {i}: member {m} of this blob"),
-                FnRef::External(id) => println!("    ref {i}: {id}"),
+                FnRef::Local(m) => writeln!(out, "    ref {i}: member {m} of this blob")?,
+                FnRef::External(id) => writeln!(out, "    ref {i}: {id}")?,
             }
         }
         for (i, c) in f.consts.iter().enumerate() {
-            println!("    const {i}: {c:?}");
+            writeln!(out, "    const {i}: {c:?}")?;
         }
         let mut last_line = 0;
         for (pc, instr) in f.code.iter().enumerate() {
@@ -98,15 +139,15 @@ fn print_blob(hash: &BlobHash, blob: &Blob, debug: Option<&BlobDebug>, source: O
                 Some(&(line, col)) if line != last_line => {
                     last_line = line;
                     let src = lines
-                        .get(line as usize - 1)
+                        .get((line as usize).wrapping_sub(1))
                         .map(|l| l.trim())
                         .unwrap_or_default();
-                    println!("{text:<44} ; {line}:{col}  {src}");
+                    writeln!(out, "{text:<44} ; {line}:{col}  {src}")?;
                 }
-                Some(&(line, col)) => println!("{text:<44} ; {line}:{col}"),
-                None => println!("{text}"),
+                Some(&(line, col)) => writeln!(out, "{text:<44} ; {line}:{col}")?,
+                None => writeln!(out, "{text}")?,
             }
         }
     }
-    println!();
+    writeln!(out)
 }

@@ -136,6 +136,11 @@ fn compile(file: &Path, out: &Path) -> Result<i32> {
         let path = out.join(format!("{hash}.blob"));
         std::fs::write(&path, blob.encode())
             .with_context(|| format!("cannot write {}", path.display()))?;
+        if let Some(debug) = module.debug.get(hash) {
+            let path = out.join(format!("{hash}.debug"));
+            std::fs::write(&path, debug.encode())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
     let mut manifest = format!("entry {}\n", module.entry);
     for (name, func) in &module.exports {

@@ -361,6 +361,87 @@ impl Blob {
     }
 }
 
+impl BlobDebug {
+    /// A compact encoding for storing debug info beside a blob (`skiff compile`); not hashed.
+    ///
+    /// `"SKD" version:u8 count:u32 (has_name:u8 [string] file:string
+    ///  positions:u32 (line:u32 col:u32)* locals:u32 string*)*`
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = b"SKD".to_vec();
+        out.push(FORMAT_VERSION);
+        put_len(&mut out, self.functions.len());
+        for f in &self.functions {
+            match &f.name {
+                Some(name) => {
+                    out.push(1);
+                    put_bytes(&mut out, name.as_bytes());
+                }
+                None => out.push(0),
+            }
+            put_bytes(&mut out, f.file.as_bytes());
+            put_len(&mut out, f.positions.len());
+            for (line, col) in &f.positions {
+                out.extend_from_slice(&line.to_le_bytes());
+                out.extend_from_slice(&col.to_le_bytes());
+            }
+            put_len(&mut out, f.local_names.len());
+            for name in &f.local_names {
+                put_bytes(&mut out, name.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes [`BlobDebug::encode`] output; malformed input is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<BlobDebug, BlobDecodeError> {
+        let mut r = Reader { bytes, pos: 0 };
+        if r.take(3)? != b"SKD" {
+            return Err(BlobDecodeError::BadMagic);
+        }
+        let version = r.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(BlobDecodeError::UnsupportedVersion(version));
+        }
+        let count = r.count(13)?;
+        let mut functions = Vec::with_capacity(count);
+        for _ in 0..count {
+            let offset = r.pos;
+            let name = match r.u8()? {
+                0 => None,
+                1 => Some(r.string()?),
+                tag => {
+                    return Err(BlobDecodeError::UnknownTag {
+                        what: "debug name",
+                        tag,
+                        offset,
+                    })
+                }
+            };
+            let file = r.string()?;
+            let n_positions = r.count(8)?;
+            let mut positions = Vec::with_capacity(n_positions);
+            for _ in 0..n_positions {
+                positions.push((r.u32()?, r.u32()?));
+            }
+            let n_locals = r.count(4)?;
+            let mut local_names = Vec::with_capacity(n_locals);
+            for _ in 0..n_locals {
+                local_names.push(r.string()?);
+            }
+            functions.push(FunctionDebug {
+                name,
+                file,
+                positions,
+                local_names,
+            });
+        }
+        if r.pos != bytes.len() {
+            return Err(BlobDecodeError::TrailingBytes(bytes.len() - r.pos));
+        }
+        Ok(BlobDebug { functions })
+    }
+}
+
 fn put_len(out: &mut Vec<u8>, len: usize) {
     let len = u32::try_from(len).expect("blob section longer than u32::MAX");
     out.extend_from_slice(&len.to_le_bytes());
@@ -470,6 +551,23 @@ mod tests {
             Blob::decode(&bytes, 1 << 20),
             Err(BlobDecodeError::TrailingBytes(1))
         );
+    }
+
+    #[test]
+    fn debug_info_round_trips_and_rejects_garbage() {
+        let debug = BlobDebug {
+            functions: vec![FunctionDebug {
+                name: Some("f".into()),
+                file: "a.skiff".into(),
+                positions: vec![(1, 2), (3, 4)],
+                local_names: vec!["x".into()],
+            }],
+        };
+        let bytes = debug.encode();
+        assert_eq!(BlobDebug::decode(&bytes).unwrap(), debug);
+        for cut in 0..bytes.len() {
+            assert!(BlobDebug::decode(&bytes[..cut]).is_err());
+        }
     }
 
     #[test]
