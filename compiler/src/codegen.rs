@@ -236,23 +236,9 @@ impl Gen<'_, '_> {
     fn patch(&mut self, at: usize, target: usize) {
         let t = u32::try_from(target).unwrap_or(u32::MAX);
         let instr = &mut self.cur().code[at];
-        match instr {
-            Instr::Jump { target }
-            | Instr::JumpIfFalse { target }
-            | Instr::JumpIfTrue { target }
-            | Instr::JumpIfFalseOrPop { target }
-            | Instr::JumpIfTrueOrPop { target }
-            | Instr::JumpIfNotLt { target }
-            | Instr::JumpIfNotLe { target }
-            | Instr::JumpIfNotGt { target }
-            | Instr::JumpIfNotGe { target }
-            | Instr::JumpIfNotEq { target }
-            | Instr::JumpIfNotNe { target }
-            | Instr::IterNext { target }
-            | Instr::IterNext2 { target } => *target = t,
-            Instr::TryBegin { handler } => *handler = t,
-            Instr::RemoteElse { fallback, .. } => *fallback = t,
-            other => debug_assert!(false, "patching a non-branch {other:?}"),
+        match instr.target_mut() {
+            Some(operand) => *operand = t,
+            None => debug_assert!(false, "patching a non-branch {instr:?}"),
         }
     }
 

@@ -34,6 +34,15 @@ pub fn transitive_closure<'a>(
     roots: impl IntoIterator<Item = BlobHash>,
     lookup: impl Fn(&BlobHash) -> Option<&'a Blob>,
 ) -> Result<Vec<BlobHash>, MissingBlob> {
+    closure_by(roots, |h| lookup(h).map(Blob::dependencies))
+}
+
+/// [`transitive_closure`] over any source of dependency lists (a store that keeps them
+/// beside the bytes, say), with the same order.
+pub fn closure_by(
+    roots: impl IntoIterator<Item = BlobHash>,
+    deps: impl Fn(&BlobHash) -> Option<Vec<BlobHash>>,
+) -> Result<Vec<BlobHash>, MissingBlob> {
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     // Explicit stack of (blob, its dependencies, next dependency to visit): no recursion,
@@ -43,13 +52,12 @@ pub fn transitive_closure<'a>(
         if !seen.insert(root) {
             continue;
         }
-        let deps = lookup(&root).ok_or(MissingBlob(root))?.dependencies();
-        stack.push((root, deps, 0));
-        while let Some((hash, deps, next)) = stack.last_mut() {
-            if let Some(&dep) = deps.get(*next) {
+        stack.push((root, deps(&root).ok_or(MissingBlob(root))?, 0));
+        while let Some((hash, pending, next)) = stack.last_mut() {
+            if let Some(&dep) = pending.get(*next) {
                 *next += 1;
                 if seen.insert(dep) {
-                    let dep_deps = lookup(&dep).ok_or(MissingBlob(dep))?.dependencies();
+                    let dep_deps = deps(&dep).ok_or(MissingBlob(dep))?;
                     stack.push((dep, dep_deps, 0));
                 }
             } else {

@@ -288,9 +288,10 @@ pub fn encode_code(code: &[Instr], out: &mut Vec<u8>) {
 }
 
 impl Instr {
-    /// The branch destination of a `Jump` or `Branch` instruction.
-    pub fn branch_target(&self) -> Option<u32> {
-        match *self {
+    /// The operand naming another instruction of the function — a jump or branch target,
+    /// a `TryBegin` handler, a `RemoteElse` fallback — for code generators to patch.
+    pub fn target_mut(&mut self) -> Option<&mut u32> {
+        match self {
             Instr::Jump { target }
             | Instr::JumpIfFalse { target }
             | Instr::JumpIfTrue { target }
@@ -304,8 +305,18 @@ impl Instr {
             | Instr::JumpIfNotNe { target }
             | Instr::IterNext { target }
             | Instr::IterNext2 { target } => Some(target),
+            Instr::TryBegin { handler } => Some(handler),
             Instr::RemoteElse { fallback, .. } => Some(fallback),
             _ => None,
+        }
+    }
+
+    /// The branch destination of a `Jump` or `Branch` instruction (not `TryBegin`'s handler,
+    /// which is entered by unwinding, not by control flow).
+    pub fn branch_target(&self) -> Option<u32> {
+        match self {
+            Instr::TryBegin { .. } => None,
+            other => other.clone().target_mut().map(|t| *t),
         }
     }
 }

@@ -120,35 +120,13 @@ impl BlobSource for Chain<'_> {
     }
 }
 
-/// The transitive closure of `roots` over `deps`, dependencies first (depth-first
-/// post-order, dependencies in first-reference order — the same order as
-/// `skiff_vm::transitive_closure`). `Err` names the first unavailable blob.
+/// The transitive closure of `roots` over `deps`, dependencies first, in the same order
+/// as `skiff_vm::transitive_closure`. `Err` names the first unavailable blob.
 pub fn closure(
     roots: impl IntoIterator<Item = BlobHash>,
     deps: impl Fn(&BlobHash) -> Option<Vec<BlobHash>>,
 ) -> Result<Vec<BlobHash>, BlobHash> {
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
-    let mut stack: Vec<(BlobHash, Vec<BlobHash>, usize)> = Vec::new();
-    for root in roots {
-        if !seen.insert(root) {
-            continue;
-        }
-        stack.push((root, deps(&root).ok_or(root)?, 0));
-        while let Some((hash, ds, next)) = stack.last_mut() {
-            if let Some(&d) = ds.get(*next) {
-                *next += 1;
-                if seen.insert(d) {
-                    let dd = deps(&d).ok_or(d)?;
-                    stack.push((d, dd, 0));
-                }
-            } else {
-                order.push(*hash);
-                stack.pop();
-            }
-        }
-    }
-    Ok(order)
+    skiff_vm::module::closure_by(roots, deps).map_err(|missing| missing.0)
 }
 
 /// Every blob reachable from `roots` that `have` lacks (walking through the blobs it has).
