@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
 use skiff::cluster::{LocalCluster, RunError};
 use skiff::{report, CompileOptions, Engine, ExecIo, Limits, Module, Severity};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -84,7 +85,13 @@ fn load(file: &Path) -> Result<Option<Module>> {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.display().to_string();
     let output = skiff_compiler::compile(&source, &name, &CompileOptions::default());
-    let mut stderr = StandardStream::stderr(ColorChoice::Auto);
+    // Colour only for a person at a terminal (and never when NO_COLOR is set).
+    let colour = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
+    let mut stderr = StandardStream::stderr(colour);
     report::diagnostics(&mut stderr, &name, &source, &output.diagnostics);
     let failed = output
         .diagnostics
