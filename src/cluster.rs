@@ -13,11 +13,14 @@
 //!   script call recurses on the Rust stack (hops are records in `running`, not calls).
 //! - When an execution ends, every hop it started and is still running is cancelled.
 
-use skiff_vm::hop::{error_kind, hop_error, is_failover_kind, HopTarget, DEFAULT_CONTEXT};
+use skiff_vm::hop::{
+    body_failure, error_kind, hop_error, is_failover_kind, start_failure, BodyFailure, HopTarget,
+    DEFAULT_CONTEXT,
+};
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
     transitive_closure, BlobHash, CodeStore, Engine, ExecError, ExecIo, Execution, FunctionId,
-    Limits, Portable, RemoteFailure, RemoteRequest, StartError, Status,
+    Limits, Portable, RemoteFailure, RemoteRequest, Status,
 };
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -206,26 +209,23 @@ impl<'e> LocalCluster<'e> {
         };
         if ended.is_none() {
             for request in requests {
-                self.start_hop(id, request, now);
+                self.start_hop(id, request);
             }
         }
         ended
     }
 
-    fn start_hop(&mut self, caller: usize, request: RemoteRequest, now: Instant) {
+    fn start_hop(&mut self, caller: usize, request: RemoteRequest) {
         match HopTarget::parse(&request.target) {
             Ok(plan) => {
-                let deadline = plan.timeout.map(|t| now + t);
-                self.try_next_peer(
-                    Hop {
-                        caller,
-                        request,
-                        plan,
-                        next_peer: 0,
-                        deadline,
-                    },
-                    None,
-                );
+                let hop = Hop {
+                    caller,
+                    request,
+                    plan,
+                    next_peer: 0,
+                    deadline: None,
+                };
+                self.try_next_peer(hop, None);
             }
             Err(e) => {
                 let error = Portable::Map(vec![
@@ -248,6 +248,8 @@ impl<'e> LocalCluster<'e> {
     fn try_next_peer(&mut self, mut hop: Hop, mut last: Option<Portable>) {
         while let Some(peer) = hop.plan.peers.get(hop.next_peer).cloned() {
             hop.next_peer += 1;
+            // `timeout_ms` bounds each attempt, so a peer that times out fails over to the next.
+            hop.deadline = hop.plan.timeout.map(|t| Instant::now() + t);
             match self.launch(&hop, &peer) {
                 Ok(exec) => {
                     self.running.push(Some(Running {
@@ -326,14 +328,7 @@ impl<'e> LocalCluster<'e> {
             limits,
             (self.io)(),
         )
-        .map_err(|e| match e {
-            StartError::MissingNative(name) => hop_error(
-                "MissingNative",
-                format!("peer `{peer}` has no native `{name}`"),
-                peer,
-            ),
-            other => hop_error("Refused", other.to_string(), peer),
-        })
+        .map_err(|e| start_failure(&e, peer))
     }
 
     /// Copies the blobs of `needed` that `peer` lacks from `caller`'s store into `peer`'s.
@@ -377,37 +372,13 @@ impl<'e> LocalCluster<'e> {
         match result {
             Ok(value) => self.answer(hop.caller, hop.request.id, Ok(value)),
             Err(error) => {
-                let failure = match error.limit {
-                    Some(_) if hop.deadline.is_some_and(|d| d <= Instant::now()) => {
-                        return self.try_next_peer(
-                            hop,
-                            Some(hop_error(
-                                "Timeout",
-                                format!("hop to `{peer}` timed out"),
-                                &peer,
-                            )),
-                        );
+                let timed_out = hop.deadline.is_some_and(|d| d <= Instant::now());
+                match body_failure(error, &peer, timed_out) {
+                    BodyFailure::Timeout(error) => self.try_next_peer(hop, Some(error)),
+                    BodyFailure::Failed(failure) => {
+                        self.answer(hop.caller, hop.request.id, Err(failure))
                     }
-                    Some(limit) => RemoteFailure {
-                        error: hop_error(
-                            "LimitExceeded",
-                            format!("peer `{peer}` stopped the body: {}", limit.name()),
-                            &peer,
-                        ),
-                        trace: error.trace,
-                    },
-                    None => {
-                        let mut trace = error.trace;
-                        for frame in &mut trace {
-                            frame.peer.get_or_insert_with(|| peer.clone());
-                        }
-                        RemoteFailure {
-                            error: error.error,
-                            trace,
-                        }
-                    }
-                };
-                self.answer(hop.caller, hop.request.id, Err(failure));
+                }
             }
         }
     }

@@ -29,31 +29,6 @@ impl FromValue for Value {
         Ok(value.clone())
     }
 }
-impl FromValue for i64 {
-    fn from_value(value: &Value) -> Result<Self, NativeError> {
-        match value {
-            Value::Int(i) => Ok(*i),
-            other => Err(mismatch("int", other.type_name())),
-        }
-    }
-}
-impl FromValue for f64 {
-    fn from_value(value: &Value) -> Result<Self, NativeError> {
-        match value {
-            Value::Float(x) => Ok(*x),
-            Value::Int(i) => Ok(*i as f64),
-            other => Err(mismatch("float", other.type_name())),
-        }
-    }
-}
-impl FromValue for bool {
-    fn from_value(value: &Value) -> Result<Self, NativeError> {
-        match value {
-            Value::Bool(b) => Ok(*b),
-            other => Err(mismatch("bool", other.type_name())),
-        }
-    }
-}
 impl FromValue for String {
     fn from_value(value: &Value) -> Result<Self, NativeError> {
         match value {
@@ -87,21 +62,6 @@ impl IntoValue for Value {
 impl IntoValue for () {
     fn into_value(self) -> Value {
         Value::Nil
-    }
-}
-impl IntoValue for i64 {
-    fn into_value(self) -> Value {
-        Value::Int(self)
-    }
-}
-impl IntoValue for f64 {
-    fn into_value(self) -> Value {
-        Value::Float(self)
-    }
-}
-impl IntoValue for bool {
-    fn into_value(self) -> Value {
-        Value::Bool(self)
     }
 }
 impl IntoValue for String {
@@ -156,31 +116,6 @@ impl FromPortable for Portable {
         Ok(value)
     }
 }
-impl FromPortable for i64 {
-    fn from_portable(value: Portable) -> Result<Self, String> {
-        match value {
-            Portable::Int(i) => Ok(i),
-            other => Err(format!("expected int, got {other:?}")),
-        }
-    }
-}
-impl FromPortable for f64 {
-    fn from_portable(value: Portable) -> Result<Self, String> {
-        match value {
-            Portable::Float(x) => Ok(x),
-            Portable::Int(i) => Ok(i as f64),
-            other => Err(format!("expected float, got {other:?}")),
-        }
-    }
-}
-impl FromPortable for bool {
-    fn from_portable(value: Portable) -> Result<Self, String> {
-        match value {
-            Portable::Bool(b) => Ok(b),
-            other => Err(format!("expected bool, got {other:?}")),
-        }
-    }
-}
 impl FromPortable for String {
     fn from_portable(value: Portable) -> Result<Self, String> {
         match value {
@@ -203,21 +138,6 @@ impl IntoPortable for Portable {
         self
     }
 }
-impl IntoPortable for i64 {
-    fn into_portable(self) -> Portable {
-        Portable::Int(self)
-    }
-}
-impl IntoPortable for f64 {
-    fn into_portable(self) -> Portable {
-        Portable::Float(self)
-    }
-}
-impl IntoPortable for bool {
-    fn into_portable(self) -> Portable {
-        Portable::Bool(self)
-    }
-}
 impl IntoPortable for &str {
     fn into_portable(self) -> Portable {
         Portable::Str(self.to_owned())
@@ -233,6 +153,45 @@ impl<T: IntoPortable> IntoPortable for Vec<T> {
         Portable::List(self.into_iter().map(T::into_portable).collect())
     }
 }
+
+/// The four conversions of a scalar held in the `$variant` of both [`Value`] and [`Portable`]
+/// (`$name` is its Skiff type name); reading also accepts the `widen` variant, cast with `as`.
+macro_rules! scalar {
+    ($t:ty, $name:literal, $variant:ident $(, widen $wider:ident)?) => {
+        impl FromValue for $t {
+            fn from_value(value: &Value) -> Result<Self, NativeError> {
+                match value {
+                    Value::$variant(x) => Ok(*x),
+                    $(Value::$wider(x) => Ok(*x as $t),)?
+                    other => Err(mismatch($name, other.type_name())),
+                }
+            }
+        }
+        impl IntoValue for $t {
+            fn into_value(self) -> Value {
+                Value::$variant(self)
+            }
+        }
+        impl FromPortable for $t {
+            fn from_portable(value: Portable) -> Result<Self, String> {
+                match value {
+                    Portable::$variant(x) => Ok(x),
+                    $(Portable::$wider(x) => Ok(x as $t),)?
+                    other => Err(format!("expected {}, got {other:?}", $name)),
+                }
+            }
+        }
+        impl IntoPortable for $t {
+            fn into_portable(self) -> Portable {
+                Portable::$variant(self)
+            }
+        }
+    };
+}
+
+scalar!(i64, "int", Int);
+scalar!(f64, "float", Float, widen Int);
+scalar!(bool, "bool", Bool);
 
 /// Argument lists for calls: tuples of [`IntoPortable`] values.
 pub trait IntoArgs {

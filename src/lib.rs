@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod convert;
+pub mod node;
 pub mod report;
 
 pub use convert::{FromPortable, FromValue, IntoArgs, IntoNative, IntoPortable, IntoValue};

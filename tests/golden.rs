@@ -37,9 +37,20 @@ const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
 #[test]
 fn golden_scripts() {
+    run_golden("tests/scripts", false);
+}
+
+/// The distribution scripts again, with their in-process peers (`--local-peers`) replaced by
+/// nodes talking real QUIC over loopback (`--spawn`).
+#[test]
+fn golden_distribution_over_quic() {
+    run_golden("tests/scripts/distribution", true);
+}
+
+fn run_golden(dir: &str, quic: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut scripts = Vec::new();
-    collect_scripts(&root.join("tests/scripts"), &mut scripts);
+    collect_scripts(&root.join(dir), &mut scripts);
     scripts.sort();
     let filter = std::env::var("SKIFF_GOLDEN").unwrap_or_default();
     let scripts: Vec<String> = scripts
@@ -65,7 +76,7 @@ fn golden_scripts() {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(script) = scripts.get(i) else { break };
-                let outcome = check_script(root, script);
+                let outcome = check_script(root, script, quic);
                 results.lock().unwrap().push((script.clone(), outcome));
             });
         }
@@ -316,16 +327,23 @@ fn parse_diagnostics(stderr: &str) -> Vec<Diag> {
     diags
 }
 
-fn check_script(root: &Path, script: &str) -> Option<String> {
+fn check_script(root: &Path, script: &str, quic: bool) -> Option<String> {
     let mut problems = Vec::new();
     let source = match std::fs::read_to_string(root.join(script)) {
         Ok(s) => s,
         Err(e) => return Some(format!("FAIL {script}\n  cannot read: {e}\n")),
     };
-    let expect = match parse_directives(&source) {
+    let mut expect = match parse_directives(&source) {
         Ok(e) => e,
         Err(e) => return Some(format!("FAIL {script}\n  {e}\n")),
     };
+    if quic {
+        for arg in &mut expect.args {
+            if arg == "--local-peers" {
+                *arg = "--spawn".into();
+            }
+        }
+    }
     let run = match run_skiff(root, script, &expect.args) {
         Ok(r) => r,
         Err(e) => return Some(format!("FAIL {script}\n  {e}\n")),

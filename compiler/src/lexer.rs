@@ -236,6 +236,16 @@ pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
     }
 }
 
+/// A piece of the body of a string or byte string literal.
+enum Piece {
+    /// A common escape (`\n`, `\t`, ...), consumed: the byte it stands for.
+    Byte(u8),
+    /// Another escape: the backslash is at `esc_start`, the cursor on `letter`.
+    Escape { esc_start: usize, letter: u8 },
+    /// A character that is not an escape, starting with this byte at the cursor.
+    Plain(u8),
+}
+
 impl Lexer<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.diags.push(Diagnostic::error(message, span));
@@ -427,50 +437,78 @@ impl Lexer<'_> {
         })
     }
 
+    /// Consumes the (possibly multi-byte) character at the cursor.
+    fn bump_char(&mut self) -> char {
+        let ch = self.src[self.pos..].chars().next().unwrap_or('?');
+        self.pos += ch.len_utf8();
+        ch
+    }
+
+    /// The next piece of the body of a string literal of kind `what`, or `None` at its end:
+    /// the closing quote (consumed) or the end of the input (reported).
+    fn literal_piece(&mut self, start: usize, what: &str) -> Option<Piece> {
+        let unterminated = |lx: &mut Self| lx.error(start..lx.pos, format!("unterminated {what}"));
+        let Some(c) = self.peek(0) else {
+            unterminated(self);
+            return None;
+        };
+        match c {
+            b'"' => {
+                self.pos += 1;
+                None
+            }
+            b'\\' => {
+                let esc_start = self.pos;
+                self.pos += 1;
+                let Some(letter) = self.peek(0) else {
+                    unterminated(self);
+                    return None;
+                };
+                Some(match self.simple_escape(letter) {
+                    Some(b) => {
+                        self.pos += 1;
+                        Piece::Byte(b)
+                    }
+                    None => Piece::Escape { esc_start, letter },
+                })
+            }
+            _ => Some(Piece::Plain(c)),
+        }
+    }
+
+    /// Consumes the unknown escape letter at the cursor and reports it (`context` ends the
+    /// message).
+    fn unknown_escape(&mut self, esc_start: usize, context: &str) {
+        let ch = self.bump_char();
+        self.error(
+            esc_start..self.pos,
+            format!("unknown escape `\\{}`{context}", ch.escape_debug()),
+        );
+    }
+
     fn string(&mut self, start: usize) -> Tok {
         let mut out = String::new();
-        loop {
-            let Some(c) = self.peek(0) else {
-                self.error(start..self.pos, "unterminated string");
-                return Tok::Str(out);
-            };
-            match c {
-                b'"' => {
+        while let Some(piece) = self.literal_piece(start, "string") {
+            match piece {
+                Piece::Byte(b) => out.push(b as char),
+                Piece::Escape {
+                    esc_start,
+                    letter: b'u',
+                } => {
                     self.pos += 1;
-                    return Tok::Str(out);
-                }
-                b'\\' => {
-                    let esc_start = self.pos;
-                    self.pos += 1;
-                    let Some(e) = self.peek(0) else { continue };
-                    if let Some(b) = self.simple_escape(e) {
-                        self.pos += 1;
-                        out.push(b as char);
-                    } else if e == b'u' {
-                        self.pos += 1;
-                        match self.unicode_escape() {
-                            Some(ch) => out.push(ch),
-                            None => self.error(
-                                esc_start..self.pos,
-                                "invalid unicode escape; expected `\\u{XXXX}`",
-                            ),
-                        }
-                    } else {
-                        let ch = self.src[self.pos..].chars().next().unwrap_or('?');
-                        self.pos += ch.len_utf8();
-                        self.error(
+                    match self.unicode_escape() {
+                        Some(ch) => out.push(ch),
+                        None => self.error(
                             esc_start..self.pos,
-                            format!("unknown escape `\\{}`", ch.escape_debug()),
-                        );
+                            "invalid unicode escape; expected `\\u{XXXX}`",
+                        ),
                     }
                 }
-                _ => {
-                    let ch = self.src[self.pos..].chars().next().unwrap_or('?');
-                    self.pos += ch.len_utf8();
-                    out.push(ch);
-                }
+                Piece::Escape { esc_start, .. } => self.unknown_escape(esc_start, ""),
+                Piece::Plain(_) => out.push(self.bump_char()),
             }
         }
+        Tok::Str(out)
     }
 
     fn unicode_escape(&mut self) -> Option<char> {
@@ -497,57 +535,40 @@ impl Lexer<'_> {
 
     fn byte_string(&mut self, start: usize) -> Tok {
         let mut out = Vec::new();
-        loop {
-            let Some(c) = self.peek(0) else {
-                self.error(start..self.pos, "unterminated byte string");
-                return Tok::Bytes(out);
-            };
-            match c {
-                b'"' => {
+        while let Some(piece) = self.literal_piece(start, "byte string") {
+            match piece {
+                Piece::Byte(b) => out.push(b),
+                Piece::Escape {
+                    esc_start,
+                    letter: b'x',
+                } => {
                     self.pos += 1;
-                    return Tok::Bytes(out);
-                }
-                b'\\' => {
-                    let esc_start = self.pos;
-                    self.pos += 1;
-                    let Some(e) = self.peek(0) else { continue };
-                    if let Some(b) = self.simple_escape(e) {
-                        self.pos += 1;
-                        out.push(b);
-                    } else if e == b'x' {
-                        self.pos += 1;
-                        let hex = self.bytes.get(self.pos..self.pos + 2);
-                        match hex
-                            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                            .and_then(|h| std::str::from_utf8(h).ok())
-                            .and_then(|h| u8::from_str_radix(h, 16).ok())
-                        {
-                            Some(b) => {
-                                self.pos += 2;
-                                out.push(b);
-                            }
-                            None => self.error(
-                                esc_start..self.pos,
-                                "invalid byte escape; expected `\\xNN` with two hex digits",
-                            ),
+                    let hex = self.bytes.get(self.pos..self.pos + 2);
+                    match hex
+                        .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
+                        Some(b) => {
+                            self.pos += 2;
+                            out.push(b);
                         }
-                    } else {
-                        let ch = self.src[self.pos..].chars().next().unwrap_or('?');
-                        self.pos += ch.len_utf8();
-                        self.error(
+                        None => self.error(
                             esc_start..self.pos,
-                            format!("unknown escape `\\{}` in byte string", ch.escape_debug()),
-                        );
+                            "invalid byte escape; expected `\\xNN` with two hex digits",
+                        ),
                     }
                 }
-                _ if c.is_ascii() => {
+                Piece::Escape { esc_start, .. } => {
+                    self.unknown_escape(esc_start, " in byte string")
+                }
+                Piece::Plain(c) if c.is_ascii() => {
                     self.pos += 1;
                     out.push(c);
                 }
-                _ => {
-                    let ch = self.src[self.pos..].chars().next().unwrap_or('?');
+                Piece::Plain(_) => {
                     let s = self.pos;
-                    self.pos += ch.len_utf8();
+                    self.bump_char();
                     self.error(
                         s..self.pos,
                         "non-ASCII character in byte string; use `\\xNN` escapes",
@@ -555,6 +576,7 @@ impl Lexer<'_> {
                 }
             }
         }
+        Tok::Bytes(out)
     }
 }
 

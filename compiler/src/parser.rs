@@ -382,14 +382,7 @@ impl Parser<'_> {
     /// Parameters and body of a function, after its name (or after `fn` for literals).
     fn fn_rest(&mut self, name: Option<Ident>, start: usize) -> PResult<FnDecl> {
         self.expect(&Tok::LParen)?;
-        let mut params = Vec::new();
-        while !self.at(&Tok::RParen) {
-            params.push(self.ident("a parameter name")?);
-            if !self.eat(&Tok::Comma) {
-                break;
-            }
-        }
-        self.expect(&Tok::RParen)?;
+        let params = self.comma_list(&Tok::RParen, |p| p.ident("a parameter name"))?;
         let body = self.block()?;
         let id = self.id();
         Ok(FnDecl {
@@ -604,15 +597,7 @@ impl Parser<'_> {
             }
             Tok::LBracket => {
                 self.bump();
-                let mut items = Vec::new();
-                while !self.at(&Tok::RBracket) {
-                    items.push(self.expr()?);
-                    if !self.eat(&Tok::Comma) {
-                        break;
-                    }
-                }
-                self.expect(&Tok::RBracket)?;
-                ExprKind::List(items)
+                ExprKind::List(self.comma_list(&Tok::RBracket, Self::expr)?)
             }
             Tok::LBrace => {
                 let is_map = match self.tok_at(1) {
@@ -661,14 +646,9 @@ impl Parser<'_> {
                     self.expected("a capture list `[..]` after `remote(..)` (use `[]` if the body needs nothing)")?;
                 }
                 self.bump();
-                let mut captures = Vec::new();
-                while !self.at(&Tok::RBracket) {
-                    captures.push(self.ident("a variable name in the capture list")?);
-                    if !self.eat(&Tok::Comma) {
-                        break;
-                    }
-                }
-                self.expect(&Tok::RBracket)?;
+                let captures = self.comma_list(&Tok::RBracket, |p| {
+                    p.ident("a variable name in the capture list")
+                })?;
                 let body = self.block()?;
                 let fallback = if self.eat(&Tok::Else) {
                     Some(self.block()?)
@@ -710,27 +690,39 @@ impl Parser<'_> {
 
     fn map(&mut self) -> PResult<ExprKind> {
         self.expect(&Tok::LBrace)?;
-        let mut entries = Vec::new();
-        while !self.at(&Tok::RBrace) {
-            let key = match self.tok().clone() {
-                Tok::Ident(name) if self.tok_at(1) == &Tok::Colon => {
-                    let span = self.bump().span;
+        let entries = self.comma_list(&Tok::RBrace, |p| {
+            let key = match p.tok().clone() {
+                Tok::Ident(name) if p.tok_at(1) == &Tok::Colon => {
+                    let span = p.bump().span;
                     Expr {
                         kind: ExprKind::Str(name),
                         span,
                     }
                 }
-                _ => self.expr()?,
+                _ => p.expr()?,
             };
-            self.expect(&Tok::Colon)?;
-            let value = self.expr()?;
-            entries.push((key, value));
+            p.expect(&Tok::Colon)?;
+            let value = p.expr()?;
+            Ok((key, value))
+        })?;
+        Ok(ExprKind::Map(entries))
+    }
+
+    /// Items separated by commas (a trailing one allowed) up to `close`, which is consumed.
+    fn comma_list<T>(
+        &mut self,
+        close: &Tok,
+        mut item: impl FnMut(&mut Self) -> PResult<T>,
+    ) -> PResult<Vec<T>> {
+        let mut items = Vec::new();
+        while !self.at(close) {
+            items.push(item(self)?);
             if !self.eat(&Tok::Comma) {
                 break;
             }
         }
-        self.expect(&Tok::RBrace)?;
-        Ok(ExprKind::Map(entries))
+        self.expect(close)?;
+        Ok(items)
     }
 
     fn if_expr(&mut self) -> PResult<Expr> {

@@ -440,7 +440,15 @@ impl Resolver<'_> {
         self.fns.last_mut().expect("inside a function")
     }
 
+    /// Declares `ident` in the innermost scope and resolves the identifier to it.
     fn declare(&mut self, ident: &Ident) -> BindingId {
+        let b = self.bind(ident);
+        self.set(ident.id, Res::Local(b));
+        b
+    }
+
+    /// A new binding named and placed like `ident`, in the innermost scope.
+    fn bind(&mut self, ident: &Ident) -> BindingId {
         let b = self.out.bindings.len() as BindingId;
         self.out.bindings.push(BindingInfo {
             name: ident.name.clone(),
@@ -453,7 +461,6 @@ impl Resolver<'_> {
             .last_mut()
             .expect("a scope")
             .insert(ident.name.clone(), b);
-        self.set(ident.id, Res::Local(b));
         b
     }
 
@@ -800,33 +807,16 @@ impl Resolver<'_> {
             }
         }
         let mut params = Vec::new();
-        self.fns.push(FnCtx {
-            kind: FnKind::Remote,
-            id: remote.id,
-            scopes: vec![HashMap::new()],
-            upvals: Vec::new(),
-            loops: 0,
+        self.closure(FnKind::Remote, remote.id, |r| {
+            for cap in &kept {
+                // The parameter is a new binding; its declaration is keyed by the body's id
+                // space through `params`, not by the capture identifier (which names the
+                // outer variable).
+                let b = r.bind(cap);
+                params.push((cap.id, b));
+            }
+            r.block(&remote.body);
         });
-        for cap in &kept {
-            // The parameter is a new binding; its declaration is keyed by the body's id
-            // space through `params`, not by the capture identifier (which names the outer
-            // variable).
-            let b = self.out.bindings.len() as BindingId;
-            self.out.bindings.push(BindingInfo {
-                name: cap.name.clone(),
-                span: cap.span.clone(),
-                captured: false,
-                used: false,
-            });
-            self.cur()
-                .scopes
-                .last_mut()
-                .expect("a scope")
-                .insert(cap.name.clone(), b);
-            params.push((cap.id, b));
-        }
-        self.block(&remote.body);
-        self.fns.pop();
         for &(cap_id, b) in &params {
             if !self.out.bindings[b as usize].used {
                 let span = remote

@@ -1,6 +1,7 @@
 //! Code generation: structure of the emitted code for each construct, checked with the
 //! stack-discipline checker in `common` (a stand-in for the VM verifier).
 
+#[macro_use]
 mod common;
 use common::*;
 use skiff_vm::Instr;
@@ -95,12 +96,8 @@ fn prelude_only_when_used() {
     let m = module("print(1)");
     assert_eq!(m.blobs.len(), 1);
     let m = module("print(map([1], fn(x) { x }))");
-    assert!(functions(&m)
-        .iter()
-        .any(|(_, d)| d.name.as_deref() == Some("map")));
-    assert!(!functions(&m)
-        .iter()
-        .any(|(_, d)| d.name.as_deref() == Some("filter")));
+    assert!(has_function(&m, "map"));
+    assert!(!has_function(&m, "filter"));
     assert!(!m.exports.contains_key("map"));
 }
 
@@ -111,43 +108,21 @@ fn calls_pick_the_right_instruction() {
         &["search"],
     );
     let main = function(&m, "<main>");
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::CallFunction { argc: 1, .. })));
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::Call { argc: 1 })));
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::Function { .. })));
+    assert!(emits!(main, Instr::CallFunction { argc: 1, .. }));
+    assert!(emits!(main, Instr::Call { argc: 1 }));
+    assert!(emits!(main, Instr::Function { .. }));
     // `len` is the user's function, so only print and search are natives.
     assert_eq!(main.natives, ["print", "search"]);
 }
 
 #[test]
 fn short_circuit_and_fused_compare() {
-    let m = module("let a = 1\nlet b = a and 2 or 3\nif a < 2 { print(1) }\nwhile not a { }");
-    let main = function(&m, "<main>");
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::JumpIfFalseOrPop { .. })));
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::JumpIfTrueOrPop { .. })));
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::JumpIfNotLt { .. })));
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::JumpIfTrue { .. })));
-    assert!(!main.code.iter().any(|i| matches!(i, Instr::Lt {})));
+    let main = main_of("let a = 1\nlet b = a and 2 or 3\nif a < 2 { print(1) }\nwhile not a { }");
+    assert!(emits!(main, Instr::JumpIfFalseOrPop { .. }));
+    assert!(emits!(main, Instr::JumpIfTrueOrPop { .. }));
+    assert!(emits!(main, Instr::JumpIfNotLt { .. }));
+    assert!(emits!(main, Instr::JumpIfTrue { .. }));
+    assert!(!emits!(main, Instr::Lt {}));
 }
 
 #[test]
@@ -162,24 +137,16 @@ fn add_int_immediate() {
             Instr::AddInt { value: -2 }
         ]
     );
-    assert!(f.code.iter().any(|i| matches!(i, Instr::Add {})));
+    assert!(emits!(f, Instr::Add {}));
 }
 
 #[test]
 fn captured_loop_variable_gets_a_fresh_cell_each_iteration() {
-    let m = module("let fs = []\nfor x in [1, 2] { push(fs, fn() { x }) }");
-    let main = function(&m, "<main>");
-    let next = main
-        .code
-        .iter()
-        .position(|i| matches!(i, Instr::IterNext { .. }))
-        .unwrap();
+    let main = main_of("let fs = []\nfor x in [1, 2] { push(fs, fn() { x }) }");
+    let next = position!(main, Instr::IterNext { .. });
     // The element is stored with NewCell right after IterNext (inside the loop).
     assert!(matches!(main.code[next + 1], Instr::NewCell { .. }));
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::CaptureLocal { .. })));
+    assert!(emits!(main, Instr::CaptureLocal { .. }));
     assert_eq!(main.cells.len(), 1);
 }
 
@@ -202,10 +169,7 @@ fn nested_recursive_function_captures_itself() {
     assert!(matches!(outer.code[1], Instr::NewCell { .. }));
     let fact = function(&m, "fact");
     assert_eq!(fact.upvals, 1);
-    assert!(fact
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::GetUpval { index: 0 })));
+    assert!(emits!(fact, Instr::GetUpval { index: 0 }));
 }
 
 #[test]
@@ -225,13 +189,8 @@ fn break_pops_iteration_state_and_leaves_try() {
     });
     assert!(brk.is_some(), "{}", disasm(&m));
     // continue inside try: TryEnd then jump back to IterNext, no pops.
-    let m = module("for x in [1] { try { continue } catch e { } }");
-    let main = function(&m, "<main>");
-    let next = main
-        .code
-        .iter()
-        .position(|i| matches!(i, Instr::IterNext { .. }))
-        .unwrap();
+    let main = main_of("for x in [1] { try { continue } catch e { } }");
+    let next = position!(main, Instr::IterNext { .. });
     assert!(main.code.windows(2).any(|w| w
         == [
             Instr::TryEnd {},
@@ -243,8 +202,7 @@ fn break_pops_iteration_state_and_leaves_try() {
 
 #[test]
 fn break_inside_an_expression_pops_pending_values() {
-    let m = module("while true { print(1, 2, { break }) }");
-    let main = function(&m, "<main>");
+    let main = main_of("while true { print(1, 2, { break }) }");
     // Two pending arguments are popped before the jump out.
     assert!(main
         .code
@@ -256,11 +214,7 @@ fn break_inside_an_expression_pops_pending_values() {
 fn remote_pushes_target_then_captures() {
     let m = module("let a = 1\nlet b = 2\nlet r = remote(\"w\") [b, a] { a - b }");
     let main = function(&m, "<main>");
-    let i = main
-        .code
-        .iter()
-        .position(|i| matches!(i, Instr::Remote { argc: 2, .. }))
-        .unwrap();
+    let i = position!(main, Instr::Remote { argc: 2, .. });
     assert_eq!(
         main.code[i - 3..i],
         [
@@ -276,18 +230,13 @@ fn remote_pushes_target_then_captures() {
 
 #[test]
 fn remote_else_has_a_fallback_path() {
-    let m = module("let r = remote(\"w\") [] { 1 } else { 2 }");
-    let main = function(&m, "<main>");
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::RemoteElse { argc: 0, .. })));
+    let main = main_of("let r = remote(\"w\") [] { 1 } else { 2 }");
+    assert!(emits!(main, Instr::RemoteElse { argc: 0, .. }));
 }
 
 #[test]
 fn const_list_is_built_at_each_use() {
-    let m = module("const L = [1, [2]]\nlet a = L\nlet b = L");
-    let main = function(&m, "<main>");
+    let main = main_of("const L = [1, [2]]\nlet a = L\nlet b = L");
     let lists = main
         .code
         .iter()
@@ -305,33 +254,18 @@ fn user_function_shadows_builtin_but_prelude_does_not_see_it() {
 
 #[test]
 fn fn_literals_are_closures_even_without_captures() {
-    let m = module("let f = fn() { 1 }");
-    let main = function(&m, "<main>");
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::Closure { captures: 0, .. })));
+    let main = main_of("let f = fn() { 1 }");
+    assert!(emits!(main, Instr::Closure { captures: 0, .. }));
 }
 
 #[test]
 fn debug_positions_point_at_operators_and_calls() {
     let src = "let a = 1\nlet b = a *\n  2\nprint(b)";
     let m = module(src);
-    let (f, d) = functions(&m)
-        .into_iter()
-        .find(|(_, d)| d.name.as_deref() == Some("<main>"))
-        .unwrap();
-    let mul = f
-        .code
-        .iter()
-        .position(|i| matches!(i, Instr::Mul {}))
-        .unwrap();
+    let (f, d) = function_with_debug(&m, "<main>");
+    let mul = position!(f, Instr::Mul {});
     assert_eq!(d.positions[mul], (2, 11));
-    let call = f
-        .code
-        .iter()
-        .position(|i| matches!(i, Instr::CallNative { .. }))
-        .unwrap();
+    let call = position!(f, Instr::CallNative { .. });
     assert_eq!(d.positions[call], (4, 6));
     assert_eq!(d.file, "test.skiff");
     assert_eq!(d.local_names, ["a", "b"]);
@@ -340,23 +274,18 @@ fn debug_positions_point_at_operators_and_calls() {
 #[test]
 fn newline_paren_starts_a_new_statement() {
     // `f\n(1)` is two statements: the value `f`, then the parenthesized `1`.
-    let m = module("fn f(x) { x }\nf\n(1)\n[2]\nlet y = 1\n- 1");
-    let main = function(&m, "<main>");
-    assert!(!main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::CallFunction { .. } | Instr::GetIndex {})));
+    let main = main_of("fn f(x) { x }\nf\n(1)\n[2]\nlet y = 1\n- 1");
+    assert!(!emits!(
+        main,
+        Instr::CallFunction { .. } | Instr::GetIndex {}
+    ));
     // ...but binary operators continue the previous line: y = 1 - 1.
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, Instr::AddInt { value: -1 })));
+    assert!(emits!(main, Instr::AddInt { value: -1 }));
 }
 
 #[test]
 fn slots_are_reused_across_disjoint_scopes() {
-    let m = module("{ let a = 1 }\n{ let b = 2 }");
-    let main = function(&m, "<main>");
+    let main = main_of("{ let a = 1 }\n{ let b = 2 }");
     assert_eq!(main.locals, 1);
 }
 

@@ -1,8 +1,14 @@
 //! Every kind of compile error and warning, with its position (1-based line, column).
 
+#[macro_use]
 mod common;
 use common::*;
-use skiff_compiler::{compile, line_col, CompileOptions};
+use skiff_compiler::{compile, line_col, CompileOptions, CompileOutput};
+
+/// Compiles `src` as file `t` with the default options.
+fn compile_t(src: &str) -> CompileOutput {
+    compile(src, "t", &CompileOptions::default())
+}
 
 fn has(list: &[(u32, u32, String)], line: u32, col: u32, needle: &str) -> bool {
     list.iter()
@@ -96,14 +102,8 @@ fn semicolons_and_blocks() {
     // `{}` is an empty map; `{ a: 1 }` a map; `{ a }` a block.
     let m = module("let a = 1\nlet e = {}\nlet m = { a: 1 }\nlet b = { a }");
     let main = m.blobs.values().next().unwrap().functions[0].clone();
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, skiff_vm::Instr::Map { len: 0 })));
-    assert!(main
-        .code
-        .iter()
-        .any(|i| matches!(i, skiff_vm::Instr::Map { len: 1 })));
+    assert!(emits!(main, skiff_vm::Instr::Map { len: 0 }));
+    assert!(emits!(main, skiff_vm::Instr::Map { len: 1 }));
 }
 
 #[test]
@@ -146,11 +146,7 @@ fn top_level_functions_are_closed() {
         15,
         "top-level function cannot use the top-level variable `limit`",
     );
-    let out = compile(
-        "let limit = 3\nfn f() { limit }",
-        "t",
-        &CompileOptions::default(),
-    );
+    let out = compile_t("let limit = 3\nfn f() { limit }");
     assert!(out.diagnostics[0].notes[0].contains("pass `limit` as an argument"));
     // Closures at the top level may capture top-level variables.
     module("let limit = 3\nlet f = fn(x) { x < limit }");
@@ -279,11 +275,7 @@ fn remote_capture_warnings() {
         "needs no capture",
     );
     // Warnings alone do not stop compilation.
-    let out = compile(
-        "let a = 1\nremote(\"w\") [a] { 1 }",
-        "t",
-        &CompileOptions::default(),
-    );
+    let out = compile_t("let a = 1\nremote(\"w\") [a] { 1 }");
     assert!(out.module.is_some());
 }
 
@@ -307,17 +299,13 @@ fn host_natives_resolve() {
         },
     );
     assert!(out.module.is_some());
-    let out = compile("search(1)", "t", &CompileOptions::default());
+    let out = compile_t("search(1)");
     assert!(out.module.is_none());
 }
 
 #[test]
 fn diagnostics_are_sorted_by_position() {
-    let out = compile(
-        "print(b)\nprint(a)\nlet = 3",
-        "t",
-        &CompileOptions::default(),
-    );
+    let out = compile_t("print(b)\nprint(a)\nlet = 3");
     let starts: Vec<_> = out.diagnostics.iter().map(|d| d.span.start).collect();
     let mut sorted = starts.clone();
     sorted.sort();

@@ -4,6 +4,7 @@
 
 mod cert;
 mod disasm;
+mod net;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,10 @@ enum Command {
     /// Make certificates: a CA, CA-signed node certificates, or pinned dev certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Serve calls over QUIC (exports a loaded script's top-level functions).
+    Serve(net::ServeArgs),
+    /// Call a function a running node exports; arguments are Skiff literals.
+    Call(net::CallArgs),
 }
 
 #[derive(Args, Debug)]
@@ -54,15 +59,35 @@ struct RunArgs {
     /// Maximum call depth.
     #[arg(long, default_value_t = Limits::default().max_depth)]
     max_depth: usize,
-    /// Maximum live heap bytes.
-    #[arg(long)]
-    max_heap: Option<usize>,
+    /// Maximum live heap bytes (0: no limit).
+    #[arg(long, default_value_t = skiff_vm::interp::DEFAULT_MAX_HEAP)]
+    max_heap: usize,
     /// Wall-clock limit for the whole run, in milliseconds.
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// Run `remote` blocks on in-process peers with these names (comma separated).
     #[arg(long, value_delimiter = ',')]
     local_peers: Vec<String>,
+    /// Run `remote` blocks on nodes with these names started in this process, over
+    /// loopback QUIC (comma separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "local_peers")]
+    spawn: Vec<String>,
+    #[command(flatten)]
+    trust: net::TrustArgs,
+}
+
+impl RunArgs {
+    /// The limits every execution of this run gets.
+    fn limits(&self) -> Limits {
+        Limits {
+            fuel: self.fuel,
+            max_depth: self.max_depth,
+            max_heap: (self.max_heap > 0).then_some(self.max_heap),
+            deadline: self
+                .timeout_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms)),
+        }
+    }
 }
 
 pub fn main(cli: Cli) -> i32 {
@@ -72,6 +97,8 @@ pub fn main(cli: Cli) -> i32 {
         Command::Compile { file, out } => compile(&file, &out),
         Command::Disasm { path } => disasm::main(&path),
         Command::Cert(command) => cert::main(command),
+        Command::Serve(args) => net::serve(args),
+        Command::Call(args) => net::call(args),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -101,17 +128,13 @@ fn load(file: &Path) -> Result<Option<Module>> {
 }
 
 fn run(args: RunArgs) -> Result<i32> {
+    if !args.spawn.is_empty() || !args.trust.peer.is_empty() || args.trust.peers_file.is_some() {
+        return net::run(args);
+    }
     let Some(module) = load(&args.file)? else {
         return Ok(2);
     };
-    let limits = Limits {
-        fuel: args.fuel,
-        max_depth: args.max_depth,
-        max_heap: args.max_heap,
-        deadline: args
-            .timeout_ms
-            .map(|ms| Instant::now() + Duration::from_millis(ms)),
-    };
+    let limits = args.limits();
     let engine = Engine::new(limits.clone());
     let mut names = vec!["main".to_owned()];
     names.extend(args.local_peers);

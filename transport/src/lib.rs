@@ -31,19 +31,25 @@
 //! - [`peers`]: the peer table, `NAME=HOST:PORT[#PIN]` flags and a TOML file.
 //! - [`lossy`]: a datagram-dropping socket for loss tests.
 //! - [`error`]: [`TransportError`] and the mapping from quinn/TLS failures.
+//! - [`node`]: the node runtime — a VM instance serving and making calls over QUIC: one
+//!   driver task per connection moving bytes between quinn streams and the sans-IO
+//!   `skiff_wire::Connection`, one VM thread per node owning every execution.
 //!
-//! This crate knows nothing of the VM or the wire protocol: it hands out authenticated
-//! connections and streams; the node runtime built on top drives the wire state machine.
+//! Everything but [`node`] knows nothing of the VM or the wire protocol: it hands out
+//! authenticated connections and streams; the node runtime drives the wire state machine and
+//! the VM over them.
 
 pub mod cert;
 pub mod endpoint;
 pub mod error;
 pub mod lossy;
+pub mod node;
 pub mod peers;
 pub mod tls;
 
 pub use endpoint::{Accepting, ConnectionManager, Endpoint, EndpointConfig, TransportOptions};
 pub use error::{CertRefusal, Side, TransportError};
 pub use lossy::{LossConfig, LossStats, LossySocket};
+pub use node::{Node, NodeConfig, NodeError, Permissions};
 pub use peers::{Peer, PeerError, PeerTable};
 pub use tls::{ClientAuth, Fingerprint, NodeIdentity, PeerIdentity, Trust, ALPN};

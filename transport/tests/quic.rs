@@ -35,6 +35,15 @@ fn endpoint_with(cert: &GeneratedCert, auth: ClientAuth, options: TransportOptio
     Endpoint::bind(LOOPBACK.parse().unwrap(), config).unwrap()
 }
 
+/// A client endpoint (default client auth) that gives up dialling after `connect_timeout`.
+fn client_with_timeout(cert: &GeneratedCert, connect_timeout: Duration) -> Endpoint {
+    let options = TransportOptions {
+        connect_timeout,
+        ..options()
+    };
+    endpoint_with(cert, ClientAuth::default(), options)
+}
+
 fn addr(ep: &Endpoint) -> SocketAddr {
     ep.local_addr().unwrap()
 }
@@ -94,6 +103,59 @@ fn dev(name: &str) -> GeneratedCert {
     cert::generate_self_signed(name).unwrap()
 }
 
+/// A server endpoint for `server` (client auth `auth`) serving echo, and a client endpoint for
+/// `client` (default client auth).
+fn server_and_client(
+    server: &GeneratedCert,
+    auth: ClientAuth,
+    client: &GeneratedCert,
+) -> (Endpoint, Endpoint, mpsc::UnboundedReceiver<Seen>) {
+    let ep_s = endpoint(server, auth);
+    let ep_c = endpoint(client, ClientAuth::default());
+    let seen = spawn_echo(ep_s.clone());
+    (ep_s, ep_c, seen)
+}
+
+/// The identity of the next peer the server accepted (panics on a refusal).
+async fn next_accepted(rx: &mut mpsc::UnboundedReceiver<Seen>) -> PeerIdentity {
+    match next_seen(rx).await {
+        Seen::Accepted(id) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The server's next attempt was refused by the server itself, for `refusal` where given.
+async fn expect_refused_locally(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    refusal: Option<CertRefusal>,
+) {
+    match next_seen(rx).await {
+        Seen::Refused(TransportError::TlsRefused {
+            by: Side::Local,
+            refusal: seen,
+            ..
+        }) if refusal.is_none_or(|r| r == seen) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `err` is a TLS refusal by `by` for `refusal`, with TLS alert `alert` where given.
+#[track_caller]
+fn assert_tls_refused(err: &TransportError, by: Side, refusal: CertRefusal, alert: Option<u8>) {
+    assert!(
+        matches!(
+            err,
+            TransportError::TlsRefused {
+                by: b,
+                refusal: r,
+                alert: a,
+                ..
+            } if *b == by && *r == refusal && alert.is_none_or(|x| x == *a)
+        ),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn pinned_handshake_both_directions_and_echo() {
     let a = dev("alice");
@@ -120,10 +182,10 @@ async fn pinned_handshake_both_directions_and_echo() {
             .as_deref(),
         Some(tls::ALPN)
     );
-    match next_seen(&mut seen_b).await {
-        Seen::Accepted(id) => assert_eq!(id.fingerprint, a.fingerprint()),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_accepted(&mut seen_b).await.fingerprint,
+        a.fingerprint()
+    );
     assert_eq!(echo(&conn, b"hello bob").await.unwrap(), b"hello bob");
 
     // bob -> alice
@@ -131,10 +193,10 @@ async fn pinned_handshake_both_directions_and_echo() {
         .connect(addr(&ep_a), "alice", &Trust::Pinned(a.fingerprint()))
         .await
         .unwrap();
-    match next_seen(&mut seen_a).await {
-        Seen::Accepted(id) => assert_eq!(id.fingerprint, b.fingerprint()),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_accepted(&mut seen_a).await.fingerprint,
+        b.fingerprint()
+    );
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(echo(&conn, &big).await.unwrap(), big);
 }
@@ -143,17 +205,15 @@ async fn pinned_handshake_both_directions_and_echo() {
 async fn accept_any_records_client_fingerprint() {
     let server = dev("server");
     let client = dev("client");
-    let ep_s = endpoint(&server, ClientAuth::accept_any());
-    let ep_c = endpoint(&client, ClientAuth::default());
-    let mut seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, mut seen) = server_and_client(&server, ClientAuth::accept_any(), &client);
     let conn = ep_c
         .connect(addr(&ep_s), "server", &Trust::Pinned(server.fingerprint()))
         .await
         .unwrap();
-    match next_seen(&mut seen).await {
-        Seen::Accepted(id) => assert_eq!(id.fingerprint, client.fingerprint()),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        next_accepted(&mut seen).await.fingerprint,
+        client.fingerprint()
+    );
     assert_eq!(echo(&conn, b"x").await.unwrap(), b"x");
 }
 
@@ -161,25 +221,13 @@ async fn accept_any_records_client_fingerprint() {
 async fn wrong_server_pin_is_refused_by_client() {
     let server = dev("server");
     let client = dev("client");
-    let ep_s = endpoint(&server, ClientAuth::accept_any());
-    let ep_c = endpoint(&client, ClientAuth::default());
-    let _seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, _seen) = server_and_client(&server, ClientAuth::accept_any(), &client);
     let wrong = dev("impostor").fingerprint();
     let err = ep_c
         .connect(addr(&ep_s), "server", &Trust::Pinned(wrong))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Local,
-                refusal: CertRefusal::NotTrusted,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_tls_refused(&err, Side::Local, CertRefusal::NotTrusted, None);
     assert!(err.to_string().contains("does not match pin"), "{err}");
 }
 
@@ -188,30 +236,14 @@ async fn unpinned_client_is_refused_by_server() {
     let server = dev("server");
     let client = dev("client");
     let other = dev("other");
-    let ep_s = endpoint(&server, ClientAuth::pinned([other.fingerprint()]));
-    let ep_c = endpoint(&client, ClientAuth::default());
-    let mut seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, mut seen) =
+        server_and_client(&server, ClientAuth::pinned([other.fingerprint()]), &client);
     let err = ep_c
         .connect(addr(&ep_s), "server", &Trust::Pinned(server.fingerprint()))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Remote,
-                refusal: CertRefusal::NotTrusted,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    match next_seen(&mut seen).await {
-        Seen::Refused(TransportError::TlsRefused {
-            by: Side::Local, ..
-        }) => {}
-        other => panic!("{other:?}"),
-    }
+    assert_tls_refused(&err, Side::Remote, CertRefusal::NotTrusted, None);
+    expect_refused_locally(&mut seen, None).await;
 }
 
 struct CaSetup {
@@ -227,26 +259,36 @@ fn ca_setup(server_name: &str) -> CaSetup {
     CaSetup { ca, server, client }
 }
 
+impl CaSetup {
+    /// Client auth accepting certificates of this CA.
+    fn auth(&self) -> ClientAuth {
+        ClientAuth::ca(self.ca.cert_der().clone())
+    }
+
+    /// Trust in servers certified by this CA.
+    fn trust(&self) -> Trust {
+        Trust::Ca(self.ca.cert_der().clone())
+    }
+
+    /// The server (trusting this CA for clients) serving echo, and the client's endpoint.
+    fn serve(&self) -> (Endpoint, Endpoint, mpsc::UnboundedReceiver<Seen>) {
+        server_and_client(&self.server, self.auth(), &self.client)
+    }
+}
+
 #[tokio::test]
 async fn ca_mode_mutual_tls_with_names() {
     let s = ca_setup("bob");
-    let ep_s = endpoint(&s.server, ClientAuth::ca(s.ca.cert_der().clone()));
-    let ep_c = endpoint(&s.client, ClientAuth::ca(s.ca.cert_der().clone()));
+    let ep_s = endpoint(&s.server, s.auth());
+    let ep_c = endpoint(&s.client, s.auth());
     let mut seen = spawn_echo(ep_s.clone());
-    let conn = ep_c
-        .connect(addr(&ep_s), "bob", &Trust::Ca(s.ca.cert_der().clone()))
-        .await
-        .unwrap();
+    let conn = ep_c.connect(addr(&ep_s), "bob", &s.trust()).await.unwrap();
     let server_id = PeerIdentity::of_connection(&conn).unwrap();
     assert_eq!(server_id.dns_names, vec!["bob".to_string()]);
-    match next_seen(&mut seen).await {
-        Seen::Accepted(id) => {
-            assert_eq!(id.common_name.as_deref(), Some("alice"));
-            assert_eq!(id.dns_names, vec!["alice".to_string()]);
-            assert_eq!(id.fingerprint, s.client.fingerprint());
-        }
-        other => panic!("{other:?}"),
-    }
+    let id = next_accepted(&mut seen).await;
+    assert_eq!(id.common_name.as_deref(), Some("alice"));
+    assert_eq!(id.dns_names, vec!["alice".to_string()]);
+    assert_eq!(id.fingerprint, s.client.fingerprint());
     assert_eq!(echo(&conn, b"mtls").await.unwrap(), b"mtls");
 }
 
@@ -256,122 +298,54 @@ async fn wrong_ca_is_refused_both_ways() {
     let other_ca = CertificateAuthority::generate("Other CA").unwrap();
 
     // The client trusts another CA: it refuses the server.
-    let ep_s = endpoint(&s.server, ClientAuth::ca(s.ca.cert_der().clone()));
-    let ep_c = endpoint(&s.client, ClientAuth::default());
-    let _seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, _seen) = s.serve();
     let err = ep_c
         .connect(addr(&ep_s), "bob", &Trust::Ca(other_ca.cert_der().clone()))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Local,
-                refusal: CertRefusal::UnknownCa,
-                alert: 48,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_tls_refused(&err, Side::Local, CertRefusal::UnknownCa, Some(48));
 
     // The server trusts another CA: it refuses the client.
     let ep_s2 = endpoint(&s.server, ClientAuth::ca(other_ca.cert_der().clone()));
     let mut seen2 = spawn_echo(ep_s2.clone());
     let err = ep_c
-        .connect(addr(&ep_s2), "bob", &Trust::Ca(s.ca.cert_der().clone()))
+        .connect(addr(&ep_s2), "bob", &s.trust())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Remote,
-                refusal: CertRefusal::UnknownCa,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    match next_seen(&mut seen2).await {
-        Seen::Refused(TransportError::TlsRefused {
-            by: Side::Local,
-            refusal: CertRefusal::UnknownCa,
-            ..
-        }) => {}
-        other => panic!("{other:?}"),
-    }
+    assert_tls_refused(&err, Side::Remote, CertRefusal::UnknownCa, None);
+    expect_refused_locally(&mut seen2, Some(CertRefusal::UnknownCa)).await;
 }
 
 #[tokio::test]
 async fn ca_mode_server_name_must_match() {
     let s = ca_setup("bob");
-    let ep_s = endpoint(&s.server, ClientAuth::ca(s.ca.cert_der().clone()));
-    let ep_c = endpoint(&s.client, ClientAuth::default());
-    let _seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, _seen) = s.serve();
     let err = ep_c
-        .connect(addr(&ep_s), "carol", &Trust::Ca(s.ca.cert_der().clone()))
+        .connect(addr(&ep_s), "carol", &s.trust())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Local,
-                refusal: CertRefusal::NotTrusted,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_tls_refused(&err, Side::Local, CertRefusal::NotTrusted, None);
 }
 
 #[tokio::test]
 async fn missing_client_certificate_is_refused_in_ca_mode() {
     let s = ca_setup("bob");
-    let ep_s = endpoint(&s.server, ClientAuth::ca(s.ca.cert_der().clone()));
-    let ep_c = endpoint(&s.client, ClientAuth::default());
-    let mut seen = spawn_echo(ep_s.clone());
-    let anon = tls::client_config_without_identity(
-        &Trust::Ca(s.ca.cert_der().clone()),
-        &[tls::ALPN.to_vec()],
-    )
-    .unwrap();
+    let (ep_s, ep_c, mut seen) = s.serve();
+    let anon = tls::client_config_without_identity(&s.trust(), &[tls::ALPN.to_vec()]).unwrap();
     let config = ep_c.quinn_client_config(anon).unwrap();
     let err = ep_c
         .connect_with(config, addr(&ep_s), "bob")
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Remote,
-                refusal: CertRefusal::Missing,
-                alert: 116,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    match next_seen(&mut seen).await {
-        Seen::Refused(TransportError::TlsRefused {
-            by: Side::Local,
-            refusal: CertRefusal::Missing,
-            ..
-        }) => {}
-        other => panic!("{other:?}"),
-    }
+    assert_tls_refused(&err, Side::Remote, CertRefusal::Missing, Some(116));
+    expect_refused_locally(&mut seen, Some(CertRefusal::Missing)).await;
 }
 
 #[tokio::test]
 async fn alpn_mismatch_is_refused() {
     let server = dev("server");
     let client = dev("client");
-    let ep_s = endpoint(&server, ClientAuth::accept_any());
-    let ep_c = endpoint(&client, ClientAuth::default());
-    let _seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, _seen) = server_and_client(&server, ClientAuth::accept_any(), &client);
     let rustls_config = tls::client_config(
         &client.identity().unwrap(),
         &Trust::Pinned(server.fingerprint()),
@@ -401,14 +375,7 @@ async fn silent_address_is_unreachable() {
     // A bound UDP socket that never answers: nothing to refuse, nothing to hear.
     let silent = std::net::UdpSocket::bind(LOOPBACK).unwrap();
     let client = dev("client");
-    let ep_c = endpoint_with(
-        &client,
-        ClientAuth::default(),
-        TransportOptions {
-            connect_timeout: Duration::from_millis(300),
-            ..options()
-        },
-    );
+    let ep_c = client_with_timeout(&client, Duration::from_millis(300));
     let started = std::time::Instant::now();
     let err = ep_c
         .connect(
@@ -427,9 +394,8 @@ async fn silent_address_is_unreachable() {
 async fn manager_reuses_one_connection_and_redials() {
     let server = dev("bob");
     let client = dev("alice");
-    let ep_s = endpoint(&server, ClientAuth::pinned([client.fingerprint()]));
-    let ep_c = endpoint(&client, ClientAuth::default());
-    let mut seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, mut seen) =
+        server_and_client(&server, ClientAuth::pinned([client.fingerprint()]), &client);
 
     let mut peers = PeerTable::new();
     // A host name, resolved at dial time.
@@ -489,14 +455,7 @@ async fn manager_reuses_one_connection_and_redials() {
 #[tokio::test]
 async fn manager_reports_unresolvable_host_as_unreachable() {
     let client = dev("alice");
-    let ep_c = endpoint_with(
-        &client,
-        ClientAuth::default(),
-        TransportOptions {
-            connect_timeout: Duration::from_secs(2),
-            ..options()
-        },
-    );
+    let ep_c = client_with_timeout(&client, Duration::from_secs(2));
     let mut peers = PeerTable::new();
     peers.insert(Peer::parse_flag("ghost=no-such-host.invalid:4433").unwrap());
     let manager = ConnectionManager::new(ep_c, peers.clone());
@@ -602,9 +561,11 @@ async fn pinned_client_cert_without_its_key_is_refused() {
     let server = dev("server");
     let victim = dev("victim");
     let attacker = dev("attacker");
-    let ep_s = endpoint(&server, ClientAuth::pinned([victim.fingerprint()]));
-    let ep_c = endpoint(&attacker, ClientAuth::default());
-    let mut seen = spawn_echo(ep_s.clone());
+    let (ep_s, ep_c, mut seen) = server_and_client(
+        &server,
+        ClientAuth::pinned([victim.fingerprint()]),
+        &attacker,
+    );
     let mut config = tls::client_config(
         &attacker.identity().unwrap(),
         &Trust::Pinned(server.fingerprint()),
@@ -617,25 +578,8 @@ async fn pinned_client_cert_without_its_key_is_refused() {
         .connect_with(config, addr(&ep_s), "server")
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Remote,
-                refusal: CertRefusal::BadSignature,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    match next_seen(&mut seen).await {
-        Seen::Refused(TransportError::TlsRefused {
-            by: Side::Local,
-            refusal: CertRefusal::BadSignature,
-            ..
-        }) => {}
-        other => panic!("{other:?}"),
-    }
+    assert_tls_refused(&err, Side::Remote, CertRefusal::BadSignature, None);
+    expect_refused_locally(&mut seen, Some(CertRefusal::BadSignature)).await;
 }
 
 #[tokio::test]
@@ -668,17 +612,7 @@ async fn pinned_server_cert_without_its_key_is_refused() {
         .connect(fake_addr, "victim", &Trust::Pinned(victim.fingerprint()))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::TlsRefused {
-                by: Side::Local,
-                refusal: CertRefusal::BadSignature,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_tls_refused(&err, Side::Local, CertRefusal::BadSignature, None);
 }
 
 #[tokio::test]
@@ -693,14 +627,7 @@ async fn accept_any_refuses_non_loopback_bind() {
 async fn queued_callers_share_one_failed_dial() {
     let silent = std::net::UdpSocket::bind(LOOPBACK).unwrap();
     let client = dev("alice");
-    let ep_c = endpoint_with(
-        &client,
-        ClientAuth::default(),
-        TransportOptions {
-            connect_timeout: Duration::from_millis(300),
-            ..options()
-        },
-    );
+    let ep_c = client_with_timeout(&client, Duration::from_millis(300));
     let mut peers = PeerTable::new();
     peers.insert(
         Peer::new(

@@ -147,40 +147,22 @@ fn write_value(out: &mut String, value: &Value, top: bool) -> Result<(), NativeE
             }
             Piece::Value(v) => match &v {
                 Value::List(l) => {
+                    let items = l.items();
+                    let elements = items.iter().map(|item| [Piece::Value(item.clone())]);
                     let addr = std::rc::Rc::as_ptr(l) as usize;
-                    if !open.insert(addr) {
-                        out.push_str("[...]");
-                    } else {
-                        out.push('[');
-                        pending.push(Piece::Leave(addr));
-                        pending.push(Piece::Text("]"));
-                        let items = l.items();
-                        for (i, item) in items.iter().enumerate().rev() {
-                            pending.push(Piece::Value(item.clone()));
-                            if i > 0 {
-                                pending.push(Piece::Text(", "));
-                            }
-                        }
-                    }
+                    open_container(out, &mut open, &mut pending, addr, ("[", "]"), elements);
                 }
                 Value::Map(m) => {
+                    let entries = m.entries();
+                    let elements = entries.iter().map(|(k, item)| {
+                        [
+                            Piece::Value(k.to_value()),
+                            Piece::Text(": "),
+                            Piece::Value(item.clone()),
+                        ]
+                    });
                     let addr = std::rc::Rc::as_ptr(m) as usize;
-                    if !open.insert(addr) {
-                        out.push_str("{...}");
-                    } else {
-                        out.push('{');
-                        pending.push(Piece::Leave(addr));
-                        pending.push(Piece::Text("}"));
-                        let entries = m.entries();
-                        for (i, (k, item)) in entries.iter().enumerate().rev() {
-                            pending.push(Piece::Value(item.clone()));
-                            pending.push(Piece::Text(": "));
-                            pending.push(Piece::Value(k.to_value()));
-                            if i > 0 {
-                                pending.push(Piece::Text(", "));
-                            }
-                        }
-                    }
+                    open_container(out, &mut open, &mut pending, addr, ("{", "}"), elements);
                 }
                 leaf => {
                     write_leaf(out, leaf, false);
@@ -195,6 +177,37 @@ fn write_value(out: &mut String, value: &Value, top: bool) -> Result<(), NativeE
     check(out)
 }
 
+/// Starts printing the container at `addr` between `brackets`: schedules its elements (each
+/// a run of pieces), separated by `, `. A container that is already open (an ancestor of
+/// itself) prints as `[...]` / `{...}` instead.
+fn open_container<E>(
+    out: &mut String,
+    open: &mut HashSet<usize>,
+    pending: &mut Vec<Piece>,
+    addr: usize,
+    (start, end): (&'static str, &'static str),
+    elements: impl DoubleEndedIterator<Item = E> + ExactSizeIterator,
+) where
+    E: IntoIterator<Item = Piece>,
+    E::IntoIter: DoubleEndedIterator,
+{
+    out.push_str(start);
+    if !open.insert(addr) {
+        out.push_str("...");
+        out.push_str(end);
+        return;
+    }
+    pending.push(Piece::Leave(addr));
+    pending.push(Piece::Text(end));
+    // `pending` is a stack: push the last piece first.
+    for (i, element) in elements.enumerate().rev() {
+        pending.extend(element.into_iter().rev());
+        if i > 0 {
+            pending.push(Piece::Text(", "));
+        }
+    }
+}
+
 /// Fails when the text built so far would not fit under the heap limit.
 fn check(out: &str) -> Result<(), NativeError> {
     heap::reserve(out.len())?;
@@ -204,19 +217,7 @@ fn check(out: &str) -> Result<(), NativeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::{Entries, Key};
-
-    fn s(text: &str) -> Value {
-        Value::str(text)
-    }
-
-    fn map(pairs: Vec<(Value, Value)>) -> Value {
-        let mut e = Entries::new();
-        for (k, v) in pairs {
-            e.insert(Key::from_value(&k).unwrap(), v);
-        }
-        Value::map(e)
-    }
+    use crate::builtins::test_util::{m as map, s};
 
     #[test]
     fn scalars() {

@@ -4,7 +4,8 @@
 //! `interp::program`): its code, its constants materialised as [`Value`]s, its references
 //! resolved to indices in the execution's function table, its natives resolved to callable
 //! implementations. The interpreter addresses functions by that index, so a call never
-//! touches a reference count.
+//! touches a reference count. Linking also translates the code into the interpreter's
+//! internal form ([`Op`], [`translate`]): same indices, hot instruction sequences fused.
 //!
 //! Invariants:
 //! - An `RtFunction` exists only for code that passed the verifier (`verify`), so its
@@ -57,6 +58,9 @@ pub struct RtFunction {
     /// Operand-stack slots this function needs above its locals (computed by the verifier).
     pub max_stack: u32,
     pub code: Box<[Instr]>,
+    /// The code in the interpreter's internal form ([`translate`]): one [`Op`] per
+    /// instruction, same indices as `code`.
+    pub ops: Box<[Op]>,
     pub consts: Box<[Value]>,
     /// Reference table, resolved to indices in the execution's function table.
     pub refs: Box<[u32]>,
@@ -80,6 +84,240 @@ impl RtFunction {
     }
 }
 
+/// A comparison of a fused compare-and-branch. The discriminant is the set of outcomes
+/// (bit 0: less, bit 1: equal, bit 2: greater) for which it holds, so testing it is a shift,
+/// not a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cmp {
+    Lt = 0b001,
+    Le = 0b011,
+    Gt = 0b100,
+    Ge = 0b110,
+    Eq = 0b010,
+    Ne = 0b101,
+}
+
+impl Cmp {
+    /// Whether the comparison holds for two integers.
+    #[inline(always)]
+    pub fn holds(self, x: i64, y: i64) -> bool {
+        let outcome = u32::from(x >= y) + u32::from(x > y);
+        (self as u8 >> outcome) & 1 != 0
+    }
+
+    fn of_jump(instr: Instr) -> Option<(Cmp, u32)> {
+        Some(match instr {
+            Instr::JumpIfNotLt { target } => (Cmp::Lt, target),
+            Instr::JumpIfNotLe { target } => (Cmp::Le, target),
+            Instr::JumpIfNotGt { target } => (Cmp::Gt, target),
+            Instr::JumpIfNotGe { target } => (Cmp::Ge, target),
+            Instr::JumpIfNotEq { target } => (Cmp::Eq, target),
+            Instr::JumpIfNotNe { target } => (Cmp::Ne, target),
+            _ => return None,
+        })
+    }
+}
+
+/// Integer arithmetic of a fused op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+}
+
+impl Arith {
+    /// The integer result, or `None` where the instruction would not produce a plain integer
+    /// (overflow, division by zero): the interpreter then runs the original instructions.
+    #[inline(always)]
+    pub fn apply(self, x: i64, y: i64) -> Option<i64> {
+        match self {
+            Arith::Add => x.checked_add(y),
+            Arith::Sub => x.checked_sub(y),
+            Arith::Mul => x.checked_mul(y),
+            Arith::Div => x.checked_div(y),
+            Arith::Rem => x.checked_rem(y),
+        }
+    }
+
+    fn of(instr: Instr) -> Option<Arith> {
+        Some(match instr {
+            Instr::Add {} => Arith::Add,
+            Instr::Sub {} => Arith::Sub,
+            Instr::Mul {} => Arith::Mul,
+            Instr::Div {} => Arith::Div,
+            Instr::Rem {} => Arith::Rem,
+            _ => return None,
+        })
+    }
+}
+
+/// The interpreter's internal instruction form, made from verified code when a function is
+/// linked (never encoded, so blob bytes and hashes are unaffected).
+///
+/// `ops[pc]` stands for the instructions starting at `code[pc]`: either one instruction as is
+/// ([`Op::I`]) or a fused op covering the next few instructions (named in each doc line). The
+/// covered instructions keep their own ops at their own indices, so jumps into the middle of
+/// a fused sequence, handlers, saved pcs and debug positions all use the original indices.
+/// A fused op only runs its fast path (integers, no overflow, enough fuel for every covered
+/// instruction); otherwise the interpreter runs `code[pc]` alone, which is exactly what the
+/// unfused code would have done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// One instruction, run as is.
+    I(Instr),
+    /// `GetLocal a; GetLocal b; JumpIfNot<cmp> target`.
+    JumpIfNotLL {
+        cmp: Cmp,
+        a: u16,
+        b: u16,
+        target: u32,
+    },
+    /// `GetLocal a; Int value; JumpIfNot<cmp> target`.
+    JumpIfNotLI {
+        cmp: Cmp,
+        a: u16,
+        value: i32,
+        target: u32,
+    },
+    /// `GetLocal a; Int value; <op>`.
+    ArithLI { op: Arith, a: u16, value: i32 },
+    /// `GetLocal a; GetLocal b; <op>`.
+    ArithLL { op: Arith, a: u16, b: u16 },
+    /// `<op>; SetLocal a`.
+    ArithSet { op: Arith, a: u16 },
+    /// `GetLocal a; AddInt value; SetLocal b`.
+    AddIntSet { a: u16, value: i32, b: u16 },
+    /// `GetLocal a; AddInt value`.
+    LocalAddInt { a: u16, value: i32 },
+    /// `Jump target` where `code[target]` is `Return`: runs that `Return`.
+    JumpReturn { target: u32 },
+    /// `GetLocal slot`, dispatched once (not through [`Op::I`]).
+    GetLocal { slot: u16 },
+    /// `Int value`, dispatched once.
+    Int { value: i32 },
+    /// `Jump target`, dispatched once.
+    Jump { target: u32 },
+    /// `Add`/`Sub`/`Mul`/`Div`/`Rem` with an integer fast path.
+    Arith { op: Arith },
+    /// `GetLocal slot`, then the next instruction (one with no op of its own, e.g. `Return`,
+    /// `CallFunction`) run directly, without a second trip through dispatch.
+    GetLocalThen { slot: u16 },
+    /// `GetLocal a; AddInt value`, then the next instruction run directly.
+    LocalAddIntThen { a: u16, value: i32 },
+    /// `<op>`, then the next instruction run directly.
+    ArithThen { op: Arith },
+    /// `GetLocal slot; Jump target` where `code[target]` is `Return`: runs that `Return`.
+    GetLocalJumpReturn { slot: u16, target: u32 },
+}
+
+impl Op {
+    /// How many instructions of the original code this op stands for.
+    pub fn covers(&self) -> usize {
+        match self {
+            Op::I(_)
+            | Op::GetLocal { .. }
+            | Op::Int { .. }
+            | Op::Jump { .. }
+            | Op::Arith { .. } => 1,
+            Op::JumpIfNotLL { .. }
+            | Op::JumpIfNotLI { .. }
+            | Op::ArithLI { .. }
+            | Op::ArithLL { .. }
+            | Op::AddIntSet { .. } => 3,
+            Op::ArithSet { .. } | Op::LocalAddInt { .. } | Op::JumpReturn { .. } => 2,
+            Op::GetLocalThen { .. } | Op::ArithThen { .. } => 2,
+            Op::LocalAddIntThen { .. } | Op::GetLocalJumpReturn { .. } => 3,
+        }
+    }
+}
+
+/// Translates verified code into the internal form: one op per instruction (see [`Op`]).
+pub fn translate(code: &[Instr]) -> Box<[Op]> {
+    let mut ops = fuse(code);
+    // Second pass: a simple op followed by an instruction that has no op of its own runs that
+    // instruction directly (the "then" forms).
+    for pc in 0..ops.len() {
+        let after = ops.get(pc + ops[pc].covers()).copied();
+        ops[pc] = match (ops[pc], after) {
+            (Op::GetLocal { slot }, Some(Op::JumpReturn { target })) => {
+                Op::GetLocalJumpReturn { slot, target }
+            }
+            (Op::GetLocal { slot }, Some(Op::I(_))) => Op::GetLocalThen { slot },
+            (Op::LocalAddInt { a, value }, Some(Op::I(_))) => Op::LocalAddIntThen { a, value },
+            (Op::Arith { op }, Some(Op::I(_))) => Op::ArithThen { op },
+            (op, _) => op,
+        };
+    }
+    ops.into_boxed_slice()
+}
+
+fn fuse(code: &[Instr]) -> Vec<Op> {
+    use Instr as I;
+    (0..code.len())
+        .map(|pc| {
+            let next = |k: usize| code.get(pc + k).copied();
+            let jump = next(2).and_then(Cmp::of_jump);
+            let arith = next(2).and_then(Arith::of);
+            match (code[pc], next(1)) {
+                (I::GetLocal { slot: a }, Some(I::GetLocal { slot: b })) => {
+                    if let Some((cmp, target)) = jump {
+                        Op::JumpIfNotLL { cmp, a, b, target }
+                    } else if let Some(op) = arith {
+                        Op::ArithLL { op, a, b }
+                    } else {
+                        single(code[pc])
+                    }
+                }
+                (I::GetLocal { slot: a }, Some(I::Int { value })) => {
+                    if let Some((cmp, target)) = jump {
+                        Op::JumpIfNotLI {
+                            cmp,
+                            a,
+                            value,
+                            target,
+                        }
+                    } else if let Some(op) = arith {
+                        Op::ArithLI { op, a, value }
+                    } else {
+                        single(code[pc])
+                    }
+                }
+                (I::GetLocal { slot: a }, Some(I::AddInt { value })) => match next(2) {
+                    Some(I::SetLocal { slot: b }) => Op::AddIntSet { a, value, b },
+                    _ => Op::LocalAddInt { a, value },
+                },
+                (instr, Some(I::SetLocal { slot: a })) if Arith::of(instr).is_some() => {
+                    Op::ArithSet {
+                        op: Arith::of(instr).unwrap_or(Arith::Add),
+                        a,
+                    }
+                }
+                (I::Jump { target }, _) if code.get(target as usize) == Some(&I::Return {}) => {
+                    Op::JumpReturn { target }
+                }
+                (instr, _) => single(instr),
+            }
+        })
+        .collect()
+}
+
+/// The op of one instruction on its own.
+fn single(instr: Instr) -> Op {
+    match instr {
+        Instr::GetLocal { slot } => Op::GetLocal { slot },
+        Instr::Int { value } => Op::Int { value },
+        Instr::Jump { target } => Op::Jump { target },
+        instr => match Arith::of(instr) {
+            Some(op) => Op::Arith { op },
+            None => Op::I(instr),
+        },
+    }
+}
+
 /// A function value: code plus captured cells.
 #[derive(Debug)]
 pub struct Closure {
@@ -96,4 +334,95 @@ pub struct Closure {
 #[derive(Debug)]
 pub struct TaskHandle {
     pub id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Instr as I;
+
+    #[test]
+    fn op_is_small() {
+        assert!(std::mem::size_of::<Op>() <= 16);
+    }
+
+    #[test]
+    fn translate_keeps_indices_and_fuses() {
+        // fib: n < 2 ? n : fib(n - 1) + fib(n - 2)
+        let code = [
+            I::GetLocal { slot: 0 },
+            I::Int { value: 2 },
+            I::JumpIfNotLt { target: 5 },
+            I::GetLocal { slot: 0 },
+            I::Jump { target: 12 },
+            I::GetLocal { slot: 0 },
+            I::AddInt { value: -1 },
+            I::CallFunction { func: 0, argc: 1 },
+            I::GetLocal { slot: 0 },
+            I::AddInt { value: -2 },
+            I::CallFunction { func: 0, argc: 1 },
+            I::Add {},
+            I::Return {},
+        ];
+        let ops = translate(&code);
+        assert_eq!(ops.len(), code.len());
+        assert_eq!(
+            ops[0],
+            Op::JumpIfNotLI {
+                cmp: Cmp::Lt,
+                a: 0,
+                value: 2,
+                target: 5
+            }
+        );
+        // the covered instructions keep their own ops (jumps may land on them)
+        assert_eq!(ops[1], Op::Int { value: 2 });
+        assert_eq!(
+            ops[3],
+            Op::GetLocalJumpReturn {
+                slot: 0,
+                target: 12
+            }
+        );
+        assert_eq!(ops[4], Op::JumpReturn { target: 12 });
+        assert_eq!(ops[5], Op::LocalAddIntThen { a: 0, value: -1 });
+        assert_eq!(ops[11], Op::ArithThen { op: Arith::Add });
+        assert_eq!(ops[12], Op::I(I::Return {}));
+        let loop_body = [
+            I::GetLocal { slot: 1 },
+            I::GetLocal { slot: 0 },
+            I::JumpIfNotGe { target: 9 },
+            I::GetLocal { slot: 1 },
+            I::Int { value: 7 },
+            I::Rem {},
+            I::Add {},
+            I::SetLocal { slot: 2 },
+            I::GetLocal { slot: 1 },
+            I::AddInt { value: 1 },
+            I::SetLocal { slot: 1 },
+            I::Jump { target: 0 },
+        ];
+        let ops = translate(&loop_body);
+        assert!(matches!(ops[0], Op::JumpIfNotLL { cmp: Cmp::Ge, .. }));
+        assert_eq!(ops[1], Op::GetLocalThen { slot: 0 });
+        assert!(matches!(ops[3], Op::ArithLI { op: Arith::Rem, .. }));
+        assert!(matches!(
+            ops[6],
+            Op::ArithSet {
+                op: Arith::Add,
+                a: 2
+            }
+        ));
+        assert!(matches!(
+            ops[8],
+            Op::AddIntSet {
+                a: 1,
+                value: 1,
+                b: 1
+            }
+        ));
+        assert_eq!(ops[11], Op::Jump { target: 0 });
+        assert_eq!(ops[7], Op::I(I::SetLocal { slot: 2 }));
+        assert_eq!(ops.iter().map(Op::covers).max(), Some(3));
+    }
 }

@@ -10,6 +10,7 @@
 //! - Failover moves to the next peer only on [`FAILOVER_KINDS`]; any other failure (a thrown
 //!   value, a runtime error, `MissingNative`, `LimitExceeded`) ends the hop at once.
 
+use crate::interp::{ExecError, RemoteFailure, StartError, TraceFrame};
 use crate::portable::Portable;
 use std::time::Duration;
 
@@ -166,6 +167,111 @@ pub fn error_kind(error: &Portable) -> Option<&str> {
     })
 }
 
+/// What the caller of a hop sees when the body failed on `peer`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BodyFailure {
+    /// The hop's own deadline (`timeout_ms`) stopped the body: a `Timeout`, which fails over.
+    Timeout(Portable),
+    /// Any other failure, reported to the caller as is.
+    Failed(RemoteFailure),
+}
+
+/// Maps the error that ended a remote body on `peer` to what its caller sees (LANGUAGE.md §8,
+/// §9.7–9.8), the same way for every host:
+/// - a host-granted limit hit because the hop's deadline passed (`hop_timed_out`) is a
+///   `Timeout`;
+/// - any other host-granted limit is `LimitExceeded`, keeping the remote trace;
+/// - anything else (a thrown value, a runtime error — which already carries `"peer"`) reaches
+///   the caller unchanged, with every trace frame marked as having run on `peer` unless an
+///   inner hop marked it already.
+pub fn body_failure(error: ExecError, peer: &str, hop_timed_out: bool) -> BodyFailure {
+    match error.limit {
+        Some(_) if hop_timed_out => BodyFailure::Timeout(hop_error(
+            "Timeout",
+            format!("hop to `{peer}` timed out"),
+            peer,
+        )),
+        Some(limit) => BodyFailure::Failed(RemoteFailure {
+            error: hop_error(
+                "LimitExceeded",
+                format!("peer `{peer}` stopped the body: {}", limit.name()),
+                peer,
+            ),
+            trace: error.trace,
+        }),
+        None => {
+            let mut trace = error.trace;
+            for frame in &mut trace {
+                frame.peer.get_or_insert_with(|| peer.to_owned());
+            }
+            BodyFailure::Failed(RemoteFailure {
+                error: error.error,
+                trace,
+            })
+        }
+    }
+}
+
+/// The error a hop reports when its body could not even start on `peer`: `MissingNative`
+/// for a native the peer lacks, `Refused` for anything else (missing or invalid code).
+pub fn start_failure(error: &StartError, peer: &str) -> Portable {
+    match error {
+        StartError::MissingNative(name) => hop_error(
+            "MissingNative",
+            format!("peer `{peer}` has no native `{name}`"),
+            peer,
+        ),
+        other => hop_error("Refused", other.to_string(), peer),
+    }
+}
+
+/// One trace frame as a single line, the form remote traces take on the wire:
+/// `FUNCTION (FILE:LINE:COL)`, followed by ` [on PEER]` when the frame ran on a peer.
+/// [`parse_trace_line`] reads it back.
+pub fn trace_line(frame: &TraceFrame) -> String {
+    let mut line = format!(
+        "{} ({}:{}:{})",
+        frame.function, frame.file, frame.line, frame.col
+    );
+    if let Some(peer) = &frame.peer {
+        line.push_str(&format!(" [on {peer}]"));
+    }
+    line
+}
+
+/// Reads a line written by [`trace_line`]. Never fails: a line in another form (from a
+/// different implementation) becomes a frame whose function is the whole line.
+pub fn parse_trace_line(line: &str) -> TraceFrame {
+    let fallback = || TraceFrame {
+        function: line.to_owned(),
+        file: String::new(),
+        line: 0,
+        col: 0,
+        peer: None,
+    };
+    let (rest, peer) = match line.strip_suffix(']').and_then(|l| l.rsplit_once(" [on ")) {
+        Some((rest, peer)) => (rest, Some(peer.to_owned())),
+        None => (line, None),
+    };
+    let Some((function, place)) = rest.strip_suffix(')').and_then(|r| r.rsplit_once(" (")) else {
+        return fallback();
+    };
+    let mut parts = place.rsplitn(3, ':');
+    let (Some(col), Some(lineno), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return fallback();
+    };
+    let (Ok(col), Ok(lineno)) = (col.parse(), lineno.parse()) else {
+        return fallback();
+    };
+    TraceFrame {
+        function: function.to_owned(),
+        file: file.to_owned(),
+        line: lineno,
+        col,
+        peer,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +295,24 @@ mod tests {
             (plan.context.as_str(), plan.timeout),
             ("gpu", Some(Duration::from_millis(250)))
         );
+    }
+
+    #[test]
+    fn trace_lines_round_trip() {
+        let frame = TraceFrame {
+            function: "f".into(),
+            file: "a b.skiff".into(),
+            line: 3,
+            col: 7,
+            peer: Some("w1".into()),
+        };
+        assert_eq!(parse_trace_line(&trace_line(&frame)), frame);
+        let local = TraceFrame {
+            peer: None,
+            ..frame
+        };
+        assert_eq!(parse_trace_line(&trace_line(&local)), local);
+        assert_eq!(parse_trace_line("odd line").function, "odd line");
     }
 
     #[test]

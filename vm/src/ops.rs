@@ -60,13 +60,39 @@ fn floats(a: &Value, b: &Value) -> Option<(f64, f64)> {
     }
 }
 
+/// A numeric operator: `int` on two ints (`None` is an overflow of `a symbol b`), `float` when
+/// both are numbers and at least one is a float, otherwise a `TypeError` reading `mismatch()`.
+#[inline]
+fn arith(
+    a: &Value,
+    b: &Value,
+    symbol: &str,
+    int: impl FnOnce(i64, i64) -> Option<i64>,
+    float: impl FnOnce(f64, f64) -> f64,
+    mismatch: impl FnOnce() -> String,
+) -> Result<Value, NativeError> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => int(*x, *y)
+            .map(Value::Int)
+            .ok_or_else(|| overflow(a, symbol, b)),
+        _ => match floats(a, b) {
+            Some((x, y)) => Ok(Value::Float(float(x, y))),
+            None => Err(type_error(mismatch())),
+        },
+    }
+}
+
+/// `DivisionByZero` for the int `a` divided by int zero (`what`: division or remainder).
+fn by_zero(what: &str, a: &Value) -> NativeError {
+    NativeError::error(
+        "DivisionByZero",
+        format!("integer {what} of {} by zero", num_text(a)),
+    )
+}
+
 /// `a + b`: numbers, or concatenation of two strings, two bytes or two lists (a new value).
 pub fn add(a: &Value, b: &Value) -> Result<Value, NativeError> {
     match (a, b) {
-        (Value::Int(x), Value::Int(y)) => x
-            .checked_add(*y)
-            .map(Value::Int)
-            .ok_or_else(|| overflow(a, "+", b)),
         // Strings and bytes are immutable: concatenating an empty one can share the other.
         (Value::Str(_), Value::Str(y)) if y.as_str().is_empty() => Ok(a.clone()),
         (Value::Str(x), Value::Str(_)) if x.as_str().is_empty() => Ok(b.clone()),
@@ -98,98 +124,78 @@ pub fn add(a: &Value, b: &Value) -> Result<Value, NativeError> {
             out.extend(y.items().iter().cloned());
             Ok(Value::list(out))
         }
-        _ => match floats(a, b) {
-            Some((x, y)) => Ok(Value::Float(x + y)),
-            None => Err(type_error(format!(
-                "cannot add {} and {}",
-                a.type_name(),
-                b.type_name()
-            ))),
-        },
+        _ => arith(
+            a,
+            b,
+            "+",
+            i64::checked_add,
+            |x, y| x + y,
+            || format!("cannot add {} and {}", a.type_name(), b.type_name()),
+        ),
     }
 }
 
 /// `a - b` on numbers.
 pub fn sub(a: &Value, b: &Value) -> Result<Value, NativeError> {
-    match (a, b) {
-        (Value::Int(x), Value::Int(y)) => x
-            .checked_sub(*y)
-            .map(Value::Int)
-            .ok_or_else(|| overflow(a, "-", b)),
-        _ => match floats(a, b) {
-            Some((x, y)) => Ok(Value::Float(x - y)),
-            None => Err(type_error(format!(
-                "cannot subtract {} from {}",
-                b.type_name(),
-                a.type_name()
-            ))),
-        },
-    }
+    arith(
+        a,
+        b,
+        "-",
+        i64::checked_sub,
+        |x, y| x - y,
+        || format!("cannot subtract {} from {}", b.type_name(), a.type_name()),
+    )
 }
 
 /// `a * b` on numbers (there is no string repetition operator; use `repeat`).
 pub fn mul(a: &Value, b: &Value) -> Result<Value, NativeError> {
-    match (a, b) {
-        (Value::Int(x), Value::Int(y)) => x
-            .checked_mul(*y)
-            .map(Value::Int)
-            .ok_or_else(|| overflow(a, "*", b)),
-        _ => match floats(a, b) {
-            Some((x, y)) => Ok(Value::Float(x * y)),
-            None => Err(type_error(format!(
-                "cannot multiply {} by {}",
-                a.type_name(),
-                b.type_name()
-            ))),
-        },
-    }
+    arith(
+        a,
+        b,
+        "*",
+        i64::checked_mul,
+        |x, y| x * y,
+        || format!("cannot multiply {} by {}", a.type_name(), b.type_name()),
+    )
 }
 
 /// `a / b`: two ints truncate toward zero (`DivisionByZero` on a zero divisor, `Overflow`
 /// for `i64::MIN / -1`); otherwise IEEE float division (`1.0 / 0` is `inf`).
 pub fn div(a: &Value, b: &Value) -> Result<Value, NativeError> {
-    match (a, b) {
-        (Value::Int(_), Value::Int(0)) => Err(NativeError::error(
-            "DivisionByZero",
-            format!("integer division of {} by zero", num_text(a)),
-        )),
-        (Value::Int(x), Value::Int(y)) => x
-            .checked_div(*y)
-            .map(Value::Int)
-            .ok_or_else(|| overflow(a, "/", b)),
-        _ => match floats(a, b) {
-            Some((x, y)) => Ok(Value::Float(x / y)),
-            None => Err(type_error(format!(
-                "cannot divide {} by {}",
-                a.type_name(),
-                b.type_name()
-            ))),
-        },
+    if let (Value::Int(_), Value::Int(0)) = (a, b) {
+        return Err(by_zero("division", a));
     }
+    arith(
+        a,
+        b,
+        "/",
+        i64::checked_div,
+        |x, y| x / y,
+        || format!("cannot divide {} by {}", a.type_name(), b.type_name()),
+    )
 }
 
 /// `a % b`: Rust's remainder (sign of the dividend) for ints and floats. A zero int divisor
 /// raises `DivisionByZero`; `i64::MIN % -1` raises `Overflow`, as Rust's `checked_rem`
 /// (and the interpreter's inlined fast path) does.
 pub fn rem(a: &Value, b: &Value) -> Result<Value, NativeError> {
-    match (a, b) {
-        (Value::Int(_), Value::Int(0)) => Err(NativeError::error(
-            "DivisionByZero",
-            format!("integer remainder of {} by zero", num_text(a)),
-        )),
-        (Value::Int(x), Value::Int(y)) => x
-            .checked_rem(*y)
-            .map(Value::Int)
-            .ok_or_else(|| overflow(a, "%", b)),
-        _ => match floats(a, b) {
-            Some((x, y)) => Ok(Value::Float(x % y)),
-            None => Err(type_error(format!(
+    if let (Value::Int(_), Value::Int(0)) = (a, b) {
+        return Err(by_zero("remainder", a));
+    }
+    arith(
+        a,
+        b,
+        "%",
+        i64::checked_rem,
+        |x, y| x % y,
+        || {
+            format!(
                 "cannot compute the remainder of {} by {}",
                 a.type_name(),
                 b.type_name()
-            ))),
+            )
         },
-    }
+    )
 }
 
 /// Unary `-` on a number (`-i64::MIN` raises `Overflow`).
@@ -502,7 +508,7 @@ pub fn make_range(a: &Value, b: &Value) -> Result<Value, NativeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::Entries;
+    use crate::builtins::test_util::{l as list, m as map, s};
 
     fn kind(err: NativeError) -> (String, String) {
         match err {
@@ -516,22 +522,6 @@ mod tests {
             }
             other => panic!("not an error map: {other:?}"),
         }
-    }
-
-    fn s(text: &str) -> Value {
-        Value::str(text)
-    }
-
-    fn list(items: Vec<Value>) -> Value {
-        Value::list(items)
-    }
-
-    fn map(pairs: Vec<(Value, Value)>) -> Value {
-        let mut e = Entries::new();
-        for (k, v) in pairs {
-            e.insert(Key::from_value(&k).unwrap(), v);
-        }
-        Value::map(e)
     }
 
     #[test]

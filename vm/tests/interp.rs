@@ -1,7 +1,11 @@
 //! Interpreter tests on hand-assembled blobs (the compiler is developed in parallel).
 
+mod common;
+
+use common::{f, fib};
 use skiff_vm::interp::{
-    Engine, ExecIo, Execution, LimitKind, Limits, RemoteFailure, SharedBuf, Status, TraceFrame,
+    Engine, ExecIo, Execution, LimitKind, Limits, RemoteFailure, SharedBuf, StartError, Status,
+    TraceFrame,
 };
 use skiff_vm::native::NodeInfo;
 use skiff_vm::store::CodeStore;
@@ -10,15 +14,6 @@ use skiff_vm::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn f(arity: u16, locals: u16, code: Vec<I>) -> FunctionCode {
-    FunctionCode {
-        arity,
-        locals,
-        code,
-        ..Default::default()
-    }
-}
 
 struct Setup {
     store: CodeStore,
@@ -65,10 +60,48 @@ impl Setup {
         .expect("starts");
         (exec, out, err)
     }
+    fn start(&self, member: u32, args: Vec<Portable>) -> (Execution, SharedBuf, SharedBuf) {
+        self.start_with(member, args, NodeInfo::default(), Limits::default())
+    }
+    /// Member 0, no arguments, under `limits`.
+    fn start_limited(&self, limits: Limits) -> Execution {
+        self.start_with(0, vec![], NodeInfo::default(), limits).0
+    }
+    /// Start `member` without arguments and without capturing output; the error is the test.
+    fn try_start(&self, member: u32) -> Result<Execution, StartError> {
+        Execution::start(
+            &self.engine,
+            &self.store,
+            self.id(member),
+            vec![],
+            NodeInfo::default(),
+            Limits::default(),
+            ExecIo::null(),
+        )
+    }
     fn run(&self, member: u32, args: Vec<Portable>) -> Status {
-        let (mut exec, _, _) =
-            self.start_with(member, args, NodeInfo::default(), Limits::default());
+        let (mut exec, _, _) = self.start(member, args);
         run_to_end(&mut exec)
+    }
+    /// Start `member` with `args`, answer its first remote call with `reply`, and run on.
+    fn answer_first_remote(
+        &self,
+        member: u32,
+        args: Vec<Portable>,
+        reply: Result<Portable, RemoteFailure>,
+    ) -> Status {
+        let (mut exec, _, _) = self.start(member, args);
+        exec.run(Instant::now());
+        let id = exec.take_requests()[0].id;
+        exec.resolve(id, reply);
+        exec.run(Instant::now())
+    }
+}
+
+fn with_fuel(fuel: u64) -> Limits {
+    Limits {
+        fuel: Some(fuel),
+        ..Limits::default()
     }
 }
 
@@ -90,6 +123,33 @@ fn failed(status: Status) -> skiff_vm::interp::ExecError {
 
 fn str_const(s: &str) -> Const {
     Const::Str(s.into())
+}
+
+/// A function that throws `msg`.
+fn thrower(msg: &str) -> FunctionCode {
+    let mut thrower = f(0, 0, vec![I::Const { index: 0 }, I::Throw {}]);
+    thrower.consts = vec![str_const(msg)];
+    thrower
+}
+
+/// main: try { member1() } catch e { e["kind"] }
+fn catch_kind() -> FunctionCode {
+    let mut main = f(
+        0,
+        0,
+        vec![
+            I::TryBegin { handler: 4 },
+            I::CallFunction { func: 0, argc: 0 },
+            I::TryEnd {},
+            I::Return {},
+            I::Const { index: 0 },
+            I::GetIndex {},
+            I::Return {},
+        ],
+    );
+    main.refs = vec![FnRef::Local(1)];
+    main.consts = vec![str_const("kind")];
+    main
 }
 
 #[test]
@@ -159,50 +219,16 @@ fn arithmetic_and_errors() {
     assert_eq!(failed(div.run(0, vec![])).kind, "DivisionByZero");
 }
 
-/// fib(n) = n < 2 ? n : fib(n-1) + fib(n-2), via the fused branch and direct calls.
-fn fib_blob() -> Vec<FunctionCode> {
-    let mut fib = f(
-        1,
-        1,
-        vec![
-            I::GetLocal { slot: 0 },
-            I::Int { value: 2 },
-            I::JumpIfNotLt { target: 5 },
-            I::GetLocal { slot: 0 },
-            I::Return {},
-            I::GetLocal { slot: 0 },
-            I::AddInt { value: -1 },
-            I::CallFunction { func: 0, argc: 1 },
-            I::GetLocal { slot: 0 },
-            I::AddInt { value: -2 },
-            I::CallFunction { func: 0, argc: 1 },
-            I::Add {},
-            I::Return {},
-        ],
-    );
-    fib.refs = vec![FnRef::Local(0)];
-    vec![fib]
-}
-
 #[test]
 fn recursion_fib() {
-    let s = setup(fib_blob());
+    let s = setup(vec![fib()]);
     assert_eq!(
         s.run(0, vec![Portable::Int(20)]),
         Status::Done(Portable::Int(6765))
     );
-    let r = Execution::start(
-        &s.engine,
-        &s.store,
-        s.id(0),
-        vec![],
-        NodeInfo::default(),
-        Limits::default(),
-        ExecIo::null(),
-    );
     assert!(matches!(
-        r,
-        Err(skiff_vm::interp::StartError::Arity {
+        s.try_start(0),
+        Err(StartError::Arity {
             expected: 1,
             got: 0
         })
@@ -216,7 +242,7 @@ fn fib_timing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(22);
-    let s = setup(fib_blob());
+    let s = setup(vec![fib()]);
     let (mut a, mut b) = (0i64, 1i64);
     for _ in 0..n {
         (a, b) = (b, a + b);
@@ -304,9 +330,7 @@ fn try_catch_across_frames() {
         ],
     );
     thrower.refs = vec![FnRef::Local(2)];
-    let mut deepest = f(0, 0, vec![I::Const { index: 0 }, I::Throw {}]);
-    deepest.consts = vec![str_const("boom")];
-    let s = setup(vec![main.clone(), thrower, deepest]);
+    let s = setup(vec![main, thrower, self::thrower("boom")]);
     assert_eq!(s.run(0, vec![]), Status::Done(Portable::Str("boom".into())));
     // uncaught: Thrown with a trace of 3 frames
     let e = failed(s.run(1, vec![]));
@@ -315,17 +339,6 @@ fn try_catch_across_frames() {
     assert_eq!(e.trace.len(), 2);
 
     // a runtime error is an error map and is caught the same way
-    let mut main2 = main;
-    main2.code = vec![
-        I::TryBegin { handler: 4 },
-        I::CallFunction { func: 0, argc: 0 },
-        I::TryEnd {},
-        I::Return {},
-        I::Const { index: 0 },
-        I::GetIndex {},
-        I::Return {},
-    ];
-    main2.consts = vec![str_const("kind")];
     let div = f(
         0,
         0,
@@ -336,9 +349,7 @@ fn try_catch_across_frames() {
             I::Return {},
         ],
     );
-    let mut m = main2;
-    m.refs = vec![FnRef::Local(1)];
-    let s = setup(vec![m, div]);
+    let s = setup(vec![catch_kind(), div]);
     assert_eq!(
         s.run(0, vec![]),
         Status::Done(Portable::Str("DivisionByZero".into()))
@@ -485,7 +496,7 @@ fn task_program() -> Vec<FunctionCode> {
 #[test]
 fn tasks_interleave_with_sleep_and_await() {
     let s = setup(task_program());
-    let (mut exec, out, _) = s.start_with(0, vec![], NodeInfo::default(), Limits::default());
+    let (mut exec, out, _) = s.start(0, vec![]);
     let t0 = Instant::now();
     assert_eq!(
         exec.run(t0),
@@ -526,10 +537,8 @@ fn unawaited_task_error_is_a_warning() {
     );
     main.refs = vec![FnRef::Local(1)];
     main.natives = vec!["sleep".into()];
-    let mut body = f(0, 0, vec![I::Const { index: 0 }, I::Throw {}]);
-    body.consts = vec![str_const("task broke")];
-    let s = setup(vec![main, body]);
-    let (mut exec, _, err) = s.start_with(0, vec![], NodeInfo::default(), Limits::default());
+    let s = setup(vec![main, thrower("task broke")]);
+    let (mut exec, _, err) = s.start(0, vec![]);
     let t0 = Instant::now();
     assert!(matches!(exec.run(t0), Status::Blocked { .. }));
     assert_eq!(
@@ -552,9 +561,7 @@ fn await_rethrows_task_error() {
         ],
     );
     main.refs = vec![FnRef::Local(1)];
-    let mut body = f(0, 0, vec![I::Const { index: 0 }, I::Throw {}]);
-    body.consts = vec![str_const("bad")];
-    let s = setup(vec![main, body]);
+    let s = setup(vec![main, thrower("bad")]);
     let e = failed(s.run(0, vec![]));
     assert_eq!(e.message, "bad");
 }
@@ -598,12 +605,7 @@ fn error_map(kind: &str, msg: &str) -> Portable {
 #[test]
 fn remote_suspends_and_resolves() {
     let s = setup(remote_program(false));
-    let (mut exec, _, _) = s.start_with(
-        0,
-        vec![Portable::Int(5)],
-        NodeInfo::default(),
-        Limits::default(),
-    );
+    let (mut exec, _, _) = s.start(0, vec![Portable::Int(5)]);
     assert_eq!(exec.run(Instant::now()), Status::Blocked { wake_at: None });
     let reqs = exec.take_requests();
     assert_eq!(reqs.len(), 1);
@@ -614,14 +616,6 @@ fn remote_suspends_and_resolves() {
     assert_eq!(exec.run(Instant::now()), Status::Done(Portable::Int(42)));
 
     // a remote runtime error is raised here with the remote frames first
-    let (mut exec, _, _) = s.start_with(
-        0,
-        vec![Portable::Int(5)],
-        NodeInfo::default(),
-        Limits::default(),
-    );
-    exec.run(Instant::now());
-    let id = exec.take_requests()[0].id;
     let remote_frame = TraceFrame {
         function: "body".into(),
         file: "r.skiff".into(),
@@ -629,29 +623,25 @@ fn remote_suspends_and_resolves() {
         col: 4,
         peer: Some("w1".into()),
     };
-    exec.resolve(
-        id,
+    let e = failed(s.answer_first_remote(
+        0,
+        vec![Portable::Int(5)],
         Err(RemoteFailure {
             error: error_map("ValueError", "nope"),
             trace: vec![remote_frame.clone()],
         }),
-    );
-    let e = failed(exec.run(Instant::now()));
+    ));
     assert_eq!(e.kind, "ValueError");
     assert_eq!(e.trace[0], remote_frame);
     assert_eq!(e.trace.len(), 2);
 
     // plain Remote: even Unreachable is raised
-    let (mut exec, _, _) = s.start_with(
+    let status = s.answer_first_remote(
         0,
         vec![Portable::Int(5)],
-        NodeInfo::default(),
-        Limits::default(),
+        Err(RemoteFailure::new("Unreachable", "down")),
     );
-    exec.run(Instant::now());
-    let id = exec.take_requests()[0].id;
-    exec.resolve(id, Err(RemoteFailure::new("Unreachable", "down")));
-    assert_eq!(failed(exec.run(Instant::now())).kind, "Unreachable");
+    assert_eq!(failed(status).kind, "Unreachable");
 }
 
 #[test]
@@ -665,16 +655,11 @@ fn remote_else_falls_back_only_on_transport_failures() {
         ("TypeError", false),
         ("LimitExceeded", false),
     ] {
-        let (mut exec, _, _) = s.start_with(
+        let status = s.answer_first_remote(
             0,
             vec![Portable::Int(1)],
-            NodeInfo::default(),
-            Limits::default(),
+            Err(RemoteFailure::new(kind, "x")),
         );
-        exec.run(Instant::now());
-        let id = exec.take_requests()[0].id;
-        exec.resolve(id, Err(RemoteFailure::new(kind, "x")));
-        let status = exec.run(Instant::now());
         if expect_fallback {
             assert_eq!(
                 status,
@@ -796,11 +781,7 @@ fn fuel_is_exact() {
         ],
     )]);
     for (fuel, ok) in [(4, true), (3, false), (1, false)] {
-        let limits = Limits {
-            fuel: Some(fuel),
-            ..Limits::default()
-        };
-        let (mut exec, _, _) = s.start_with(0, vec![], NodeInfo::default(), limits);
+        let mut exec = s.start_limited(with_fuel(fuel));
         let status = run_to_end(&mut exec);
         if ok {
             assert_eq!(status, Status::Done(Portable::Int(3)));
@@ -813,11 +794,7 @@ fn fuel_is_exact() {
     }
     // an infinite loop under small slices still stops after exactly the fuel granted
     let s = setup(spin());
-    let limits = Limits {
-        fuel: Some(1000),
-        ..Limits::default()
-    };
-    let (mut exec, _, _) = s.start_with(0, vec![], NodeInfo::default(), limits);
+    let mut exec = s.start_limited(with_fuel(1000));
     exec.set_slice(7);
     let mut yields = 0;
     let e = loop {
@@ -848,11 +825,7 @@ fn limits_are_not_catchable() {
     let mut main = f(0, 1, code);
     main.consts = vec![str_const("caught")];
     let s = setup(vec![main]);
-    let limits = Limits {
-        fuel: Some(10_000),
-        ..Limits::default()
-    };
-    let (mut exec, _, _) = s.start_with(0, vec![], NodeInfo::default(), limits);
+    let mut exec = s.start_limited(with_fuel(10_000));
     assert_eq!(
         failed(run_to_end(&mut exec)).limit,
         Some(LimitKind::OutOfFuel)
@@ -862,7 +835,7 @@ fn limits_are_not_catchable() {
         deadline: Some(Instant::now() + Duration::from_millis(20)),
         ..Limits::default()
     };
-    let (mut exec, _, _) = s.start_with(0, vec![], NodeInfo::default(), limits);
+    let mut exec = s.start_limited(limits);
     let e = failed(run_to_end(&mut exec));
     assert_eq!(e.limit, Some(LimitKind::Deadline));
     assert_eq!(e.kind, "Deadline");
@@ -870,21 +843,7 @@ fn limits_are_not_catchable() {
 
 /// f() = f() (unbounded recursion); main: try { f() } catch e { e["kind"] }
 fn recursion_program() -> Vec<FunctionCode> {
-    let mut main = f(
-        0,
-        0,
-        vec![
-            I::TryBegin { handler: 4 },
-            I::CallFunction { func: 0, argc: 0 },
-            I::TryEnd {},
-            I::Return {},
-            I::Const { index: 0 },
-            I::GetIndex {},
-            I::Return {},
-        ],
-    );
-    main.refs = vec![FnRef::Local(1)];
-    main.consts = vec![str_const("kind")];
+    let main = catch_kind();
     let mut rec = f(
         0,
         0,
@@ -935,7 +894,7 @@ fn allocation_bomb_hits_memory_limit() {
         fuel: Some(50_000_000),
         ..Limits::default()
     };
-    let (mut exec, _, _) = s.start_with(0, vec![], NodeInfo::default(), limits);
+    let mut exec = s.start_limited(limits);
     let e = failed(run_to_end(&mut exec));
     assert_eq!(e.limit, Some(LimitKind::MemoryLimit));
     assert_eq!(e.kind, "MemoryLimit");
@@ -991,18 +950,7 @@ fn missing_native_fails_start() {
     );
     main.natives = vec!["no_such_native".into()];
     let s = setup(vec![main]);
-    let r = Execution::start(
-        &s.engine,
-        &s.store,
-        s.id(0),
-        vec![],
-        NodeInfo::default(),
-        Limits::default(),
-        ExecIo::null(),
-    );
-    assert!(
-        matches!(r, Err(skiff_vm::interp::StartError::MissingNative(n)) if n == "no_such_native")
-    );
+    assert!(matches!(s.try_start(0), Err(StartError::MissingNative(n)) if n == "no_such_native"));
     // a host native makes it resolve
     let mut engine = Engine::new();
     engine.register_native("no_such_native", |_, _| Ok(skiff_vm::Value::Int(9)));
@@ -1131,7 +1079,7 @@ fn spawn_bomb_hits_memory_limit() {
         fuel: Some(10_000_000),
         ..Limits::default()
     };
-    let (mut exec, _, _) = s.start_with(0, vec![], NodeInfo::default(), limits);
+    let mut exec = s.start_limited(limits);
     assert_eq!(
         failed(run_to_end(&mut exec)).limit,
         Some(LimitKind::MemoryLimit)

@@ -653,6 +653,12 @@ impl Connection {
 
     /// Cancels an outgoing call: sends `Cancel`, and reports `CallResult(cancelled)`.
     pub fn cancel(&mut self, id: CallId) {
+        self.abandon_outgoing(id, ErrorKind::Cancelled, "cancelled by the caller");
+    }
+
+    /// Ends the outgoing call `id`, if still open: sends `Cancel` (unless the request is still
+    /// queued, never sent) and reports the call failed with `kind`.
+    fn abandon_outgoing(&mut self, id: CallId, kind: ErrorKind, message: &str) {
         if let Some(call) = self.outgoing.remove(&id) {
             if call.queued.is_empty() {
                 let f = encode_message(
@@ -665,14 +671,16 @@ impl Connection {
                 self.emit(id, f, true);
             }
             self.close_recv(id);
-            self.events.push_back(Event::CallResult {
-                id,
-                result: Err(RemoteError::new(
-                    ErrorKind::Cancelled,
-                    "cancelled by the caller",
-                )),
-            });
+            self.call_failed(id, RemoteError::new(kind, message));
         }
+    }
+
+    /// Reports to the node that the outgoing call `id` failed.
+    fn call_failed(&mut self, id: CallId, error: RemoteError) {
+        self.events.push_back(Event::CallResult {
+            id,
+            result: Err(error),
+        });
     }
 
     // -----------------------------------------------------------------------------------
@@ -740,19 +748,7 @@ impl Connection {
             .incoming
             .get(&id)
             .map_or(0, |c| c.request.as_ref().map_or(c.call_id, |r| r.call_id));
-        let was_running = self
-            .incoming
-            .get(&id)
-            .is_some_and(|c| c.phase == Phase::Running);
-        self.release_pins(id);
-        self.incoming.remove(&id);
-        self.close_recv(id);
-        if was_running {
-            self.events.push_back(Event::CallCancelled {
-                id,
-                reason: err.kind.clone(),
-            });
-        }
+        self.drop_incoming(id, err.kind.clone());
         let frame = encode_message(
             &Message::Response(CallResponse {
                 call_id,
@@ -762,6 +758,21 @@ impl Connection {
             &mut Vec::new(),
         );
         self.emit(id, frame, true);
+    }
+
+    /// Forgets the incoming call `id`, telling the node to stop it (for `reason`) if it is
+    /// running.
+    fn drop_incoming(&mut self, id: CallId, reason: ErrorKind) {
+        let running = self
+            .incoming
+            .get(&id)
+            .is_some_and(|c| c.phase == Phase::Running);
+        self.release_pins(id);
+        self.incoming.remove(&id);
+        self.close_recv(id);
+        if running {
+            self.events.push_back(Event::CallCancelled { id, reason });
+        }
     }
 
     fn close_recv(&mut self, id: StreamId) {
@@ -883,13 +894,13 @@ impl Connection {
         } else if let Some(call) = self.outgoing.remove(&stream) {
             let _ = call;
             self.close_recv(stream);
-            self.events.push_back(Event::CallResult {
-                id: stream,
-                result: Err(RemoteError::new(
+            self.call_failed(
+                stream,
+                RemoteError::new(
                     ErrorKind::Protocol,
                     "the callee finished the stream without a response",
-                )),
-            });
+                ),
+            );
         }
     }
 
@@ -897,25 +908,16 @@ impl Connection {
     pub fn handle_stream_reset(&mut self, stream: StreamId, now: Instant) {
         let _ = now;
         if self.incoming.contains_key(&stream) {
-            let running = self.incoming[&stream].phase == Phase::Running;
-            self.release_pins(stream);
-            self.incoming.remove(&stream);
-            self.close_recv(stream);
-            if running {
-                self.events.push_back(Event::CallCancelled {
-                    id: stream,
-                    reason: ErrorKind::Cancelled,
-                });
-            }
+            self.drop_incoming(stream, ErrorKind::Cancelled);
         } else if self.outgoing.remove(&stream).is_some() {
             self.close_recv(stream);
-            self.events.push_back(Event::CallResult {
-                id: stream,
-                result: Err(RemoteError::new(
+            self.call_failed(
+                stream,
+                RemoteError::new(
                     ErrorKind::ConnectionLost,
                     "the callee reset the call stream",
-                )),
-            });
+                ),
+            );
         }
     }
 
@@ -933,25 +935,14 @@ impl Connection {
         let ids: Vec<StreamId> = self.outgoing.keys().copied().collect();
         for id in ids {
             self.outgoing.remove(&id);
-            self.events.push_back(Event::CallResult {
+            self.call_failed(
                 id,
-                result: Err(RemoteError::new(
-                    ErrorKind::ConnectionLost,
-                    reason.to_string(),
-                )),
-            });
+                RemoteError::new(ErrorKind::ConnectionLost, reason.to_string()),
+            );
         }
         let ids: Vec<StreamId> = self.incoming.keys().copied().collect();
         for id in ids {
-            let running = self.incoming[&id].phase == Phase::Running;
-            self.release_pins(id);
-            self.incoming.remove(&id);
-            if running {
-                self.events.push_back(Event::CallCancelled {
-                    id,
-                    reason: ErrorKind::ConnectionLost,
-                });
-            }
+            self.drop_incoming(id, ErrorKind::ConnectionLost);
         }
         self.recv.clear();
         self.closed = Some(reason.clone());
@@ -968,26 +959,11 @@ impl Connection {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(call) = self.outgoing.remove(&id) {
-                if call.queued.is_empty() {
-                    let f = encode_message(
-                        &Message::Cancel {
-                            call_id: call.call_id,
-                        },
-                        usize::MAX,
-                        &mut Vec::new(),
-                    );
-                    self.emit(id, f, true);
-                }
-                self.close_recv(id);
-                self.events.push_back(Event::CallResult {
-                    id,
-                    result: Err(RemoteError::new(
-                        ErrorKind::DeadlineExceeded,
-                        "the call's deadline passed",
-                    )),
-                });
-            }
+            self.abandon_outgoing(
+                id,
+                ErrorKind::DeadlineExceeded,
+                "the call's deadline passed",
+            );
         }
         let expired: Vec<StreamId> = self
             .incoming
@@ -1065,10 +1041,7 @@ impl Connection {
         } else {
             self.error_reply(stream, "limit", e.to_string(), 0);
             if self.outgoing.remove(&stream).is_some() {
-                self.events.push_back(Event::CallResult {
-                    id: stream,
-                    result: Err(RemoteError::limit(e)),
-                });
+                self.call_failed(stream, RemoteError::limit(e));
             }
             self.close_recv(stream);
             self.finish_stream(stream);
@@ -1124,10 +1097,7 @@ impl Connection {
                 MessageError::Limit(l) => RemoteError::limit(l),
                 e => RemoteError::new(ErrorKind::Protocol, format!("bad response: {e}")),
             };
-            self.events.push_back(Event::CallResult {
-                id: stream,
-                result: Err(err),
-            });
+            self.call_failed(stream, err);
             return;
         }
         self.error_reply(stream, code, e.to_string(), ty);
@@ -1143,13 +1113,13 @@ impl Connection {
         if self.outgoing.remove(&stream).is_some() {
             self.close_recv(stream);
             self.finish_stream(stream);
-            self.events.push_back(Event::CallResult {
-                id: stream,
-                result: Err(RemoteError::new(
+            self.call_failed(
+                stream,
+                RemoteError::new(
                     ErrorKind::Protocol,
                     format!("{}: {}", reply.code, reply.message),
-                )),
-            });
+                ),
+            );
         }
         self.events.push_back(Event::PeerError { stream, reply });
     }
@@ -1395,16 +1365,7 @@ impl Connection {
             }
             Message::Call(req) if phase == Phase::Receiving => self.on_call(stream, req, now),
             Message::Cancel { .. } => {
-                let running = phase == Phase::Running;
-                self.release_pins(stream);
-                self.incoming.remove(&stream);
-                self.close_recv(stream);
-                if running {
-                    self.events.push_back(Event::CallCancelled {
-                        id: stream,
-                        reason: ErrorKind::Cancelled,
-                    });
-                }
+                self.drop_incoming(stream, ErrorKind::Cancelled);
                 if phase != Phase::Responded {
                     self.finish_stream(stream);
                 }

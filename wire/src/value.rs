@@ -296,19 +296,24 @@ pub fn object_len(buf: &[u8], max_depth: usize) -> Result<usize, ValueError> {
         }
         pos += skip as usize;
         if children > 0 {
-            let depth = stack.len() + 1;
-            if depth > max_depth {
-                return Err(LimitExceeded {
-                    limit: Limit::MaxDepth,
-                    max: max_depth as u64,
-                    seen: depth as u64,
-                }
-                .into());
-            }
+            depth_check(max_depth, stack.len() + 1)?;
             stack.push(pending);
             pending = children;
         }
     }
+}
+
+/// `MaxDepth` exceeded when a container would open at nesting `depth`.
+fn depth_check(max_depth: usize, depth: usize) -> Result<(), ValueError> {
+    if depth > max_depth {
+        return Err(LimitExceeded {
+            limit: Limit::MaxDepth,
+            max: max_depth as u64,
+            seen: depth as u64,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn be(buf: &[u8], pos: &mut usize, n: usize) -> Result<u64, ValueError> {
@@ -362,18 +367,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn depth_check(max_depth: usize, depth: usize) -> Result<(), ValueError> {
-        if depth > max_depth {
-            return Err(LimitExceeded {
-                limit: Limit::MaxDepth,
-                max: max_depth as u64,
-                seen: depth as u64,
-            }
-            .into());
-        }
-        Ok(())
-    }
-
     /// Decodes one value. Iterative (an explicit stack of open containers, bounded by
     /// `max_depth`), so the Rust stack use is constant whatever the input.
     fn value(
@@ -387,7 +380,7 @@ impl<'a> Reader<'a> {
             let mut v = match self.item(sidecars)? {
                 Item::Value(v) => v,
                 Item::Array(n) => {
-                    Self::depth_check(max_depth, stack.len() + 1)?;
+                    depth_check(max_depth, stack.len() + 1)?;
                     if n > self.remaining() as u64 {
                         return Err(ValueError::Truncated(self.pos));
                     }
@@ -401,7 +394,7 @@ impl<'a> Reader<'a> {
                     Portable::List(Vec::new())
                 }
                 Item::Map(n) => {
-                    Self::depth_check(max_depth, stack.len() + 1)?;
+                    depth_check(max_depth, stack.len() + 1)?;
                     if n.saturating_mul(2) > self.remaining() as u64 {
                         return Err(ValueError::Truncated(self.pos));
                     }
@@ -416,7 +409,7 @@ impl<'a> Reader<'a> {
                     Portable::Map(Vec::new())
                 }
                 Item::Closure { func, ext_end } => {
-                    Self::depth_check(max_depth, stack.len() + 1)?;
+                    depth_check(max_depth, stack.len() + 1)?;
                     stack.push(Open::Closure {
                         func,
                         ext_end,
@@ -518,72 +511,61 @@ impl<'a> Reader<'a> {
             Marker::I64 => Portable::Int(self.uint(8)? as i64),
             Marker::F32 => Portable::Float(f32::from_bits(self.uint(4)? as u32) as f64),
             Marker::F64 => Portable::Float(f64::from_bits(self.uint(8)?)),
-            Marker::FixStr(n) => self.string(n as u64)?,
-            Marker::Str8 => {
-                let n = self.uint(1)?;
-                self.string(n)?
-            }
-            Marker::Str16 => {
-                let n = self.uint(2)?;
-                self.string(n)?
-            }
-            Marker::Str32 => {
-                let n = self.uint(4)?;
-                self.string(n)?
-            }
-            Marker::Bin8 => {
-                let n = self.uint(1)?;
-                self.bin(n)?
-            }
-            Marker::Bin16 => {
-                let n = self.uint(2)?;
-                self.bin(n)?
-            }
-            Marker::Bin32 => {
-                let n = self.uint(4)?;
-                self.bin(n)?
-            }
+            Marker::FixStr(n) => self.string(Len::Fixed(n as u64))?,
+            Marker::Str8 => self.string(Len::Prefix(1))?,
+            Marker::Str16 => self.string(Len::Prefix(2))?,
+            Marker::Str32 => self.string(Len::Prefix(4))?,
+            Marker::Bin8 => self.bin(Len::Prefix(1))?,
+            Marker::Bin16 => self.bin(Len::Prefix(2))?,
+            Marker::Bin32 => self.bin(Len::Prefix(4))?,
             Marker::FixArray(n) => return Ok(Item::Array(n as u64)),
             Marker::Array16 => return Ok(Item::Array(self.uint(2)?)),
             Marker::Array32 => return Ok(Item::Array(self.uint(4)?)),
             Marker::FixMap(n) => return Ok(Item::Map(n as u64)),
             Marker::Map16 => return Ok(Item::Map(self.uint(2)?)),
             Marker::Map32 => return Ok(Item::Map(self.uint(4)?)),
-            Marker::FixExt1 => return self.ext(1, at, sidecars),
-            Marker::FixExt2 => return self.ext(2, at, sidecars),
-            Marker::FixExt4 => return self.ext(4, at, sidecars),
-            Marker::FixExt8 => return self.ext(8, at, sidecars),
-            Marker::FixExt16 => return self.ext(16, at, sidecars),
-            Marker::Ext8 => {
-                let n = self.uint(1)?;
-                return self.ext(n, at, sidecars);
-            }
-            Marker::Ext16 => {
-                let n = self.uint(2)?;
-                return self.ext(n, at, sidecars);
-            }
-            Marker::Ext32 => {
-                let n = self.uint(4)?;
-                return self.ext(n, at, sidecars);
-            }
+            Marker::FixExt1 => return self.ext(Len::Fixed(1), at, sidecars),
+            Marker::FixExt2 => return self.ext(Len::Fixed(2), at, sidecars),
+            Marker::FixExt4 => return self.ext(Len::Fixed(4), at, sidecars),
+            Marker::FixExt8 => return self.ext(Len::Fixed(8), at, sidecars),
+            Marker::FixExt16 => return self.ext(Len::Fixed(16), at, sidecars),
+            Marker::Ext8 => return self.ext(Len::Prefix(1), at, sidecars),
+            Marker::Ext16 => return self.ext(Len::Prefix(2), at, sidecars),
+            Marker::Ext32 => return self.ext(Len::Prefix(4), at, sidecars),
             Marker::Reserved => return Err(ValueError::Reserved(at)),
         };
         Ok(Item::Value(v))
     }
 
-    fn string(&mut self, n: u64) -> Result<Portable, ValueError> {
+    /// The length `len` gives: fixed by the marker, or read from the next bytes.
+    fn length(&mut self, len: Len) -> Result<u64, ValueError> {
+        match len {
+            Len::Fixed(n) => Ok(n),
+            Len::Prefix(width) => self.uint(width),
+        }
+    }
+
+    fn string(&mut self, len: Len) -> Result<Portable, ValueError> {
+        let n = self.length(len)?;
         let r = self.take(n)?;
         let at = r.start;
         let s = std::str::from_utf8(&self.buf[r]).map_err(|_| ValueError::InvalidUtf8(at))?;
         Ok(Portable::Str(s.to_owned()))
     }
 
-    fn bin(&mut self, n: u64) -> Result<Portable, ValueError> {
+    fn bin(&mut self, len: Len) -> Result<Portable, ValueError> {
+        let n = self.length(len)?;
         let r = self.take(n)?;
         Ok(Portable::Bytes(self.buf.slice(r)))
     }
 
-    fn ext(&mut self, n: u64, at: usize, sidecars: SidecarLookup<'_>) -> Result<Item, ValueError> {
+    fn ext(
+        &mut self,
+        len: Len,
+        at: usize,
+        sidecars: SidecarLookup<'_>,
+    ) -> Result<Item, ValueError> {
+        let n = self.length(len)?;
         let ty = self.uint(1)? as u8 as i8;
         if n > self.remaining() as u64 {
             return Err(ValueError::Truncated(self.pos));
@@ -652,6 +634,13 @@ fn internal(at: usize) -> ValueError {
 
 /// Largest pre-allocation of a decoded container, in elements.
 const PREALLOC: usize = 1024;
+
+/// The length of a payload: given by its marker, or in a big-endian prefix of `width` bytes.
+#[derive(Clone, Copy)]
+enum Len {
+    Fixed(u64),
+    Prefix(usize),
+}
 
 enum Item {
     Value(Portable),

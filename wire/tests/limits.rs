@@ -87,20 +87,8 @@ fn now() -> std::time::Instant {
 fn raw_server(f: impl FnOnce(&mut Config)) -> skiff_wire::Connection {
     let mut cfg = Config::new("server");
     f(&mut cfg);
-    let mut server = skiff_wire::Connection::new(
-        Side::Server,
-        cfg,
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
-    let hello = encode_plain(&Message::Hello(skiff_wire::Hello {
-        version: 1,
-        node: "client".into(),
-        capabilities: vec![],
-        max_frame: 1 << 20,
-        sidecar_retain: 0,
-    }));
-    server.handle_stream_data(StreamId(0), Bytes::from(hello), now());
+    let mut server = lone_connection(Side::Server, cfg);
+    server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now());
     while server.poll_transmit().is_some() {}
     while server.poll_event().is_some() {}
     server

@@ -9,8 +9,7 @@ use common::*;
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use skiff_wire::message::{encode_plain, encode_sidecar};
 use skiff_wire::{
-    BlobStore, CallOptions, CloseReason, Config, ErrorKind, Event, Hello, Message, Side, StreamId,
-    Target,
+    BlobStore, CallOptions, CloseReason, Config, ErrorKind, Event, Message, Side, StreamId, Target,
 };
 use std::time::Duration;
 
@@ -182,48 +181,25 @@ fn call_back_through_the_callers_connection_and_hops() {
     let id = pair
         .client
         .call(CallOptions::function(entry, args()), pair.now);
-    let incoming = loop {
-        if let Some(c) = pair.server.incoming() {
-            break c;
-        }
-        assert!(pair.step());
-    };
+    let incoming = pair.run_until(|p| p.server.incoming());
     assert_eq!(incoming.caller, "client");
     assert_eq!(incoming.hops, Vec::<String>::new());
     let mut back = CallOptions::function(sentry, vec![Portable::Int(42)]);
     back.hops = incoming.nested_hops();
     let back_id = pair.server.call(back, pair.now);
     assert_eq!(back_id.initiator(), Side::Server);
-    let back_result = loop {
-        if let Some(r) = pair.server.result(back_id) {
-            break r;
-        }
-        assert!(pair.step());
-    };
+    let back_result = pair.run_until(|p| p.server.result(back_id));
     assert_eq!(
         back_result.unwrap(),
         Portable::List(vec![Portable::Int(42)])
     );
     // The client's echo saw the hop chain.
-    let seen = pair
-        .client
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c.hops.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let seen = pair.client.seen_incoming().hops;
     assert_eq!(seen, vec!["client".to_string()]);
     pair.server
         .conn
         .respond(incoming.id, Ok(Portable::Str("done".into())));
-    let r = loop {
-        if let Some(r) = pair.client.result(id) {
-            break r;
-        }
-        assert!(pair.step());
-    };
+    let r = pair.run_until(|p| p.client.result(id));
     assert_eq!(r.unwrap(), Portable::Str("done".into()));
     // cold outer (2) + cold call-back (2) = 4 round trips.
     assert_eq!((pair.now - t0).as_millis(), 4 * 20);
@@ -239,35 +215,17 @@ fn nested_call_across_two_connections() {
     ab.client.source = set.clone();
     bc.client.source = set;
     let id = ab.client.call(CallOptions::function(entry, args()), ab.now);
-    let incoming = loop {
-        if let Some(c) = ab.server.incoming() {
-            break c;
-        }
-        assert!(ab.step());
-    };
+    let incoming = ab.run_until(|p| p.server.incoming());
     // B forwards the call (same function, which it now holds) to C.
     let mut fwd = CallOptions::function(entry, incoming.args.clone());
     fwd.hops = incoming.nested_hops();
     let (r, rtt) = bc.client_call(fwd);
     assert_eq!(rtt, 2);
-    let inner = bc
-        .server
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let inner = bc.server.seen_incoming();
     assert_eq!(inner.hops, vec!["a".to_string()]);
     assert_eq!(inner.caller, "b");
     ab.server.conn.respond(incoming.id, r);
-    let r = loop {
-        if let Some(r) = ab.client.result(id) {
-            break r;
-        }
-        assert!(ab.step());
-    };
+    let r = ab.run_until(|p| p.client.result(id));
     assert_eq!(r.unwrap(), Portable::List(args()));
 }
 
@@ -280,12 +238,7 @@ fn cancellation_reaches_the_callee_and_releases_pins() {
     let id = pair
         .client
         .call(CallOptions::function(entry, args()), pair.now);
-    let incoming = loop {
-        if let Some(c) = pair.server.incoming() {
-            break c;
-        }
-        assert!(pair.step());
-    };
+    let incoming = pair.run_until(|p| p.server.incoming());
     assert_eq!(incoming.blobs, closure, "closure in dependency order");
     for h in &closure {
         assert!(pair.server.store.lock().unwrap().is_pinned(h));
@@ -403,12 +356,7 @@ fn hash_mismatch_fails_the_call_with_a_typed_error() {
     assert_eq!(id, stream);
     // The eager pushes are already queued; replace nothing, just add a bad push first.
     pair.inject_to_server(stream, push_frame(good.hash(), bad), false);
-    let r = loop {
-        if let Some(r) = pair.client.result(id) {
-            break r;
-        }
-        assert!(pair.step());
-    };
+    let r = pair.run_until(|p| p.client.result(id));
     // Either the genuine frames or the bad push arrive first; the bad one fails the call.
     assert_eq!(r.unwrap_err().kind, ErrorKind::HashMismatch);
     assert!(!pair.server.store.lock().unwrap().contains(&good.hash()));
@@ -458,15 +406,7 @@ fn sidecars_travel_beside_and_are_not_resent() {
     assert_eq!(pair.server.conn.stats().sidecar_bytes_sent, 0);
     assert!(pair.wire_bytes.0 - before < 300_000 + 2_000);
     // The server's copy reached the node as a slice of the frame (no copy into the value).
-    let inc = pair
-        .server
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let inc = pair.server.seen_incoming();
     assert_eq!(inc.args[0], Portable::Bytes(big.clone()));
 
     // Second call with the same bytes: the peer holds it, nothing resent.
@@ -486,22 +426,12 @@ fn results_carry_sidecars_back() {
     let id = pair
         .client
         .call(CallOptions::function(entry, vec![]), pair.now);
-    let inc = loop {
-        if let Some(c) = pair.server.incoming() {
-            break c;
-        }
-        assert!(pair.step());
-    };
+    let inc = pair.run_until(|p| p.server.incoming());
     let out = Bytes::from(vec![0xabu8; 200_000]);
     pair.server
         .conn
         .respond(inc.id, Ok(Portable::Bytes(out.clone())));
-    let r = loop {
-        if let Some(r) = pair.client.result(id) {
-            break r;
-        }
-        assert!(pair.step());
-    };
+    let r = pair.run_until(|p| p.client.result(id));
     assert_eq!(r.unwrap(), Portable::Bytes(out.clone()));
     assert_eq!(pair.server.conn.stats().sidecar_bytes_sent, 200_000);
     pair.drive();
@@ -525,17 +455,12 @@ fn sidecar_hash_mismatch_is_rejected() {
 
 #[test]
 fn version_mismatch_is_a_clear_error_at_hello() {
-    let store = BlobStore::new(1 << 20).shared();
-    let mut server =
-        skiff_wire::Connection::new(Side::Server, Config::new("server"), store, accept_all());
-    let hello = encode_plain(&Message::Hello(Hello {
-        version: 99,
-        node: "future".into(),
-        capabilities: vec![],
-        max_frame: 1 << 20,
-        sidecar_retain: 0,
-    }));
-    server.handle_stream_data(StreamId(0), Bytes::from(hello), std::time::Instant::now());
+    let mut server = lone_connection(Side::Server, Config::new("server"));
+    server.handle_stream_data(
+        StreamId(0),
+        hello_frame(99, "future"),
+        std::time::Instant::now(),
+    );
     let reply = server.poll_transmit().unwrap();
     let msg = skiff_wire::message::decode_frame_exact(&reply.data, &Default::default()).unwrap();
     match msg {
@@ -553,12 +478,7 @@ fn version_mismatch_is_a_clear_error_at_hello() {
         })
     );
     // And the client side reports the refusal.
-    let mut client = skiff_wire::Connection::new(
-        Side::Client,
-        Config::new("client"),
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
+    let mut client = lone_connection(Side::Client, Config::new("client"));
     client.handle_stream_data(StreamId(0), reply.data, std::time::Instant::now());
     assert!(matches!(
         client.close_reason(),
@@ -597,18 +517,8 @@ fn unknown_message_gets_an_error_reply_and_the_connection_survives() {
 #[test]
 fn calls_queued_before_hello_and_early_call_data() {
     // The client starts a call before the handshake completes: it is held, then sent.
-    let mut client = skiff_wire::Connection::new(
-        Side::Client,
-        Config::new("client"),
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
-    let mut server = skiff_wire::Connection::new(
-        Side::Server,
-        Config::new("server"),
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
+    let mut client = lone_connection(Side::Client, Config::new("client"));
+    let mut server = lone_connection(Side::Server, Config::new("server"));
     let now = std::time::Instant::now();
     let (set, entry, _) = program(15, 10);
     let id = client
@@ -628,24 +538,12 @@ fn calls_queued_before_hello_and_early_call_data() {
     assert!(!frames.is_empty());
 
     // A server that sees call data before the client's hello holds it until hello.
-    let mut server2 = skiff_wire::Connection::new(
-        Side::Server,
-        Config::new("server"),
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
+    let mut server2 = lone_connection(Side::Server, Config::new("server"));
     for t in &frames {
         server2.handle_stream_data(t.stream, t.data.clone(), now);
     }
     assert!(server2.poll_event().is_none());
-    let hello = encode_plain(&Message::Hello(Hello {
-        version: 1,
-        node: "client".into(),
-        capabilities: vec![],
-        max_frame: 1 << 20,
-        sidecar_retain: 0,
-    }));
-    server2.handle_stream_data(StreamId(0), Bytes::from(hello), now);
+    server2.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
     let mut saw_call = false;
     while let Some(e) = server2.poll_event() {
         saw_call |= matches!(e, Event::IncomingCall(_));
@@ -659,15 +557,7 @@ fn named_targets_pass_through() {
     let (r, rtt) = pair.client_call(CallOptions::named("main", vec![Portable::Nil]));
     assert!(r.is_ok());
     assert_eq!(rtt, 1);
-    let inc = pair
-        .server
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let inc = pair.server.seen_incoming();
     assert_eq!(inc.target, Target::Name("main".into()));
     assert!(inc.blobs.is_empty());
 }
@@ -696,18 +586,8 @@ fn closures_in_arguments_ship_their_blobs() {
 #[test]
 fn call_streams_may_arrive_out_of_order() {
     let now = std::time::Instant::now();
-    let mut client = skiff_wire::Connection::new(
-        Side::Client,
-        Config::new("client"),
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
-    let mut server = skiff_wire::Connection::new(
-        Side::Server,
-        Config::new("server"),
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
+    let mut client = lone_connection(Side::Client, Config::new("client"));
+    let mut server = lone_connection(Side::Server, Config::new("server"));
     let hello = client.poll_transmit().unwrap();
     server.handle_stream_data(hello.stream, hello.data, now);
     let reply = server.poll_transmit().unwrap();
@@ -752,20 +632,8 @@ fn call_streams_may_arrive_out_of_order() {
 #[test]
 fn received_sidecars_are_slices_of_the_received_buffer() {
     let now = std::time::Instant::now();
-    let mut server = skiff_wire::Connection::new(
-        Side::Server,
-        Config::new("server"),
-        BlobStore::new(1 << 20).shared(),
-        accept_all(),
-    );
-    let hello = encode_plain(&Message::Hello(Hello {
-        version: 1,
-        node: "client".into(),
-        capabilities: vec![],
-        max_frame: 1 << 20,
-        sidecar_retain: 0,
-    }));
-    server.handle_stream_data(StreamId(0), Bytes::from(hello), now);
+    let mut server = lone_connection(Side::Server, Config::new("server"));
+    server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
     let data = vec![5u8; 100_000];
     let mut sidecars = Vec::new();
     let call = skiff_wire::encode_message(

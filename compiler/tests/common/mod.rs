@@ -1,6 +1,6 @@
 //! Shared test helpers: compile shortcuts, a disassembler and a stack-discipline checker
 //! that stands in for the VM's verifier (so codegen is checked even before the VM runs).
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use skiff_compiler::{compile, line_col, CompileOptions, Diagnostic, Severity};
 use skiff_vm::blob::{FunctionCode, FunctionDebug};
@@ -43,21 +43,23 @@ pub fn diags(src: &str) -> Vec<(Severity, u32, u32, String)> {
         .collect()
 }
 
-/// The errors only, as `(line, col, message)`.
-pub fn errors(src: &str) -> Vec<(u32, u32, String)> {
+/// The diagnostics of one severity, as `(line, col, message)`.
+fn diags_of(src: &str, severity: Severity) -> Vec<(u32, u32, String)> {
     diags(src)
         .into_iter()
-        .filter(|d| d.0 == Severity::Error)
+        .filter(|d| d.0 == severity)
         .map(|(_, l, c, m)| (l, c, m))
         .collect()
 }
 
+/// The errors only, as `(line, col, message)`.
+pub fn errors(src: &str) -> Vec<(u32, u32, String)> {
+    diags_of(src, Severity::Error)
+}
+
+/// The warnings only, as `(line, col, message)`.
 pub fn warnings(src: &str) -> Vec<(u32, u32, String)> {
-    diags(src)
-        .into_iter()
-        .filter(|d| d.0 == Severity::Warning)
-        .map(|(_, l, c, m)| (l, c, m))
-        .collect()
+    diags_of(src, Severity::Warning)
 }
 
 /// All functions of a module with their debug info.
@@ -72,13 +74,43 @@ pub fn functions(m: &Module) -> Vec<(FunctionCode, FunctionDebug)> {
     out
 }
 
-/// The function whose debug name is `name`.
-pub fn function(m: &Module, name: &str) -> FunctionCode {
+/// Whether the module has a function whose debug name is `name`.
+pub fn has_function(m: &Module, name: &str) -> bool {
+    functions(m)
+        .iter()
+        .any(|(_, d)| d.name.as_deref() == Some(name))
+}
+
+/// The function whose debug name is `name`, with its debug info.
+pub fn function_with_debug(m: &Module, name: &str) -> (FunctionCode, FunctionDebug) {
     functions(m)
         .into_iter()
         .find(|(_, d)| d.name.as_deref() == Some(name))
         .unwrap_or_else(|| panic!("no function {name}:\n{}", disasm(m)))
-        .0
+}
+
+/// The function whose debug name is `name`.
+pub fn function(m: &Module, name: &str) -> FunctionCode {
+    function_with_debug(m, name).0
+}
+
+/// The entry function of the module compiled (and checked) from `src`.
+pub fn main_of(src: &str) -> FunctionCode {
+    function(&module(src), "<main>")
+}
+
+/// Whether `f`'s code has an instruction matching the pattern.
+macro_rules! emits {
+    ($f:expr, $p:pat) => {
+        $f.code.iter().any(|i| matches!(i, $p))
+    };
+}
+
+/// The index of the first instruction of `f`'s code matching the pattern (panics if none).
+macro_rules! position {
+    ($f:expr, $p:pat) => {
+        $f.code.iter().position(|i| matches!(i, $p)).unwrap()
+    };
 }
 
 pub fn disasm(m: &Module) -> String {

@@ -75,12 +75,16 @@ pub struct Limits {
     pub deadline: Option<Instant>,
 }
 
+/// The heap ceiling of [`Limits::default`]: 1 GiB. A host that wants no ceiling sets
+/// `max_heap: None` and accepts that an absurd allocation can abort the process.
+pub const DEFAULT_MAX_HEAP: usize = 1 << 30;
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             fuel: None,
             max_depth: 10_000,
-            max_heap: None,
+            max_heap: Some(DEFAULT_MAX_HEAP),
             deadline: None,
         }
     }
@@ -821,10 +825,10 @@ impl Execution {
                 "the execution used all of its {} instructions of fuel",
                 self.limits.fuel.unwrap_or(0)
             ),
-            LimitKind::MemoryLimit => format!(
-                "the execution passed its heap limit of {} bytes",
-                self.limits.max_heap.unwrap_or(0)
-            ),
+            LimitKind::MemoryLimit => match self.limits.max_heap {
+                Some(limit) => format!("the execution passed its heap limit of {limit} bytes"),
+                None => "the execution asked for more memory than can be allocated".to_string(),
+            },
             LimitKind::Deadline => "the execution passed its deadline".to_string(),
         };
         let err = ExecError {

@@ -1,16 +1,25 @@
 //! The dispatch loop: runs one task until it finishes, suspends, raises past its last
 //! handler, hits a limit or uses its instruction budget.
 //!
-//! Hot state (pc, base, the current code slice, stack pointer) lives in locals of the loop;
-//! calls and returns push and pop [`Frame`]s and reload that state (`continue 'reload`), so a
-//! script call never recurses on the Rust stack. Int (and float) fast paths are inline; every
-//! other operand mix goes to `ops`. Budget is a countdown decremented per instruction.
+//! Hot state (pc, base, the running function, stack pointer, budget) lives in locals of the
+//! loop; calls and returns push and pop [`Frame`]s and switch that state in place (only a
+//! value-stack reallocation or an unwind goes round `'reload`), so a script call never
+//! recurses on the Rust stack. Int (and float) fast paths are inline; every other operand mix
+//! goes to `ops`.
+//!
+//! Dispatch is on the function's internal ops (`function::Op`, made at link time), not on
+//! the blob's instructions: an op either is one instruction or fuses a few (compare-and-branch
+//! on locals, local-operand arithmetic, `GetLocal` + `Return`, ...). A fused op runs its fast
+//! path only when every covered instruction would take its integer fast path and the budget
+//! covers all of them; otherwise it runs `code[pc]` alone, exactly as unfused code would.
+//! Budget is a countdown of instructions (not ops), so fuel and slices stay exact.
 //!
 //! Invariants (on top of the module invariants in `interp`):
 //! - The task's value stack is at least `base + frame_size` long for the innermost frame, so
 //!   verified code never indexes past it; pushes write into pre-sized slots.
 //! - Heap values popped off the stack are taken (the slot becomes `nil`); only scalars may be
-//!   left above the stack pointer. `Return` and unwinding clear the slots they abandon.
+//!   left above the stack pointer. `Return` and unwinding clear the slots they abandon. Pushes
+//!   rely on this: they overwrite the slot at the stack pointer without a drop check.
 //! - Handlers belong to frames: `Return` drops the returning frame's handlers, unwinding to a
 //!   handler drops the frames above the one that installed it.
 
@@ -20,7 +29,7 @@ use super::{
     task_value, Frame, Handler, LimitKind, Raised, RemoteRequest, Resume, Task, TaskState,
     TraceFrame,
 };
-use crate::function::{Closure, NativeImpl};
+use crate::function::{Closure, NativeImpl, Op};
 use crate::heap::Charge;
 use crate::native::{NativeCtx, NativeError, NodeInfo};
 use crate::opcodes::Instr;
@@ -38,11 +47,11 @@ const MAX_STACK_SLOTS: usize = 1 << 22;
 /// Stores `v` in `slot`, dropping the old value out of line only if it owns heap memory.
 #[inline(always)]
 fn put(slot: &mut Value, v: Value) {
-    let old = std::mem::replace(slot, v);
-    if is_scalar(&old) {
-        std::mem::forget(old);
+    // Test the tag in place (a one-byte load) rather than moving the old value out first.
+    if is_scalar(slot) {
+        overwrite(slot, v);
     } else {
-        drop_cold(old);
+        drop_cold(std::mem::replace(slot, v));
     }
 }
 
@@ -66,6 +75,29 @@ fn clear(slots: &mut [Value]) {
     for slot in slots {
         put(slot, Value::Nil);
     }
+}
+
+/// Stores `v` in a slot that holds a scalar (any slot at or above the stack pointer, by the
+/// value-stack invariant, or a slot just matched as a scalar): no drop check, just a store.
+/// Were the slot to hold a heap value after all, it would leak, never dangle.
+#[inline(always)]
+fn overwrite(slot: &mut Value, v: Value) {
+    std::mem::forget(std::mem::replace(slot, v));
+}
+
+/// `v.clone()`, with scalars copied inline (no call, no reference count).
+#[inline(always)]
+fn fast_clone(v: &Value) -> Value {
+    if let Value::Int(i) = v {
+        Value::Int(*i)
+    } else {
+        clone_cold(v)
+    }
+}
+
+#[inline(never)]
+fn clone_cold(v: &Value) -> Value {
+    v.clone()
 }
 
 /// Why `run_task` returned.
@@ -288,10 +320,10 @@ pub(crate) fn run_task(
         let Some(f) = prog.funcs.get(fr.func as usize) else {
             break 'reload Exit::Finished(Ok(Value::Nil));
         };
-        let code: &[Instr] = &f.code;
-        let consts: &[Value] = &f.consts;
-        let refs: &[u32] = &f.refs;
-        let base = fr.base as usize;
+        // The running function: its ops, code, constants and references are read through
+        // this one pointer, so a call or return switches functions with one store.
+        let mut f = f;
+        let mut base = fr.base as usize;
         let mut pc = fr.pc as usize;
         let st: &mut [Value] = &mut stack[..];
 
@@ -312,7 +344,7 @@ pub(crate) fn run_task(
         macro_rules! push {
             ($v:expr) => {{
                 let v = $v;
-                put(&mut st[sp], v);
+                overwrite(&mut st[sp], v);
                 sp += 1;
             }};
         }
@@ -339,14 +371,14 @@ pub(crate) fn run_task(
                 match (&st[sp - 2], &st[sp - 1]) {
                     (Value::Int(x), Value::Int(y)) => match x.$checked(*y) {
                         Some(r) => {
-                            put(&mut st[sp - 2], Value::Int(r));
+                            overwrite(&mut st[sp - 2], Value::Int(r));
                             sp -= 1;
                         }
                         None => break overflow($sym),
                     },
                     (Value::Float(x), Value::Float(y)) => {
                         let r = *x $op *y;
-                        put(&mut st[sp - 2], Value::Float(r));
+                        overwrite(&mut st[sp - 2], Value::Float(r));
                         sp -= 1;
                     }
                     _ => {
@@ -364,14 +396,14 @@ pub(crate) fn run_task(
                     }
                     (Value::Int(x), Value::Int(y)) => match x.$checked(*y) {
                         Some(r) => {
-                            put(&mut st[sp - 2], Value::Int(r));
+                            overwrite(&mut st[sp - 2], Value::Int(r));
                             sp -= 1;
                         }
                         None => break overflow($sym),
                     },
                     (Value::Float(x), Value::Float(y)) => {
                         let r = *x $op *y;
-                        put(&mut st[sp - 2], Value::Float(r));
+                        overwrite(&mut st[sp - 2], Value::Float(r));
                         sp -= 1;
                     }
                     _ => slow2!($slow),
@@ -383,12 +415,12 @@ pub(crate) fn run_task(
                 match (&st[sp - 2], &st[sp - 1]) {
                     (Value::Int(x), Value::Int(y)) => {
                         let r = x $op y;
-                        put(&mut st[sp - 2], Value::Bool(r));
+                        overwrite(&mut st[sp - 2], Value::Bool(r));
                         sp -= 1;
                     }
                     (Value::Float(x), Value::Float(y)) => {
                         let r = x $op y;
-                        put(&mut st[sp - 2], Value::Bool(r));
+                        overwrite(&mut st[sp - 2], Value::Bool(r));
                         sp -= 1;
                     }
                     _ => slow2!($slow),
@@ -470,8 +502,22 @@ pub(crate) fn run_task(
                         *task_sp = sp;
                         break 'reload Exit::Limit(LimitKind::MemoryLimit);
                     }
-                } else {
-                    clear(&mut st[nb + argc..locals_end]);
+                    if let Some(top) = frames.last_mut() {
+                        top.pc = pc as u32;
+                    }
+                    frames.push(Frame {
+                        func: idx as u32,
+                        pc: 0,
+                        base: nb as u32,
+                        ret: $ret as u32,
+                    });
+                    sp = locals_end;
+                    continue 'reload;
+                }
+                // Locals above the arguments start as nil; those slots are at or above the
+                // stack pointer, so they hold scalars and need no drop.
+                for slot in &mut st[nb + argc..locals_end] {
+                    overwrite(slot, Value::Nil);
                 }
                 if let Some(top) = frames.last_mut() {
                     top.pc = pc as u32;
@@ -482,8 +528,11 @@ pub(crate) fn run_task(
                     base: nb as u32,
                     ret: $ret as u32,
                 });
+                // Switch to the callee without leaving the dispatch loop.
+                f = callee;
+                base = nb;
+                pc = 0;
                 sp = locals_end;
-                continue 'reload;
             }};
         }
 
@@ -493,25 +542,234 @@ pub(crate) fn run_task(
                 break 'reload Exit::Budget;
             }
             left -= 1;
-            let Some(&instr) = code.get(pc) else {
+            let Some(&op) = f.ops.get(pc) else {
                 break err("TypeError", "control ran off the end of a function");
             };
-            pc += 1;
+            // Fused ops (see `function::Op`): the fast path runs every covered instruction
+            // and charges each one; anything else runs `code[pc]` alone below.
+            let instr = match op {
+                Op::I(instr) => {
+                    pc += 1;
+                    instr
+                }
+                Op::JumpIfNotLL { cmp, a, b, target } => {
+                    if left >= 2 {
+                        if let (Value::Int(x), Value::Int(y)) =
+                            (&st[base + a as usize], &st[base + b as usize])
+                        {
+                            left -= 2;
+                            pc = if cmp.holds(*x, *y) {
+                                pc + 3
+                            } else {
+                                target as usize
+                            };
+                            continue;
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::JumpIfNotLI {
+                    cmp,
+                    a,
+                    value,
+                    target,
+                } => {
+                    if left >= 2 {
+                        if let Value::Int(x) = st[base + a as usize] {
+                            left -= 2;
+                            pc = if cmp.holds(x, i64::from(value)) {
+                                pc + 3
+                            } else {
+                                target as usize
+                            };
+                            continue;
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::ArithLI { op, a, value } => {
+                    if left >= 2 {
+                        if let Value::Int(x) = st[base + a as usize] {
+                            if let Some(r) = op.apply(x, i64::from(value)) {
+                                left -= 2;
+                                pc += 3;
+                                overwrite(&mut st[sp], Value::Int(r));
+                                sp += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::ArithLL { op, a, b } => {
+                    if left >= 2 {
+                        if let (Value::Int(x), Value::Int(y)) =
+                            (&st[base + a as usize], &st[base + b as usize])
+                        {
+                            if let Some(r) = op.apply(*x, *y) {
+                                left -= 2;
+                                pc += 3;
+                                overwrite(&mut st[sp], Value::Int(r));
+                                sp += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::ArithSet { op, a } => {
+                    if left >= 1 {
+                        if let (Value::Int(x), Value::Int(y)) = (&st[sp - 2], &st[sp - 1]) {
+                            if let Some(r) = op.apply(*x, *y) {
+                                left -= 1;
+                                pc += 2;
+                                sp -= 2;
+                                put(&mut st[base + a as usize], Value::Int(r));
+                                continue;
+                            }
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::AddIntSet { a, value, b } => {
+                    if left >= 2 {
+                        if let Value::Int(x) = st[base + a as usize] {
+                            if let Some(r) = x.checked_add(i64::from(value)) {
+                                left -= 2;
+                                pc += 3;
+                                put(&mut st[base + b as usize], Value::Int(r));
+                                continue;
+                            }
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::LocalAddInt { a, value } => {
+                    if left >= 1 {
+                        if let Value::Int(x) = st[base + a as usize] {
+                            if let Some(r) = x.checked_add(i64::from(value)) {
+                                left -= 1;
+                                pc += 2;
+                                overwrite(&mut st[sp], Value::Int(r));
+                                sp += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::GetLocal { slot } => {
+                    let v = fast_clone(&st[base + slot as usize]);
+                    pc += 1;
+                    push!(v);
+                    continue;
+                }
+                Op::Int { value } => {
+                    pc += 1;
+                    push!(Value::Int(i64::from(value)));
+                    continue;
+                }
+                Op::Jump { target } => {
+                    pc = target as usize;
+                    continue;
+                }
+                Op::Arith { op } => {
+                    if let (Value::Int(x), Value::Int(y)) = (&st[sp - 2], &st[sp - 1]) {
+                        if let Some(r) = op.apply(*x, *y) {
+                            pc += 1;
+                            overwrite(&mut st[sp - 2], Value::Int(r));
+                            sp -= 1;
+                            continue;
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::GetLocalThen { slot } => {
+                    let v = fast_clone(&st[base + slot as usize]);
+                    push!(v);
+                    if left == 0 {
+                        pc += 1;
+                        continue;
+                    }
+                    left -= 1;
+                    pc += 2;
+                    f.code[pc - 1]
+                }
+                Op::GetLocalJumpReturn { slot, target } => {
+                    let v = fast_clone(&st[base + slot as usize]);
+                    push!(v);
+                    if left < 2 {
+                        pc += 1;
+                        continue;
+                    }
+                    left -= 2;
+                    pc = target as usize + 1;
+                    Instr::Return {}
+                }
+                Op::LocalAddIntThen { a, value } => 'op: {
+                    if left >= 2 {
+                        if let Value::Int(x) = st[base + a as usize] {
+                            if let Some(r) = x.checked_add(i64::from(value)) {
+                                left -= 2;
+                                pc += 3;
+                                overwrite(&mut st[sp], Value::Int(r));
+                                sp += 1;
+                                break 'op f.code[pc - 1];
+                            }
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::ArithThen { op } => 'op: {
+                    if left >= 1 {
+                        if let (Value::Int(x), Value::Int(y)) = (&st[sp - 2], &st[sp - 1]) {
+                            if let Some(r) = op.apply(*x, *y) {
+                                left -= 1;
+                                pc += 2;
+                                overwrite(&mut st[sp - 2], Value::Int(r));
+                                sp -= 1;
+                                break 'op f.code[pc - 1];
+                            }
+                        }
+                    }
+                    pc += 1;
+                    f.code[pc - 1]
+                }
+                Op::JumpReturn { target } => {
+                    if left >= 1 {
+                        left -= 1;
+                        pc = target as usize + 1;
+                        Instr::Return {}
+                    } else {
+                        pc += 1;
+                        f.code[pc - 1]
+                    }
+                }
+            };
             match instr {
                 Instr::Nil {} => push!(Value::Nil),
                 Instr::True {} => push!(Value::Bool(true)),
                 Instr::False {} => push!(Value::Bool(false)),
                 Instr::Int { value } => push!(Value::Int(i64::from(value))),
-                Instr::Const { index } => push!(consts[index as usize].clone()),
+                Instr::Const { index } => push!(f.consts[index as usize].clone()),
                 Instr::Pop {} => {
                     let _ = pop!();
                 }
                 Instr::Dup {} => {
-                    let v = st[sp - 1].clone();
+                    let v = fast_clone(&st[sp - 1]);
                     push!(v);
                 }
                 Instr::GetLocal { slot } => {
-                    let v = st[base + slot as usize].clone();
+                    let v = fast_clone(&st[base + slot as usize]);
                     push!(v);
                 }
                 Instr::SetLocal { slot } => {
@@ -598,7 +856,7 @@ pub(crate) fn run_task(
                     ));
                 }
                 Instr::Function { func } => {
-                    let idx = refs[func as usize];
+                    let idx = f.refs[func as usize];
                     let rf = &prog.funcs[idx as usize];
                     let value = rf.shared_value.get_or_init(|| {
                         Value::Function(Rc::new(Closure {
@@ -613,7 +871,7 @@ pub(crate) fn run_task(
                 }
                 Instr::Closure { func, captures } => {
                     let n = captures as usize;
-                    let idx = refs[func as usize];
+                    let idx = f.refs[func as usize];
                     let mut cells = Vec::with_capacity(n);
                     for slot in &mut st[sp - n..sp] {
                         match std::mem::take(slot) {
@@ -646,7 +904,7 @@ pub(crate) fn run_task(
                 Instr::CallFunction { func, argc } => {
                     let argc = argc as usize;
                     let nb = sp - argc;
-                    enter!(refs[func as usize], nb, nb, argc);
+                    enter!(f.refs[func as usize], nb, nb, argc);
                 }
                 Instr::CallNative { native, argc } => {
                     let argc = argc as usize;
@@ -722,7 +980,16 @@ pub(crate) fn run_task(
                     }
                     put(&mut st[ret], result);
                     sp = ret + 1;
-                    continue 'reload;
+                    // Back to the caller without leaving the dispatch loop.
+                    let Some(&fr) = frames.last() else {
+                        continue 'reload;
+                    };
+                    let Some(caller) = prog.funcs.get(fr.func as usize) else {
+                        continue 'reload;
+                    };
+                    f = caller;
+                    base = fr.base as usize;
+                    pc = fr.pc as usize;
                 }
                 Instr::Add {} => arith!(checked_add, +, ops::add, "+"),
                 Instr::Sub {} => arith!(checked_sub, -, ops::sub, "-"),
@@ -731,12 +998,12 @@ pub(crate) fn run_task(
                 Instr::Rem {} => divide!(checked_rem, %, ops::rem, "%"),
                 Instr::Neg {} => match &st[sp - 1] {
                     Value::Int(x) => match x.checked_neg() {
-                        Some(r) => put(&mut st[sp - 1], Value::Int(r)),
+                        Some(r) => overwrite(&mut st[sp - 1], Value::Int(r)),
                         None => break overflow("unary -"),
                     },
                     Value::Float(x) => {
                         let r = -*x;
-                        put(&mut st[sp - 1], Value::Float(r));
+                        overwrite(&mut st[sp - 1], Value::Float(r));
                     }
                     _ => {
                         let a = pop!();
@@ -752,12 +1019,12 @@ pub(crate) fn run_task(
                 }
                 Instr::AddInt { value } => match &st[sp - 1] {
                     Value::Int(x) => match x.checked_add(i64::from(value)) {
-                        Some(r) => put(&mut st[sp - 1], Value::Int(r)),
+                        Some(r) => overwrite(&mut st[sp - 1], Value::Int(r)),
                         None => break overflow("+"),
                     },
                     Value::Float(x) => {
                         let r = *x + f64::from(value);
-                        put(&mut st[sp - 1], Value::Float(r));
+                        overwrite(&mut st[sp - 1], Value::Float(r));
                     }
                     _ => {
                         let a = pop!();
@@ -877,7 +1144,7 @@ pub(crate) fn run_task(
                         Value::List(_) | Value::Map(_) | Value::Range(_) => {}
                         Value::Str(_) => break err(
                             "TypeError",
-                            "strings are not iterable (iterate over split(s, \"\") or bytes(s))",
+                            "strings are not iterable (index a position with slice(s, i, i + 1), or split(s, sep))",
                         ),
                         other => {
                             break type_err("cannot iterate over", other);
@@ -1021,7 +1288,7 @@ pub(crate) fn run_task(
                     if let Err(e) = crate::hop::HopTarget::parse(&target) {
                         break err(e.kind, &e.message);
                     }
-                    let idx = refs[func as usize];
+                    let idx = f.refs[func as usize];
                     let id = *ctx.next_request;
                     *ctx.next_request += 1;
                     ctx.requests.push(RemoteRequest {

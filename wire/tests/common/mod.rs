@@ -4,8 +4,10 @@
 
 use bytes::Bytes;
 use skiff_vm::{Blob, BlobHash, Const, FnRef, FunctionCode, FunctionId, Instr, Portable};
+use skiff_wire::message::encode_plain;
 use skiff_wire::{
-    BlobSet, BlobStore, CallId, CallOptions, Config, Connection, Event, SharedStore, Side, Transmit,
+    BlobSet, BlobStore, CallId, CallOptions, Config, Connection, Event, Hello, IncomingCall,
+    Message, SharedStore, Side, Transmit,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -57,6 +59,22 @@ pub fn accept_all() -> skiff_wire::Verifier {
     Arc::new(|_: &Blob| Ok(()))
 }
 
+/// A connection outside any pair, with a fresh 1 MiB store that accepts every blob.
+pub fn lone_connection(side: Side, config: Config) -> Connection {
+    Connection::new(side, config, BlobStore::new(1 << 20).shared(), accept_all())
+}
+
+/// The hello frame of a peer named `node` speaking protocol `version`.
+pub fn hello_frame(version: u32, node: &str) -> Bytes {
+    Bytes::from(encode_plain(&Message::Hello(Hello {
+        version,
+        node: node.into(),
+        capabilities: vec![],
+        max_frame: 1 << 20,
+        sidecar_retain: 0,
+    })))
+}
+
 /// How a node answers incoming calls automatically.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Auto {
@@ -76,8 +94,18 @@ pub struct Node {
 
 impl Node {
     pub fn new(side: Side, config: Config, store: SharedStore, auto: Auto) -> Node {
+        Node::with_verifier(side, config, store, auto, accept_all())
+    }
+
+    pub fn with_verifier(
+        side: Side,
+        config: Config,
+        store: SharedStore,
+        auto: Auto,
+        verifier: skiff_wire::Verifier,
+    ) -> Node {
         Node {
-            conn: Connection::new(side, config, store.clone(), accept_all()),
+            conn: Connection::new(side, config, store.clone(), verifier),
             store,
             source: BlobSet::new(),
             events: Vec::new(),
@@ -85,28 +113,42 @@ impl Node {
         }
     }
 
-    /// Takes the result of an outgoing call, if it arrived.
-    pub fn result(&mut self, id: CallId) -> Option<Result<Portable, skiff_wire::RemoteError>> {
-        let pos = self
+    /// Takes the first event `take` accepts, if any, as what it made of it.
+    fn take_event<T>(&mut self, take: impl Fn(&Event) -> Option<T>) -> Option<T> {
+        let (pos, taken) = self
             .events
             .iter()
-            .position(|e| matches!(e, Event::CallResult { id: i, .. } if *i == id))?;
-        match self.events.remove(pos) {
-            Event::CallResult { result, .. } => Some(result),
+            .enumerate()
+            .find_map(|(pos, e)| Some((pos, take(e)?)))?;
+        self.events.remove(pos);
+        Some(taken)
+    }
+
+    /// Takes the result of an outgoing call, if it arrived.
+    pub fn result(&mut self, id: CallId) -> Option<Result<Portable, skiff_wire::RemoteError>> {
+        self.take_event(|e| match e {
+            Event::CallResult { id: i, result } if *i == id => Some(result.clone()),
             _ => None,
-        }
+        })
     }
 
     /// Takes the first incoming call, if any.
-    pub fn incoming(&mut self) -> Option<skiff_wire::IncomingCall> {
-        let pos = self
-            .events
-            .iter()
-            .position(|e| matches!(e, Event::IncomingCall(_)))?;
-        match self.events.remove(pos) {
-            Event::IncomingCall(c) => Some(c),
+    pub fn incoming(&mut self) -> Option<IncomingCall> {
+        self.take_event(|e| match e {
+            Event::IncomingCall(c) => Some(c.clone()),
             _ => None,
-        }
+        })
+    }
+
+    /// The first incoming call among the events kept so far (which stay); panics if none.
+    pub fn seen_incoming(&self) -> IncomingCall {
+        self.events
+            .iter()
+            .find_map(|e| match e {
+                Event::IncomingCall(c) => Some(c.clone()),
+                _ => None,
+            })
+            .expect("no incoming call seen")
     }
 
     pub fn call(&mut self, opts: CallOptions, now: Instant) -> CallId {
@@ -168,13 +210,13 @@ impl Pair {
             now,
             latency: LATENCY,
             client: Node::new(Side::Client, client, client_store, Auto::Echo),
-            server: Node {
-                conn: Connection::new(Side::Server, server, server_store.clone(), server_verifier),
-                store: server_store,
-                source: BlobSet::new(),
-                events: Vec::new(),
-                auto: Auto::Echo,
-            },
+            server: Node::with_verifier(
+                Side::Server,
+                server,
+                server_store,
+                Auto::Echo,
+                server_verifier,
+            ),
             link: VecDeque::new(),
             byte_by_byte: false,
             wire_bytes: (0, 0),
@@ -297,23 +339,30 @@ impl Pair {
         }
     }
 
-    /// Injects raw bytes into the server on a stream (as if the client sent them).
-    pub fn inject_to_server(&mut self, stream: skiff_wire::StreamId, data: Vec<u8>, fin: bool) {
-        self.link.push_back(Packet {
-            at: self.now + self.latency,
-            to_server: true,
-            t: Transmit {
-                stream,
-                data: Bytes::from(data),
-                fin,
-            },
-        });
+    /// Steps until `poll` finds what it looks for; panics if the pair goes idle first.
+    pub fn run_until<T>(&mut self, mut poll: impl FnMut(&mut Pair) -> Option<T>) -> T {
+        loop {
+            if let Some(found) = poll(self) {
+                return found;
+            }
+            assert!(self.step());
+        }
     }
 
+    /// Injects raw bytes into the server on a stream (as if the client sent them).
+    pub fn inject_to_server(&mut self, stream: skiff_wire::StreamId, data: Vec<u8>, fin: bool) {
+        self.inject(true, stream, data, fin);
+    }
+
+    /// Injects raw bytes into the client on a stream (as if the server sent them).
     pub fn inject_to_client(&mut self, stream: skiff_wire::StreamId, data: Vec<u8>, fin: bool) {
+        self.inject(false, stream, data, fin);
+    }
+
+    fn inject(&mut self, to_server: bool, stream: skiff_wire::StreamId, data: Vec<u8>, fin: bool) {
         self.link.push_back(Packet {
             at: self.now + self.latency,
-            to_server: false,
+            to_server,
             t: Transmit {
                 stream,
                 data: Bytes::from(data),

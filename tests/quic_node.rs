@@ -1,0 +1,538 @@
+//! The QUIC node over real loopback connections: every test starts nodes on 127.0.0.1 with
+//! ephemeral ports and fresh dev certificates pinned to each other, runs a script on `main`
+//! and checks what came back (and what crossed the wire).
+
+use skiff::node::{Node, NodeConfig, NodeError, Permissions};
+use skiff::{CompileOptions, Limits, Module, Portable};
+use skiff_transport::cert::generate_self_signed;
+use skiff_transport::{ClientAuth, Peer};
+use std::time::{Duration, Instant};
+
+fn compile(source: &str) -> Module {
+    let out = skiff_compiler::compile(source, "test.skiff", &CompileOptions::default());
+    let errors: Vec<_> = out.diagnostics.iter().map(|d| d.message.clone()).collect();
+    out.module
+        .unwrap_or_else(|| panic!("compile errors: {errors:?}"))
+}
+
+struct Setup {
+    /// `main` accepts incoming connections.
+    main_listens: bool,
+    /// Extra peer table entries for every node (e.g. a dead address).
+    extra: Vec<Peer>,
+    tweak: fn(&str, &mut NodeConfig),
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            main_listens: true,
+            extra: Vec::new(),
+            tweak: |_, _| {},
+        }
+    }
+}
+
+/// `main` plus `peers`, all knowing each other; when `main` does not listen, it accepts no
+/// client and the peers have no address for it.
+async fn cluster(peers: &[&str], setup: Setup) -> Vec<Node> {
+    let mut names = vec!["main"];
+    names.extend(peers);
+    let certs: Vec<_> = names
+        .iter()
+        .map(|n| generate_self_signed(n).unwrap())
+        .collect();
+    let mut nodes = Vec::new();
+    for (name, cert) in names.iter().zip(&certs) {
+        let mut config = NodeConfig::new(*name, cert.identity().unwrap());
+        config.transport.connect_timeout = Duration::from_millis(400);
+        config.transport.initial_rtt = Some(Duration::from_millis(5));
+        config.io = std::sync::Arc::new(skiff::ExecIo::null);
+        let mut auth = ClientAuth::default();
+        for c in &certs {
+            auth = auth.with_pin(c.fingerprint());
+        }
+        if *name == "main" && !setup.main_listens {
+            auth = ClientAuth::default(); // accepts nobody
+        }
+        config.client_auth = Some(auth);
+        (setup.tweak)(name, &mut config);
+        nodes.push(Node::start(config).await.unwrap());
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        for (j, other) in nodes.iter().enumerate() {
+            if i == j || (j == 0 && !setup.main_listens) {
+                continue;
+            }
+            let addr = other.local_addr().unwrap().to_string();
+            node.add_peer(Peer::new(other.name(), &addr, Some(certs[j].fingerprint())).unwrap());
+        }
+        for p in &setup.extra {
+            node.add_peer(p.clone());
+        }
+    }
+    nodes
+}
+
+async fn run(main: &Node, source: &str) -> Result<Portable, NodeError> {
+    let module = compile(source);
+    main.load(&module).await.unwrap();
+    main.run(module.entry, Vec::new()).await
+}
+
+fn s(text: &str) -> Portable {
+    Portable::Str(text.into())
+}
+
+fn list(items: Vec<Portable>) -> Portable {
+    Portable::List(items)
+}
+
+async fn shutdown(nodes: Vec<Node>) {
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_value_and_send_copy() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let v = run(
+        &nodes[0],
+        r#"
+        fn double(x) { x * 2 }
+        let xs = [1, 2, 3]
+        let r = remote("a") [xs] { push(xs, 99); [here(), double(len(xs)), xs] }
+        [r, xs]
+        "#,
+    )
+    .await
+    .unwrap();
+    let expect = list(vec![
+        list(vec![
+            s("a"),
+            Portable::Int(8),
+            list(vec![1, 2, 3, 99].into_iter().map(Portable::Int).collect()),
+        ]),
+        list(vec![1, 2, 3].into_iter().map(Portable::Int).collect()),
+    ]);
+    assert_eq!(v, expect);
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_hops_know_here_and_caller() {
+    let nodes = cluster(&["a", "b"], Setup::default()).await;
+    let v = run(
+        &nodes[0],
+        r#"remote("a") [] { let inner = remote("b") [] { [here(), caller()] }; [here(), caller(), inner] }"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, list(vec![s("a"), s("main"), list(vec![s("b"), s("a")])]));
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reach_back_to_a_caller_that_accepts_no_connections() {
+    let setup = Setup {
+        main_listens: false,
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a"], setup).await;
+    let v = run(
+        &nodes[0],
+        r#"remote("a") [] { remote(caller()) [] { [here(), caller()] } }"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, list(vec![s("main"), s("a")]));
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_runs_concurrently() {
+    let nodes = cluster(&["a", "b", "c"], Setup::default()).await;
+    let t0 = Instant::now();
+    let v = run(
+        &nodes[0],
+        r#"
+        fn slow(ms) { sleep(ms); here() }
+        let ts = map(peers(), fn(p) { spawn { remote(p) [] { slow(300) } } })
+        await_all(ts)
+        "#,
+    )
+    .await
+    .unwrap();
+    let dt = t0.elapsed();
+    assert_eq!(v, list(vec![s("a"), s("b"), s("c")]));
+    assert!(dt < Duration::from_millis(900), "took {dt:?}");
+    shutdown(nodes).await;
+}
+
+fn dead_peer() -> Peer {
+    // A bound UDP socket that never answers: dialling it times out (Unreachable).
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    std::mem::forget(socket);
+    let pin = generate_self_signed("dead").unwrap().fingerprint();
+    Peer::new("dead", &addr, Some(pin)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_skips_a_dead_peer_and_else_runs_when_all_fail() {
+    let setup = Setup {
+        extra: vec![dead_peer()],
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a"], setup).await;
+    let v = run(
+        &nodes[0],
+        r#"
+        let first = remote(["dead", "a"]) [] { here() }
+        let second = remote(["dead", "nobody"]) [] { here() } else { "fallback" }
+        let third = try { remote("nobody") [] { 1 } } catch e { [e.kind, e.peer] }
+        [first, second, third]
+        "#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        v,
+        list(vec![
+            s("a"),
+            s("fallback"),
+            list(vec![s("Unreachable"), s("nobody")])
+        ])
+    );
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_ms_stops_the_callee() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let t0 = Instant::now();
+    let v = run(
+        &nodes[0],
+        r#"try { remote({peer: "a", timeout_ms: 200}) [] { sleep(5000); 1 } } catch e { [e.kind, e.peer] }"#,
+    )
+    .await
+    .unwrap();
+    let dt = t0.elapsed();
+    assert_eq!(v, list(vec![s("Timeout"), s("a")]));
+    assert!(dt < Duration::from_millis(1500), "took {dt:?}");
+    // The callee's execution was stopped (cancelled, or ended by the call's deadline,
+    // whichever came first) and its slot freed, long before its 5 s sleep would end.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while nodes[1].counters().calls_active > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counters = nodes[1].counters();
+    assert_eq!((counters.calls_served, counters.calls_active), (1, 0));
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_the_caller_cancels_its_hops_on_the_callee() {
+    let nodes = cluster(&["a", "b"], Setup::default()).await;
+    // The top level ends while its task waits on a (nested) hop: both hops are cancelled.
+    let v = run(
+        &nodes[0],
+        r#"let t = spawn { remote("a") [] { remote("b") [] { sleep(5000) } } }; sleep(300); 1"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, Portable::Int(1));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (nodes[1].counters().calls_cancelled == 0 || nodes[2].counters().calls_cancelled == 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for node in &nodes[1..] {
+        let c = node.counters();
+        assert_eq!(
+            (c.calls_served, c.calls_cancelled, c.calls_active),
+            (1, 1, 0),
+            "{}",
+            node.name()
+        );
+    }
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_error_from_a_peer_names_it_and_keeps_the_trace() {
+    let nodes = cluster(&["a", "b"], Setup::default()).await;
+    let caught = run(
+        &nodes[0],
+        r#"
+        fn div(x) { x / 0 }
+        try { remote("a") [] { div(1) } } catch e { [e.kind, e.peer] }
+        "#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(caught, list(vec![s("DivisionByZero"), s("a")]));
+    let err = run(
+        &nodes[0],
+        r#"fn div(x) { x / 0 }
+remote("a") [] { remote("b") [] { div(1) } }"#,
+    )
+    .await
+    .unwrap_err();
+    let NodeError::Failed(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.kind, "DivisionByZero");
+    // Innermost frames ran on b, and say so.
+    assert!(!e.trace.is_empty());
+    assert_eq!(e.trace[0].peer.as_deref(), Some("b"), "{:?}", e.trace);
+    let peers: Vec<_> = e.trace.iter().filter_map(|f| f.peer.clone()).collect();
+    assert!(peers.contains(&"a".to_string()), "{:?}", e.trace);
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_call_sends_zero_blob_bytes() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let module = compile(
+        r#"
+        fn work(x) { x + 1 }
+        fn go(n) { remote("a") [n] { work(n) } }
+        "#,
+    );
+    nodes[0].load(&module).await.unwrap();
+    let v = nodes[0]
+        .run_export("go", vec![Portable::Int(1)])
+        .await
+        .unwrap();
+    assert_eq!(v, Portable::Int(2));
+    let cold = nodes[0].stats("a").unwrap();
+    assert!(cold.blob_bytes_sent > 0);
+    let v = nodes[0]
+        .run_export("go", vec![Portable::Int(41)])
+        .await
+        .unwrap();
+    assert_eq!(v, Portable::Int(42));
+    let warm = nodes[0].stats("a").unwrap();
+    assert_eq!(warm.blob_bytes_sent, cold.blob_bytes_sent);
+    assert_eq!(warm.blobs_sent, cold.blobs_sent);
+    assert_eq!(warm.queries_sent, cold.queries_sent);
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bytes_travel_as_sidecars_intact() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let module = compile(r#"fn echo(data) { remote("a") [data] { [len(data), data] } }"#);
+    nodes[0].load(&module).await.unwrap();
+    let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8).collect();
+    let data = bytes::Bytes::from(data);
+    let v = nodes[0]
+        .run_export("echo", vec![Portable::Bytes(data.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        list(vec![Portable::Int(64 << 20), Portable::Bytes(data)])
+    );
+    let stats = nodes[0].stats("a").unwrap();
+    assert!(stats.sidecar_bytes_sent >= 64 << 20, "{stats:?}");
+    assert!(stats.sidecar_bytes_received >= 64 << 20, "{stats:?}");
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contexts_and_permissions_refuse_before_anything_runs() {
+    let setup = Setup {
+        tweak: |name, config| match name {
+            "a" => config.contexts.push("gpu".into()),
+            "b" => {
+                config.permissions.insert(
+                    "main".into(),
+                    Permissions {
+                        ship_code: false,
+                        ..Permissions::default()
+                    },
+                );
+            }
+            _ => {}
+        },
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a", "b"], setup).await;
+    let v = run(
+        &nodes[0],
+        r#"
+        let ok = remote({peer: "a", context: "gpu"}) [] { here() }
+        let bad = try { remote({peer: "a", context: "tpu"}) [] { 1 } } catch e { e.kind }
+        let denied = try { remote("b") [] { 1 } } catch e { [e.kind, e.peer] }
+        [ok, bad, denied]
+        "#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        v,
+        list(vec![s("a"), s("Refused"), list(vec![s("Refused"), s("b")])])
+    );
+    assert_eq!(nodes[2].counters().calls_served, 0);
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_or_an_unknown_client_is_refused() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    // main pins the wrong certificate for `b` (which is really a).
+    let addr = nodes[1].local_addr().unwrap().to_string();
+    let wrong = generate_self_signed("b").unwrap().fingerprint();
+    nodes[0].add_peer(Peer::new("b", &addr, Some(wrong)).unwrap());
+    let v = run(
+        &nodes[0],
+        r#"try { remote("b") [] { 1 } } catch e { e.kind }"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, s("Refused"));
+    // A client whose certificate `a` does not know.
+    let stranger = generate_self_signed("x").unwrap();
+    let mut config = NodeConfig::new("x", stranger.identity().unwrap());
+    config.transport.connect_timeout = Duration::from_millis(400);
+    let x = Node::start(config).await.unwrap();
+    x.add_peer(Peer::new("a", &addr, Some(nodes[1].fingerprint())).unwrap());
+    let err = x.call("a", "anything", vec![], None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("Refused"),
+        "expected a refusal, got {err}"
+    );
+    x.shutdown().await;
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_functions_are_callable_by_name() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    nodes[1]
+        .load(&compile("fn add(x, y) { x + y }"))
+        .await
+        .unwrap();
+    let v = nodes[0]
+        .call("a", "add", vec![Portable::Int(2), Portable::Int(3)], None)
+        .await
+        .unwrap();
+    assert_eq!(v, Portable::Int(5));
+    let err = nodes[0].call("a", "nope", vec![], None).await.unwrap_err();
+    assert!(err.to_string().contains("Refused"), "{err}");
+    let _ = Limits::default();
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natives_missing_natives_native_permissions_and_peer_limits() {
+    fn twice(
+        _: &mut skiff::NativeCtx<'_>,
+        args: &[skiff::Value],
+    ) -> Result<skiff::Value, skiff::NativeError> {
+        match args {
+            [skiff::Value::Int(n)] => Ok(skiff::Value::Int(n * 2)),
+            _ => Err(skiff::NativeError::error("TypeError", "twice(int)")),
+        }
+    }
+    let setup = Setup {
+        tweak: |name, config| match name {
+            // The caller links the bodies it ships, so it needs the native too.
+            "main" | "a" => config
+                .natives
+                .push(("twice".into(), std::sync::Arc::new(twice))),
+            "c" => {
+                config
+                    .natives
+                    .push(("twice".into(), std::sync::Arc::new(twice)));
+                config.default_permissions.natives = Some(Vec::new());
+            }
+            "d" => config.limits.fuel = Some(10_000),
+            _ => {}
+        },
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a", "b", "c", "d"], setup).await;
+    let source = r#"
+        let on_a = remote("a") [] { twice(21) }
+        let on_b = try { remote("b") [] { twice(1) } } catch e { [e.kind, e.peer] }
+        let on_c = try { remote("c") [] { twice(1) } } catch e { [e.kind, e.peer] }
+        let on_d = try { remote("d") [] { let i = 0; while true { i += 1 }; i } } catch e { [e.kind, e.peer] }
+        [on_a, on_b, on_c, on_d]
+    "#;
+    let options = CompileOptions {
+        natives: vec!["twice".into()],
+    };
+    let module = skiff_compiler::compile(source, "n.skiff", &options)
+        .module
+        .expect("compiles");
+    nodes[0].load(&module).await.unwrap();
+    let v = nodes[0].run(module.entry, Vec::new()).await.unwrap();
+    assert_eq!(
+        v,
+        list(vec![
+            Portable::Int(42),
+            list(vec![s("MissingNative"), s("b")]),
+            list(vec![s("Refused"), s("c")]),
+            list(vec![s("LimitExceeded"), s("d")]),
+        ])
+    );
+    assert_eq!(nodes[3].counters().calls_served, 0, "c ran nothing");
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_to_oneself_runs_here_with_oneself_as_caller() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let v = run(
+        &nodes[0],
+        r#"
+        let mine = remote(here()) [] { [here(), caller()] }
+        let back = remote("a") [] { remote("a") [] { [here(), caller()] } }
+        let slow = try { remote({peer: "main", timeout_ms: 100}) [] { sleep(3000) } } catch e { e.kind }
+        [mine, back, slow]
+        "#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        v,
+        list(vec![
+            list(vec![s("main"), s("main")]),
+            list(vec![s("a"), s("a")]),
+            s("Timeout")
+        ])
+    );
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_lost_mid_call_is_disconnected_and_fails_over() {
+    let mut nodes = cluster(&["a", "b"], Setup::default()).await;
+    let a = nodes.remove(1);
+    let main = &nodes[0];
+    let source = r#"
+        let moved = remote(["a", "b"]) [] { if here() == "a" { sleep(3000) }; here() }
+        let lost = try { remote("a") [] { 1 } } catch e { e.kind }
+        [moved, lost]
+    "#;
+    let t0 = Instant::now();
+    let (v, _) = tokio::join!(run(main, source), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.shutdown().await;
+    });
+    // The next call to `a` fails with a failover kind: `Unreachable` once the connection is
+    // known dead, `Disconnected` if it was sent just before the close arrived.
+    let v = v.unwrap();
+    let ok = [
+        list(vec![s("b"), s("Unreachable")]),
+        list(vec![s("b"), s("Disconnected")]),
+    ];
+    assert!(ok.contains(&v), "{v:?}");
+    assert!(t0.elapsed() < Duration::from_millis(2500));
+    shutdown(nodes).await;
+}

@@ -1,0 +1,378 @@
+//! One task per QUIC connection: moves bytes between quinn streams and one sans-IO
+//! [`skiff_wire::Connection`], and between that connection and the node.
+//!
+//! The driver owns the `Connection`; nothing else touches it. Every quinn stream has a reader
+//! task (chunks → the driver's input queue) and a writer task (the driver's transmits → the
+//! stream), so a slow stream never blocks the driver or another call. Commands from the node
+//! (start a call, cancel it, respond to an incoming one) arrive on an unbounded channel; events
+//! go to the VM thread ([`VmMsg`]) or to the task waiting for an outgoing call's result.
+//!
+//! Invariants:
+//! - Locally opened quinn streams are opened in the order the wire numbers them, so the
+//!   stream ids both sides see agree (the client's first stream is the control stream).
+//! - Every outgoing call ends with exactly one reply to its waiter: its result, or
+//!   `connection_lost` when the connection goes away. Dropping the waiter cancels the call.
+//! - When the connection closes, every incoming call it carried is reported cancelled to the
+//!   VM thread, which stops the execution and frees its slot.
+
+use super::vm::VmMsg;
+use super::Shared;
+use bytes::Bytes;
+use skiff_vm::Portable;
+use skiff_wire::{
+    CallError, CallId, CallOptions, CloseReason, Connection, ErrorKind, Event, RemoteError, Side,
+    Stats, StreamId,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// What the node asks of a connection's driver.
+pub(crate) enum DriverCmd {
+    /// Start an outgoing call; the result goes to `reply`.
+    Call {
+        token: u64,
+        opts: CallOptions,
+        reply: oneshot::Sender<Result<Portable, RemoteError>>,
+    },
+    /// Cancel the outgoing call started with `token` (the callee stops it).
+    Cancel { token: u64 },
+    /// Answer an incoming call.
+    Respond {
+        id: CallId,
+        result: Result<Portable, RemoteError>,
+    },
+    /// Close the connection.
+    Close,
+}
+
+/// A cheap handle on a running driver.
+#[derive(Clone)]
+pub(crate) struct DriverHandle {
+    /// quinn's stable id of the connection.
+    pub id: usize,
+    /// The authenticated peer name, or `None` for an unidentified (accept-any) client.
+    pub peer: Option<String>,
+    pub tx: mpsc::UnboundedSender<DriverCmd>,
+    pub stats: Arc<Mutex<Stats>>,
+    pub conn: quinn::Connection,
+}
+
+impl DriverHandle {
+    pub fn is_live(&self) -> bool {
+        self.conn.close_reason().is_none() && !self.tx.is_closed()
+    }
+
+    pub fn send(&self, cmd: DriverCmd) {
+        // A gone driver already failed every call it carried.
+        let _ = self.tx.send(cmd);
+    }
+}
+
+enum Input {
+    Data(StreamId, Bytes),
+    Fin(StreamId),
+    Reset(StreamId),
+}
+
+fn wire_id(id: quinn::StreamId) -> StreamId {
+    let side = match id.initiator() {
+        quinn::Side::Client => Side::Client,
+        quinn::Side::Server => Side::Server,
+    };
+    StreamId::new(side, id.index())
+}
+
+/// Starts the driver task of `conn`; returns its handle.
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    conn: quinn::Connection,
+    side: Side,
+    peer: Option<String>,
+) -> DriverHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = DriverHandle {
+        id: conn.stable_id(),
+        peer: peer.clone(),
+        tx,
+        stats: Arc::new(Mutex::new(Stats::default())),
+        conn,
+    };
+    let span = tracing::info_span!(
+        "connection",
+        node = %shared.name,
+        peer = peer.as_deref().unwrap_or("?"),
+        id = handle.id,
+    );
+    tokio::spawn(drive(shared.clone(), handle.clone(), side, rx).instrument(span));
+    handle
+}
+
+fn spawn_reader(id: StreamId, mut recv: quinn::RecvStream, input: mpsc::UnboundedSender<Input>) {
+    tokio::spawn(async move {
+        loop {
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    if input.send(Input::Data(id, chunk.bytes)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = input.send(Input::Fin(id));
+                    return;
+                }
+                Err(_) => {
+                    let _ = input.send(Input::Reset(id));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn spawn_writer(mut send: quinn::SendStream) -> mpsc::UnboundedSender<(Bytes, bool)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, bool)>();
+    tokio::spawn(async move {
+        while let Some((data, fin)) = rx.recv().await {
+            if !data.is_empty() && send.write_chunk(data).await.is_err() {
+                return;
+            }
+            if fin {
+                let _ = send.finish();
+                return;
+            }
+        }
+    });
+    tx
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    handle: DriverHandle,
+    side: Side,
+    wire: Connection,
+    input_tx: mpsc::UnboundedSender<Input>,
+    writers: HashMap<StreamId, mpsc::UnboundedSender<(Bytes, bool)>>,
+    /// Outgoing calls: wire id → (token, waiter).
+    pending: HashMap<CallId, (u64, oneshot::Sender<Result<Portable, RemoteError>>)>,
+    tokens: HashMap<u64, CallId>,
+    /// Incoming calls handed to the VM thread, not yet answered or cancelled.
+    incoming: std::collections::HashSet<CallId>,
+    closed: bool,
+}
+
+async fn drive(
+    shared: Arc<Shared>,
+    handle: DriverHandle,
+    side: Side,
+    mut cmds: mpsc::UnboundedReceiver<DriverCmd>,
+) {
+    let verifier: skiff_wire::Verifier = Arc::new(|blob: &skiff_vm::Blob| {
+        skiff_vm::verify::verify_blob(blob)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let wire = Connection::new(
+        side,
+        shared.wire_config.clone(),
+        shared.store.clone(),
+        verifier,
+    );
+    let (input_tx, mut input_rx) = mpsc::unbounded_channel();
+    let conn = handle.conn.clone();
+    let mut d = Driver {
+        shared,
+        handle,
+        side,
+        wire,
+        input_tx,
+        writers: HashMap::new(),
+        pending: HashMap::new(),
+        tokens: HashMap::new(),
+        incoming: Default::default(),
+        closed: false,
+    };
+    tracing::debug!("driver started");
+    loop {
+        d.flush().await;
+        if d.closed {
+            break;
+        }
+        let timeout = d.wire.poll_timeout();
+        let sleep = async move {
+            match timeout {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = input_rx.recv() => {
+                let now = Instant::now();
+                match input {
+                    Some(Input::Data(id, data)) => d.wire.handle_stream_data(id, data, now),
+                    Some(Input::Fin(id)) => d.wire.handle_stream_finished(id, now),
+                    Some(Input::Reset(id)) => d.wire.handle_stream_reset(id, now),
+                    None => {}
+                }
+            }
+            cmd = cmds.recv() => match cmd {
+                Some(cmd) => d.command(cmd),
+                None => d.wire.close(CloseReason::Local("node stopped".into())),
+            },
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let id = wire_id(recv.id());
+                    d.writers.insert(id, spawn_writer(send));
+                    spawn_reader(id, recv, d.input_tx.clone());
+                }
+                Err(e) => d.wire.handle_connection_lost(e.to_string()),
+            },
+            _ = sleep => d.wire.handle_timeout(Instant::now()),
+        }
+    }
+    // Let the writers flush the last frames (e.g. a final response) before closing.
+    d.writers.clear();
+    d.shared.forget_driver(&d.handle);
+    let reason = d
+        .wire
+        .close_reason()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    tracing::debug!(%reason, "driver stopped");
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        conn.close(quinn::VarInt::from_u32(0), b"closed");
+    });
+}
+
+impl Driver {
+    fn command(&mut self, cmd: DriverCmd) {
+        match cmd {
+            DriverCmd::Call { token, opts, reply } => {
+                let result = {
+                    let code = self.shared.code.read().unwrap_or_else(|e| e.into_inner());
+                    self.wire.start_call(opts, &*code, Instant::now())
+                };
+                match result {
+                    Ok(id) => {
+                        self.pending.insert(id, (token, reply));
+                        self.tokens.insert(token, id);
+                    }
+                    Err(e) => {
+                        let kind = match &e {
+                            CallError::Closed => ErrorKind::ConnectionLost,
+                            CallError::MissingBlob(_) => ErrorKind::MissingBlobs,
+                            CallError::Limit(_) => ErrorKind::Limit,
+                        };
+                        let _ = reply.send(Err(RemoteError::new(kind, e.to_string())));
+                    }
+                }
+            }
+            DriverCmd::Cancel { token } => {
+                if let Some(id) = self.tokens.remove(&token) {
+                    self.pending.remove(&id);
+                    self.wire.cancel(id);
+                }
+            }
+            DriverCmd::Respond { id, result } => {
+                self.incoming.remove(&id);
+                self.wire.respond(id, result);
+            }
+            DriverCmd::Close => self
+                .wire
+                .close(CloseReason::Local("closed by the node".into())),
+        }
+    }
+
+    /// Writes every pending transmit and dispatches every event.
+    async fn flush(&mut self) {
+        loop {
+            let mut progress = false;
+            while let Some(t) = self.wire.poll_transmit() {
+                progress = true;
+                let writer = match self.writers.get(&t.stream) {
+                    Some(w) => w.clone(),
+                    None if t.stream.initiator() == self.side && !self.closed => {
+                        match self.handle.conn.open_bi().await {
+                            Ok((send, recv)) => {
+                                spawn_reader(t.stream, recv, self.input_tx.clone());
+                                let w = spawn_writer(send);
+                                self.writers.insert(t.stream, w.clone());
+                                w
+                            }
+                            Err(e) => {
+                                self.wire.handle_connection_lost(e.to_string());
+                                continue;
+                            }
+                        }
+                    }
+                    None => continue,
+                };
+                let _ = writer.send((t.data, t.fin));
+                if t.fin {
+                    self.writers.remove(&t.stream);
+                }
+            }
+            while let Some(event) = self.wire.poll_event() {
+                progress = true;
+                self.event(event);
+            }
+            if !progress {
+                break;
+            }
+        }
+        if let Ok(mut stats) = self.handle.stats.lock() {
+            *stats = self.wire.stats().clone();
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Connected(info) => tracing::debug!(peer = %info.node, "hello exchanged"),
+            Event::IncomingCall(call) => {
+                tracing::debug!(id = ?call.id, caller = %call.caller, "incoming call");
+                self.incoming.insert(call.id);
+                self.shared.to_vm(VmMsg::Incoming {
+                    driver: self.handle.clone(),
+                    call: Box::new(call),
+                });
+            }
+            Event::CallResult { id, result } => {
+                if let Some((token, reply)) = self.pending.remove(&id) {
+                    self.tokens.remove(&token);
+                    let _ = reply.send(result);
+                }
+            }
+            Event::CallCancelled { id, reason } => {
+                tracing::debug!(?id, reason = reason.as_str(), "incoming call cancelled");
+                if self.incoming.remove(&id) {
+                    self.shared.to_vm(VmMsg::Cancelled {
+                        conn: self.handle.id,
+                        id,
+                    });
+                }
+            }
+            Event::PeerError { stream, reply } => {
+                tracing::debug!(?stream, code = %reply.code, message = %reply.message, "peer error reply")
+            }
+            Event::Closed(reason) => {
+                tracing::debug!(%reason, "connection closed");
+                self.closed = true;
+                for (_, (_, reply)) in self.pending.drain() {
+                    let _ = reply.send(Err(RemoteError::new(
+                        ErrorKind::ConnectionLost,
+                        reason.to_string(),
+                    )));
+                }
+                for id in self.incoming.drain() {
+                    self.shared.to_vm(VmMsg::Cancelled {
+                        conn: self.handle.id,
+                        id,
+                    });
+                }
+            }
+        }
+    }
+}

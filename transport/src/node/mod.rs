@@ -1,0 +1,572 @@
+//! The node runtime: a Skiff VM instance serving and making calls over QUIC.
+//!
+//! A [`Node`] has two sides joined by channels:
+//!
+//! - **tokio side**: the [`Endpoint`] accept loop; per QUIC connection a driver task
+//!   (`driver.rs`) that moves bytes between quinn streams and one sans-IO
+//!   [`skiff_wire::Connection`] and feeds it time; per outgoing hop a task (`hop.rs`) that
+//!   dials, fails over and waits for the result.
+//! - **VM side**: one dedicated OS thread (`vm.rs`) owning the `skiff_vm::Engine` (with the
+//!   host's natives), the `CodeStore` and every execution. VM values are `!Send`, so
+//!   executions never leave that thread; only `Portable` values cross.
+//!
+//! ```text
+//!   quinn streams ⇄ driver task (wire::Connection) ──IncomingCall/Cancelled──▶ VM thread
+//!                         ▲                                                     │
+//!                         └────── Respond / Call / Cancel ◀── hop tasks ◀──── RemoteRequest
+//! ```
+//!
+//! Invariants:
+//! - One driver per QUIC connection; an incoming connection from an identified peer is
+//!   adopted under its name, so calls to that peer reuse it.
+//! - A blob from a peer is re-hashed and verified by the wire before it is stored, and
+//!   verified again when it enters the VM's `CodeStore`.
+//! - Every incoming call is answered exactly once (result, typed error) unless the caller
+//!   cancelled it or the connection went away; then its execution is cancelled.
+//! - An endpoint that accepts any client certificate binds only to loopback (enforced by
+//!   [`Endpoint`]).
+
+mod driver;
+mod hop;
+mod vm;
+
+use crate::endpoint::{ConnectionManager, Endpoint, EndpointConfig, TransportOptions};
+use crate::peers::{Peer, PeerTable};
+use crate::tls::{ClientAuth, Fingerprint, NodeIdentity};
+use crate::TransportError;
+use bytes::Bytes;
+use driver::DriverHandle;
+use skiff_vm::native::{NativeCtx, NativeError};
+use skiff_vm::{Blob, BlobHash, ExecError, ExecIo, FunctionId, Limits, Module, Portable, Value};
+use skiff_wire::{BlobSource, CallOptions, SharedStore, Side, Stats};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use vm::{RunFailure, RunTarget, VmMsg};
+
+pub use skiff_vm::RemoteFailure;
+
+/// A host native usable from any thread: registered on the node's VM thread.
+pub type SendNative =
+    Arc<dyn Fn(&mut NativeCtx<'_>, &[Value]) -> Result<Value, NativeError> + Send + Sync>;
+
+/// Makes the output sinks of each execution (called on the VM thread).
+pub type SendIoFactory = Arc<dyn Fn() -> ExecIo + Send + Sync>;
+
+/// What a peer may do on this node. A refused call is answered with a typed `Refused` error
+/// and runs nothing.
+#[derive(Clone, Debug)]
+pub struct Permissions {
+    /// Call the exported (top-level) functions of the loaded modules by name.
+    pub call_exported: bool,
+    /// Ship code (`remote` bodies) and run it here.
+    pub ship_code: bool,
+    /// Host natives shipped code may use (`None`: all). Builtins are always allowed.
+    pub natives: Option<Vec<String>>,
+}
+
+impl Default for Permissions {
+    fn default() -> Self {
+        Permissions {
+            call_exported: true,
+            ship_code: true,
+            natives: None,
+        }
+    }
+}
+
+impl Permissions {
+    /// Nothing allowed.
+    pub fn none() -> Self {
+        Permissions {
+            call_exported: false,
+            ship_code: false,
+            natives: Some(Vec::new()),
+        }
+    }
+}
+
+/// Everything a [`Node`] is built from.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// This node's name (`here()`), sent in hello.
+    pub name: String,
+    /// Where to listen (port 0: ephemeral).
+    pub listen: SocketAddr,
+    /// This node's certificate and key.
+    pub identity: NodeIdentity,
+    /// The peers this node knows (names, addresses, pins / CA).
+    pub peers: PeerTable,
+    /// Which client certificates are accepted; `None`: exactly the peer table's
+    /// ([`PeerTable::client_auth`]).
+    pub client_auth: Option<ClientAuth>,
+    /// Limits of every execution on this node (a call's deadline is added per call).
+    pub limits: Limits,
+    /// Wire protocol settings (the node name is overwritten with `name`).
+    pub wire: skiff_wire::Config,
+    /// QUIC settings.
+    pub transport: TransportOptions,
+    /// Blob store capacity in bytes.
+    pub store_capacity: u64,
+    /// Host natives.
+    pub natives: Vec<(String, SendNative)>,
+    /// Output sinks of executions.
+    pub io: SendIoFactory,
+    /// Execution contexts besides `default`.
+    pub contexts: Vec<String>,
+    /// Permissions of peers not listed in `permissions` (and of unidentified clients).
+    pub default_permissions: Permissions,
+    /// Per-peer permissions.
+    pub permissions: HashMap<String, Permissions>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeConfig {
+    /// Defaults: listen on 127.0.0.1 (ephemeral port), no peers, default limits, stdio.
+    pub fn new(name: impl Into<String>, identity: NodeIdentity) -> Self {
+        let name = name.into();
+        NodeConfig {
+            wire: skiff_wire::Config::new(name.clone()),
+            name,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity,
+            peers: PeerTable::new(),
+            client_auth: None,
+            limits: Limits::default(),
+            transport: TransportOptions::default(),
+            store_capacity: 256 << 20,
+            natives: Vec::new(),
+            io: Arc::new(ExecIo::stdio),
+            contexts: Vec::new(),
+            default_permissions: Permissions::default(),
+            permissions: HashMap::new(),
+        }
+    }
+
+    /// Adds a host native callable from scripts (and shipped code) on this node.
+    pub fn native(
+        mut self,
+        name: &str,
+        f: impl Fn(&mut NativeCtx<'_>, &[Value]) -> Result<Value, NativeError> + Send + Sync + 'static,
+    ) -> Self {
+        self.natives.push((name.to_owned(), Arc::new(f)));
+        self
+    }
+}
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the node has stopped")]
+    Stopped,
+    #[error("cannot load the module: {0}")]
+    Load(String),
+    #[error("cannot start: {0}")]
+    Start(String),
+    #[error("{0}")]
+    Failed(Box<ExecError>),
+    #[error("{}", describe(.0))]
+    Remote(Box<RemoteFailure>),
+}
+
+fn describe(f: &RemoteFailure) -> String {
+    let get = |key: &str| match &f.error {
+        Portable::Map(entries) => entries.iter().find_map(|(k, v)| match (k, v) {
+            (Portable::Str(k), Portable::Str(v)) if k == key => Some(v.clone()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    match (get("kind"), get("message")) {
+        (Some(kind), Some(message)) => format!("error[{kind}]: {message}"),
+        _ => format!("error[Thrown]: {:?}", f.error),
+    }
+}
+
+/// Canonical bytes and direct dependencies of every blob the node holds: what outgoing calls
+/// ship from.
+#[derive(Default)]
+pub(crate) struct CodeMap {
+    blobs: HashMap<BlobHash, (Bytes, Vec<BlobHash>)>,
+}
+
+impl CodeMap {
+    fn insert_blob(&mut self, blob: &Blob) {
+        let bytes = Bytes::from(blob.encode());
+        let hash = BlobHash::of(&bytes);
+        self.blobs
+            .entry(hash)
+            .or_insert_with(|| (bytes, blob.dependencies()));
+    }
+    fn insert_bytes(&mut self, hash: BlobHash, bytes: Bytes, deps: Vec<BlobHash>) {
+        self.blobs.entry(hash).or_insert((bytes, deps));
+    }
+}
+
+impl BlobSource for CodeMap {
+    fn blob_bytes(&self, hash: &BlobHash) -> Option<Bytes> {
+        self.blobs.get(hash).map(|(b, _)| b.clone())
+    }
+    fn blob_deps(&self, hash: &BlobHash) -> Option<Vec<BlobHash>> {
+        self.blobs.get(hash).map(|(_, d)| d.clone())
+    }
+}
+
+#[derive(Default)]
+struct Drivers {
+    by_name: HashMap<String, DriverHandle>,
+    by_id: HashMap<usize, DriverHandle>,
+}
+
+/// Counters about what this node did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Incoming calls whose execution started.
+    pub calls_served: u64,
+    /// Incoming executions cancelled (caller cancel, deadline, connection lost).
+    pub calls_cancelled: u64,
+    /// Executions serving incoming calls right now.
+    pub calls_active: u64,
+}
+
+/// State shared by the tokio side and the VM thread.
+pub(crate) struct Shared {
+    name: String,
+    manager: ConnectionManager,
+    wire_config: skiff_wire::Config,
+    store: SharedStore,
+    code: RwLock<CodeMap>,
+    drivers: Mutex<Drivers>,
+    vm_tx: Mutex<std::sync::mpsc::Sender<VmMsg>>,
+    limits: Limits,
+    io: SendIoFactory,
+    contexts: HashSet<String>,
+    default_permissions: Permissions,
+    permissions: HashMap<String, Permissions>,
+    runtime: tokio::runtime::Handle,
+    next_token: AtomicU64,
+    served: AtomicU64,
+    cancelled: AtomicU64,
+    active: AtomicU64,
+}
+
+impl Shared {
+    fn to_vm(&self, msg: VmMsg) {
+        if let Ok(tx) = self.vm_tx.lock() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn next_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn note_served(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn note_cancelled(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+        self.note_ended();
+    }
+
+    fn note_ended(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn peer_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .manager
+            .peers()
+            .iter()
+            .map(|p| p.name.clone())
+            .filter(|n| *n != self.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn permissions_for(&self, peer: Option<&str>) -> Permissions {
+        peer.and_then(|p| self.permissions.get(p))
+            .unwrap_or(&self.default_permissions)
+            .clone()
+    }
+
+    fn lock_drivers(&self) -> std::sync::MutexGuard<'_, Drivers> {
+        self.drivers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget_driver(&self, handle: &DriverHandle) {
+        let mut d = self.lock_drivers();
+        d.by_id.remove(&handle.id);
+        if let Some(name) = &handle.peer {
+            if d.by_name.get(name).is_some_and(|h| h.id == handle.id) {
+                d.by_name.remove(name);
+            }
+        }
+    }
+
+    /// Registers a driver for `conn` (or returns the one already running for it).
+    fn register(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        side: Side,
+        peer: Option<String>,
+    ) -> DriverHandle {
+        let mut d = self.lock_drivers();
+        if let Some(h) = d.by_id.get(&conn.stable_id()) {
+            return h.clone();
+        }
+        let handle = driver::spawn(self, conn, side, peer.clone());
+        d.by_id.insert(handle.id, handle.clone());
+        if let Some(name) = peer {
+            let replace = d.by_name.get(&name).is_none_or(|h| !h.is_live());
+            if replace {
+                d.by_name.insert(name, handle.clone());
+            }
+        }
+        handle
+    }
+
+    /// The driver of the connection to `peer`, dialling it if needed.
+    async fn driver_for(self: &Arc<Self>, peer: &str) -> Result<DriverHandle, TransportError> {
+        if let Some(h) = self.lock_drivers().by_name.get(peer) {
+            if h.is_live() {
+                return Ok(h.clone());
+            }
+        }
+        let conn = self.manager.connection(peer).await?;
+        Ok(self.register(conn, Side::Client, Some(peer.to_owned())))
+    }
+}
+
+/// A running Skiff node. Must be started inside a tokio runtime.
+pub struct Node {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    vm_thread: Option<std::thread::JoinHandle<()>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.shared.name)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Binds the endpoint, starts the VM thread and the accept loop.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let client_auth = config
+            .client_auth
+            .clone()
+            .unwrap_or_else(|| config.peers.client_auth());
+        let mut endpoint_config = EndpointConfig::new(config.identity.clone(), client_auth);
+        endpoint_config.options = config.transport.clone();
+        let endpoint = Endpoint::bind(config.listen, endpoint_config)?;
+        let manager = ConnectionManager::new(endpoint.clone(), config.peers.clone());
+        let mut wire_config = config.wire.clone();
+        wire_config.node_name = config.name.clone();
+        let (vm_tx, vm_rx) = std::sync::mpsc::channel();
+        let mut contexts: HashSet<String> = config.contexts.iter().cloned().collect();
+        contexts.insert(skiff_vm::hop::DEFAULT_CONTEXT.to_owned());
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            manager,
+            wire_config,
+            store: skiff_wire::BlobStore::new(config.store_capacity).shared(),
+            code: RwLock::new(CodeMap::default()),
+            drivers: Mutex::new(Drivers::default()),
+            vm_tx: Mutex::new(vm_tx),
+            limits: config.limits.clone(),
+            io: config.io.clone(),
+            contexts,
+            default_permissions: config.default_permissions.clone(),
+            permissions: config.permissions.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            next_token: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+        });
+        let natives = config.natives.clone();
+        let vm_shared = shared.clone();
+        let vm_thread = std::thread::Builder::new()
+            .name(format!("skiff-vm-{}", config.name))
+            .spawn(move || vm::VmThread::new(vm_shared, &natives).run(vm_rx))
+            .map_err(|e| NodeError::Start(e.to_string()))?;
+        let accept = tokio::spawn(accept_loop(shared.clone(), endpoint.clone()));
+        tracing::info!(node = %config.name, addr = ?endpoint.local_addr().ok(), "node started");
+        Ok(Node {
+            shared,
+            endpoint,
+            vm_thread: Some(vm_thread),
+            accept,
+        })
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr, NodeError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The fingerprint peers pin this node by.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.endpoint.identity().fingerprint()
+    }
+
+    /// Adds or replaces a peer.
+    pub fn add_peer(&self, peer: Peer) {
+        self.shared.manager.insert_peer(peer);
+    }
+
+    /// Loads a module: its code becomes runnable here and its top-level functions are
+    /// exported (callable by peers by name, if permitted).
+    pub async fn load(&self, module: &Module) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.to_vm(VmMsg::Load {
+            module: Box::new(module.clone()),
+            reply: tx,
+        });
+        rx.await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Load)
+    }
+
+    /// Runs `func(args)` here (e.g. a script's entry), serving its hops over QUIC.
+    pub async fn run(&self, func: FunctionId, args: Vec<Portable>) -> Result<Portable, NodeError> {
+        self.run_target(RunTarget::Function(func), args).await
+    }
+
+    /// Runs the exported function `name` here.
+    pub async fn run_export(&self, name: &str, args: Vec<Portable>) -> Result<Portable, NodeError> {
+        self.run_target(RunTarget::Export(name.to_owned()), args)
+            .await
+    }
+
+    async fn run_target(
+        &self,
+        target: RunTarget,
+        args: Vec<Portable>,
+    ) -> Result<Portable, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.to_vm(VmMsg::Run {
+            target,
+            args,
+            reply: tx,
+        });
+        match rx.await.map_err(|_| NodeError::Stopped)? {
+            Ok(v) => Ok(v),
+            Err(RunFailure::Failed(e)) => Err(NodeError::Failed(e)),
+            Err(RunFailure::Start(e)) => Err(NodeError::Start(e)),
+        }
+    }
+
+    /// Calls the function `function` that `peer` exports.
+    pub async fn call(
+        &self,
+        peer: &str,
+        function: &str,
+        args: Vec<Portable>,
+        timeout: Option<Duration>,
+    ) -> Result<Portable, NodeError> {
+        let opts = CallOptions::named(function, args);
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        hop::call_peer(&self.shared, peer, opts, None, deadline)
+            .await
+            .map_err(|f| NodeError::Remote(Box::new(f)))
+    }
+
+    /// Wire counters of the current connection to `peer`, if there is one.
+    pub fn stats(&self, peer: &str) -> Option<Stats> {
+        let drivers = self.shared.lock_drivers();
+        let h = drivers.by_name.get(peer)?;
+        let stats = h.stats.lock().ok()?.clone();
+        Some(stats)
+    }
+
+    /// Counters of calls served here.
+    pub fn counters(&self) -> NodeCounters {
+        NodeCounters {
+            calls_served: self.shared.served.load(Ordering::Relaxed),
+            calls_cancelled: self.shared.cancelled.load(Ordering::Relaxed),
+            calls_active: self.shared.active.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every connection and stops the VM thread.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        self.endpoint.wait_idle().await;
+    }
+
+    fn stop(&mut self) {
+        self.accept.abort();
+        let drivers: Vec<DriverHandle> =
+            self.shared.lock_drivers().by_id.values().cloned().collect();
+        for d in drivers {
+            d.send(driver::DriverCmd::Close);
+        }
+        self.endpoint.close();
+        self.shared.to_vm(VmMsg::Shutdown);
+        if let Some(t) = self.vm_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.vm_thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
+    while let Some(accepting) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let from = accepting.remote_address();
+            match accepting.establish().await {
+                Ok((conn, identity)) => {
+                    let peers = shared.manager.peers();
+                    let name = peers.identify(&identity).map(str::to_owned);
+                    tracing::debug!(node = %shared.name, %from, peer = ?name, "accepted");
+                    if let Some(n) = &name {
+                        // Calls to `n` reuse this connection (reach back to a caller that
+                        // accepts no connections). A live connection already kept wins.
+                        let _ = shared.manager.adopt(n, conn.clone()).await;
+                    }
+                    shared.register(conn, Side::Server, name);
+                }
+                Err(e) => {
+                    tracing::debug!(node = %shared.name, %from, error = %e, "handshake failed")
+                }
+            }
+        });
+    }
+}

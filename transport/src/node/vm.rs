@@ -1,0 +1,655 @@
+//! The VM side of a node: one dedicated OS thread that owns the `skiff_vm::Engine` (with the
+//! host's natives), the `CodeStore` and every execution of the node, and steps them as the
+//! in-process cluster does.
+//!
+//! VM values are `Rc`-based and `!Send`, so executions never leave this thread; everything
+//! that crosses to the tokio side is `Portable` (plain data). The thread sleeps on its
+//! channel until a message arrives (an incoming call, a hop result, a cancellation, a local
+//! run) or an execution's timer is due.
+//!
+//! Invariants:
+//! - Code enters the `CodeStore` only through `CodeStore::insert` (which verifies), after the
+//!   wire re-hashed and verified it; blobs are inserted dependencies first.
+//! - An execution serving an incoming call runs under the node's limits with the deadline of
+//!   the call (already `min(caller's deadline, node maximum)`).
+//! - When an execution ends or is cancelled, every hop it started and is still waiting for is
+//!   cancelled (dropping its cancel handle stops the hop task, which cancels the wire call).
+//! - Refused calls (permissions, unknown context, unknown export) start nothing.
+
+use super::driver::{DriverCmd, DriverHandle};
+use super::hop::{run_hop, HopJob};
+use super::Shared;
+use skiff_vm::hop::{body_failure, error_kind, start_failure, trace_line, BodyFailure, HopTarget};
+use skiff_vm::native::NodeInfo;
+use skiff_vm::{
+    CodeStore, Engine, ExecError, Execution, FunctionId, Module, Portable, RemoteFailure, Status,
+};
+use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Messages to the VM thread.
+pub(crate) enum VmMsg {
+    Incoming {
+        driver: DriverHandle,
+        call: Box<IncomingCall>,
+    },
+    Cancelled {
+        conn: usize,
+        id: CallId,
+    },
+    HopDone {
+        exec: u64,
+        request: u64,
+        result: Result<Portable, RemoteFailure>,
+    },
+    /// A hop from this node to itself: run the body here as a new execution.
+    SelfHop {
+        func: FunctionId,
+        args: Vec<Portable>,
+        hops: Vec<String>,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Result<Portable, RemoteFailure>>,
+    },
+    Load {
+        module: Box<Module>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Run {
+        target: RunTarget,
+        args: Vec<Portable>,
+        reply: oneshot::Sender<Result<Portable, RunFailure>>,
+    },
+    /// Nothing but a wake-up (e.g. a self-hop's waiter went away).
+    Wake,
+    Shutdown,
+}
+
+/// What a local run starts.
+pub(crate) enum RunTarget {
+    Function(FunctionId),
+    Export(String),
+}
+
+/// Why a local run failed.
+#[derive(Debug)]
+pub(crate) enum RunFailure {
+    Failed(Box<ExecError>),
+    Start(String),
+}
+
+enum Origin {
+    Local(oneshot::Sender<Result<Portable, RunFailure>>),
+    /// A hop to this node itself; dropped waiter = cancelled hop.
+    SelfHop {
+        reply: oneshot::Sender<Result<Portable, RemoteFailure>>,
+        deadline: Option<Instant>,
+    },
+    Remote {
+        driver: DriverHandle,
+        id: CallId,
+        /// The deadline came from the caller (its `timeout_ms`), not this node's maximum.
+        timed_by_caller: bool,
+        deadline: Instant,
+    },
+}
+
+struct Running {
+    exec: Execution,
+    origin: Origin,
+    runnable: bool,
+    wake_at: Option<Instant>,
+    /// Hops in flight: request id → cancel handle (dropping it cancels the hop).
+    hops: HashMap<u64, oneshot::Sender<()>>,
+    /// Hop chain for nested calls (`incoming.nested_hops()`), empty at the top level.
+    nested_hops: Vec<String>,
+    /// The connection the call came in on and the caller's name: `remote(caller())` uses it.
+    back: Option<(String, DriverHandle)>,
+}
+
+pub(crate) struct VmThread {
+    shared: Arc<Shared>,
+    engine: Engine,
+    store: CodeStore,
+    exports: HashMap<String, FunctionId>,
+    running: HashMap<u64, Running>,
+    by_call: HashMap<(usize, CallId), u64>,
+    next_exec: u64,
+}
+
+impl VmThread {
+    pub fn new(shared: Arc<Shared>, natives: &[(String, super::SendNative)]) -> VmThread {
+        let mut engine = Engine::new();
+        for (name, f) in natives {
+            let f = f.clone();
+            engine.register_native(name.clone(), move |ctx, args| f(ctx, args));
+        }
+        VmThread {
+            shared,
+            engine,
+            store: CodeStore::new(),
+            exports: HashMap::new(),
+            running: HashMap::new(),
+            by_call: HashMap::new(),
+            next_exec: 0,
+        }
+    }
+
+    /// The thread's loop; returns on `Shutdown` or when every sender is gone.
+    pub fn run(mut self, rx: Receiver<VmMsg>) {
+        loop {
+            let now = Instant::now();
+            let due = self
+                .running
+                .values()
+                .any(|r| r.runnable || r.wake_at.is_some_and(|w| w <= now));
+            let first = if due {
+                rx.try_recv().ok()
+            } else {
+                let next = self.running.values().filter_map(|r| r.wake_at).min();
+                let got = match next {
+                    Some(at) => rx.recv_timeout(at.saturating_duration_since(now)),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match got {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut stop = false;
+            if let Some(m) = first {
+                stop |= self.handle(m);
+                while let Ok(m) = rx.try_recv() {
+                    stop |= self.handle(m);
+                }
+            }
+            if stop {
+                break;
+            }
+            self.step_due();
+        }
+        for (_, mut r) in self.running.drain() {
+            r.exec.cancel();
+        }
+    }
+
+    /// Handles one message; `true` to stop the thread.
+    fn handle(&mut self, msg: VmMsg) -> bool {
+        match msg {
+            VmMsg::Incoming { driver, call } => self.incoming(driver, *call),
+            VmMsg::Cancelled { conn, id } => {
+                if let Some(exec) = self.by_call.remove(&(conn, id)) {
+                    if let Some(mut r) = self.running.remove(&exec) {
+                        tracing::debug!(node = %self.shared.name, ?id, "execution cancelled");
+                        r.exec.cancel();
+                        self.shared.note_cancelled();
+                    }
+                }
+            }
+            VmMsg::HopDone {
+                exec,
+                request,
+                result,
+            } => {
+                if let Some(r) = self.running.get_mut(&exec) {
+                    r.hops.remove(&request);
+                    r.exec.resolve(request, result);
+                    r.runnable = true;
+                }
+            }
+            VmMsg::SelfHop {
+                func,
+                args,
+                hops,
+                deadline,
+                reply,
+            } => {
+                let here = self.shared.name.clone();
+                let mut limits = self.shared.limits.clone();
+                limits.deadline = match (limits.deadline, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let info = self.node_info(Some(here.clone()));
+                match Execution::start(
+                    &self.engine,
+                    &self.store,
+                    func,
+                    args,
+                    info,
+                    limits,
+                    (self.shared.io)(),
+                ) {
+                    Ok(exec) => {
+                        let mut nested = hops;
+                        nested.push(here);
+                        self.push(exec, Origin::SelfHop { reply, deadline }, nested, None);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RemoteFailure {
+                            error: start_failure(&e, &here),
+                            trace: Vec::new(),
+                        }));
+                    }
+                }
+            }
+            VmMsg::Load { module, reply } => {
+                let result = self.load(&module);
+                let _ = reply.send(result);
+            }
+            VmMsg::Run {
+                target,
+                args,
+                reply,
+            } => {
+                let func = match target {
+                    RunTarget::Function(f) => Some(f),
+                    RunTarget::Export(name) => self.exports.get(&name).copied(),
+                };
+                let Some(func) = func else {
+                    let _ = reply.send(Err(RunFailure::Start("no such exported function".into())));
+                    return false;
+                };
+                let info = self.node_info(None);
+                match Execution::start(
+                    &self.engine,
+                    &self.store,
+                    func,
+                    args,
+                    info,
+                    self.shared.limits.clone(),
+                    (self.shared.io)(),
+                ) {
+                    Ok(exec) => {
+                        self.push(exec, Origin::Local(reply), Vec::new(), None);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RunFailure::Start(e.to_string())));
+                    }
+                }
+            }
+            VmMsg::Wake => {}
+            VmMsg::Shutdown => return true,
+        }
+        false
+    }
+
+    fn load(&mut self, module: &Module) -> Result<(), String> {
+        self.store.add_module(module).map_err(|e| e.to_string())?;
+        let mut code = self.shared.code.write().unwrap_or_else(|e| e.into_inner());
+        for blob in module.blobs.values() {
+            code.insert_blob(blob);
+        }
+        for (name, func) in &module.exports {
+            self.exports.insert(name.clone(), *func);
+        }
+        Ok(())
+    }
+
+    fn node_info(&self, caller: Option<String>) -> NodeInfo {
+        NodeInfo {
+            here: self.shared.name.clone(),
+            caller,
+            peers: self.shared.peer_names(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        exec: Execution,
+        origin: Origin,
+        nested_hops: Vec<String>,
+        back: Option<(String, DriverHandle)>,
+    ) -> u64 {
+        let id = self.next_exec;
+        self.next_exec += 1;
+        if let Origin::Remote {
+            driver, id: call, ..
+        } = &origin
+        {
+            self.by_call.insert((driver.id, *call), id);
+        }
+        self.running.insert(
+            id,
+            Running {
+                exec,
+                origin,
+                runnable: true,
+                wake_at: None,
+                hops: HashMap::new(),
+                nested_hops,
+                back,
+            },
+        );
+        id
+    }
+
+    fn refuse(driver: &DriverHandle, id: CallId, kind: ErrorKind, message: String) {
+        tracing::debug!(?id, %message, "call refused");
+        driver.send(DriverCmd::Respond {
+            id,
+            result: Err(RemoteError::new(kind, message)),
+        });
+    }
+
+    fn incoming(&mut self, driver: DriverHandle, call: IncomingCall) {
+        let here = self.shared.name.clone();
+        let caller = driver.peer.clone().unwrap_or_else(|| call.caller.clone());
+        let perms = self.shared.permissions_for(driver.peer.as_deref());
+        // Context.
+        match &call.context {
+            Portable::Nil => {}
+            Portable::Str(c) if self.shared.contexts.contains(c) => {}
+            other => {
+                let name = match other {
+                    Portable::Str(c) => c.clone(),
+                    _ => "<not a name>".into(),
+                };
+                return Self::refuse(
+                    &driver,
+                    call.id,
+                    ErrorKind::Refused,
+                    format!("peer `{here}` has no context `{name}`"),
+                );
+            }
+        }
+        // Target and permissions.
+        let func = match &call.target {
+            Target::Name(name) => {
+                if !perms.call_exported {
+                    return Self::refuse(
+                        &driver,
+                        call.id,
+                        ErrorKind::Refused,
+                        format!("`{caller}` may not call exported functions on `{here}`"),
+                    );
+                }
+                match self.exports.get(name) {
+                    Some(f) => *f,
+                    None => {
+                        return Self::refuse(
+                            &driver,
+                            call.id,
+                            ErrorKind::NotFound,
+                            format!("peer `{here}` exports no function `{name}`"),
+                        )
+                    }
+                }
+            }
+            Target::Function(f) => {
+                if !perms.ship_code {
+                    return Self::refuse(
+                        &driver,
+                        call.id,
+                        ErrorKind::Refused,
+                        format!("`{caller}` may not ship code to `{here}`"),
+                    );
+                }
+                *f
+            }
+        };
+        // Code: the call's closure, dependencies first, from the wire store into the VM's.
+        if let Err(message) = self.adopt_blobs(&call.blobs) {
+            return Self::refuse(&driver, call.id, ErrorKind::VerifyFailed, message);
+        }
+        if let Some(allowed) = &perms.natives {
+            for h in &call.blobs {
+                let Some(blob) = self.store.get(h) else {
+                    continue;
+                };
+                for f in &blob.functions {
+                    for n in &f.natives {
+                        if self.engine.has_native(n) && !allowed.contains(n) {
+                            return Self::refuse(
+                                &driver,
+                                call.id,
+                                ErrorKind::Refused,
+                                format!("`{caller}` may not use native `{n}` on `{here}`"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        let max = self.shared.wire_config.max_call_duration;
+        let timed_by_caller = call.deadline + Duration::from_millis(5) < now + max;
+        let mut limits = self.shared.limits.clone();
+        limits.deadline = Some(match limits.deadline {
+            Some(d) => d.min(call.deadline),
+            None => call.deadline,
+        });
+        let info = self.node_info(Some(caller.clone()));
+        let nested = call.nested_hops();
+        let (id, deadline) = (call.id, call.deadline);
+        let span = tracing::debug_span!("call", node = %here, caller = %caller, id = ?call.id);
+        let _enter = span.enter();
+        match Execution::start(
+            &self.engine,
+            &self.store,
+            func,
+            call.args,
+            info,
+            limits,
+            (self.shared.io)(),
+        ) {
+            Ok(exec) => {
+                tracing::debug!("execution started");
+                self.shared.note_served();
+                let origin = Origin::Remote {
+                    driver: driver.clone(),
+                    id,
+                    timed_by_caller,
+                    deadline,
+                };
+                self.push(exec, origin, nested, Some((caller, driver)));
+            }
+            Err(e) => {
+                let error = start_failure(&e, &here);
+                let message = e.to_string();
+                driver.send(DriverCmd::Respond {
+                    id,
+                    result: Err(RemoteError {
+                        kind: ErrorKind::Runtime,
+                        message,
+                        trace: Vec::new(),
+                        value: error,
+                    }),
+                });
+            }
+        }
+    }
+
+    fn adopt_blobs(&mut self, blobs: &[skiff_vm::BlobHash]) -> Result<(), String> {
+        let missing: Vec<_> = blobs
+            .iter()
+            .filter(|h| !self.store.contains(h))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut fetched = Vec::with_capacity(missing.len());
+        {
+            let mut wire = self.shared.store.lock().unwrap_or_else(|e| e.into_inner());
+            for h in &missing {
+                let bytes = wire.get(h).ok_or_else(|| format!("blob {h} is missing"))?;
+                let blob = wire
+                    .get_blob(h)
+                    .ok_or_else(|| format!("blob {h} is missing"))?;
+                fetched.push((*h, bytes, blob));
+            }
+        }
+        let mut code = self.shared.code.write().unwrap_or_else(|e| e.into_inner());
+        for (h, bytes, blob) in fetched {
+            let deps = blob.dependencies();
+            self.store
+                .insert(Arc::new(blob), None)
+                .map_err(|e| e.to_string())?;
+            code.insert_bytes(h, bytes, deps);
+        }
+        Ok(())
+    }
+
+    fn step_due(&mut self) {
+        let abandoned: Vec<u64> = self
+            .running
+            .iter()
+            .filter(
+                |(_, r)| matches!(&r.origin, Origin::SelfHop { reply, .. } if reply.is_closed()),
+            )
+            .map(|(id, _)| *id)
+            .collect();
+        for id in abandoned {
+            if let Some(mut r) = self.running.remove(&id) {
+                r.exec.cancel();
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.runnable || r.wake_at.is_some_and(|w| w <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(r) = self.running.get_mut(&id) else {
+                continue;
+            };
+            let status = r.exec.run(Instant::now());
+            let requests = r.exec.take_requests();
+            r.runnable = false;
+            r.wake_at = None;
+            let ended = match status {
+                Status::Done(v) => Some(Ok(v)),
+                Status::Failed(e) => Some(Err(e)),
+                Status::Blocked { wake_at } => {
+                    r.wake_at = wake_at;
+                    None
+                }
+                Status::Yielded => {
+                    r.runnable = true;
+                    None
+                }
+            };
+            match ended {
+                Some(result) => {
+                    if let Some(r) = self.running.remove(&id) {
+                        self.finish(r, result);
+                    }
+                }
+                None => {
+                    for request in requests {
+                        self.start_hop(id, request);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_hop(&mut self, exec: u64, request: skiff_vm::RemoteRequest) {
+        let Some(r) = self.running.get_mut(&exec) else {
+            return;
+        };
+        let plan = match HopTarget::parse(&request.target) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let error = Portable::Map(vec![
+                    (Portable::Str("kind".into()), Portable::Str(e.kind.into())),
+                    (Portable::Str("message".into()), Portable::Str(e.message)),
+                ]);
+                r.exec.resolve(
+                    request.id,
+                    Err(RemoteFailure {
+                        error,
+                        trace: Vec::new(),
+                    }),
+                );
+                r.runnable = true;
+                return;
+            }
+        };
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        r.hops.insert(request.id, cancel_tx);
+        let job = HopJob {
+            exec,
+            request: request.id,
+            func: request.func,
+            args: request.args,
+            plan,
+            hops: r.nested_hops.clone(),
+            back: r.back.clone(),
+        };
+        self.shared
+            .runtime
+            .spawn(run_hop(self.shared.clone(), job, cancel_rx));
+    }
+
+    fn finish(&mut self, r: Running, result: Result<Portable, ExecError>) {
+        // Dropping `r.hops` cancels every hop still in flight.
+        match r.origin {
+            Origin::Local(reply) => {
+                let _ = reply.send(result.map_err(|e| RunFailure::Failed(Box::new(e))));
+            }
+            Origin::SelfHop { reply, deadline } => {
+                let here = &self.shared.name;
+                let result = result.map_err(|e| {
+                    let timed_out = deadline.is_some_and(|d| d <= Instant::now());
+                    match body_failure(e, here, timed_out) {
+                        BodyFailure::Timeout(error) => RemoteFailure {
+                            error,
+                            trace: Vec::new(),
+                        },
+                        BodyFailure::Failed(f) => f,
+                    }
+                });
+                let _ = reply.send(result);
+            }
+            Origin::Remote {
+                driver,
+                id,
+                timed_by_caller,
+                deadline,
+            } => {
+                self.by_call.remove(&(driver.id, id));
+                self.shared.note_ended();
+                let here = &self.shared.name;
+                let result = match result {
+                    Ok(v) => Ok(v),
+                    Err(e) => {
+                        let timed_out = timed_by_caller && deadline <= Instant::now();
+                        Err(match body_failure(e, here, timed_out) {
+                            BodyFailure::Timeout(value) => RemoteError {
+                                kind: ErrorKind::DeadlineExceeded,
+                                message: format!("hop to `{here}` timed out"),
+                                trace: Vec::new(),
+                                value,
+                            },
+                            BodyFailure::Failed(f) => encode_failure(f),
+                        })
+                    }
+                };
+                driver.send(DriverCmd::Respond { id, result });
+            }
+        }
+    }
+}
+
+/// A remote body's failure as a wire error: `runtime` for an error map (the value carries it
+/// whole, `"peer"` included), `thrown` for any other thrown value.
+fn encode_failure(f: RemoteFailure) -> RemoteError {
+    let (kind, message) = match error_kind(&f.error) {
+        Some(kind) => (ErrorKind::Runtime, kind.to_owned()),
+        None => (ErrorKind::Thrown, "thrown".to_owned()),
+    };
+    RemoteError {
+        kind,
+        message,
+        trace: f.trace.iter().map(trace_line).collect(),
+        value: f.error,
+    }
+}
