@@ -32,15 +32,6 @@ pub fn diagnostics(out: &mut dyn WriteColor, file: &str, source: &str, diagnosti
 pub fn runtime_error(out: &mut dyn Write, error: &ExecError) {
     let _ = writeln!(out, "error[{}]: {}", error.kind, error.message);
     for frame in &error.trace {
-        let peer = frame
-            .peer
-            .as_deref()
-            .map(|p| format!(" [on {p}]"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  at {} ({}:{}:{}){peer}",
-            frame.function, frame.file, frame.line, frame.col
-        );
+        let _ = writeln!(out, "  at {frame}");
     }
 }

@@ -2,97 +2,14 @@
 //! ephemeral ports and fresh dev certificates pinned to each other, runs a script on `main`
 //! and checks what came back (and what crossed the wire).
 
+mod common;
+
+use common::{cluster, compile, list, run, s, shutdown, Setup};
 use skiff::node::{Node, NodeConfig, NodeError, Permissions};
-use skiff::{CompileOptions, Limits, Module, Portable};
+use skiff::{CompileOptions, Limits, Portable};
 use skiff_transport::cert::generate_self_signed;
-use skiff_transport::{ClientAuth, Peer};
+use skiff_transport::Peer;
 use std::time::{Duration, Instant};
-
-fn compile(source: &str) -> Module {
-    let out = skiff_compiler::compile(source, "test.skiff", &CompileOptions::default());
-    let errors: Vec<_> = out.diagnostics.iter().map(|d| d.message.clone()).collect();
-    out.module
-        .unwrap_or_else(|| panic!("compile errors: {errors:?}"))
-}
-
-struct Setup {
-    /// `main` accepts incoming connections.
-    main_listens: bool,
-    /// Extra peer table entries for every node (e.g. a dead address).
-    extra: Vec<Peer>,
-    tweak: fn(&str, &mut NodeConfig),
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Setup {
-            main_listens: true,
-            extra: Vec::new(),
-            tweak: |_, _| {},
-        }
-    }
-}
-
-/// `main` plus `peers`, all knowing each other; when `main` does not listen, it accepts no
-/// client and the peers have no address for it.
-async fn cluster(peers: &[&str], setup: Setup) -> Vec<Node> {
-    let mut names = vec!["main"];
-    names.extend(peers);
-    let certs: Vec<_> = names
-        .iter()
-        .map(|n| generate_self_signed(n).unwrap())
-        .collect();
-    let mut nodes = Vec::new();
-    for (name, cert) in names.iter().zip(&certs) {
-        let mut config = NodeConfig::new(*name, cert.identity().unwrap());
-        config.transport.connect_timeout = Duration::from_millis(400);
-        config.transport.initial_rtt = Some(Duration::from_millis(5));
-        config.io = std::sync::Arc::new(skiff::ExecIo::null);
-        let mut auth = ClientAuth::default();
-        for c in &certs {
-            auth = auth.with_pin(c.fingerprint());
-        }
-        if *name == "main" && !setup.main_listens {
-            auth = ClientAuth::default(); // accepts nobody
-        }
-        config.client_auth = Some(auth);
-        (setup.tweak)(name, &mut config);
-        nodes.push(Node::start(config).await.unwrap());
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        for (j, other) in nodes.iter().enumerate() {
-            if i == j || (j == 0 && !setup.main_listens) {
-                continue;
-            }
-            let addr = other.local_addr().unwrap().to_string();
-            node.add_peer(Peer::new(other.name(), &addr, Some(certs[j].fingerprint())).unwrap());
-        }
-        for p in &setup.extra {
-            node.add_peer(p.clone());
-        }
-    }
-    nodes
-}
-
-async fn run(main: &Node, source: &str) -> Result<Portable, NodeError> {
-    let module = compile(source);
-    main.load(&module).await.unwrap();
-    main.run(module.entry, Vec::new()).await
-}
-
-fn s(text: &str) -> Portable {
-    Portable::Str(text.into())
-}
-
-fn list(items: Vec<Portable>) -> Portable {
-    Portable::List(items)
-}
-
-async fn shutdown(nodes: Vec<Node>) {
-    for n in nodes {
-        n.shutdown().await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_value_and_send_copy() {
@@ -290,6 +207,15 @@ remote("a") [] { remote("b") [] { div(1) } }"#,
     assert_eq!(e.trace[0].peer.as_deref(), Some("b"), "{:?}", e.trace);
     let peers: Vec<_> = e.trace.iter().filter_map(|f| f.peer.clone()).collect();
     assert!(peers.contains(&"a".to_string()), "{:?}", e.trace);
+    // Peers get blobs without debug info; the caller names their frames from its own.
+    let innermost = &e.trace[0];
+    assert_eq!(innermost.function, "div", "{:?}", e.trace);
+    assert!(innermost.line > 0 && innermost.col > 0, "{:?}", e.trace);
+    assert!(
+        e.trace.iter().all(|f| f.file != "<unknown>"),
+        "{:?}",
+        e.trace
+    );
     shutdown(nodes).await;
 }
 

@@ -285,7 +285,7 @@ pub(super) fn call(args: CallArgs) -> Result<i32> {
             Err(NodeError::Remote(failure)) => {
                 eprintln!("{}", NodeError::Remote(failure.clone()));
                 for frame in &failure.trace {
-                    eprintln!("  at {}", skiff_vm::hop::trace_line(frame));
+                    eprintln!("  at {frame}");
                 }
                 Ok(1)
             }

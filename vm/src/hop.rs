@@ -10,8 +10,10 @@
 //! - Failover moves to the next peer only on [`FAILOVER_KINDS`]; any other failure (a thrown
 //!   value, a runtime error, `MissingNative`, `LimitExceeded`) ends the hop at once.
 
+use crate::blob::{BlobHash, FunctionId};
 use crate::interp::{ExecError, RemoteFailure, StartError, TraceFrame};
 use crate::portable::Portable;
+use crate::store::CodeStore;
 use std::time::Duration;
 
 /// Error kinds after which the next peer of a list is tried, and `else` runs when all failed.
@@ -225,16 +227,12 @@ pub fn start_failure(error: &StartError, peer: &str) -> Portable {
     }
 }
 
-/// One trace frame as a single line, the form remote traces take on the wire:
-/// `FUNCTION (FILE:LINE:COL)`, followed by ` [on PEER]` when the frame ran on a peer.
-/// [`parse_trace_line`] reads it back.
+/// How a stack frame travels in a wire error: `NAME (FILE:LINE:COL)`, then ` [on PEER]` when
+/// it ran on a peer, then ` @HASH.MEMBER+PC` when its code position is known.
 pub fn trace_line(frame: &TraceFrame) -> String {
-    let mut line = format!(
-        "{} ({}:{}:{})",
-        frame.function, frame.file, frame.line, frame.col
-    );
-    if let Some(peer) = &frame.peer {
-        line.push_str(&format!(" [on {peer}]"));
+    let mut line = frame.to_string();
+    if let Some((func, pc)) = &frame.code {
+        line.push_str(&format!(" @{func}+{pc}"));
     }
     line
 }
@@ -248,6 +246,14 @@ pub fn parse_trace_line(line: &str) -> TraceFrame {
         line: 0,
         col: 0,
         peer: None,
+        code: None,
+    };
+    let (line, code) = match line
+        .rsplit_once(" @")
+        .and_then(|(rest, at)| Some((rest, parse_code(at)?)))
+    {
+        Some((rest, code)) => (rest, Some(code)),
+        None => (line, None),
     };
     let (rest, peer) = match line.strip_suffix(']').and_then(|l| l.rsplit_once(" [on ")) {
         Some((rest, peer)) => (rest, Some(peer.to_owned())),
@@ -269,6 +275,55 @@ pub fn parse_trace_line(line: &str) -> TraceFrame {
         line: lineno,
         col,
         peer,
+        code,
+    }
+}
+
+/// `HASH.MEMBER+PC`.
+fn parse_code(text: &str) -> Option<(FunctionId, u32)> {
+    let (func, pc) = text.split_once('+')?;
+    let (hash, member) = func.split_once('.')?;
+    let func = FunctionId {
+        blob: BlobHash::from_hex(hash)?,
+        member: member.parse().ok()?,
+    };
+    Some((func, pc.parse().ok()?))
+}
+
+/// Names the frames a peer could not: a peer receives blobs without debug info, but the
+/// caller that shipped them holds it, so it fills in function names and source positions
+/// from its own store for every frame whose code position it knows.
+pub fn symbolize(frames: &mut [TraceFrame], store: &CodeStore) {
+    for frame in frames.iter_mut().filter(|f| f.file == "<unknown>") {
+        let Some((func, pc)) = frame.code else {
+            continue;
+        };
+        let Some(debug) = store
+            .debug(&func.blob)
+            .and_then(|d| d.functions.get(func.member as usize))
+        else {
+            continue;
+        };
+        frame.function = debug.name.clone().unwrap_or_else(|| "<anonymous>".into());
+        frame.file = debug.file.clone();
+        if let Some(&(line, col)) = debug.positions.get(pc as usize) {
+            (frame.line, frame.col) = (line, col);
+        }
+    }
+}
+
+impl std::fmt::Display for TraceFrame {
+    /// `NAME (FILE:LINE:COL)`, plus ` [on PEER]` for a frame that ran on a peer.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}:{}:{})",
+            self.function, self.file, self.line, self.col
+        )?;
+        if let Some(peer) = &self.peer {
+            write!(f, " [on {peer}]")?;
+        }
+        Ok(())
     }
 }
 
@@ -305,6 +360,13 @@ mod tests {
             line: 3,
             col: 7,
             peer: Some("w1".into()),
+            code: Some((
+                FunctionId {
+                    blob: BlobHash([9; 32]),
+                    member: 2,
+                },
+                17,
+            )),
         };
         assert_eq!(parse_trace_line(&trace_line(&frame)), frame);
         let local = TraceFrame {

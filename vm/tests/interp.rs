@@ -414,22 +414,33 @@ fn trace_uses_debug_positions() {
     .unwrap();
     let e = failed(run_to_end(&mut exec));
     assert_eq!(e.kind, "TypeError");
+    assert!(
+        e.trace.iter().all(|f| f.code.is_some()),
+        "frames know their code position"
+    );
+    let positions: Vec<TraceFrame> = e
+        .trace
+        .into_iter()
+        .map(|f| TraceFrame { code: None, ..f })
+        .collect();
     assert_eq!(
-        e.trace,
+        positions,
         vec![
             TraceFrame {
                 function: "bad".into(),
                 file: "t.skiff".into(),
                 line: 2,
                 col: 9,
-                peer: Some("w1".into())
+                peer: Some("w1".into()),
+                code: None,
             },
             TraceFrame {
                 function: "main".into(),
                 file: "t.skiff".into(),
                 line: 1,
                 col: 1,
-                peer: Some("w1".into())
+                peer: Some("w1".into()),
+                code: None,
             },
         ]
     );
@@ -622,6 +633,7 @@ fn remote_suspends_and_resolves() {
         line: 3,
         col: 4,
         peer: Some("w1".into()),
+        code: None,
     };
     let e = failed(s.answer_first_remote(
         0,

@@ -19,7 +19,9 @@
 use super::driver::{DriverCmd, DriverHandle};
 use super::hop::{run_hop, HopJob};
 use super::Shared;
-use skiff_vm::hop::{body_failure, error_kind, start_failure, trace_line, BodyFailure, HopTarget};
+use skiff_vm::hop::{
+    body_failure, error_kind, start_failure, symbolize, trace_line, BodyFailure, HopTarget,
+};
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
     CodeStore, Engine, ExecError, Execution, FunctionId, Module, Portable, RemoteFailure, Status,
@@ -197,6 +199,10 @@ impl VmThread {
             } => {
                 if let Some(r) = self.running.get_mut(&exec) {
                     r.hops.remove(&request);
+                    let mut result = result;
+                    if let Err(failure) = &mut result {
+                        symbolize(&mut failure.trace, &self.store);
+                    }
                     r.exec.resolve(request, result);
                     r.runnable = true;
                 }

@@ -215,6 +215,9 @@ pub struct TraceFrame {
     pub col: u32,
     /// The peer where this frame ran, when it ran as a remote body.
     pub peer: Option<String>,
+    /// The function and instruction index, so a node that holds the function's debug info
+    /// (the caller that shipped it) can name a frame the peer could not.
+    pub code: Option<(FunctionId, u32)>,
 }
 
 /// A remote call the host must carry out.

@@ -211,6 +211,7 @@ pub(crate) fn trace(prog: &Program, frames: &[Frame], node: &NodeInfo) -> Vec<Tr
                 line,
                 col,
                 peer: peer.clone(),
+                code: f.map(|f| (f.id, at as u32)),
             }
         })
         .collect()
