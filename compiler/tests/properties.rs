@@ -1,11 +1,17 @@
-//! Property tests: random well-formed programs compile, check and round-trip; compiling is
+//! Property tests: random well-formed programs compile, check, round-trip and run without a
+//! panic (fuel bounds their loops; runtime errors are outcomes like any other); compiling is
 //! deterministic.
 
 mod common;
 use common::*;
 use proptest::prelude::*;
 use skiff_compiler::{compile, fuzz_compile, CompileOptions};
+use skiff_vm::interp::{CallError, Engine, ExecIo, Execution, Limits};
+use skiff_vm::store::CodeStore;
 use skiff_vm::Blob;
+
+/// Fuel each generated program may use when it runs.
+const RUN_FUEL: u64 = 200_000;
 
 /// A tiny deterministic RNG (the generator must not depend on proptest internals).
 struct Rng(u64);
@@ -380,6 +386,25 @@ fn check_program(src: &str) {
         m.blobs.keys().collect::<Vec<_>>()
     );
     fuzz_compile(src.as_bytes());
+    run_program(&m, src);
+}
+
+/// Runs a generated program: it must end (fuel bounds it) in a value, a runtime error or a
+/// limit, never a panic or a verifier refusal.
+fn run_program(m: &skiff_vm::Module, src: &str) {
+    let mut store = CodeStore::new();
+    if let Err(e) = store.add_module(m) {
+        panic!("verifier refused compiled code: {e}\n{src}");
+    }
+    let limits = Limits {
+        fuel: Some(RUN_FUEL),
+        ..Limits::default()
+    };
+    let (io, _stdout, _stderr) = ExecIo::capture();
+    match Execution::call(&Engine::new(), &store, m.entry, vec![], limits, io) {
+        Ok(_) | Err(CallError::Failed(_)) => {}
+        Err(other) => panic!("could not start: {other}\n{src}"),
+    }
 }
 
 proptest! {
