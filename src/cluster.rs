@@ -7,12 +7,22 @@
 //! under the callee's limits, and report the outcome with the error kinds of LANGUAGE.md §8.
 //! The QUIC node does the same over the wire.
 //!
+//! Each node has its own execution contexts (`skiff_transport::context`, the same code the
+//! QUIC node uses): `default`, plus any the host registers with
+//! [`LocalCluster::create_context`] / [`LocalCluster::fork_context`]; every execution reads
+//! and writes its context through `context_get` / `context_set` / `context_name`.
+//!
 //! Invariants:
 //! - A node's store receives only blobs some hop needed; every blob is verified on insert.
+//! - Every execution runs in one context of its node that existed when it started; a hop to
+//!   an unknown context is `Refused` and starts nothing.
 //! - Executions are stepped in slices, so one busy node cannot starve the others, and no
 //!   script call recurses on the Rust stack (hops are records in `running`, not calls).
 //! - When an execution ends, every hop it started and is still running is cancelled.
 
+use skiff_transport::context::{
+    ContextError, ContextNatives, ContextState, Contexts, SharedContexts,
+};
 use skiff_vm::hop::{
     body_failure, error_kind, hop_error, is_failover_kind, start_failure, BodyFailure, HopTarget,
     DEFAULT_CONTEXT,
@@ -22,7 +32,9 @@ use skiff_vm::{
     transitive_closure, BlobHash, CodeStore, Engine, ExecError, ExecIo, Execution, FunctionId,
     Limits, Portable, RemoteFailure, RemoteRequest, Status,
 };
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// Makes the output sinks of each new execution.
@@ -39,6 +51,7 @@ pub struct NodeStats {
 struct LocalNode {
     store: CodeStore,
     stats: NodeStats,
+    contexts: SharedContexts,
 }
 
 /// A hop in progress: which peers are left to try and where the answer goes.
@@ -57,20 +70,29 @@ struct Running {
     hop: Option<Hop>,
     runnable: bool,
     wake_at: Option<Instant>,
+    /// The context (of `node`) the execution runs in.
+    context: Rc<str>,
 }
 
 /// Several named nodes in one process.
-pub struct LocalCluster<'e> {
-    engine: &'e Engine,
+pub struct LocalCluster {
+    /// The host's engine plus the context natives.
+    engine: Engine,
+    context_natives: ContextNatives,
     nodes: BTreeMap<String, LocalNode>,
     limits: Limits,
     io: IoFactory,
     running: Vec<Option<Running>>,
 }
 
-impl<'e> LocalCluster<'e> {
+impl LocalCluster {
     /// A cluster of `names` (the first runs the top level), each node applying `limits`.
-    pub fn new(engine: &'e Engine, names: &[String], limits: Limits, io: IoFactory) -> Self {
+    /// Every node has the host's natives (`engine`) and the context natives (unless the host
+    /// registered natives of those names).
+    pub fn new(engine: &Engine, names: &[String], limits: Limits, io: IoFactory) -> Self {
+        let mut engine = engine.clone();
+        let context_natives = ContextNatives::default();
+        context_natives.install(&mut engine);
         let nodes = names
             .iter()
             .map(|n| {
@@ -79,12 +101,14 @@ impl<'e> LocalCluster<'e> {
                     LocalNode {
                         store: CodeStore::new(),
                         stats: NodeStats::default(),
+                        contexts: Rc::new(RefCell::new(Contexts::default())),
                     },
                 )
             })
             .collect();
         LocalCluster {
             engine,
+            context_natives,
             nodes,
             limits,
             io,
@@ -110,6 +134,34 @@ impl<'e> LocalCluster<'e> {
         self.nodes.get(node).map(|n| n.stats).unwrap_or_default()
     }
 
+    fn contexts(&self, node: &str) -> Result<&SharedContexts, RunError> {
+        self.nodes
+            .get(node)
+            .map(|n| &n.contexts)
+            .ok_or_else(|| RunError::UnknownNode(node.to_owned()))
+    }
+
+    /// Registers the context `name` on `node`, holding `initial`.
+    pub fn create_context(
+        &mut self,
+        node: &str,
+        name: &str,
+        initial: impl IntoIterator<Item = (String, Portable)>,
+    ) -> Result<(), RunError> {
+        let initial = initial.into_iter().collect();
+        Ok(self.contexts(node)?.borrow_mut().create(name, initial)?)
+    }
+
+    /// Registers the context `to` on `node` with a copy of `from`'s state (copy-on-fork).
+    pub fn fork_context(&mut self, node: &str, from: &str, to: &str) -> Result<(), RunError> {
+        Ok(self.contexts(node)?.borrow_mut().fork(from, to)?)
+    }
+
+    /// A snapshot of the state of context `name` on `node`.
+    pub fn context_state(&self, node: &str, name: &str) -> Result<ContextState, RunError> {
+        Ok(self.contexts(node)?.borrow().state(name)?)
+    }
+
     fn node_info(&self, here: &str, caller: Option<&str>) -> NodeInfo {
         NodeInfo {
             here: here.to_owned(),
@@ -132,7 +184,7 @@ impl<'e> LocalCluster<'e> {
             .store;
         let info = self.node_info(node, None);
         let exec = Execution::start(
-            self.engine,
+            &self.engine,
             store,
             func,
             args,
@@ -147,6 +199,7 @@ impl<'e> LocalCluster<'e> {
             hop: None,
             runnable: true,
             wake_at: None,
+            context: Rc::from(DEFAULT_CONTEXT),
         }));
         let top = self.running.len() - 1;
         loop {
@@ -191,7 +244,11 @@ impl<'e> LocalCluster<'e> {
     /// Runs one slice of execution `id`; `Some` when it ended.
     fn step(&mut self, id: usize, now: Instant) -> Option<Result<Portable, ExecError>> {
         let running = self.running[id].as_mut()?;
-        let status = running.exec.run(now);
+        let status = {
+            let contexts = &self.nodes.get(&running.node)?.contexts;
+            let _in = self.context_natives.enter(contexts, &running.context);
+            running.exec.run(now)
+        };
         let requests = running.exec.take_requests();
         running.runnable = false;
         running.wake_at = None;
@@ -252,12 +309,14 @@ impl<'e> LocalCluster<'e> {
             hop.deadline = hop.plan.timeout.map(|t| Instant::now() + t);
             match self.launch(&hop, &peer) {
                 Ok(exec) => {
+                    let context = Rc::from(hop.plan.context.as_str());
                     self.running.push(Some(Running {
                         node: peer,
                         exec,
                         hop: Some(hop),
                         runnable: true,
                         wake_at: None,
+                        context,
                     }));
                     return;
                 }
@@ -294,7 +353,11 @@ impl<'e> LocalCluster<'e> {
                 peer,
             ));
         }
-        if hop.plan.context != DEFAULT_CONTEXT {
+        if !self.nodes[peer]
+            .contexts
+            .borrow()
+            .contains(&hop.plan.context)
+        {
             return Err(hop_error(
                 "Refused",
                 format!("peer `{peer}` has no context `{}`", hop.plan.context),
@@ -320,7 +383,7 @@ impl<'e> LocalCluster<'e> {
         let node = self.nodes.get_mut(peer).expect("checked above");
         node.stats.calls_served += 1;
         Execution::start(
-            self.engine,
+            &self.engine,
             &node.store,
             hop.request.func,
             hop.request.args.clone(),
@@ -447,4 +510,6 @@ pub enum RunError {
     Failed(Box<ExecError>),
     #[error("every task is waiting and nothing can wake it")]
     Stalled,
+    #[error(transparent)]
+    Context(#[from] ContextError),
 }

@@ -30,6 +30,7 @@ pub use skiff_vm::native::{NativeCtx, NativeError, NodeInfo};
 pub use skiff_vm::{ExecError, ExecIo, Limits, Module, Portable, Value};
 
 use cluster::{LocalCluster, RunError};
+use skiff_transport::context::CONTEXT_NATIVES;
 
 /// Why a compile, load or call through the facade failed.
 #[derive(Debug, thiserror::Error)]
@@ -113,11 +114,13 @@ impl Engine {
         &self.vm
     }
 
-    /// Compiles `source`; warnings are dropped, errors returned all together.
+    /// Compiles `source`; warnings are dropped, errors returned all together. Scripts may call
+    /// the host's natives and the context natives every node provides (`context_get`,
+    /// `context_set`, `context_name`).
     pub fn compile(&self, source: &str, file: &str) -> Result<Module, Error> {
-        let options = CompileOptions {
-            natives: self.natives.clone(),
-        };
+        let mut natives = self.natives.clone();
+        natives.extend(CONTEXT_NATIVES.iter().map(|n| n.to_string()));
+        let options = CompileOptions { natives };
         let output = skiff_compiler::compile(source, file, &options);
         output.module.ok_or_else(|| {
             Error::Compile(

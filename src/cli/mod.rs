@@ -111,7 +111,14 @@ fn load(file: &Path) -> Result<Option<Module>> {
     let source =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.display().to_string();
-    let output = skiff_compiler::compile(&source, &name, &CompileOptions::default());
+    // Every node (in-process or QUIC) provides the context natives.
+    let options = CompileOptions {
+        natives: skiff_transport::CONTEXT_NATIVES
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+    };
+    let output = skiff_compiler::compile(&source, &name, &options);
     // Colour only for a person at a terminal (and never when NO_COLOR is set).
     let colour = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
         ColorChoice::Auto

@@ -31,15 +31,19 @@
 //! - [`peers`]: the peer table, `NAME=HOST:PORT[#PIN]` flags and a TOML file.
 //! - [`lossy`]: a datagram-dropping socket for loss tests.
 //! - [`error`]: [`TransportError`] and the mapping from quinn/TLS failures.
+//! - [`context`]: execution contexts — named key → value stores on a node, copy-on-fork,
+//!   and the `context_get` / `context_set` / `context_name` natives (shared with the
+//!   facade's in-process cluster).
 //! - [`node`]: the node runtime — a VM instance serving and making calls over QUIC: one
 //!   driver task per connection moving bytes between quinn streams and the sans-IO
 //!   `skiff_wire::Connection`, one VM thread per node owning every execution.
 //!
-//! Everything but [`node`] knows nothing of the VM or the wire protocol: it hands out
+//! Everything but [`node`] and [`context`] knows nothing of the VM or the wire protocol: it hands out
 //! authenticated connections and streams; the node runtime drives the wire state machine and
 //! the VM over them.
 
 pub mod cert;
+pub mod context;
 pub mod endpoint;
 pub mod error;
 pub mod lossy;
@@ -47,6 +51,7 @@ pub mod node;
 pub mod peers;
 pub mod tls;
 
+pub use context::{ContextError, ContextState, Contexts, CONTEXT_NATIVES};
 pub use endpoint::{Accepting, ConnectionManager, Endpoint, EndpointConfig, TransportOptions};
 pub use error::{CertRefusal, Side, TransportError};
 pub use lossy::{LossConfig, LossStats, LossySocket};

@@ -109,6 +109,7 @@ async fn self_hop(
         args: job.args.clone(),
         hops: job.hops.clone(),
         deadline,
+        context: job.plan.context.clone(),
         reply: tx,
     });
     // Whether it finished or was dropped, let the VM thread look again (it cancels an

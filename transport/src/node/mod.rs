@@ -30,6 +30,7 @@ mod driver;
 mod hop;
 mod vm;
 
+use crate::context::{ContextError, ContextState, Contexts};
 use crate::endpoint::{ConnectionManager, Endpoint, EndpointConfig, TransportOptions};
 use crate::peers::{Peer, PeerTable};
 use crate::tls::{ClientAuth, Fingerprint, NodeIdentity};
@@ -39,7 +40,7 @@ use driver::DriverHandle;
 use skiff_vm::native::{NativeCtx, NativeError};
 use skiff_vm::{Blob, BlobHash, ExecError, ExecIo, FunctionId, Limits, Module, Portable, Value};
 use skiff_wire::{BlobSource, CallOptions, SharedStore, Side, Stats};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -115,7 +116,8 @@ pub struct NodeConfig {
     pub natives: Vec<(String, SendNative)>,
     /// Output sinks of executions.
     pub io: SendIoFactory,
-    /// Execution contexts besides `default`.
+    /// Execution contexts besides `default`, created empty at start (more at any time with
+    /// [`Node::create_context`] / [`Node::fork_context`]).
     pub contexts: Vec<String>,
     /// Permissions of peers not listed in `permissions` (and of unidentified clients).
     pub default_permissions: Permissions,
@@ -177,6 +179,8 @@ pub enum NodeError {
     Load(String),
     #[error("cannot start: {0}")]
     Start(String),
+    #[error(transparent)]
+    Context(#[from] ContextError),
     #[error("{0}")]
     Failed(Box<ExecError>),
     #[error("{}", describe(.0))]
@@ -254,7 +258,6 @@ pub(crate) struct Shared {
     vm_tx: Mutex<std::sync::mpsc::Sender<VmMsg>>,
     limits: Limits,
     io: SendIoFactory,
-    contexts: HashSet<String>,
     default_permissions: Permissions,
     permissions: HashMap<String, Permissions>,
     runtime: tokio::runtime::Handle,
@@ -386,8 +389,7 @@ impl Node {
         let mut wire_config = config.wire.clone();
         wire_config.node_name = config.name.clone();
         let (vm_tx, vm_rx) = std::sync::mpsc::channel();
-        let mut contexts: HashSet<String> = config.contexts.iter().cloned().collect();
-        contexts.insert(skiff_vm::hop::DEFAULT_CONTEXT.to_owned());
+        let contexts = Contexts::with_names(&config.contexts)?;
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             manager,
@@ -398,7 +400,6 @@ impl Node {
             vm_tx: Mutex::new(vm_tx),
             limits: config.limits.clone(),
             io: config.io.clone(),
-            contexts,
             default_permissions: config.default_permissions.clone(),
             permissions: config.permissions.clone(),
             runtime: tokio::runtime::Handle::current(),
@@ -411,7 +412,7 @@ impl Node {
         let vm_shared = shared.clone();
         let vm_thread = std::thread::Builder::new()
             .name(format!("skiff-vm-{}", config.name))
-            .spawn(move || vm::VmThread::new(vm_shared, &natives).run(vm_rx))
+            .spawn(move || vm::VmThread::new(vm_shared, &natives, contexts).run(vm_rx))
             .map_err(|e| NodeError::Start(e.to_string()))?;
         let accept = tokio::spawn(accept_loop(shared.clone(), endpoint.clone()));
         tracing::info!(node = %config.name, addr = ?endpoint.local_addr().ok(), "node started");
@@ -498,6 +499,52 @@ impl Node {
         hop::call_peer(&self.shared, peer, opts, None, deadline)
             .await
             .map_err(|f| NodeError::Remote(Box::new(f)))
+    }
+
+    /// Runs `op` on the node's contexts, on the VM thread (between execution slices).
+    async fn with_contexts<R: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Contexts) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.to_vm(VmMsg::Contexts(Box::new(move |contexts| {
+            let _ = tx.send(op(contexts));
+        })));
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Registers the execution context `name` holding `initial`; hops with
+    /// `context: name` run in it from now on. Fails if it exists, or if a value holds a
+    /// function (contexts hold data).
+    pub async fn create_context(
+        &self,
+        name: &str,
+        initial: impl IntoIterator<Item = (String, Portable)>,
+    ) -> Result<(), NodeError> {
+        let name = name.to_owned();
+        let initial: BTreeMap<String, Portable> = initial.into_iter().collect();
+        Ok(self
+            .with_contexts(move |c| c.create(&name, initial))
+            .await??)
+    }
+
+    /// Registers the context `to` with a copy of `from`'s state as it is now (executions
+    /// running in `from` are between slices); afterwards writes to either are invisible to
+    /// the other. The copy is made lazily, on the first write to either.
+    pub async fn fork_context(&self, from: &str, to: &str) -> Result<(), NodeError> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        Ok(self.with_contexts(move |c| c.fork(&from, &to)).await??)
+    }
+
+    /// A snapshot of the state of context `name` (later writes do not change it).
+    pub async fn context_state(&self, name: &str) -> Result<ContextState, NodeError> {
+        let name = name.to_owned();
+        Ok(self.with_contexts(move |c| c.state(&name)).await??)
+    }
+
+    /// The names of every context on this node, sorted (`default` included).
+    pub async fn context_names(&self) -> Result<Vec<String>, NodeError> {
+        self.with_contexts(|c| c.names()).await
     }
 
     /// Wire counters of the current connection to `peer`, if there is one.

@@ -15,19 +15,27 @@
 //! - When an execution ends or is cancelled, every hop it started and is still waiting for is
 //!   cancelled (dropping its cancel handle stops the hop task, which cancels the wire call).
 //! - Refused calls (permissions, unknown context, unknown export) start nothing.
+//! - Every execution runs in one context that existed when it started; the context natives
+//!   see it because each `Execution::run` is wrapped in `ContextNatives::enter`. The
+//!   contexts and their state live here, on this thread; the host reaches them with
+//!   `VmMsg::Contexts`.
 
 use super::driver::{DriverCmd, DriverHandle};
 use super::hop::{run_hop, HopJob};
 use super::Shared;
+use crate::context::{ContextNatives, Contexts, SharedContexts};
 use skiff_vm::hop::{
-    body_failure, error_kind, start_failure, symbolize, trace_line, BodyFailure, HopTarget,
+    body_failure, error_kind, hop_error, start_failure, symbolize, trace_line, BodyFailure,
+    HopTarget, DEFAULT_CONTEXT,
 };
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
     CodeStore, Engine, ExecError, Execution, FunctionId, Module, Portable, RemoteFailure, Status,
 };
 use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,8 +62,11 @@ pub(crate) enum VmMsg {
         args: Vec<Portable>,
         hops: Vec<String>,
         deadline: Option<Instant>,
+        context: String,
         reply: oneshot::Sender<Result<Portable, RemoteFailure>>,
     },
+    /// A host operation on the contexts (create, fork, read).
+    Contexts(Box<dyn FnOnce(&mut Contexts) + Send>),
     Load {
         module: Box<Module>,
         reply: oneshot::Sender<Result<(), String>>,
@@ -110,6 +121,8 @@ struct Running {
     nested_hops: Vec<String>,
     /// The connection the call came in on and the caller's name: `remote(caller())` uses it.
     back: Option<(String, DriverHandle)>,
+    /// The context the execution runs in.
+    context: Rc<str>,
 }
 
 pub(crate) struct VmThread {
@@ -120,15 +133,24 @@ pub(crate) struct VmThread {
     running: HashMap<u64, Running>,
     by_call: HashMap<(usize, CallId), u64>,
     next_exec: u64,
+    contexts: SharedContexts,
+    context_natives: ContextNatives,
+    default_context: Rc<str>,
 }
 
 impl VmThread {
-    pub fn new(shared: Arc<Shared>, natives: &[(String, super::SendNative)]) -> VmThread {
+    pub fn new(
+        shared: Arc<Shared>,
+        natives: &[(String, super::SendNative)],
+        contexts: Contexts,
+    ) -> VmThread {
         let mut engine = Engine::new();
         for (name, f) in natives {
             let f = f.clone();
             engine.register_native(name.clone(), move |ctx, args| f(ctx, args));
         }
+        let context_natives = ContextNatives::default();
+        context_natives.install(&mut engine);
         VmThread {
             shared,
             engine,
@@ -137,6 +159,9 @@ impl VmThread {
             running: HashMap::new(),
             by_call: HashMap::new(),
             next_exec: 0,
+            contexts: Rc::new(RefCell::new(contexts)),
+            context_natives,
+            default_context: Rc::from(DEFAULT_CONTEXT),
         }
     }
 
@@ -212,9 +237,21 @@ impl VmThread {
                 args,
                 hops,
                 deadline,
+                context,
                 reply,
             } => {
                 let here = self.shared.name.clone();
+                if !self.contexts.borrow().contains(&context) {
+                    let _ = reply.send(Err(RemoteFailure {
+                        error: hop_error(
+                            "Refused",
+                            format!("peer `{here}` has no context `{context}`"),
+                            &here,
+                        ),
+                        trace: Vec::new(),
+                    }));
+                    return false;
+                }
                 let mut limits = self.shared.limits.clone();
                 limits.deadline = match (limits.deadline, deadline) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -233,7 +270,8 @@ impl VmThread {
                     Ok(exec) => {
                         let mut nested = hops;
                         nested.push(here);
-                        self.push(exec, Origin::SelfHop { reply, deadline }, nested, None);
+                        let origin = Origin::SelfHop { reply, deadline };
+                        self.push(exec, origin, nested, None, Rc::from(context));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RemoteFailure {
@@ -243,6 +281,7 @@ impl VmThread {
                     }
                 }
             }
+            VmMsg::Contexts(op) => op(&mut self.contexts.borrow_mut()),
             VmMsg::Load { module, reply } => {
                 let result = self.load(&module);
                 let _ = reply.send(result);
@@ -271,7 +310,8 @@ impl VmThread {
                     (self.shared.io)(),
                 ) {
                     Ok(exec) => {
-                        self.push(exec, Origin::Local(reply), Vec::new(), None);
+                        let context = self.default_context.clone();
+                        self.push(exec, Origin::Local(reply), Vec::new(), None, context);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RunFailure::Start(e.to_string())));
@@ -310,6 +350,7 @@ impl VmThread {
         origin: Origin,
         nested_hops: Vec<String>,
         back: Option<(String, DriverHandle)>,
+        context: Rc<str>,
     ) -> u64 {
         let id = self.next_exec;
         self.next_exec += 1;
@@ -329,6 +370,7 @@ impl VmThread {
                 hops: HashMap::new(),
                 nested_hops,
                 back,
+                context,
             },
         );
         id
@@ -347,9 +389,9 @@ impl VmThread {
         let caller = driver.peer.clone().unwrap_or_else(|| call.caller.clone());
         let perms = self.shared.permissions_for(driver.peer.as_deref());
         // Context.
-        match &call.context {
-            Portable::Nil => {}
-            Portable::Str(c) if self.shared.contexts.contains(c) => {}
+        let context = match &call.context {
+            Portable::Nil => self.default_context.clone(),
+            Portable::Str(c) if self.contexts.borrow().contains(c) => Rc::from(c.as_str()),
             other => {
                 let name = match other {
                     Portable::Str(c) => c.clone(),
@@ -362,7 +404,7 @@ impl VmThread {
                     format!("peer `{here}` has no context `{name}`"),
                 );
             }
-        }
+        };
         // Target and permissions.
         let func = match &call.target {
             Target::Name(name) => {
@@ -452,7 +494,7 @@ impl VmThread {
                     timed_by_caller,
                     deadline,
                 };
-                self.push(exec, origin, nested, Some((caller, driver)));
+                self.push(exec, origin, nested, Some((caller, driver)), context);
             }
             Err(e) => {
                 let error = start_failure(&e, &here);
@@ -526,7 +568,10 @@ impl VmThread {
             let Some(r) = self.running.get_mut(&id) else {
                 continue;
             };
-            let status = r.exec.run(Instant::now());
+            let status = {
+                let _in = self.context_natives.enter(&self.contexts, &r.context);
+                r.exec.run(Instant::now())
+            };
             let requests = r.exec.take_requests();
             r.runnable = false;
             r.wake_at = None;
