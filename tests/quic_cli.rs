@@ -238,9 +238,25 @@ fn ca_mode_with_skiff_cert_files_and_a_peers_file() {
     for args in [
         vec!["cert", "ca", "--out", &d("ca")],
         vec!["cert", "node", "w", "--ca", &d("ca"), "--out", &d("certs")],
-        vec!["cert", "node", "cli", "--ca", &d("ca"), "--out", &d("certs")],
+        vec![
+            "cert",
+            "node",
+            "cli",
+            "--ca",
+            &d("ca"),
+            "--out",
+            &d("certs"),
+        ],
         vec!["cert", "ca", "--out", &d("rogue")],
-        vec!["cert", "node", "cli", "--ca", &d("rogue"), "--out", &d("rogue")],
+        vec![
+            "cert",
+            "node",
+            "cli",
+            "--ca",
+            &d("rogue"),
+            "--out",
+            &d("rogue"),
+        ],
     ] {
         let (code, out, err) = skiff(&args);
         assert_eq!(code, 0, "{args:?}: {err}");
