@@ -1,10 +1,10 @@
 //! Embedding Skiff in a Rust program: limits, typed host functions, compile, call.
 //!
-//! Run with `cargo run --example embed`.
+//! Run with `cargo run --example embed`. `tests/examples.rs` runs it too.
 
 use skiff::{Engine, Limits, Portable};
 
-fn main() -> Result<(), skiff::Error> {
+pub fn main() -> Result<(), skiff::Error> {
     // Every execution of this engine gets at most 10 million instructions and 64 MiB.
     let limits = Limits {
         fuel: Some(10_000_000),
@@ -36,7 +36,13 @@ fn main() -> Result<(), skiff::Error> {
     let cities = vec!["oslo", "lima"];
     let report: Portable = engine.call(&module, "report", (cities,))?;
     println!("report: {report:?}");
+    let expected = Portable::Map(vec![
+        (Portable::Str("oslo".into()), Portable::Int(5)),
+        (Portable::Str("lima".into()), Portable::Int(19)),
+    ]);
+    assert_eq!(report, expected);
     let message: String = engine.call(&module, "safe", ("atlantis",))?;
     println!("safe: {message}");
+    assert_eq!(message, "no reading for atlantis");
     Ok(())
 }
