@@ -33,7 +33,12 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lib = engine.compile("fn add(x, y) { x + y }", "lib.skiff")?;
     worker.load(&lib).await?;
     let sum = main
-        .call("worker", "add", vec![Portable::Int(2), Portable::Int(3)], None)
+        .call(
+            "worker",
+            "add",
+            vec![Portable::Int(2), Portable::Int(3)],
+            None,
+        )
         .await?;
     println!("add(2, 3) on the worker: {sum:?}");
     assert_eq!(sum, Portable::Int(5));
