@@ -102,3 +102,69 @@ fn compile_writes_blobs_named_by_hash_and_disasm_reads_them() {
     let refused = skiff(&["disasm", &out_dir.display().to_string()]);
     assert_eq!(refused.status.code(), Some(2));
 }
+
+/// `disasm` shows, per blob, its hash (the one `compile` names it by), what it depends on,
+/// the natives and references of each function, and its code with source lines.
+#[test]
+fn disasm_lists_hashes_dependencies_natives_and_code() {
+    let dir = scratch("disasm");
+    let file = write(
+        &dir,
+        "d.skiff",
+        "fn twice(x) { x * 2 }\nfn quad(x) { twice(twice(x)) }\nprint(quad(3), len(\"abc\"))\n",
+    );
+    let out_dir = dir.join("out");
+    assert!(
+        skiff(&["compile", &file, "-o", &out_dir.display().to_string()])
+            .status
+            .success()
+    );
+    let manifest = std::fs::read_to_string(out_dir.join("manifest")).unwrap();
+    let hash_of = |line: &str| {
+        let id = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no `{line}` in {manifest}"));
+        id.trim().trim_end_matches(".0").to_owned()
+    };
+    let (twice, quad, entry) = (
+        hash_of("export twice "),
+        hash_of("export quad "),
+        hash_of("entry "),
+    );
+
+    let out = skiff(&["disasm", &file]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let blob = |hash: &str| {
+        let start = text
+            .find(&format!("blob {hash} "))
+            .unwrap_or_else(|| panic!("no blob {hash}:\n{text}"));
+        let rest = &text[start + 5..];
+        rest[..rest.find("\nblob ").unwrap_or(rest.len())].to_owned()
+    };
+    let twice_blob = blob(&twice);
+    assert!(!twice_blob.contains("depends on"), "{twice_blob}");
+    assert!(twice_blob.contains("fn twice in ") && twice_blob.contains("Mul"));
+    assert!(
+        twice_blob.contains("fn twice(x) { x * 2 }"),
+        "source lines: {twice_blob}"
+    );
+    let quad_blob = blob(&quad);
+    assert!(
+        quad_blob.contains(&format!("depends on {twice}")),
+        "{quad_blob}"
+    );
+    assert!(
+        quad_blob.contains(&format!("ref 0: {twice}.0")),
+        "{quad_blob}"
+    );
+    assert!(quad_blob.contains("CallFunction"), "{quad_blob}");
+    let main_blob = blob(&entry);
+    assert!(
+        main_blob.contains(&format!("depends on {quad}")),
+        "{main_blob}"
+    );
+    assert!(main_blob.contains("natives: len, print"), "{main_blob}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
