@@ -159,16 +159,37 @@ impl Arith {
 /// linked (never encoded, so blob bytes and hashes are unaffected).
 ///
 /// `ops[pc]` stands for the instructions starting at `code[pc]`: either one instruction as is
-/// ([`Op::I`]) or a fused op covering the next few instructions (named in each doc line). The
-/// covered instructions keep their own ops at their own indices, so jumps into the middle of
-/// a fused sequence, handlers, saved pcs and debug positions all use the original indices.
-/// A fused op only runs its fast path (integers, no overflow, enough fuel for every covered
-/// instruction); otherwise the interpreter runs `code[pc]` alone, which is exactly what the
-/// unfused code would have done.
+/// ([`Op::I`], always run by the general loop), one instruction with an integer fast path, or
+/// a fused op covering the next few instructions (named in each doc line; [`Op::covers`]).
+/// The covered instructions keep their own ops at their own indices, so jumps into the middle
+/// of a fused sequence, handlers, saved pcs and debug positions all use the original indices.
+/// An op only runs its fast path when every covered instruction would take its integer fast
+/// path (no overflow, no division by zero, no call the fast path cannot make) and the budget
+/// covers all of them; otherwise the interpreter runs `code[pc]` alone, which is exactly what
+/// the unfused code would have done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// One instruction, run as is.
+    /// One instruction, run as is by the general loop.
     I(Instr),
+    /// `GetLocal slot`.
+    GetLocal { slot: u16 },
+    /// `SetLocal slot` (fast when the value is an integer).
+    SetLocal { slot: u16 },
+    /// `Int value`.
+    Int { value: i32 },
+    /// `AddInt value`.
+    AddInt { value: i32 },
+    /// `Jump target`.
+    Jump { target: u32 },
+    /// `Add`/`Sub`/`Mul`/`Div`/`Rem`.
+    Arith { op: Arith },
+    /// `JumpIfNot<cmp> target` on the two values on top of the stack.
+    JumpIfNot { cmp: Cmp, target: u32 },
+    /// `CallFunction` whose reference is resolved: `callee` is the index in the execution's
+    /// function table.
+    Call { callee: u32, argc: u8 },
+    /// `Return`.
+    Return,
     /// `GetLocal a; GetLocal b; JumpIfNot<cmp> target`.
     JumpIfNotLL {
         cmp: Cmp,
@@ -183,138 +204,211 @@ pub enum Op {
         value: i32,
         target: u32,
     },
+    /// `Jump head` where `code[head..head + 3]` is `GetLocal a; GetLocal b; JumpIfNot<cmp>
+    /// exit`: a loop's back edge and its condition. Continues at `head + 3` or `exit`.
+    LoopLL {
+        cmp: Cmp,
+        a: u16,
+        b: u16,
+        head: u32,
+        exit: u32,
+    },
+    /// `Jump head` where `code[head..head + 3]` is `GetLocal a; Int value; JumpIfNot<cmp>
+    /// exit`.
+    LoopLI {
+        cmp: Cmp,
+        a: u16,
+        value: i32,
+        head: u32,
+        exit: u32,
+    },
     /// `GetLocal a; Int value; <op>`.
     ArithLI { op: Arith, a: u16, value: i32 },
     /// `GetLocal a; GetLocal b; <op>`.
     ArithLL { op: Arith, a: u16, b: u16 },
+    /// `GetLocal a; GetLocal b; Int c | GetLocal c; <inner>; <outer>; SetLocal d`:
+    /// `d = a <outer> (b <inner> c)`, where `c` is a local slot if `c_local`, else a value.
+    Arith3Set {
+        outer: Arith,
+        inner: Arith,
+        c_local: bool,
+        a: u16,
+        b: u16,
+        c: i32,
+        d: u16,
+    },
     /// `<op>; SetLocal a`.
     ArithSet { op: Arith, a: u16 },
+    /// `<op>; Return`.
+    ArithReturn { op: Arith },
     /// `GetLocal a; AddInt value; SetLocal b`.
     AddIntSet { a: u16, value: i32, b: u16 },
     /// `GetLocal a; AddInt value`.
     LocalAddInt { a: u16, value: i32 },
     /// `Jump target` where `code[target]` is `Return`: runs that `Return`.
     JumpReturn { target: u32 },
-    /// `GetLocal slot`, dispatched once (not through [`Op::I`]).
-    GetLocal { slot: u16 },
-    /// `Int value`, dispatched once.
-    Int { value: i32 },
-    /// `Jump target`, dispatched once.
-    Jump { target: u32 },
-    /// `Add`/`Sub`/`Mul`/`Div`/`Rem` with an integer fast path.
-    Arith { op: Arith },
-    /// `GetLocal slot`, then the next instruction (one with no op of its own, e.g. `Return`,
-    /// `CallFunction`) run directly, without a second trip through dispatch.
-    GetLocalThen { slot: u16 },
-    /// `GetLocal a; AddInt value`, then the next instruction run directly.
-    LocalAddIntThen { a: u16, value: i32 },
-    /// `<op>`, then the next instruction run directly.
-    ArithThen { op: Arith },
     /// `GetLocal slot; Jump target` where `code[target]` is `Return`: runs that `Return`.
     GetLocalJumpReturn { slot: u16, target: u32 },
 }
 
 impl Op {
-    /// How many instructions of the original code this op stands for.
+    /// How many instructions of the original code this op stands for (and charges).
     pub fn covers(&self) -> usize {
         match self {
             Op::I(_)
             | Op::GetLocal { .. }
+            | Op::SetLocal { .. }
             | Op::Int { .. }
+            | Op::AddInt { .. }
             | Op::Jump { .. }
-            | Op::Arith { .. } => 1,
+            | Op::Arith { .. }
+            | Op::JumpIfNot { .. }
+            | Op::Call { .. }
+            | Op::Return => 1,
+            Op::ArithSet { .. }
+            | Op::ArithReturn { .. }
+            | Op::LocalAddInt { .. }
+            | Op::JumpReturn { .. } => 2,
             Op::JumpIfNotLL { .. }
             | Op::JumpIfNotLI { .. }
             | Op::ArithLI { .. }
             | Op::ArithLL { .. }
-            | Op::AddIntSet { .. } => 3,
-            Op::ArithSet { .. } | Op::LocalAddInt { .. } | Op::JumpReturn { .. } => 2,
-            Op::GetLocalThen { .. } | Op::ArithThen { .. } => 2,
-            Op::LocalAddIntThen { .. } | Op::GetLocalJumpReturn { .. } => 3,
+            | Op::AddIntSet { .. }
+            | Op::GetLocalJumpReturn { .. } => 3,
+            Op::LoopLL { .. } | Op::LoopLI { .. } => 4,
+            Op::Arith3Set { .. } => 6,
         }
     }
 }
 
 /// Translates verified code into the internal form: one op per instruction (see [`Op`]).
-pub fn translate(code: &[Instr]) -> Box<[Op]> {
-    let mut ops = fuse(code);
-    // Second pass: a simple op followed by an instruction that has no op of its own runs that
-    // instruction directly (the "then" forms).
-    for pc in 0..ops.len() {
-        let after = ops.get(pc + ops[pc].covers()).copied();
-        ops[pc] = match (ops[pc], after) {
-            (Op::GetLocal { slot }, Some(Op::JumpReturn { target })) => {
-                Op::GetLocalJumpReturn { slot, target }
-            }
-            (Op::GetLocal { slot }, Some(Op::I(_))) => Op::GetLocalThen { slot },
-            (Op::LocalAddInt { a, value }, Some(Op::I(_))) => Op::LocalAddIntThen { a, value },
-            (Op::Arith { op }, Some(Op::I(_))) => Op::ArithThen { op },
-            (op, _) => op,
-        };
-    }
-    ops.into_boxed_slice()
+/// `refs` is the function's reference table, resolved to function-table indices.
+pub fn translate(code: &[Instr], refs: &[u32]) -> Box<[Op]> {
+    (0..code.len()).map(|pc| fuse(code, refs, pc)).collect()
 }
 
-fn fuse(code: &[Instr]) -> Vec<Op> {
+/// The op for `code[pc]`: the longest fused pattern starting there, else the single op.
+fn fuse(code: &[Instr], refs: &[u32], pc: usize) -> Op {
     use Instr as I;
-    (0..code.len())
-        .map(|pc| {
-            let next = |k: usize| code.get(pc + k).copied();
-            let jump = next(2).and_then(Cmp::of_jump);
-            let arith = next(2).and_then(Arith::of);
-            match (code[pc], next(1)) {
-                (I::GetLocal { slot: a }, Some(I::GetLocal { slot: b })) => {
-                    if let Some((cmp, target)) = jump {
-                        Op::JumpIfNotLL { cmp, a, b, target }
-                    } else if let Some(op) = arith {
-                        Op::ArithLL { op, a, b }
-                    } else {
-                        single(code[pc])
-                    }
+    let at = |k: usize| code.get(pc + k).copied();
+    let jump = at(2).and_then(Cmp::of_jump);
+    let arith = at(2).and_then(Arith::of);
+    match (code[pc], at(1)) {
+        (I::GetLocal { slot: a }, Some(I::GetLocal { slot: b })) => {
+            let c = match at(2) {
+                Some(I::Int { value }) => Some((false, value)),
+                Some(I::GetLocal { slot }) => Some((true, i32::from(slot))),
+                _ => None,
+            };
+            let (inner, outer) = (at(3).and_then(Arith::of), at(4).and_then(Arith::of));
+            if let (Some((c_local, c)), Some(inner), Some(outer), Some(I::SetLocal { slot: d })) =
+                (c, inner, outer, at(5))
+            {
+                Op::Arith3Set {
+                    outer,
+                    inner,
+                    c_local,
+                    a,
+                    b,
+                    c,
+                    d,
                 }
-                (I::GetLocal { slot: a }, Some(I::Int { value })) => {
-                    if let Some((cmp, target)) = jump {
-                        Op::JumpIfNotLI {
-                            cmp,
-                            a,
-                            value,
-                            target,
-                        }
-                    } else if let Some(op) = arith {
-                        Op::ArithLI { op, a, value }
-                    } else {
-                        single(code[pc])
-                    }
-                }
-                (I::GetLocal { slot: a }, Some(I::AddInt { value })) => match next(2) {
-                    Some(I::SetLocal { slot: b }) => Op::AddIntSet { a, value, b },
-                    _ => Op::LocalAddInt { a, value },
-                },
-                (instr, Some(I::SetLocal { slot: a })) if Arith::of(instr).is_some() => {
-                    Op::ArithSet {
-                        op: Arith::of(instr).unwrap_or(Arith::Add),
-                        a,
-                    }
-                }
-                (I::Jump { target }, _) if code.get(target as usize) == Some(&I::Return {}) => {
-                    Op::JumpReturn { target }
-                }
-                (instr, _) => single(instr),
+            } else if let Some((cmp, target)) = jump {
+                Op::JumpIfNotLL { cmp, a, b, target }
+            } else if let Some(op) = arith {
+                Op::ArithLL { op, a, b }
+            } else {
+                single(code, refs, pc)
             }
-        })
-        .collect()
+        }
+        (I::GetLocal { slot: a }, Some(I::Int { value })) => {
+            if let Some((cmp, target)) = jump {
+                Op::JumpIfNotLI {
+                    cmp,
+                    a,
+                    value,
+                    target,
+                }
+            } else if let Some(op) = arith {
+                Op::ArithLI { op, a, value }
+            } else {
+                single(code, refs, pc)
+            }
+        }
+        (I::GetLocal { slot: a }, Some(I::AddInt { value })) => match at(2) {
+            Some(I::SetLocal { slot: b }) => Op::AddIntSet { a, value, b },
+            _ => Op::LocalAddInt { a, value },
+        },
+        (I::GetLocal { slot }, Some(I::Jump { target })) if returns(code, target) => {
+            Op::GetLocalJumpReturn { slot, target }
+        }
+        (instr, Some(I::SetLocal { slot: a })) if Arith::of(instr).is_some() => Op::ArithSet {
+            op: Arith::of(instr).unwrap_or(Arith::Add),
+            a,
+        },
+        (instr, Some(I::Return {})) if Arith::of(instr).is_some() => Op::ArithReturn {
+            op: Arith::of(instr).unwrap_or(Arith::Add),
+        },
+        (I::Jump { target }, _) if returns(code, target) => Op::JumpReturn { target },
+        (I::Jump { target: head }, _) => {
+            let h = head as usize;
+            let cond = code.get(h + 2).copied().and_then(Cmp::of_jump);
+            match (code.get(h).copied(), code.get(h + 1).copied(), cond) {
+                (
+                    Some(I::GetLocal { slot: a }),
+                    Some(I::GetLocal { slot: b }),
+                    Some((cmp, exit)),
+                ) => Op::LoopLL {
+                    cmp,
+                    a,
+                    b,
+                    head,
+                    exit,
+                },
+                (Some(I::GetLocal { slot: a }), Some(I::Int { value }), Some((cmp, exit))) => {
+                    Op::LoopLI {
+                        cmp,
+                        a,
+                        value,
+                        head,
+                        exit,
+                    }
+                }
+                _ => single(code, refs, pc),
+            }
+        }
+        _ => single(code, refs, pc),
+    }
 }
 
-/// The op of one instruction on its own.
-fn single(instr: Instr) -> Op {
+/// Whether `code[target]` is `Return`.
+fn returns(code: &[Instr], target: u32) -> bool {
+    code.get(target as usize) == Some(&Instr::Return {})
+}
+
+/// The op of `code[pc]` on its own.
+fn single(code: &[Instr], refs: &[u32], pc: usize) -> Op {
+    let instr = code[pc];
     match instr {
         Instr::GetLocal { slot } => Op::GetLocal { slot },
+        Instr::SetLocal { slot } => Op::SetLocal { slot },
         Instr::Int { value } => Op::Int { value },
+        Instr::AddInt { value } => Op::AddInt { value },
         Instr::Jump { target } => Op::Jump { target },
-        instr => match Arith::of(instr) {
-            Some(op) => Op::Arith { op },
+        Instr::Return {} => Op::Return,
+        Instr::CallFunction { func, argc } => match refs.get(func as usize) {
+            Some(&callee) => Op::Call { callee, argc },
             None => Op::I(instr),
         },
+        instr => {
+            if let Some(op) = Arith::of(instr) {
+                Op::Arith { op }
+            } else if let Some((cmp, target)) = Cmp::of_jump(instr) {
+                Op::JumpIfNot { cmp, target }
+            } else {
+                Op::I(instr)
+            }
+        }
     }
 }
 
@@ -364,7 +458,7 @@ mod tests {
             I::Add {},
             I::Return {},
         ];
-        let ops = translate(&code);
+        let ops = translate(&code, &[7]);
         assert_eq!(ops.len(), code.len());
         assert_eq!(
             ops[0],
@@ -385,13 +479,16 @@ mod tests {
             }
         );
         assert_eq!(ops[4], Op::JumpReturn { target: 12 });
-        assert_eq!(ops[5], Op::LocalAddIntThen { a: 0, value: -1 });
-        assert_eq!(ops[11], Op::ArithThen { op: Arith::Add });
-        assert_eq!(ops[12], Op::I(I::Return {}));
+        assert_eq!(ops[5], Op::LocalAddInt { a: 0, value: -1 });
+        assert_eq!(ops[7], Op::Call { callee: 7, argc: 1 });
+        assert_eq!(ops[11], Op::ArithReturn { op: Arith::Add });
+        assert_eq!(ops[12], Op::Return);
+        // s = s + i % 7 inside `while i < n`
         let loop_body = [
             I::GetLocal { slot: 1 },
             I::GetLocal { slot: 0 },
-            I::JumpIfNotGe { target: 9 },
+            I::JumpIfNotLt { target: 13 },
+            I::GetLocal { slot: 2 },
             I::GetLocal { slot: 1 },
             I::Int { value: 7 },
             I::Rem {},
@@ -401,28 +498,53 @@ mod tests {
             I::AddInt { value: 1 },
             I::SetLocal { slot: 1 },
             I::Jump { target: 0 },
+            I::GetLocal { slot: 2 },
+            I::Return {},
         ];
-        let ops = translate(&loop_body);
-        assert!(matches!(ops[0], Op::JumpIfNotLL { cmp: Cmp::Ge, .. }));
-        assert_eq!(ops[1], Op::GetLocalThen { slot: 0 });
-        assert!(matches!(ops[3], Op::ArithLI { op: Arith::Rem, .. }));
+        let ops = translate(&loop_body, &[]);
+        assert!(matches!(ops[0], Op::JumpIfNotLL { cmp: Cmp::Lt, .. }));
+        assert_eq!(ops[1], Op::GetLocal { slot: 0 });
+        assert_eq!(
+            ops[3],
+            Op::Arith3Set {
+                outer: Arith::Add,
+                inner: Arith::Rem,
+                c_local: false,
+                a: 2,
+                b: 1,
+                c: 7,
+                d: 2
+            }
+        );
+        assert!(matches!(ops[4], Op::ArithLI { op: Arith::Rem, .. }));
         assert!(matches!(
-            ops[6],
+            ops[7],
             Op::ArithSet {
                 op: Arith::Add,
                 a: 2
             }
         ));
         assert!(matches!(
-            ops[8],
+            ops[9],
             Op::AddIntSet {
                 a: 1,
                 value: 1,
                 b: 1
             }
         ));
-        assert_eq!(ops[11], Op::Jump { target: 0 });
-        assert_eq!(ops[7], Op::I(I::SetLocal { slot: 2 }));
-        assert_eq!(ops.iter().map(Op::covers).max(), Some(3));
+        assert_eq!(
+            ops[12],
+            Op::LoopLL {
+                cmp: Cmp::Lt,
+                a: 1,
+                b: 0,
+                head: 0,
+                exit: 13
+            }
+        );
+        assert_eq!(ops[8], Op::SetLocal { slot: 2 });
+        assert_eq!(ops.iter().map(Op::covers).max(), Some(6));
+        // anything without a fast path stays as it is
+        assert_eq!(translate(&[I::Nil {}], &[]), vec![Op::I(I::Nil {})].into());
     }
 }

@@ -125,7 +125,7 @@ impl Program {
                     upvals: code.upvals,
                     max_stack: stored.info.max_stack.get(m).copied().unwrap_or(0),
                     code: code.code.clone().into_boxed_slice(),
-                    ops: crate::function::translate(&code.code),
+                    ops: crate::function::translate(&code.code, &refs),
                     consts: consts.into_boxed_slice(),
                     refs: refs.into_boxed_slice(),
                     natives: resolved.into_boxed_slice(),

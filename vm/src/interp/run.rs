@@ -29,7 +29,7 @@ use super::{
     task_value, Frame, Handler, LimitKind, Raised, RemoteRequest, Resume, Task, TaskState,
     TraceFrame,
 };
-use crate::function::{Closure, NativeImpl, Op};
+use crate::function::{Closure, NativeImpl, Op, RtFunction};
 use crate::heap::Charge;
 use crate::native::{NativeCtx, NativeError, NodeInfo};
 use crate::opcodes::Instr;
@@ -263,6 +263,363 @@ fn unwind(
         top.pc = h.pc;
     }
     Ok(())
+}
+
+/// The running frame's state, handed between [`run_task`]'s general loop and [`fast`].
+struct Regs<'p> {
+    /// The running function.
+    f: &'p RtFunction,
+    pc: usize,
+    sp: usize,
+    base: usize,
+    /// Instructions left in the budget.
+    left: u64,
+}
+
+/// The lowest frame index `fast` may return from: not the bottom frame (its return finishes
+/// the task) and no frame that installed a handler (its return drops handlers).
+fn return_floor(handlers: &[Handler]) -> usize {
+    handlers.last().map_or(1, |h| h.frame as usize + 1).max(1)
+}
+
+/// Runs ops with a fast path until one cannot take it; returns with `r.pc` at the op the
+/// general loop must run as a single instruction (`code[pc]`), nothing of it done or charged.
+///
+/// An op runs here only when every instruction it covers takes its integer fast path, the
+/// budget covers them all (it charges each one), and a call or return needs nothing the
+/// general loop owns: a call needs no stack growth and stays within `max_depth` and the
+/// callee's arity; a return is from a frame at or above `floor` (see [`return_floor`]).
+/// Handlers cannot change while this runs (`TryBegin`/`TryEnd` are not fast ops), so `floor`
+/// stays valid. The state lives in locals, which is the point: small enough to stay in
+/// registers.
+#[inline(never)]
+fn fast<'p>(
+    funcs: &'p [RtFunction],
+    r: &mut Regs<'p>,
+    st: &mut [Value],
+    frames: &mut Vec<Frame>,
+    floor: usize,
+    max_depth: usize,
+) {
+    let Regs {
+        mut f,
+        mut pc,
+        mut sp,
+        mut base,
+        mut left,
+    } = *r;
+    let mut ops: &[Op] = &f.ops;
+    macro_rules! int {
+        ($slot:expr) => {
+            match st[$slot] {
+                Value::Int(x) => Some(x),
+                _ => None,
+            }
+        };
+    }
+    // Charges `$n` instructions, or stops at this op if the budget does not cover them.
+    // Every op checks its operands first and charges last, so stopping leaves nothing done.
+    macro_rules! charge {
+        ($n:expr) => {
+            if left < $n {
+                break;
+            }
+            left -= $n;
+        };
+    }
+    while let Some(op) = ops.get(pc) {
+        match *op {
+            Op::I(_) => break,
+            Op::GetLocal { slot } => {
+                charge!(1);
+                let v = fast_clone(&st[base + slot as usize]);
+                overwrite(&mut st[sp], v);
+                sp += 1;
+                pc += 1;
+            }
+            Op::SetLocal { slot } => {
+                let Some(x) = int!(sp - 1) else { break };
+                charge!(1);
+                sp -= 1;
+                put(&mut st[base + slot as usize], Value::Int(x));
+                pc += 1;
+            }
+            Op::Int { value } => {
+                charge!(1);
+                overwrite(&mut st[sp], Value::Int(i64::from(value)));
+                sp += 1;
+                pc += 1;
+            }
+            Op::AddInt { value } => {
+                let Some(x) = int!(sp - 1) else { break };
+                let Some(v) = x.checked_add(i64::from(value)) else {
+                    break;
+                };
+                charge!(1);
+                overwrite(&mut st[sp - 1], Value::Int(v));
+                pc += 1;
+            }
+            Op::Jump { target } => {
+                charge!(1);
+                pc = target as usize;
+            }
+            Op::Arith { op } => {
+                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                    break;
+                };
+                let Some(v) = op.apply(x, y) else { break };
+                charge!(1);
+                sp -= 1;
+                overwrite(&mut st[sp - 1], Value::Int(v));
+                pc += 1;
+            }
+            Op::JumpIfNot { cmp, target } => {
+                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                    break;
+                };
+                charge!(1);
+                sp -= 2;
+                pc = if cmp.holds(x, y) {
+                    pc + 1
+                } else {
+                    target as usize
+                };
+            }
+            Op::JumpIfNotLL { cmp, a, b, target } => {
+                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                    break;
+                };
+                charge!(3);
+                pc = if cmp.holds(x, y) {
+                    pc + 3
+                } else {
+                    target as usize
+                };
+            }
+            Op::JumpIfNotLI {
+                cmp,
+                a,
+                value,
+                target,
+            } => {
+                let Some(x) = int!(base + a as usize) else {
+                    break;
+                };
+                charge!(3);
+                pc = if cmp.holds(x, i64::from(value)) {
+                    pc + 3
+                } else {
+                    target as usize
+                };
+            }
+            Op::LoopLL {
+                cmp,
+                a,
+                b,
+                head,
+                exit,
+            } => {
+                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                    break;
+                };
+                charge!(4);
+                pc = if cmp.holds(x, y) {
+                    head as usize + 3
+                } else {
+                    exit as usize
+                };
+            }
+            Op::LoopLI {
+                cmp,
+                a,
+                value,
+                head,
+                exit,
+            } => {
+                let Some(x) = int!(base + a as usize) else {
+                    break;
+                };
+                charge!(4);
+                pc = if cmp.holds(x, i64::from(value)) {
+                    head as usize + 3
+                } else {
+                    exit as usize
+                };
+            }
+            Op::ArithLI { op, a, value } => {
+                let Some(x) = int!(base + a as usize) else {
+                    break;
+                };
+                let Some(v) = op.apply(x, i64::from(value)) else {
+                    break;
+                };
+                charge!(3);
+                overwrite(&mut st[sp], Value::Int(v));
+                sp += 1;
+                pc += 3;
+            }
+            Op::ArithLL { op, a, b } => {
+                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                    break;
+                };
+                let Some(v) = op.apply(x, y) else { break };
+                charge!(3);
+                overwrite(&mut st[sp], Value::Int(v));
+                sp += 1;
+                pc += 3;
+            }
+            Op::Arith3Set {
+                outer,
+                inner,
+                c_local,
+                a,
+                b,
+                c,
+                d,
+            } => {
+                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                    break;
+                };
+                let z = if c_local {
+                    let Some(z) = int!(base + c as usize) else {
+                        break;
+                    };
+                    z
+                } else {
+                    i64::from(c)
+                };
+                let Some(v) = inner.apply(y, z).and_then(|yz| outer.apply(x, yz)) else {
+                    break;
+                };
+                charge!(6);
+                put(&mut st[base + d as usize], Value::Int(v));
+                pc += 6;
+            }
+            Op::ArithSet { op, a } => {
+                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                    break;
+                };
+                let Some(v) = op.apply(x, y) else { break };
+                charge!(2);
+                sp -= 2;
+                put(&mut st[base + a as usize], Value::Int(v));
+                pc += 2;
+            }
+            Op::AddIntSet { a, value, b } => {
+                let Some(x) = int!(base + a as usize) else {
+                    break;
+                };
+                let Some(v) = x.checked_add(i64::from(value)) else {
+                    break;
+                };
+                charge!(3);
+                put(&mut st[base + b as usize], Value::Int(v));
+                pc += 3;
+            }
+            Op::LocalAddInt { a, value } => {
+                let Some(x) = int!(base + a as usize) else {
+                    break;
+                };
+                let Some(v) = x.checked_add(i64::from(value)) else {
+                    break;
+                };
+                charge!(2);
+                overwrite(&mut st[sp], Value::Int(v));
+                sp += 1;
+                pc += 2;
+            }
+            Op::Call { callee, argc } => {
+                let Some(g) = funcs.get(callee as usize) else {
+                    break;
+                };
+                let argc = argc as usize;
+                let nb = sp - argc;
+                if g.arity as usize != argc
+                    || frames.len() >= max_depth
+                    || nb + g.frame_size() > st.len()
+                {
+                    break;
+                }
+                charge!(1);
+                // Locals above the arguments start as nil; those slots are at or above the
+                // stack pointer, so they hold scalars and need no drop.
+                let locals_end = nb + g.locals as usize;
+                for slot in &mut st[sp..locals_end] {
+                    overwrite(slot, Value::Nil);
+                }
+                if let Some(top) = frames.last_mut() {
+                    top.pc = pc as u32 + 1;
+                }
+                frames.push(Frame {
+                    func: callee,
+                    pc: 0,
+                    base: nb as u32,
+                    ret: nb as u32,
+                });
+                f = g;
+                ops = &g.ops;
+                base = nb;
+                pc = 0;
+                sp = locals_end;
+            }
+            Op::Return
+            | Op::JumpReturn { .. }
+            | Op::GetLocalJumpReturn { .. }
+            | Op::ArithReturn { .. } => {
+                // The returning frame is `frames.len() - 1`; below `floor` the general loop
+                // returns (and `floor >= 1` leaves a caller frame below it).
+                if frames.len() <= floor {
+                    break;
+                }
+                match *op {
+                    Op::Return => {
+                        charge!(1);
+                    }
+                    Op::JumpReturn { .. } => {
+                        charge!(2);
+                    }
+                    Op::GetLocalJumpReturn { slot, .. } => {
+                        charge!(3);
+                        let v = fast_clone(&st[base + slot as usize]);
+                        overwrite(&mut st[sp], v);
+                        sp += 1;
+                    }
+                    Op::ArithReturn { op } => {
+                        let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                            break;
+                        };
+                        let Some(v) = op.apply(x, y) else { break };
+                        charge!(2);
+                        sp -= 1;
+                        overwrite(&mut st[sp - 1], Value::Int(v));
+                    }
+                    _ => break,
+                }
+                // The result is on top; the frame's slots from `ret` up are abandoned.
+                sp -= 1;
+                let result = std::mem::take(&mut st[sp]);
+                let done = frames[frames.len() - 1];
+                frames.pop();
+                let caller = frames[frames.len() - 1];
+                let ret = done.ret as usize;
+                clear(&mut st[ret..sp]);
+                overwrite(&mut st[ret], result);
+                sp = ret + 1;
+                let g = &funcs[caller.func as usize];
+                f = g;
+                ops = &g.ops;
+                base = caller.base as usize;
+                pc = caller.pc as usize;
+            }
+        }
+    }
+    *r = Regs {
+        f,
+        pc,
+        sp,
+        base,
+        left,
+    };
 }
 
 /// Runs `task` for at most `*budget` instructions.
@@ -538,224 +895,36 @@ pub(crate) fn run_task(
         }
 
         let raise: Raise = loop {
+            // Everything with a fast path runs in `fast`, with the hot state in registers; it
+            // stops at the first op it cannot run (or whose instructions the budget does not
+            // cover) and this loop runs that one instruction.
+            if !matches!(f.ops.get(pc), Some(Op::I(_)) | None) {
+                let mut r = Regs {
+                    f,
+                    pc,
+                    sp,
+                    base,
+                    left,
+                };
+                fast(
+                    &prog.funcs,
+                    &mut r,
+                    st,
+                    frames,
+                    return_floor(handlers),
+                    ctx.max_depth,
+                );
+                (f, pc, sp, base, left) = (r.f, r.pc, r.sp, r.base, r.left);
+            }
             if left == 0 {
                 save!();
                 break 'reload Exit::Budget;
             }
             left -= 1;
-            let Some(&op) = f.ops.get(pc) else {
+            let Some(&instr) = f.code.get(pc) else {
                 break err("TypeError", "control ran off the end of a function");
             };
-            // Fused ops (see `function::Op`): the fast path runs every covered instruction
-            // and charges each one; anything else runs `code[pc]` alone below.
-            let instr = match op {
-                Op::I(instr) => {
-                    pc += 1;
-                    instr
-                }
-                Op::JumpIfNotLL { cmp, a, b, target } => {
-                    if left >= 2 {
-                        if let (Value::Int(x), Value::Int(y)) =
-                            (&st[base + a as usize], &st[base + b as usize])
-                        {
-                            left -= 2;
-                            pc = if cmp.holds(*x, *y) {
-                                pc + 3
-                            } else {
-                                target as usize
-                            };
-                            continue;
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::JumpIfNotLI {
-                    cmp,
-                    a,
-                    value,
-                    target,
-                } => {
-                    if left >= 2 {
-                        if let Value::Int(x) = st[base + a as usize] {
-                            left -= 2;
-                            pc = if cmp.holds(x, i64::from(value)) {
-                                pc + 3
-                            } else {
-                                target as usize
-                            };
-                            continue;
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::ArithLI { op, a, value } => {
-                    if left >= 2 {
-                        if let Value::Int(x) = st[base + a as usize] {
-                            if let Some(r) = op.apply(x, i64::from(value)) {
-                                left -= 2;
-                                pc += 3;
-                                overwrite(&mut st[sp], Value::Int(r));
-                                sp += 1;
-                                continue;
-                            }
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::ArithLL { op, a, b } => {
-                    if left >= 2 {
-                        if let (Value::Int(x), Value::Int(y)) =
-                            (&st[base + a as usize], &st[base + b as usize])
-                        {
-                            if let Some(r) = op.apply(*x, *y) {
-                                left -= 2;
-                                pc += 3;
-                                overwrite(&mut st[sp], Value::Int(r));
-                                sp += 1;
-                                continue;
-                            }
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::ArithSet { op, a } => {
-                    if left >= 1 {
-                        if let (Value::Int(x), Value::Int(y)) = (&st[sp - 2], &st[sp - 1]) {
-                            if let Some(r) = op.apply(*x, *y) {
-                                left -= 1;
-                                pc += 2;
-                                sp -= 2;
-                                put(&mut st[base + a as usize], Value::Int(r));
-                                continue;
-                            }
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::AddIntSet { a, value, b } => {
-                    if left >= 2 {
-                        if let Value::Int(x) = st[base + a as usize] {
-                            if let Some(r) = x.checked_add(i64::from(value)) {
-                                left -= 2;
-                                pc += 3;
-                                put(&mut st[base + b as usize], Value::Int(r));
-                                continue;
-                            }
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::LocalAddInt { a, value } => {
-                    if left >= 1 {
-                        if let Value::Int(x) = st[base + a as usize] {
-                            if let Some(r) = x.checked_add(i64::from(value)) {
-                                left -= 1;
-                                pc += 2;
-                                overwrite(&mut st[sp], Value::Int(r));
-                                sp += 1;
-                                continue;
-                            }
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::GetLocal { slot } => {
-                    let v = fast_clone(&st[base + slot as usize]);
-                    pc += 1;
-                    push!(v);
-                    continue;
-                }
-                Op::Int { value } => {
-                    pc += 1;
-                    push!(Value::Int(i64::from(value)));
-                    continue;
-                }
-                Op::Jump { target } => {
-                    pc = target as usize;
-                    continue;
-                }
-                Op::Arith { op } => {
-                    if let (Value::Int(x), Value::Int(y)) = (&st[sp - 2], &st[sp - 1]) {
-                        if let Some(r) = op.apply(*x, *y) {
-                            pc += 1;
-                            overwrite(&mut st[sp - 2], Value::Int(r));
-                            sp -= 1;
-                            continue;
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::GetLocalThen { slot } => {
-                    let v = fast_clone(&st[base + slot as usize]);
-                    push!(v);
-                    if left == 0 {
-                        pc += 1;
-                        continue;
-                    }
-                    left -= 1;
-                    pc += 2;
-                    f.code[pc - 1]
-                }
-                Op::GetLocalJumpReturn { slot, target } => {
-                    let v = fast_clone(&st[base + slot as usize]);
-                    push!(v);
-                    if left < 2 {
-                        pc += 1;
-                        continue;
-                    }
-                    left -= 2;
-                    pc = target as usize + 1;
-                    Instr::Return {}
-                }
-                Op::LocalAddIntThen { a, value } => 'op: {
-                    if left >= 2 {
-                        if let Value::Int(x) = st[base + a as usize] {
-                            if let Some(r) = x.checked_add(i64::from(value)) {
-                                left -= 2;
-                                pc += 3;
-                                overwrite(&mut st[sp], Value::Int(r));
-                                sp += 1;
-                                break 'op f.code[pc - 1];
-                            }
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::ArithThen { op } => 'op: {
-                    if left >= 1 {
-                        if let (Value::Int(x), Value::Int(y)) = (&st[sp - 2], &st[sp - 1]) {
-                            if let Some(r) = op.apply(*x, *y) {
-                                left -= 1;
-                                pc += 2;
-                                overwrite(&mut st[sp - 2], Value::Int(r));
-                                sp -= 1;
-                                break 'op f.code[pc - 1];
-                            }
-                        }
-                    }
-                    pc += 1;
-                    f.code[pc - 1]
-                }
-                Op::JumpReturn { target } => {
-                    if left >= 1 {
-                        left -= 1;
-                        pc = target as usize + 1;
-                        Instr::Return {}
-                    } else {
-                        pc += 1;
-                        f.code[pc - 1]
-                    }
-                }
-            };
+            pc += 1;
             match instr {
                 Instr::Nil {} => push!(Value::Nil),
                 Instr::True {} => push!(Value::Bool(true)),
