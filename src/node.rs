@@ -16,5 +16,7 @@
 pub use skiff_transport::node::Node;
 pub use skiff_transport::node::{
     NodeConfig, NodeCounters, NodeError, Permissions, RemoteFailure, SendIoFactory, SendNative,
+    ShutdownReport,
 };
+pub use skiff_transport::{ContextError, ContextState, CONTEXT_NATIVES};
 pub use skiff_wire::Stats;

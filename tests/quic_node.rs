@@ -449,7 +449,8 @@ async fn a_peer_lost_mid_call_is_disconnected_and_fails_over() {
     let t0 = Instant::now();
     let (v, _) = tokio::join!(run(main, source), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        a.shutdown().await;
+        // No grace period: the call in flight is cut at once (`Disconnected`).
+        a.shutdown_with(Duration::ZERO).await;
     });
     // The next call to `a` fails with a failover kind: `Unreachable` once the connection is
     // known dead, `Disconnected` if it was sent just before the close arrived.

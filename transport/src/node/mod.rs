@@ -25,6 +25,13 @@
 //!   cancelled it or the connection went away; then its execution is cancelled.
 //! - An endpoint that accepts any client certificate binds only to loopback (enforced by
 //!   [`Endpoint`]).
+//! - Every execution runs in one execution context (`crate::context`) that exists on this
+//!   node; contexts and their state live on the VM thread.
+//! - Shutdown is graceful ([`Node::shutdown_with`]): once it begins, new connections and
+//!   new calls are refused (`Refused`, "shutting down"; call-backs belonging to an execution
+//!   still running here excepted), in-flight executions get the grace period to finish,
+//!   whatever remains is cancelled and its caller answered with a `Disconnected` error that
+//!   says the node shut down, and only then are the connections closed.
 
 mod driver;
 mod hop;
@@ -42,7 +49,7 @@ use skiff_vm::{Blob, BlobHash, ExecError, ExecIo, FunctionId, Limits, Module, Po
 use skiff_wire::{BlobSource, CallOptions, SharedStore, Side, Stats};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -119,6 +126,9 @@ pub struct NodeConfig {
     /// Execution contexts besides `default`, created empty at start (more at any time with
     /// [`Node::create_context`] / [`Node::fork_context`]).
     pub contexts: Vec<String>,
+    /// How long [`Node::shutdown`] lets in-flight executions finish before cancelling them
+    /// (default 5 s).
+    pub shutdown_grace: Duration,
     /// Permissions of peers not listed in `permissions` (and of unidentified clients).
     pub default_permissions: Permissions,
     /// Per-peer permissions.
@@ -152,6 +162,7 @@ impl NodeConfig {
             natives: Vec::new(),
             io: Arc::new(ExecIo::stdio),
             contexts: Vec::new(),
+            shutdown_grace: Duration::from_secs(5),
             default_permissions: Permissions::default(),
             permissions: HashMap::new(),
         }
@@ -247,6 +258,16 @@ pub struct NodeCounters {
     pub calls_active: u64,
 }
 
+/// What a graceful shutdown did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every execution finished within the grace period.
+    pub drained: bool,
+    /// Executions still running when the grace period ended, cancelled (their callers got
+    /// a `Disconnected` error saying the node shut down).
+    pub cancelled: usize,
+}
+
 /// State shared by the tokio side and the VM thread.
 pub(crate) struct Shared {
     name: String,
@@ -261,6 +282,8 @@ pub(crate) struct Shared {
     default_permissions: Permissions,
     permissions: HashMap<String, Permissions>,
     runtime: tokio::runtime::Handle,
+    /// Set when shutdown begins: new connections and calls are refused.
+    closing: AtomicBool,
     next_token: AtomicU64,
     served: AtomicU64,
     cancelled: AtomicU64,
@@ -364,6 +387,7 @@ pub struct Node {
     endpoint: Endpoint,
     vm_thread: Option<std::thread::JoinHandle<()>>,
     accept: tokio::task::JoinHandle<()>,
+    shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for Node {
@@ -403,6 +427,7 @@ impl Node {
             default_permissions: config.default_permissions.clone(),
             permissions: config.permissions.clone(),
             runtime: tokio::runtime::Handle::current(),
+            closing: AtomicBool::new(false),
             next_token: AtomicU64::new(0),
             served: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
@@ -421,6 +446,7 @@ impl Node {
             endpoint,
             vm_thread: Some(vm_thread),
             accept,
+            shutdown_grace: config.shutdown_grace,
         })
     }
 
@@ -564,10 +590,55 @@ impl Node {
         }
     }
 
-    /// Closes every connection and stops the VM thread.
-    pub async fn shutdown(mut self) {
+    /// Shuts down gracefully with the grace period of [`NodeConfig::shutdown_grace`]: see
+    /// [`Node::shutdown_with`] (which also reports what happened).
+    pub async fn shutdown(self) {
+        let grace = self.shutdown_grace;
+        self.shutdown_with(grace).await;
+    }
+
+    /// Shuts down gracefully:
+    ///
+    /// 1. From now on new connections are refused, and new incoming calls are answered with
+    ///    `Refused` ("node `NAME` is shutting down"; a caller's peer list fails over). A
+    ///    call-back that belongs to an execution still running here (its hop chain passes
+    ///    through this node) is still served.
+    /// 2. In-flight executions get up to `grace` to finish; their results reach their
+    ///    callers as usual.
+    /// 3. Executions still running then are cancelled (and the hops they wait on with them);
+    ///    each caller gets a `Disconnected` error saying the node shut down.
+    /// 4. Connections are closed once those last answers are sent; the VM thread stops.
+    pub async fn shutdown_with(mut self, grace: Duration) -> ShutdownReport {
+        let name = self.shared.name.clone();
+        self.shared.closing.store(true, Ordering::SeqCst);
+        tracing::info!(node = %name, ?grace, "shutting down");
+        let (tx, rx) = oneshot::channel();
+        self.shared.to_vm(VmMsg::Drain { reply: tx });
+        let drained = matches!(tokio::time::timeout(grace, rx).await, Ok(Ok(())));
+        let mut cancelled = 0;
+        if !drained {
+            let (tx, rx) = oneshot::channel();
+            let reason = format!(
+                "node `{name}` shut down before the call finished (grace period {grace:?})"
+            );
+            self.shared.to_vm(VmMsg::CancelAll { reason, reply: tx });
+            cancelled = rx.await.unwrap_or(0);
+        }
+        let drained = drained || cancelled == 0;
+        // The VM thread queued every last answer before replying; each driver writes what
+        // it has queued, then closes its connection.
+        let drivers: Vec<DriverHandle> =
+            self.shared.lock_drivers().by_id.values().cloned().collect();
+        for d in &drivers {
+            d.send(driver::DriverCmd::Close);
+        }
+        for d in &drivers {
+            let _ = tokio::time::timeout(Duration::from_secs(1), d.conn.closed()).await;
+        }
         self.stop();
         self.endpoint.wait_idle().await;
+        tracing::info!(node = %name, drained, cancelled, "node stopped");
+        ShutdownReport { drained, cancelled }
     }
 
     fn stop(&mut self) {
@@ -595,6 +666,12 @@ impl Drop for Node {
 
 async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
     while let Some(accepting) = endpoint.accept().await {
+        if shared.closing.load(Ordering::SeqCst) {
+            let from = accepting.remote_address();
+            tracing::debug!(node = %shared.name, %from, "connection refused: shutting down");
+            accepting.refuse();
+            continue;
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
             let from = accepting.remote_address();

@@ -15,6 +15,10 @@
 //! - When an execution ends or is cancelled, every hop it started and is still waiting for is
 //!   cancelled (dropping its cancel handle stops the hop task, which cancels the wire call).
 //! - Refused calls (permissions, unknown context, unknown export) start nothing.
+//! - Once shutdown begins (`Shared::closing`), an incoming call is refused unless it is a
+//!   call-back of an execution still running here (its hop chain names this node); `Drain`
+//!   waiters are answered as soon as no execution runs; `CancelAll` queues an answer for
+//!   every caller before it replies, so those answers precede the drivers' `Close`.
 //! - Every execution runs in one context that existed when it started; the context natives
 //!   see it because each `Execution::run` is wrapped in `ContextNatives::enter`. The
 //!   contexts and their state live here, on this thread; the host reaches them with
@@ -78,6 +82,16 @@ pub(crate) enum VmMsg {
     },
     /// Nothing but a wake-up (e.g. a self-hop's waiter went away).
     Wake,
+    /// Shutdown began: reply once no execution is running.
+    Drain {
+        reply: oneshot::Sender<()>,
+    },
+    /// The grace period ended: cancel every execution, answer its caller with `reason`,
+    /// and reply with how many there were (after every answer was queued).
+    CancelAll {
+        reason: String,
+        reply: oneshot::Sender<usize>,
+    },
     Shutdown,
 }
 
@@ -136,6 +150,8 @@ pub(crate) struct VmThread {
     contexts: SharedContexts,
     context_natives: ContextNatives,
     default_context: Rc<str>,
+    /// Shutdown waiters, answered when `running` is empty.
+    drain: Vec<oneshot::Sender<()>>,
 }
 
 impl VmThread {
@@ -162,6 +178,7 @@ impl VmThread {
             contexts: Rc::new(RefCell::new(contexts)),
             context_natives,
             default_context: Rc::from(DEFAULT_CONTEXT),
+            drain: Vec::new(),
         }
     }
 
@@ -198,6 +215,11 @@ impl VmThread {
                 break;
             }
             self.step_due();
+            if !self.drain.is_empty() && self.running.is_empty() {
+                for waiter in self.drain.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
         }
         for (_, mut r) in self.running.drain() {
             r.exec.cancel();
@@ -319,6 +341,11 @@ impl VmThread {
                 }
             }
             VmMsg::Wake => {}
+            VmMsg::Drain { reply } => self.drain.push(reply),
+            VmMsg::CancelAll { reason, reply } => {
+                let n = self.cancel_all(&reason);
+                let _ = reply.send(n);
+            }
             VmMsg::Shutdown => return true,
         }
         false
@@ -376,6 +403,36 @@ impl VmThread {
         id
     }
 
+    /// Cancels every execution (the hops it waits on with it) and tells each caller why:
+    /// a peer gets `connection_lost` (`Disconnected` in its script), a self-hop `Disconnected`,
+    /// a local run `NodeError::Stopped`.
+    fn cancel_all(&mut self, reason: &str) -> usize {
+        let here = self.shared.name.clone();
+        let n = self.running.len();
+        for (_, mut r) in self.running.drain() {
+            r.exec.cancel();
+            match r.origin {
+                Origin::Local(_) => {}
+                Origin::SelfHop { reply, .. } => {
+                    let _ = reply.send(Err(RemoteFailure {
+                        error: hop_error("Disconnected", reason, &here),
+                        trace: Vec::new(),
+                    }));
+                }
+                Origin::Remote { driver, id, .. } => {
+                    self.shared.note_cancelled();
+                    tracing::debug!(node = %here, ?id, "execution cut at shutdown");
+                    driver.send(DriverCmd::Respond {
+                        id,
+                        result: Err(RemoteError::new(ErrorKind::ConnectionLost, reason)),
+                    });
+                }
+            }
+        }
+        self.by_call.clear();
+        n
+    }
+
     fn refuse(driver: &DriverHandle, id: CallId, kind: ErrorKind, message: String) {
         tracing::debug!(?id, %message, "call refused");
         driver.send(DriverCmd::Respond {
@@ -388,6 +445,20 @@ impl VmThread {
         let here = self.shared.name.clone();
         let caller = driver.peer.clone().unwrap_or_else(|| call.caller.clone());
         let perms = self.shared.permissions_for(driver.peer.as_deref());
+        // Shutdown: only call-backs of executions still running here are served.
+        let closing = self
+            .shared
+            .closing
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let call_back = call.hops.contains(&here) && !self.running.is_empty();
+        if closing && !call_back {
+            return Self::refuse(
+                &driver,
+                call.id,
+                ErrorKind::Refused,
+                format!("node `{here}` is shutting down"),
+            );
+        }
         // Context.
         let context = match &call.context {
             Portable::Nil => self.default_context.clone(),
