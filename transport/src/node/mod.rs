@@ -39,6 +39,7 @@ mod vm;
 
 use crate::context::{ContextError, ContextState, Contexts};
 use crate::endpoint::{ConnectionManager, Endpoint, EndpointConfig, TransportOptions};
+use crate::lossy::{LossConfig, LossStats};
 use crate::peers::{Peer, PeerTable};
 use crate::tls::{ClientAuth, Fingerprint, NodeIdentity};
 use crate::TransportError;
@@ -117,6 +118,10 @@ pub struct NodeConfig {
     pub wire: skiff_wire::Config,
     /// QUIC settings.
     pub transport: TransportOptions,
+    /// Lose datagrams on purpose (tests only): the endpoint is bound on a
+    /// [`crate::LossySocket`] with this configuration; its counters are
+    /// [`Node::loss_stats`]. `None` (the default): a plain UDP socket.
+    pub loss: Option<LossConfig>,
     /// Blob store capacity in bytes.
     pub store_capacity: u64,
     /// Host natives.
@@ -158,6 +163,7 @@ impl NodeConfig {
             client_auth: None,
             limits: Limits::default(),
             transport: TransportOptions::default(),
+            loss: None,
             store_capacity: 256 << 20,
             natives: Vec::new(),
             io: Arc::new(ExecIo::stdio),
@@ -387,6 +393,7 @@ pub struct Node {
     endpoint: Endpoint,
     vm_thread: Option<std::thread::JoinHandle<()>>,
     accept: tokio::task::JoinHandle<()>,
+    loss: Option<Arc<LossStats>>,
     shutdown_grace: Duration,
 }
 
@@ -408,7 +415,13 @@ impl Node {
             .unwrap_or_else(|| config.peers.client_auth());
         let mut endpoint_config = EndpointConfig::new(config.identity.clone(), client_auth);
         endpoint_config.options = config.transport.clone();
-        let endpoint = Endpoint::bind(config.listen, endpoint_config)?;
+        let (endpoint, loss) = match config.loss {
+            Some(loss) => {
+                let (endpoint, stats) = Endpoint::bind_lossy(config.listen, endpoint_config, loss)?;
+                (endpoint, Some(stats))
+            }
+            None => (Endpoint::bind(config.listen, endpoint_config)?, None),
+        };
         let manager = ConnectionManager::new(endpoint.clone(), config.peers.clone());
         let mut wire_config = config.wire.clone();
         wire_config.node_name = config.name.clone();
@@ -446,6 +459,7 @@ impl Node {
             endpoint,
             vm_thread: Some(vm_thread),
             accept,
+            loss,
             shutdown_grace: config.shutdown_grace,
         })
     }
@@ -579,6 +593,11 @@ impl Node {
         let h = drivers.by_name.get(peer)?;
         let stats = h.stats.lock().ok()?.clone();
         Some(stats)
+    }
+
+    /// Counters of the lossy socket, when [`NodeConfig::loss`] was set.
+    pub fn loss_stats(&self) -> Option<Arc<LossStats>> {
+        self.loss.clone()
     }
 
     /// Counters of calls served here.
