@@ -248,6 +248,61 @@ async fn a_warm_call_sends_zero_blob_bytes() {
     shutdown(nodes).await;
 }
 
+/// Where node `a` of `a_restarted_node_with_a_store_dir_needs_no_blob_resent` keeps blobs.
+fn persist_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("skiff-node-store-{}", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_with_a_store_dir_needs_no_blob_resent() {
+    let _ = std::fs::remove_dir_all(persist_dir());
+    let setup = || Setup {
+        tweak: |name, config| match name {
+            "a" => config.store_dir = Some(persist_dir()),
+            // Ask before sending every blob (no eager push of small ones), so what crosses
+            // the wire depends only on what `a` holds.
+            _ => config.wire.eager_push_max_blob = 0,
+        },
+        ..Setup::default()
+    };
+    let module = compile(
+        r#"
+        fn work(x) { x * 3 }
+        fn go(n) { remote("a") [n] { work(n) } }
+        "#,
+    );
+    // First life: the blobs are sent, and written to the directory.
+    let nodes = cluster(&["a"], setup()).await;
+    nodes[0].load(&module).await.unwrap();
+    let v = nodes[0].run_export("go", vec![Portable::Int(2)]).await;
+    assert_eq!(v.unwrap(), Portable::Int(6));
+    let first = nodes[0].stats("a").unwrap();
+    assert!(
+        first.blobs_sent > 0 && first.blob_bytes_sent > 0,
+        "{first:?}"
+    );
+    shutdown(nodes).await;
+    let files = std::fs::read_dir(persist_dir()).unwrap().count();
+    assert_eq!(files as u64, first.blobs_sent, "one file per blob received");
+
+    // Second life (new nodes, connections and certificates: all a restart loses): the
+    // caller asks, `a` already holds every blob, none crosses the wire.
+    let nodes = cluster(&["a"], setup()).await;
+    nodes[0].load(&module).await.unwrap();
+    let v = nodes[0].run_export("go", vec![Portable::Int(5)]).await;
+    assert_eq!(v.unwrap(), Portable::Int(15));
+    let second = nodes[0].stats("a").unwrap();
+    assert!(second.queries_sent > 0, "{second:?}");
+    assert_eq!(
+        (second.blobs_sent, second.blob_bytes_sent),
+        (0, 0),
+        "{second:?}"
+    );
+    assert_eq!(nodes[1].counters().calls_served, 1);
+    shutdown(nodes).await;
+    let _ = std::fs::remove_dir_all(persist_dir());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bytes_travel_as_sidecars_intact() {
     let nodes = cluster(&["a"], Setup::default()).await;

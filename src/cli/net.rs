@@ -72,6 +72,9 @@ pub(super) struct ServeArgs {
     /// A script whose top-level functions this node exports.
     #[arg(long)]
     load: Option<PathBuf>,
+    /// Keep received blobs in this directory, so a restarted node needs none sent again.
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// Development mode: a fresh self-signed certificate (unless --cert) and any client
     /// certificate accepted. Loopback only.
     #[arg(long)]
@@ -220,6 +223,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<i32> {
         config.listen = args.listen;
         config.peers = peers;
         config.client_auth = Some(client_auth);
+        config.store_dir = args.store.clone();
         let node = Node::start(config).await?;
         if let Some(module) = &module {
             node.load(module).await?;

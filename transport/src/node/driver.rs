@@ -169,11 +169,7 @@ async fn drive(
     side: Side,
     mut cmds: mpsc::UnboundedReceiver<DriverCmd>,
 ) {
-    let verifier: skiff_wire::Verifier = Arc::new(|blob: &skiff_vm::Blob| {
-        skiff_vm::verify::verify_blob(blob)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
+    let verifier: skiff_wire::Verifier = Arc::new(super::verify_blob);
     let wire = Connection::new(
         side,
         shared.wire_config.clone(),

@@ -124,6 +124,10 @@ pub struct NodeConfig {
     pub loss: Option<LossConfig>,
     /// Blob store capacity in bytes.
     pub store_capacity: u64,
+    /// Persist the blob store in this directory (one file per hash, written atomically;
+    /// re-hashed and verified when the node starts, bad files deleted), so a restarted node
+    /// needs no blob sent again. `None` (the default): memory only.
+    pub store_dir: Option<std::path::PathBuf>,
     /// Host natives.
     pub natives: Vec<(String, SendNative)>,
     /// Output sinks of executions.
@@ -165,6 +169,7 @@ impl NodeConfig {
             transport: TransportOptions::default(),
             loss: None,
             store_capacity: 256 << 20,
+            store_dir: None,
             natives: Vec::new(),
             io: Arc::new(ExecIo::stdio),
             contexts: Vec::new(),
@@ -202,6 +207,14 @@ pub enum NodeError {
     Failed(Box<ExecError>),
     #[error("{}", describe(.0))]
     Remote(Box<RemoteFailure>),
+}
+
+/// The verifier every blob from outside passes before the wire store keeps it (received
+/// from a peer, or loaded from the store's directory).
+pub(crate) fn verify_blob(blob: &skiff_vm::Blob) -> Result<(), String> {
+    skiff_vm::verify::verify_blob(blob)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn describe(f: &RemoteFailure) -> String {
@@ -427,11 +440,30 @@ impl Node {
         wire_config.node_name = config.name.clone();
         let (vm_tx, vm_rx) = std::sync::mpsc::channel();
         let contexts = Contexts::with_names(&config.contexts)?;
+        let store = match &config.store_dir {
+            None => skiff_wire::BlobStore::new(config.store_capacity),
+            Some(dir) => {
+                let (store, report) =
+                    skiff_wire::BlobStore::open(dir, config.store_capacity, &verify_blob).map_err(
+                        |e| {
+                            NodeError::Start(format!(
+                                "cannot open the blob store in {}: {e}",
+                                dir.display()
+                            ))
+                        },
+                    )?;
+                tracing::info!(
+                    node = %config.name, dir = %dir.display(), loaded = report.loaded,
+                    rejected = report.rejected, "blob store loaded"
+                );
+                store
+            }
+        };
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             manager,
             wire_config,
-            store: skiff_wire::BlobStore::new(config.store_capacity).shared(),
+            store: store.shared(),
             code: RwLock::new(CodeMap::default()),
             drivers: Mutex::new(Drivers::default()),
             vm_tx: Mutex::new(vm_tx),
