@@ -28,7 +28,6 @@
 
 use skiff_vm::hop::DEFAULT_CONTEXT;
 use skiff_vm::native::{NativeCtx, NativeError};
-use skiff_vm::value::{Entries, Key};
 use skiff_vm::{Engine, Portable, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -262,7 +261,7 @@ impl ContextNatives {
                 let a = slot.as_ref().ok_or_else(no_context)?;
                 let contexts = a.contexts.try_borrow().map_err(|_| no_context())?;
                 match contexts.get(&a.name, key).map_err(context_error)? {
-                    Some(v) => to_value(v, 0),
+                    Some(v) => to_value(v),
                     None => Ok(Value::Nil),
                 }
             });
@@ -308,48 +307,8 @@ impl ContextNatives {
 }
 
 /// A stored (data-only, depth-bounded) value as a fresh VM value.
-fn to_value(p: &Portable, depth: usize) -> Result<Value, NativeError> {
-    if depth >= skiff_vm::interp::convert::MAX_DEPTH {
-        return Err(NativeError::error(
-            "TypeError",
-            "value is nested too deeply",
-        ));
-    }
-    Ok(match p {
-        Portable::Nil => Value::Nil,
-        Portable::Bool(b) => Value::Bool(*b),
-        Portable::Int(i) => Value::Int(*i),
-        Portable::Float(x) => Value::Float(*x),
-        Portable::Str(s) => Value::str(s.as_str()),
-        Portable::Bytes(b) => Value::bytes(b.clone()),
-        Portable::Range(a, b) => Value::range(*a, *b),
-        Portable::List(items) => Value::list(
-            items
-                .iter()
-                .map(|v| to_value(v, depth + 1))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Portable::Map(entries) => {
-            let mut out = Entries::default();
-            for (k, v) in entries {
-                let k = to_value(k, depth + 1)?;
-                let key = Key::from_value(&k).ok_or_else(|| {
-                    NativeError::error(
-                        "TypeError",
-                        format!("a map key cannot be {}", k.type_name()),
-                    )
-                })?;
-                out.insert(key, to_value(v, depth + 1)?);
-            }
-            Value::map(out)
-        }
-        Portable::Function { .. } => {
-            return Err(NativeError::error(
-                "TypeError",
-                "context values cannot hold functions",
-            ))
-        }
-    })
+fn to_value(p: &Portable) -> Result<Value, NativeError> {
+    skiff_vm::interp::convert::import_data(p, "context values").map_err(NativeError::Throw)
 }
 
 #[cfg(test)]

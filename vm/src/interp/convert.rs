@@ -4,6 +4,7 @@
 //! cyclic list or map raises `TypeError "cannot send a cyclic value"`, a task raises
 //! `TypeError`, a closure becomes its function id plus copies of its cells' values. Import
 //! builds fresh values; a closure is re-linked from the store and gets fresh cells.
+//! [`import_data`] is import for stores that hold data only: it refuses any function.
 //!
 //! Invariants:
 //! - Neither direction recurses deeper than [`MAX_DEPTH`] levels (deeper values are refused
@@ -114,10 +115,23 @@ pub struct Linker<'a> {
 
 /// Builds a fresh value from a portable one.
 pub fn import(p: &Portable, linker: &mut Linker<'_>) -> Result<Value, Value> {
-    import_in(p, linker, 0)
+    import_in(p, &mut Ok(linker), 0)
 }
 
-fn import_in(p: &Portable, linker: &mut Linker<'_>, depth: usize) -> Result<Value, Value> {
+/// Builds a fresh value from a portable one that holds data only; a function anywhere in it
+/// is refused with `TypeError "{what} cannot hold functions"`.
+pub fn import_data(p: &Portable, what: &str) -> Result<Value, Value> {
+    import_in(p, &mut Err(what), 0)
+}
+
+/// How import treats functions: re-link them (`Ok`), or refuse them, naming the store.
+type FunctionImport<'l, 'a> = Result<&'l mut Linker<'a>, &'l str>;
+
+fn import_in(
+    p: &Portable,
+    linker: &mut FunctionImport<'_, '_>,
+    depth: usize,
+) -> Result<Value, Value> {
     if depth >= MAX_DEPTH {
         return Err(type_error("value is nested too deeply"));
     }
@@ -146,6 +160,10 @@ fn import_in(p: &Portable, linker: &mut Linker<'_>, depth: usize) -> Result<Valu
             Value::map(out)
         }
         Portable::Function { func, captures } => {
+            let linker = match linker {
+                Ok(linker) => &mut **linker,
+                Err(what) => return Err(type_error(format!("{what} cannot hold functions"))),
+            };
             let index = linker
                 .program
                 .link(linker.store, linker.natives, *func)
@@ -167,7 +185,13 @@ fn import_in(p: &Portable, linker: &mut Linker<'_>, depth: usize) -> Result<Valu
             }
             let cells = captures
                 .iter()
-                .map(|v| Ok(CellObj::new(import_in(v, linker, depth + 1)?)))
+                .map(|v| {
+                    Ok(CellObj::new(import_in(
+                        v,
+                        &mut Ok(&mut *linker),
+                        depth + 1,
+                    )?))
+                })
                 .collect::<Result<Vec<_>, Value>>()?;
             Value::Function(Rc::new(Closure {
                 func: *func,
