@@ -186,8 +186,11 @@ pub enum Op {
     /// `JumpIfNot<cmp> target` on the two values on top of the stack.
     JumpIfNot { cmp: Cmp, target: u32 },
     /// `CallFunction` whose reference is resolved: `callee` is the index in the execution's
-    /// function table.
+    /// function table, and its arity is `argc` (checked at link time; a call with the wrong
+    /// count stays [`Op::I`] and raises).
     Call { callee: u32, argc: u8 },
+    /// `GetLocal a; AddInt value; CallFunction` of a one-argument `callee` (as [`Op::Call`]).
+    LocalAddIntCall { a: u16, value: i32, callee: u32 },
     /// `Return`.
     Return,
     /// `GetLocal a; GetLocal b; JumpIfNot<cmp> target`.
@@ -265,6 +268,7 @@ impl Op {
             | Op::JumpIfNot { .. }
             | Op::Call { .. }
             | Op::Return => 1,
+            Op::LocalAddIntCall { .. } => 3,
             Op::ArithSet { .. }
             | Op::ArithReturn { .. }
             | Op::LocalAddInt { .. }
@@ -282,13 +286,23 @@ impl Op {
 }
 
 /// Translates verified code into the internal form: one op per instruction (see [`Op`]).
-/// `refs` is the function's reference table, resolved to function-table indices.
-pub fn translate(code: &[Instr], refs: &[u32]) -> Box<[Op]> {
-    (0..code.len()).map(|pc| fuse(code, refs, pc)).collect()
+/// `refs` is the function's reference table, resolved to function-table indices, and
+/// `arity` gives the arity of a function by index (`None`: unknown, the call is not fused).
+pub fn translate(code: &[Instr], refs: &[u32], arity: impl Fn(u32) -> Option<u16>) -> Box<[Op]> {
+    // A `CallFunction` at `pc` as a resolved callee, if its argument count is right.
+    let call = |pc: usize| match code.get(pc) {
+        Some(&Instr::CallFunction { func, argc }) => refs
+            .get(func as usize)
+            .copied()
+            .filter(|&callee| arity(callee) == Some(u16::from(argc)))
+            .map(|callee| (callee, argc)),
+        _ => None,
+    };
+    (0..code.len()).map(|pc| fuse(code, pc, call)).collect()
 }
 
 /// The op for `code[pc]`: the longest fused pattern starting there, else the single op.
-fn fuse(code: &[Instr], refs: &[u32], pc: usize) -> Op {
+fn fuse(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) -> Op {
     use Instr as I;
     let at = |k: usize| code.get(pc + k).copied();
     let jump = at(2).and_then(Cmp::of_jump);
@@ -318,7 +332,7 @@ fn fuse(code: &[Instr], refs: &[u32], pc: usize) -> Op {
             } else if let Some(op) = arith {
                 Op::ArithLL { op, a, b }
             } else {
-                single(code, refs, pc)
+                single(code, pc, &call)
             }
         }
         (I::GetLocal { slot: a }, Some(I::Int { value })) => {
@@ -332,11 +346,12 @@ fn fuse(code: &[Instr], refs: &[u32], pc: usize) -> Op {
             } else if let Some(op) = arith {
                 Op::ArithLI { op, a, value }
             } else {
-                single(code, refs, pc)
+                single(code, pc, &call)
             }
         }
-        (I::GetLocal { slot: a }, Some(I::AddInt { value })) => match at(2) {
-            Some(I::SetLocal { slot: b }) => Op::AddIntSet { a, value, b },
+        (I::GetLocal { slot: a }, Some(I::AddInt { value })) => match (at(2), call(pc + 2)) {
+            (Some(I::SetLocal { slot: b }), _) => Op::AddIntSet { a, value, b },
+            (_, Some((callee, 1))) => Op::LocalAddIntCall { a, value, callee },
             _ => Op::LocalAddInt { a, value },
         },
         (I::GetLocal { slot }, Some(I::Jump { target })) if returns(code, target) => {
@@ -374,10 +389,10 @@ fn fuse(code: &[Instr], refs: &[u32], pc: usize) -> Op {
                         exit,
                     }
                 }
-                _ => single(code, refs, pc),
+                _ => single(code, pc, &call),
             }
         }
-        _ => single(code, refs, pc),
+        _ => single(code, pc, &call),
     }
 }
 
@@ -387,7 +402,7 @@ fn returns(code: &[Instr], target: u32) -> bool {
 }
 
 /// The op of `code[pc]` on its own.
-fn single(code: &[Instr], refs: &[u32], pc: usize) -> Op {
+fn single(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) -> Op {
     let instr = code[pc];
     match instr {
         Instr::GetLocal { slot } => Op::GetLocal { slot },
@@ -396,8 +411,8 @@ fn single(code: &[Instr], refs: &[u32], pc: usize) -> Op {
         Instr::AddInt { value } => Op::AddInt { value },
         Instr::Jump { target } => Op::Jump { target },
         Instr::Return {} => Op::Return,
-        Instr::CallFunction { func, argc } => match refs.get(func as usize) {
-            Some(&callee) => Op::Call { callee, argc },
+        Instr::CallFunction { .. } => match call(pc) {
+            Some((callee, argc)) => Op::Call { callee, argc },
             None => Op::I(instr),
         },
         instr => {
@@ -458,7 +473,7 @@ mod tests {
             I::Add {},
             I::Return {},
         ];
-        let ops = translate(&code, &[7]);
+        let ops = translate(&code, &[7], |f| (f == 7).then_some(1));
         assert_eq!(ops.len(), code.len());
         assert_eq!(
             ops[0],
@@ -479,7 +494,15 @@ mod tests {
             }
         );
         assert_eq!(ops[4], Op::JumpReturn { target: 12 });
-        assert_eq!(ops[5], Op::LocalAddInt { a: 0, value: -1 });
+        assert_eq!(
+            ops[5],
+            Op::LocalAddIntCall {
+                a: 0,
+                value: -1,
+                callee: 7
+            }
+        );
+        assert_eq!(ops[6], Op::AddInt { value: -1 });
         assert_eq!(ops[7], Op::Call { callee: 7, argc: 1 });
         assert_eq!(ops[11], Op::ArithReturn { op: Arith::Add });
         assert_eq!(ops[12], Op::Return);
@@ -501,7 +524,7 @@ mod tests {
             I::GetLocal { slot: 2 },
             I::Return {},
         ];
-        let ops = translate(&loop_body, &[]);
+        let ops = translate(&loop_body, &[], |_| None);
         assert!(matches!(ops[0], Op::JumpIfNotLL { cmp: Cmp::Lt, .. }));
         assert_eq!(ops[1], Op::GetLocal { slot: 0 });
         assert_eq!(
@@ -545,6 +568,12 @@ mod tests {
         assert_eq!(ops[8], Op::SetLocal { slot: 2 });
         assert_eq!(ops.iter().map(Op::covers).max(), Some(6));
         // anything without a fast path stays as it is
-        assert_eq!(translate(&[I::Nil {}], &[]), vec![Op::I(I::Nil {})].into());
+        assert_eq!(
+            translate(&[I::Nil {}], &[], |_| None),
+            vec![Op::I(I::Nil {})].into()
+        );
+        // a call with the wrong argument count is left to the general loop (it raises)
+        let call = [I::CallFunction { func: 0, argc: 2 }];
+        assert_eq!(translate(&call, &[3], |_| Some(1))[0], Op::I(call[0]));
     }
 }

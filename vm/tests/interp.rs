@@ -821,6 +821,111 @@ fn fuel_is_exact() {
     assert_eq!(yields, 1000 / 7);
 }
 
+/// main(): the compiler's shapes of `while i < 40 { s = s + i % 7; i = i + 1 }` (with `s`
+/// starting as the constant, an int or a float) and of fib(12) (`if n < 2 { n } else {...}`:
+/// the `then` arm jumps to the shared `Return`) — the code the interpreter fuses most.
+fn fused_shapes(start: Const) -> Vec<FunctionCode> {
+    let mut main = f(
+        0,
+        3,
+        vec![
+            I::Int { value: 0 },
+            I::SetLocal { slot: 1 },
+            I::Const { index: 0 },
+            I::SetLocal { slot: 2 },
+            I::Int { value: 40 },
+            I::SetLocal { slot: 0 },
+            I::GetLocal { slot: 1 },
+            I::GetLocal { slot: 0 },
+            I::JumpIfNotLt { target: 19 },
+            I::GetLocal { slot: 2 },
+            I::GetLocal { slot: 1 },
+            I::Int { value: 7 },
+            I::Rem {},
+            I::Add {},
+            I::SetLocal { slot: 2 },
+            I::GetLocal { slot: 1 },
+            I::AddInt { value: 1 },
+            I::SetLocal { slot: 1 },
+            I::Jump { target: 6 },
+            I::GetLocal { slot: 2 },
+            I::Int { value: 12 },
+            I::CallFunction { func: 0, argc: 1 },
+            I::List { len: 2 },
+            I::Return {},
+        ],
+    );
+    main.consts = vec![start];
+    main.refs = vec![FnRef::Local(1)];
+    let mut fib = f(
+        1,
+        1,
+        vec![
+            I::GetLocal { slot: 0 },
+            I::Int { value: 2 },
+            I::JumpIfNotLt { target: 5 },
+            I::GetLocal { slot: 0 },
+            I::Jump { target: 12 },
+            I::GetLocal { slot: 0 },
+            I::AddInt { value: -1 },
+            I::CallFunction { func: 0, argc: 1 },
+            I::GetLocal { slot: 0 },
+            I::AddInt { value: -2 },
+            I::CallFunction { func: 0, argc: 1 },
+            I::Add {},
+            I::Return {},
+        ],
+    );
+    fib.refs = vec![FnRef::Local(1)];
+    vec![main, fib]
+}
+
+#[test]
+fn fused_ops_charge_every_instruction() {
+    let big = 1u64 << 40;
+    for start in [Const::Int(0), Const::Float(0.5)] {
+        let s = setup(fused_shapes(start.clone()));
+        let mut exec = s.start_limited(with_fuel(big));
+        let done = run_to_end(&mut exec);
+        let want = match start {
+            Const::Int(_) => Portable::Int(115),
+            _ => Portable::Float(115.5),
+        };
+        assert_eq!(
+            done,
+            Status::Done(Portable::List(vec![want, Portable::Int(144)]))
+        );
+        let used = big - exec.fuel_left().unwrap();
+        // main: set-up, 40 turns, the last test, the call and the list; fib(12): 233 leaf
+        // calls of 6 instructions and 232 inner ones of 11
+        assert_eq!(used, 6 + 40 * 13 + 3 + 5 + 233 * 6 + 232 * 11);
+        // exactly `used` instructions suffice, one fewer does not
+        let mut exec = s.start_limited(with_fuel(used));
+        assert_eq!(run_to_end(&mut exec), done);
+        assert_eq!(exec.fuel_left(), Some(0));
+        let mut exec = s.start_limited(with_fuel(used - 1));
+        assert_eq!(
+            failed(run_to_end(&mut exec)).limit,
+            Some(LimitKind::OutOfFuel)
+        );
+        // every slice is used to the last instruction, whatever the fused op at its end
+        for slice in 1..=13 {
+            let mut exec = s.start_limited(with_fuel(big));
+            exec.set_slice(slice);
+            let mut yields = 0;
+            let status = loop {
+                match exec.run(Instant::now()) {
+                    Status::Yielded => yields += 1,
+                    other => break other,
+                }
+            };
+            assert_eq!(status, done, "slice {slice}");
+            assert_eq!(big - exec.fuel_left().unwrap(), used, "slice {slice}");
+            assert_eq!(yields, (used - 1) / slice, "slice {slice}");
+        }
+    }
+}
+
 #[test]
 fn limits_are_not_catchable() {
     // try { loop forever } catch e { return "caught" }

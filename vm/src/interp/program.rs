@@ -125,7 +125,7 @@ impl Program {
                     upvals: code.upvals,
                     max_stack: stored.info.max_stack.get(m).copied().unwrap_or(0),
                     code: code.code.clone().into_boxed_slice(),
-                    ops: crate::function::translate(&code.code, &refs),
+                    ops: Box::new([]),
                     consts: consts.into_boxed_slice(),
                     refs: refs.into_boxed_slice(),
                     natives: resolved.into_boxed_slice(),
@@ -137,6 +137,19 @@ impl Program {
                     shared_value: std::cell::OnceCell::new(),
                 });
             }
+        }
+        // Translate once every new function exists: a call op needs its callee's arity.
+        let first = self.funcs.len();
+        let arity = |i: u32| match (i as usize).checked_sub(first) {
+            None => self.funcs.get(i as usize).map(|f| f.arity),
+            Some(j) => built.get(j).map(|f: &RtFunction| f.arity),
+        };
+        let ops: Vec<_> = built
+            .iter()
+            .map(|f| crate::function::translate(&f.code, &f.refs, arity))
+            .collect();
+        for (f, ops) in built.iter_mut().zip(ops) {
+            f.ops = ops;
         }
         // Commit: indices were assigned in the same order the functions were built.
         let mut order: Vec<(FunctionId, u32)> = new_index.into_iter().collect();

@@ -1,18 +1,24 @@
 //! The dispatch loop: runs one task until it finishes, suspends, raises past its last
 //! handler, hits a limit or uses its instruction budget.
 //!
-//! Hot state (pc, base, the running function, stack pointer, budget) lives in locals of the
-//! loop; calls and returns push and pop [`Frame`]s and switch that state in place (only a
+//! Two loops share the work. [`fast`] is a small function that runs every op with an integer
+//! fast path — the fused ops, int arithmetic, compare-and-branch, and calls and returns
+//! between script functions — with the hot state (pc, stack pointer, frame base, budget) in
+//! locals that stay in registers; it stops at the first op it cannot run and returns. The
+//! general loop in [`run_task`] then runs that one instruction (`code[pc]`) through the big
+//! `match` (every instruction has an arm there, fused or not) and calls `fast` again. Calls and
+//! returns in either loop push and pop [`Frame`]s and switch the state in place (only a
 //! value-stack reallocation or an unwind goes round `'reload`), so a script call never
-//! recurses on the Rust stack. Int (and float) fast paths are inline; every other operand mix
-//! goes to `ops`.
+//! recurses on the Rust stack.
 //!
 //! Dispatch is on the function's internal ops (`function::Op`, made at link time), not on
 //! the blob's instructions: an op either is one instruction or fuses a few (compare-and-branch
-//! on locals, local-operand arithmetic, `GetLocal` + `Return`, ...). A fused op runs its fast
-//! path only when every covered instruction would take its integer fast path and the budget
-//! covers all of them; otherwise it runs `code[pc]` alone, exactly as unfused code would.
-//! Budget is a countdown of instructions (not ops), so fuel and slices stay exact.
+//! on locals, a loop's back edge with its condition, local-operand arithmetic, `GetLocal` +
+//! `Return`, a call whose argument is `local + const`, ...). A fused op runs in `fast` only
+//! when every covered instruction would take its integer fast path and the budget covers all
+//! of them; otherwise `fast` stops and the general loop runs `code[pc]` alone, exactly as
+//! unfused code would. Budget is a countdown of instructions (not ops): each op charges the
+//! instructions it covers, so fuel and slices stay exact.
 //!
 //! Invariants (on top of the module invariants in `interp`):
 //! - The task's value stack is at least `base + frame_size` long for the innermost frame, so
@@ -21,7 +27,10 @@
 //!   left above the stack pointer. `Return` and unwinding clear the slots they abandon. Pushes
 //!   rely on this: they overwrite the slot at the stack pointer without a drop check.
 //! - Handlers belong to frames: `Return` drops the returning frame's handlers, unwinding to a
-//!   handler drops the frames above the one that installed it.
+//!   handler drops the frames above the one that installed it. `fast` never returns from a
+//!   frame that has handlers, nor from the bottom frame ([`return_floor`]).
+//! - `fast` does nothing the general loop owns: stack growth, errors, natives, suspension. It
+//!   leaves `pc` at an op whose instruction has not run and has not been charged.
 
 use super::convert;
 use super::program::Program;
@@ -287,8 +296,8 @@ fn return_floor(handlers: &[Handler]) -> usize {
 ///
 /// An op runs here only when every instruction it covers takes its integer fast path, the
 /// budget covers them all (it charges each one), and a call or return needs nothing the
-/// general loop owns: a call needs no stack growth and stays within `max_depth` and the
-/// callee's arity; a return is from a frame at or above `floor` (see [`return_floor`]).
+/// general loop owns: a call needs no stack growth and stays within `max_depth` (its arity was
+/// checked at link time); a return is from a frame at or above `floor` ([`return_floor`]).
 /// Handlers cannot change while this runs (`TryBegin`/`TryEnd` are not fast ops), so `floor`
 /// stays valid. The state lives in locals, which is the point: small enough to stay in
 /// registers.
@@ -302,16 +311,23 @@ fn fast<'p>(
     max_depth: usize,
 ) {
     let Regs {
-        mut f,
+        f,
         mut pc,
         mut sp,
         mut base,
         mut left,
     } = *r;
+    // The running function is `frames.last()`'s; only its ops are needed while running.
     let mut ops: &[Op] = &f.ops;
+    // A value-stack slot.
+    macro_rules! at {
+        ($i:expr) => {
+            &mut st[$i]
+        };
+    }
     macro_rules! int {
         ($slot:expr) => {
-            match st[$slot] {
+            match *at!($slot) {
                 Value::Int(x) => Some(x),
                 _ => None,
             }
@@ -327,13 +343,63 @@ fn fast<'p>(
             left -= $n;
         };
     }
-    while let Some(op) = ops.get(pc) {
-        match *op {
+    // Whether the fast path can enter `$g` with its arguments from `$nb` up: the general
+    // loop owns stack growth and the depth error. The arity was checked at link time.
+    macro_rules! can_call {
+        ($g:expr, $nb:expr) => {
+            frames.len() < max_depth && $nb + $g.frame_size() <= st.len()
+        };
+    }
+    // Enters function `$callee` (`$g`) from the call op at `pc`, its arguments from `$nb` up.
+    macro_rules! call {
+        ($callee:expr, $g:expr, $nb:expr) => {{
+            let nb: usize = $nb;
+            let locals_end = nb + $g.locals as usize;
+            // Locals above the arguments start as nil; those slots are at or above the
+            // stack pointer, so they hold scalars and need no drop.
+            for i in sp..locals_end {
+                overwrite(at!(i), Value::Nil);
+            }
+            let top = frames.len() - 1;
+            frames[top].pc = pc as u32 + 1;
+            frames.push(Frame {
+                func: $callee,
+                pc: 0,
+                base: nb as u32,
+                ret: nb as u32,
+            });
+            ops = &$g.ops;
+            base = nb;
+            pc = 0;
+            sp = locals_end;
+        }};
+    }
+    // Returns from frame `frames.len() - 1`, which the caller checked is at or above
+    // `floor >= 1` (so a caller frame remains below it). The result is on top; the slots
+    // from `ret` up are abandoned.
+    macro_rules! ret {
+        () => {{
+            sp -= 1;
+            let result = std::mem::take(at!(sp));
+            let done = frames[frames.len() - 1];
+            frames.pop();
+            let caller = frames[frames.len() - 1];
+            let ret = done.ret as usize;
+            clear(&mut st[ret..sp]);
+            overwrite(at!(ret), result);
+            sp = ret + 1;
+            ops = &funcs[caller.func as usize].ops;
+            base = caller.base as usize;
+            pc = caller.pc as usize;
+        }};
+    }
+    loop {
+        match ops[pc] {
             Op::I(_) => break,
             Op::GetLocal { slot } => {
                 charge!(1);
-                let v = fast_clone(&st[base + slot as usize]);
-                overwrite(&mut st[sp], v);
+                let v = fast_clone(&*at!(base + slot as usize));
+                overwrite(at!(sp), v);
                 sp += 1;
                 pc += 1;
             }
@@ -341,12 +407,12 @@ fn fast<'p>(
                 let Some(x) = int!(sp - 1) else { break };
                 charge!(1);
                 sp -= 1;
-                put(&mut st[base + slot as usize], Value::Int(x));
+                put(at!(base + slot as usize), Value::Int(x));
                 pc += 1;
             }
             Op::Int { value } => {
                 charge!(1);
-                overwrite(&mut st[sp], Value::Int(i64::from(value)));
+                overwrite(at!(sp), Value::Int(i64::from(value)));
                 sp += 1;
                 pc += 1;
             }
@@ -356,7 +422,7 @@ fn fast<'p>(
                     break;
                 };
                 charge!(1);
-                overwrite(&mut st[sp - 1], Value::Int(v));
+                overwrite(at!(sp - 1), Value::Int(v));
                 pc += 1;
             }
             Op::Jump { target } => {
@@ -370,7 +436,7 @@ fn fast<'p>(
                 let Some(v) = op.apply(x, y) else { break };
                 charge!(1);
                 sp -= 1;
-                overwrite(&mut st[sp - 1], Value::Int(v));
+                overwrite(at!(sp - 1), Value::Int(v));
                 pc += 1;
             }
             Op::JumpIfNot { cmp, target } => {
@@ -454,7 +520,7 @@ fn fast<'p>(
                     break;
                 };
                 charge!(3);
-                overwrite(&mut st[sp], Value::Int(v));
+                overwrite(at!(sp), Value::Int(v));
                 sp += 1;
                 pc += 3;
             }
@@ -464,7 +530,7 @@ fn fast<'p>(
                 };
                 let Some(v) = op.apply(x, y) else { break };
                 charge!(3);
-                overwrite(&mut st[sp], Value::Int(v));
+                overwrite(at!(sp), Value::Int(v));
                 sp += 1;
                 pc += 3;
             }
@@ -492,7 +558,7 @@ fn fast<'p>(
                     break;
                 };
                 charge!(6);
-                put(&mut st[base + d as usize], Value::Int(v));
+                put(at!(base + d as usize), Value::Int(v));
                 pc += 6;
             }
             Op::ArithSet { op, a } => {
@@ -502,7 +568,7 @@ fn fast<'p>(
                 let Some(v) = op.apply(x, y) else { break };
                 charge!(2);
                 sp -= 2;
-                put(&mut st[base + a as usize], Value::Int(v));
+                put(at!(base + a as usize), Value::Int(v));
                 pc += 2;
             }
             Op::AddIntSet { a, value, b } => {
@@ -513,7 +579,7 @@ fn fast<'p>(
                     break;
                 };
                 charge!(3);
-                put(&mut st[base + b as usize], Value::Int(v));
+                put(at!(base + b as usize), Value::Int(v));
                 pc += 3;
             }
             Op::LocalAddInt { a, value } => {
@@ -524,97 +590,77 @@ fn fast<'p>(
                     break;
                 };
                 charge!(2);
-                overwrite(&mut st[sp], Value::Int(v));
+                overwrite(at!(sp), Value::Int(v));
                 sp += 1;
                 pc += 2;
             }
             Op::Call { callee, argc } => {
-                let Some(g) = funcs.get(callee as usize) else {
-                    break;
-                };
-                let argc = argc as usize;
-                let nb = sp - argc;
-                if g.arity as usize != argc
-                    || frames.len() >= max_depth
-                    || nb + g.frame_size() > st.len()
-                {
+                let g = &funcs[callee as usize];
+                let nb = sp - argc as usize;
+                if !can_call!(g, nb) {
                     break;
                 }
                 charge!(1);
-                // Locals above the arguments start as nil; those slots are at or above the
-                // stack pointer, so they hold scalars and need no drop.
-                let locals_end = nb + g.locals as usize;
-                for slot in &mut st[sp..locals_end] {
-                    overwrite(slot, Value::Nil);
-                }
-                if let Some(top) = frames.last_mut() {
-                    top.pc = pc as u32 + 1;
-                }
-                frames.push(Frame {
-                    func: callee,
-                    pc: 0,
-                    base: nb as u32,
-                    ret: nb as u32,
-                });
-                f = g;
-                ops = &g.ops;
-                base = nb;
-                pc = 0;
-                sp = locals_end;
+                call!(callee, g, nb);
             }
-            Op::Return
-            | Op::JumpReturn { .. }
-            | Op::GetLocalJumpReturn { .. }
-            | Op::ArithReturn { .. } => {
-                // The returning frame is `frames.len() - 1`; below `floor` the general loop
-                // returns (and `floor >= 1` leaves a caller frame below it).
+            Op::LocalAddIntCall { a, value, callee } => {
+                let Some(x) = int!(base + a as usize) else {
+                    break;
+                };
+                let Some(v) = x.checked_add(i64::from(value)) else {
+                    break;
+                };
+                let g = &funcs[callee as usize];
+                if !can_call!(g, sp) {
+                    break;
+                }
+                charge!(3);
+                overwrite(at!(sp), Value::Int(v));
+                sp += 1;
+                pc += 2;
+                call!(callee, g, sp - 1);
+            }
+            Op::Return => {
                 if frames.len() <= floor {
                     break;
                 }
-                match *op {
-                    Op::Return => {
-                        charge!(1);
-                    }
-                    Op::JumpReturn { .. } => {
-                        charge!(2);
-                    }
-                    Op::GetLocalJumpReturn { slot, .. } => {
-                        charge!(3);
-                        let v = fast_clone(&st[base + slot as usize]);
-                        overwrite(&mut st[sp], v);
-                        sp += 1;
-                    }
-                    Op::ArithReturn { op } => {
-                        let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
-                            break;
-                        };
-                        let Some(v) = op.apply(x, y) else { break };
-                        charge!(2);
-                        sp -= 1;
-                        overwrite(&mut st[sp - 1], Value::Int(v));
-                    }
-                    _ => break,
+                charge!(1);
+                ret!();
+            }
+            Op::JumpReturn { .. } => {
+                if frames.len() <= floor {
+                    break;
                 }
-                // The result is on top; the frame's slots from `ret` up are abandoned.
+                charge!(2);
+                ret!();
+            }
+            Op::GetLocalJumpReturn { slot, .. } => {
+                if frames.len() <= floor {
+                    break;
+                }
+                charge!(3);
+                let v = fast_clone(&*at!(base + slot as usize));
+                overwrite(at!(sp), v);
+                sp += 1;
+                ret!();
+            }
+            Op::ArithReturn { op } => {
+                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                    break;
+                };
+                let Some(v) = op.apply(x, y) else { break };
+                if frames.len() <= floor {
+                    break;
+                }
+                charge!(2);
                 sp -= 1;
-                let result = std::mem::take(&mut st[sp]);
-                let done = frames[frames.len() - 1];
-                frames.pop();
-                let caller = frames[frames.len() - 1];
-                let ret = done.ret as usize;
-                clear(&mut st[ret..sp]);
-                overwrite(&mut st[ret], result);
-                sp = ret + 1;
-                let g = &funcs[caller.func as usize];
-                f = g;
-                ops = &g.ops;
-                base = caller.base as usize;
-                pc = caller.pc as usize;
+                overwrite(at!(sp - 1), Value::Int(v));
+                ret!();
             }
         }
     }
     *r = Regs {
-        f,
+        f: frames.last().map_or(f, |top| &funcs[top.func as usize]),
         pc,
         sp,
         base,
