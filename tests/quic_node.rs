@@ -328,7 +328,16 @@ async fn large_bytes_travel_as_sidecars_intact() {
 async fn contexts_and_permissions_refuse_before_anything_runs() {
     let setup = Setup {
         tweak: |name, config| match name {
-            "a" => config.contexts.push("gpu".into()),
+            "a" => {
+                config.contexts.push("gpu".into());
+                config.permissions.insert(
+                    "main".into(),
+                    Permissions {
+                        call_exported: false,
+                        ..Permissions::default()
+                    },
+                );
+            }
             "b" => {
                 config.permissions.insert(
                     "main".into(),
@@ -359,6 +368,23 @@ async fn contexts_and_permissions_refuse_before_anything_runs() {
         list(vec![s("a"), s("Refused"), list(vec![s("Refused"), s("b")])])
     );
     assert_eq!(nodes[2].counters().calls_served, 0);
+    // Calls by name: `a` lets main ship code but not call its exports; `b` the reverse.
+    let lib = compile("fn f(x) { x + 1 }");
+    nodes[1].load(&lib).await.unwrap();
+    nodes[2].load(&lib).await.unwrap();
+    let served_a = nodes[1].counters().calls_served;
+    let err = nodes[0]
+        .call("a", "f", vec![Portable::Int(1)], None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Refused"), "{err}");
+    assert_eq!(
+        nodes[1].counters().calls_served,
+        served_a,
+        "nothing ran on a"
+    );
+    let v = nodes[0].call("b", "f", vec![Portable::Int(1)], None).await;
+    assert_eq!(v.unwrap(), Portable::Int(2));
     shutdown(nodes).await;
 }
 
