@@ -327,3 +327,39 @@ fn the_tour_runs_over_quic() {
         "{err}"
     );
 }
+
+/// Permissions from the TOML peer table of `skiff serve`: `[defaults]` forbids shipped code,
+/// so a script's hop is `Refused` while calls of exported functions still work.
+#[test]
+fn serve_takes_permissions_from_the_peers_file() {
+    let dir = scratch("quic-perms");
+    let lib = dir.join("lib.skiff");
+    std::fs::write(&lib, "fn add(x, y) { x + y }\n").unwrap();
+    let peers = dir.join("peers.toml");
+    std::fs::write(&peers, "[defaults]\nship_code = false\n").unwrap();
+    let w = Server::start(
+        "w",
+        &[
+            "--dev",
+            "--load",
+            lib.to_str().unwrap(),
+            "--peers-file",
+            peers.to_str().unwrap(),
+        ],
+    );
+    let (code, out, err) = skiff(&["call", "w", "add", "2", "3", "--peer", &w.peer]);
+    assert_eq!((code, out.trim()), (0, "5"), "{err}");
+    let script = dir.join("ship.skiff");
+    std::fs::write(
+        &script,
+        "print(try { remote(\"w\") [] { 1 } } catch e { [e.kind, e.message] })\n",
+    )
+    .unwrap();
+    let (code, out, err) = skiff(&["run", script.to_str().unwrap(), "--peer", &w.peer]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("[\"Refused\", ") && out.contains("ship code"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -224,6 +224,10 @@ pub(super) fn serve(args: ServeArgs) -> Result<i32> {
         config.peers = peers;
         config.client_auth = Some(client_auth);
         config.store_dir = args.store.clone();
+        config.permissions = config.peers.permissions().clone().into_iter().collect();
+        if let Some(defaults) = config.peers.default_permissions() {
+            config.default_permissions = defaults.clone();
+        }
         let node = Node::start(config).await?;
         if let Some(module) = &module {
             node.load(module).await?;

@@ -24,9 +24,18 @@
 //!
 //! [peers.bob]
 //! addr = "bob.example.org:4433"
+//! ship_code = false                   # optional permissions, see below
+//!
+//! # Optional: permissions of clients without their own (listed or not).
+//! [defaults]
+//! call_exported = true                # call exported functions by name
+//! ship_code = true                    # run shipped code (`remote` bodies)
+//! natives = ["db_get"]                # host natives shipped code may use (absent: all)
 //! ```
 //!
-//! Unknown keys are errors (a typo must not silently weaken trust).
+//! A peer's permission keys override `[defaults]` one by one; what neither sets is allowed
+//! (the [`Permissions::default`] of an embedded node). Unknown keys are errors (a typo must
+//! not silently weaken trust).
 //!
 //! Invariants: every peer in a table has a valid name and a syntactically valid address;
 //! [`PeerTable::trust`] never returns CA trust for a pinned peer, and fails rather than
@@ -201,11 +210,47 @@ fn validate_addr(peer: &str, addr: &str) -> Result<(), PeerError> {
     Ok(())
 }
 
+/// What a peer may do on this node. A refused call is answered with a typed `Refused` error
+/// and runs nothing.
+#[derive(Clone, Debug)]
+pub struct Permissions {
+    /// Call the exported (top-level) functions of the loaded modules by name.
+    pub call_exported: bool,
+    /// Ship code (`remote` bodies) and run it here.
+    pub ship_code: bool,
+    /// Host natives shipped code may use (`None`: all). Builtins are always allowed.
+    pub natives: Option<Vec<String>>,
+}
+
+impl Default for Permissions {
+    fn default() -> Self {
+        Permissions {
+            call_exported: true,
+            ship_code: true,
+            natives: None,
+        }
+    }
+}
+
+impl Permissions {
+    /// Nothing allowed.
+    pub fn none() -> Self {
+        Permissions {
+            call_exported: false,
+            ship_code: false,
+            natives: Some(Vec::new()),
+        }
+    }
+}
+
 /// The peer table.
 #[derive(Clone, Default)]
 pub struct PeerTable {
     peers: BTreeMap<String, Peer>,
     ca: Option<CertificateDer<'static>>,
+    /// Permissions the table sets: per peer, and for everyone else.
+    permissions: BTreeMap<String, Permissions>,
+    default_permissions: Option<Permissions>,
 }
 
 impl fmt::Debug for PeerTable {
@@ -223,6 +268,7 @@ struct FileForm {
     ca: Option<String>,
     #[serde(default)]
     peers: BTreeMap<String, FilePeer>,
+    defaults: Option<FilePermissions>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +276,35 @@ struct FileForm {
 struct FilePeer {
     addr: String,
     pin: Option<String>,
+    // Permission keys, as in `FilePermissions` (serde cannot flatten a struct into one that
+    // denies unknown fields).
+    call_exported: Option<bool>,
+    ship_code: Option<bool>,
+    natives: Option<Vec<String>>,
+}
+
+/// Permission keys as written; each one left out is inherited.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePermissions {
+    call_exported: Option<bool>,
+    ship_code: Option<bool>,
+    natives: Option<Vec<String>>,
+}
+
+impl FilePermissions {
+    fn is_empty(&self) -> bool {
+        self.call_exported.is_none() && self.ship_code.is_none() && self.natives.is_none()
+    }
+
+    /// `base` with the keys written here replaced.
+    fn over(self, base: &Permissions) -> Permissions {
+        Permissions {
+            call_exported: self.call_exported.unwrap_or(base.call_exported),
+            ship_code: self.ship_code.unwrap_or(base.ship_code),
+            natives: self.natives.or_else(|| base.natives.clone()),
+        }
+    }
 }
 
 impl PeerTable {
@@ -246,6 +321,16 @@ impl PeerTable {
     /// The CA, if any.
     pub fn ca(&self) -> Option<&CertificateDer<'static>> {
         self.ca.as_ref()
+    }
+
+    /// The permissions the table gives named peers (from a TOML file's peer entries).
+    pub fn permissions(&self) -> &BTreeMap<String, Permissions> {
+        &self.permissions
+    }
+
+    /// The permissions the table gives everyone else (a TOML file's `[defaults]`), if set.
+    pub fn default_permissions(&self) -> Option<&Permissions> {
+        self.default_permissions.as_ref()
     }
 
     /// Add or replace a peer; returns the previous entry of that name.
@@ -304,7 +389,20 @@ impl PeerTable {
             };
             table.ca = Some(crate::tls::cert_from_pem_file(&path)?);
         }
+        let defaults = form.defaults.map(|d| d.over(&Permissions::default()));
+        let base = defaults.clone().unwrap_or_default();
+        table.default_permissions = defaults;
         for (name, p) in form.peers {
+            let permissions = FilePermissions {
+                call_exported: p.call_exported,
+                ship_code: p.ship_code,
+                natives: p.natives,
+            };
+            if !permissions.is_empty() {
+                table
+                    .permissions
+                    .insert(name.clone(), permissions.over(&base));
+            }
             let pin = p
                 .pin
                 .as_deref()
@@ -460,6 +558,46 @@ mod tests {
             Err(PeerError::Toml(_))
         ));
         assert!(PeerTable::from_toml_str("[peers.x]\naddr = \"nope\"", None).is_err());
+    }
+
+    #[test]
+    fn toml_permissions_override_defaults_key_by_key() {
+        let text = format!(
+            r#"
+            [defaults]
+            ship_code = false
+            natives = ["db_get"]
+
+            [peers.alice]
+            addr = "127.0.0.1:4433"
+            pin = "{PIN}"
+            ship_code = true
+
+            [peers.bob]
+            addr = "127.0.0.1:4434"
+            pin = "{PIN}"
+            "#
+        );
+        let table = PeerTable::from_toml_str(&text, None).unwrap();
+        let defaults = table.default_permissions().unwrap();
+        assert!(defaults.call_exported && !defaults.ship_code);
+        assert_eq!(
+            defaults.natives.as_deref(),
+            Some(&["db_get".to_owned()][..])
+        );
+        let alice = &table.permissions()["alice"];
+        assert!(alice.call_exported && alice.ship_code);
+        assert_eq!(alice.natives, defaults.natives);
+        assert!(
+            !table.permissions().contains_key("bob"),
+            "bob takes the defaults"
+        );
+        let typo = "[defaults]\nship_cod = false\n";
+        assert!(matches!(
+            PeerTable::from_toml_str(typo, None),
+            Err(PeerError::Toml(_))
+        ));
+        assert!(PeerTable::new().default_permissions().is_none());
     }
 
     #[test]

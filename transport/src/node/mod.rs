@@ -40,6 +40,7 @@ mod vm;
 use crate::context::{ContextError, ContextState, Contexts};
 use crate::endpoint::{ConnectionManager, Endpoint, EndpointConfig, TransportOptions};
 use crate::lossy::{LossConfig, LossStats};
+pub use crate::peers::Permissions;
 use crate::peers::{Peer, PeerTable};
 use crate::tls::{ClientAuth, Fingerprint, NodeIdentity};
 use crate::TransportError;
@@ -64,39 +65,6 @@ pub type SendNative =
 
 /// Makes the output sinks of each execution (called on the VM thread).
 pub type SendIoFactory = Arc<dyn Fn() -> ExecIo + Send + Sync>;
-
-/// What a peer may do on this node. A refused call is answered with a typed `Refused` error
-/// and runs nothing.
-#[derive(Clone, Debug)]
-pub struct Permissions {
-    /// Call the exported (top-level) functions of the loaded modules by name.
-    pub call_exported: bool,
-    /// Ship code (`remote` bodies) and run it here.
-    pub ship_code: bool,
-    /// Host natives shipped code may use (`None`: all). Builtins are always allowed.
-    pub natives: Option<Vec<String>>,
-}
-
-impl Default for Permissions {
-    fn default() -> Self {
-        Permissions {
-            call_exported: true,
-            ship_code: true,
-            natives: None,
-        }
-    }
-}
-
-impl Permissions {
-    /// Nothing allowed.
-    pub fn none() -> Self {
-        Permissions {
-            call_exported: false,
-            ship_code: false,
-            natives: Some(Vec::new()),
-        }
-    }
-}
 
 /// Everything a [`Node`] is built from.
 #[derive(Clone)]
