@@ -193,6 +193,18 @@ pub enum Op {
     LocalAddIntCall { a: u16, value: i32, callee: u32 },
     /// `Return`.
     Return,
+    /// `Pop`.
+    Pop,
+    /// `JumpIfTrue target` (`when`) or `JumpIfFalse target`.
+    JumpIf { when: bool, target: u32 },
+    /// `Lt`/`Le`/`Gt`/`Ge`/`Eq`/`Ne` (fast on two integers).
+    Compare { cmp: Cmp },
+    /// `IterNext target` or (`pair`) `IterNext2 target` (fast over a list or a range).
+    IterNext { pair: bool, target: u32 },
+    /// `Call argc`: a call of the function value below the arguments.
+    CallValue { argc: u8 },
+    /// `GetUpval index`.
+    GetUpval { index: u16 },
     /// `GetLocal a; GetLocal b; JumpIfNot<cmp> target`.
     JumpIfNotLL {
         cmp: Cmp,
@@ -267,7 +279,13 @@ impl Op {
             | Op::Arith { .. }
             | Op::JumpIfNot { .. }
             | Op::Call { .. }
-            | Op::Return => 1,
+            | Op::Return
+            | Op::Pop
+            | Op::JumpIf { .. }
+            | Op::Compare { .. }
+            | Op::IterNext { .. }
+            | Op::CallValue { .. }
+            | Op::GetUpval { .. } => 1,
             Op::LocalAddIntCall { .. } => 3,
             Op::ArithSet { .. }
             | Op::ArithReturn { .. }
@@ -411,6 +429,25 @@ fn single(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) 
         Instr::AddInt { value } => Op::AddInt { value },
         Instr::Jump { target } => Op::Jump { target },
         Instr::Return {} => Op::Return,
+        Instr::Pop {} => Op::Pop,
+        Instr::JumpIfTrue { target } => Op::JumpIf { when: true, target },
+        Instr::JumpIfFalse { target } => Op::JumpIf {
+            when: false,
+            target,
+        },
+        Instr::Lt {} => Op::Compare { cmp: Cmp::Lt },
+        Instr::Le {} => Op::Compare { cmp: Cmp::Le },
+        Instr::Gt {} => Op::Compare { cmp: Cmp::Gt },
+        Instr::Ge {} => Op::Compare { cmp: Cmp::Ge },
+        Instr::Eq {} => Op::Compare { cmp: Cmp::Eq },
+        Instr::Ne {} => Op::Compare { cmp: Cmp::Ne },
+        Instr::IterNext { target } => Op::IterNext {
+            pair: false,
+            target,
+        },
+        Instr::IterNext2 { target } => Op::IterNext { pair: true, target },
+        Instr::Call { argc } => Op::CallValue { argc },
+        Instr::GetUpval { index } => Op::GetUpval { index },
         Instr::CallFunction { .. } => match call(pc) {
             Some((callee, argc)) => Op::Call { callee, argc },
             None => Op::I(instr),

@@ -350,9 +350,10 @@ fn fast<'p>(
             frames.len() < max_depth && $nb + $g.frame_size() <= st.len()
         };
     }
-    // Enters function `$callee` (`$g`) from the call op at `pc`, its arguments from `$nb` up.
+    // Enters function `$callee` (`$g`) from the call op at `pc`, its arguments from `$nb` up;
+    // its result will go to `$ret`.
     macro_rules! call {
-        ($callee:expr, $g:expr, $nb:expr) => {{
+        ($callee:expr, $g:expr, $nb:expr, $ret:expr) => {{
             let nb: usize = $nb;
             let locals_end = nb + $g.locals as usize;
             // Locals above the arguments start as nil; those slots are at or above the
@@ -366,7 +367,7 @@ fn fast<'p>(
                 func: $callee,
                 pc: 0,
                 base: nb as u32,
-                ret: nb as u32,
+                ret: $ret as u32,
             });
             ops = &$g.ops;
             base = nb;
@@ -601,7 +602,7 @@ fn fast<'p>(
                     break;
                 }
                 charge!(1);
-                call!(callee, g, nb);
+                call!(callee, g, nb, nb);
             }
             Op::LocalAddIntCall { a, value, callee } => {
                 let Some(x) = int!(base + a as usize) else {
@@ -618,7 +619,96 @@ fn fast<'p>(
                 overwrite(at!(sp), Value::Int(v));
                 sp += 1;
                 pc += 2;
-                call!(callee, g, sp - 1);
+                call!(callee, g, sp - 1, sp - 1);
+            }
+            Op::CallValue { argc } => {
+                let fpos = sp - argc as usize - 1;
+                let Value::Function(c) = &*at!(fpos) else {
+                    break;
+                };
+                let callee = c.index;
+                let Some(g) = funcs.get(callee as usize) else {
+                    break;
+                };
+                if g.arity != u16::from(argc) || !can_call!(g, fpos + 1) {
+                    break;
+                }
+                charge!(1);
+                call!(callee, g, fpos + 1, fpos);
+            }
+            Op::GetUpval { index } => {
+                // The running closure sits just below the frame (`function` invariant).
+                let v = match base.checked_sub(1).and_then(|i| st.get(i)) {
+                    Some(Value::Function(c)) => match c.upvals.get(index as usize) {
+                        Some(u) => u.value.borrow().clone(),
+                        None => Value::Nil,
+                    },
+                    _ => Value::Nil,
+                };
+                if left == 0 {
+                    drop_cold(v);
+                    break;
+                }
+                left -= 1;
+                overwrite(at!(sp), v);
+                sp += 1;
+                pc += 1;
+            }
+            Op::Pop => {
+                charge!(1);
+                sp -= 1;
+                put(at!(sp), Value::Nil);
+                pc += 1;
+            }
+            Op::JumpIf { when, target } => {
+                charge!(1);
+                sp -= 1;
+                let top: &Value = at!(sp);
+                let t = top.is_truthy();
+                put(at!(sp), Value::Nil);
+                pc = if t == when { target as usize } else { pc + 1 };
+            }
+            Op::Compare { cmp } => {
+                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                    break;
+                };
+                charge!(1);
+                sp -= 1;
+                overwrite(at!(sp - 1), Value::Bool(cmp.holds(x, y)));
+                pc += 1;
+            }
+            Op::IterNext { pair, target } => {
+                let Some(i) = int!(sp - 1).filter(|&i| i >= 0) else {
+                    break;
+                };
+                let Some(next_i) = i.checked_add(1) else {
+                    break;
+                };
+                let item = match &*at!(sp - 2) {
+                    Value::Range(r) => {
+                        ((i as u64) < r.len()).then(|| Value::Int(r.start.wrapping_add(i)))
+                    }
+                    Value::List(l) => l.get(i as usize),
+                    _ => break,
+                };
+                charge!(1);
+                match item {
+                    Some(v) => {
+                        overwrite(at!(sp - 1), Value::Int(next_i));
+                        if pair {
+                            overwrite(at!(sp), Value::Int(i));
+                            sp += 1;
+                        }
+                        overwrite(at!(sp), v);
+                        sp += 1;
+                        pc += 1;
+                    }
+                    None => {
+                        sp -= 2;
+                        put(at!(sp), Value::Nil);
+                        pc = target as usize;
+                    }
+                }
             }
             Op::Return => {
                 if frames.len() <= floor {
