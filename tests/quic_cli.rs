@@ -363,3 +363,49 @@ fn serve_takes_permissions_from_the_peers_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `skiff serve` stops gracefully on SIGTERM: a call in flight finishes and gets its result,
+/// then the server exits 0 and says so.
+#[test]
+fn serve_drains_calls_and_exits_on_sigterm() {
+    let dir = scratch("quic-term");
+    let lib = dir.join("lib.skiff");
+    std::fs::write(&lib, "fn slow(x) { sleep(800); x * 2 }\n").unwrap();
+    let mut server = Command::new(SKIFF)
+        .args(["serve", "--listen", "127.0.0.1:0", "--name", "w", "--dev"])
+        .args(["--grace-ms", "10000", "--load", lib.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("skiff serve starts");
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let peer = format!("w={}#{}", words[2], words[6]);
+    let call = Command::new(SKIFF)
+        .args(["call", "w", "slow", "21", "--peer", &peer])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the call arrive, then ask the server to stop while it runs.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let call = call.wait_with_output().unwrap();
+    let out = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&call.stdout).trim(),
+        "42",
+        "{}",
+        String::from_utf8_lossy(&call.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("w: shutting down"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

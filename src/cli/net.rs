@@ -75,6 +75,10 @@ pub(super) struct ServeArgs {
     /// Keep received blobs in this directory, so a restarted node needs none sent again.
     #[arg(long)]
     store: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C, how long calls in flight may take to finish before they are
+    /// cancelled.
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
     /// Development mode: a fresh self-signed certificate (unless --cert) and any client
     /// certificate accepted. Loopback only.
     #[arg(long)]
@@ -183,7 +187,7 @@ pub(super) fn run(args: RunArgs) -> Result<i32> {
     })
 }
 
-/// `skiff serve`: one node, serving until killed.
+/// `skiff serve`: one node, serving until SIGTERM or Ctrl-C, then shutting down gracefully.
 pub(super) fn serve(args: ServeArgs) -> Result<i32> {
     let module = match &args.load {
         Some(file) => match load(file)? {
@@ -240,9 +244,38 @@ pub(super) fn serve(args: ServeArgs) -> Result<i32> {
         );
         use std::io::Write;
         std::io::stdout().flush()?;
-        std::future::pending::<()>().await;
+        stop_signal().await?;
+        let grace = Duration::from_millis(args.grace_ms);
+        eprintln!("{}: shutting down (grace {grace:?})", args.name);
+        let report = node.shutdown_with(grace).await;
+        if report.drained {
+            eprintln!("{}: stopped, every call finished", args.name);
+        } else {
+            eprintln!(
+                "{}: stopped, {} call(s) cancelled at the end of the grace period",
+                args.name, report.cancelled
+            );
+        }
         Ok(0)
     })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+async fn stop_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot watch Ctrl-C")?;
+    Ok(())
 }
 
 /// Parses Skiff literals by compiling them into a function returning the list.
