@@ -59,6 +59,22 @@ pub struct TransportOptions {
     /// RTT assumed before the first measurement (`None`: quinn's 333 ms). Lower it on
     /// known-fast networks (loopback tests) so that early losses are retransmitted sooner.
     pub initial_rtt: Option<Duration>,
+    /// The congestion controller of every connection.
+    pub congestion: Congestion,
+}
+
+/// A congestion controller (quinn's implementations).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), quinn's default: backs off on every loss.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002's reference controller).
+    NewReno,
+    /// BBR: paces by measured bandwidth and RTT, so random loss does not collapse the
+    /// window. Across a link losing 10% of datagrams each way, 1000 calls with 1 MiB each
+    /// took 51 s with BBR and 381 s with CUBIC (`tests/quic_stress.rs`, debug build, 2 cores).
+    Bbr,
 }
 
 impl Default for TransportOptions {
@@ -71,6 +87,7 @@ impl Default for TransportOptions {
             connect_timeout: Duration::from_secs(10),
             alpn: vec![tls::ALPN.to_vec()],
             initial_rtt: None,
+            congestion: Congestion::default(),
         }
     }
 }
@@ -87,6 +104,17 @@ impl TransportOptions {
         if let Some(rtt) = self.initial_rtt {
             t.initial_rtt(rtt);
         }
+        match self.congestion {
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(
+                quinn::congestion::NewRenoConfig::default(),
+            )),
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+        };
         Ok(t)
     }
 }

@@ -52,7 +52,9 @@ pub mod peers;
 pub mod tls;
 
 pub use context::{ContextError, ContextState, Contexts, CONTEXT_NATIVES};
-pub use endpoint::{Accepting, ConnectionManager, Endpoint, EndpointConfig, TransportOptions};
+pub use endpoint::{
+    Accepting, Congestion, ConnectionManager, Endpoint, EndpointConfig, TransportOptions,
+};
 pub use error::{CertRefusal, Side, TransportError};
 pub use lossy::{LossConfig, LossStats, LossySocket};
 pub use node::{Node, NodeConfig, NodeError, Permissions};
