@@ -1,0 +1,485 @@
+//! Interpreter benchmarks: Skiff against Lua 5.4 (`mlua`, vendored) and rhai, side by side.
+//!
+//! Every workload is written once per engine — the same algorithm, the same sizes, each in the
+//! engine's own idiom where the languages differ (noted per workload) — and measured in the
+//! same run, so the ratios in `benches/README.md` compare like with like on one machine:
+//!
+//! | group          | what it stresses                                                     |
+//! |----------------|----------------------------------------------------------------------|
+//! | `fib30`        | recursive calls and integer arithmetic: `fib(30)`                     |
+//! | `loop10m`      | a 10,000,000-iteration `while` loop: compare, add, remainder, branch   |
+//! | `string1m`     | building one string from 1,000,000 pieces (`str(i)` for i < 1M)       |
+//! | `list1m`       | building a 1,000,000-element list by appending                        |
+//! | `closures`     | closure-heavy `map`/`filter` over a 100,000-element list, 10 rounds   |
+//! | `binarytrees12`| binary-trees (depth 12, lists as nodes): allocation and recursion     |
+//! | `host_call`    | host→VM call of a trivial function (`add1(41)`), per call             |
+//!
+//! Before anything is timed, each engine runs each workload once and its result is compared
+//! with the value computed in Rust: a broken engine cannot look fast. An engine that fails
+//! that check (or fails to compile its program) is reported loudly on stderr and left out of
+//! that group, so the other engines are still measured.
+//!
+//! Idiom differences: Skiff strings are immutable, so `string1m` collects pieces in a list and
+//! `join`s them (Lua: table + `table.concat`; rhai, whose strings are mutable and which has no
+//! `join`, appends with `+=`). rhai arrays are values, so `t[0]` in binary-trees copies the
+//! subtree — that is rhai's semantics and part of its cost. Lua has no built-in `map`/`filter`,
+//! so they are written in Lua (Skiff's and rhai's are natives calling back into closures).
+//!
+//! Under `cargo test --benches` (no `--bench` flag) the sizes shrink (e.g. `fib(15)`) so CI
+//! checks every engine's correctness quickly in a debug build.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench interp`; see
+//! `benches/README.md` for the whole suite and the report script.
+
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
+
+/// One workload, written for every engine.
+struct Workload {
+    /// Criterion group name.
+    group: &'static str,
+    /// Skiff program; `entry` is called with `arg`.
+    skiff: &'static str,
+    /// Lua chunk whose value is the entry function.
+    lua: &'static str,
+    /// rhai script defining `entry`.
+    rhai: &'static str,
+    entry: &'static str,
+    arg: i64,
+    /// The correct result, computed in Rust.
+    expected: i64,
+}
+
+/// Rounds of the `closures` workload (fixed in every program).
+const CLOSURE_ROUNDS: i64 = 10;
+
+/// `cargo test --benches` (CI) runs each benchmark once without `--bench`: then the
+/// workloads shrink so the correctness checks stay quick in a debug build.
+fn quick() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// Workload sizes: the real ones, or the quick ones under `cargo test`.
+struct Sizes {
+    fib: i64,
+    spin: i64,
+    build: i64,
+    closures: i64,
+    trees: i64,
+}
+
+fn sizes() -> Sizes {
+    if quick() {
+        Sizes {
+            fib: 15,
+            spin: 10_000,
+            build: 10_000,
+            closures: 1_000,
+            trees: 6,
+        }
+    } else {
+        Sizes {
+            fib: 30,
+            spin: 10_000_000,
+            build: 1_000_000,
+            closures: 100_000,
+            trees: 12,
+        }
+    }
+}
+
+fn fib(n: i64) -> i64 {
+    let (mut a, mut b) = (0i64, 1i64);
+    for _ in 0..n {
+        (a, b) = (b, a + b);
+    }
+    a
+}
+
+fn loop_expected(n: i64) -> i64 {
+    (0..n).map(|i| i % 7).sum()
+}
+
+fn string_expected(n: i64) -> i64 {
+    (0..n).map(|i| i.to_string().len() as i64).sum()
+}
+
+fn closures_expected(n: i64, rounds: i64) -> i64 {
+    (0..rounds)
+        .map(|k| (0..n).map(|x| x * 3 + k).filter(|x| x % 2 == 0).count() as i64)
+        .sum()
+}
+
+fn trees_expected(maxd: i64) -> i64 {
+    let nodes = |d: i64| (1i64 << (d + 1)) - 1;
+    let mut total = nodes(maxd + 1);
+    let mut d = 4;
+    while d <= maxd {
+        total += (1i64 << (maxd - d + 4)) * nodes(d);
+        d += 2;
+    }
+    total + nodes(maxd)
+}
+
+fn workloads() -> Vec<Workload> {
+    let n = sizes();
+    vec![
+        Workload {
+            group: "fib30",
+            skiff: r#"
+fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+"#,
+            lua: r#"
+local function fib(n)
+  if n < 2 then return n end
+  return fib(n - 1) + fib(n - 2)
+end
+return fib
+"#,
+            rhai: r#"
+fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+"#,
+            entry: "fib",
+            arg: n.fib,
+            expected: fib(n.fib),
+        },
+        Workload {
+            group: "loop10m",
+            skiff: r#"
+fn spin(n) {
+  let i = 0
+  let s = 0
+  while i < n {
+    s = s + i % 7
+    i = i + 1
+  }
+  s
+}
+"#,
+            lua: r#"
+local function spin(n)
+  local i = 0
+  local s = 0
+  while i < n do
+    s = s + i % 7
+    i = i + 1
+  end
+  return s
+end
+return spin
+"#,
+            rhai: r#"
+fn spin(n) {
+  let i = 0;
+  let s = 0;
+  while i < n {
+    s = s + i % 7;
+    i = i + 1;
+  }
+  s
+}
+"#,
+            entry: "spin",
+            arg: n.spin,
+            expected: loop_expected(n.spin),
+        },
+        Workload {
+            group: "string1m",
+            skiff: r#"
+fn build(n) {
+  let parts = []
+  for i in 0..n { push(parts, str(i)) }
+  len(join(parts, ""))
+}
+"#,
+            lua: r#"
+local function build(n)
+  local parts = {}
+  for i = 0, n - 1 do parts[i + 1] = tostring(i) end
+  return #table.concat(parts)
+end
+return build
+"#,
+            rhai: r#"
+fn build(n) {
+  let s = "";
+  for i in 0..n { s += i.to_string(); }
+  s.len()
+}
+"#,
+            entry: "build",
+            arg: n.build,
+            expected: string_expected(n.build),
+        },
+        Workload {
+            group: "list1m",
+            skiff: r#"
+fn build(n) {
+  let xs = []
+  for i in 0..n { push(xs, i) }
+  len(xs) + xs[n - 1]
+}
+"#,
+            lua: r#"
+local function build(n)
+  local xs = {}
+  for i = 0, n - 1 do xs[#xs + 1] = i end
+  return #xs + xs[n]
+end
+return build
+"#,
+            rhai: r#"
+fn build(n) {
+  let xs = [];
+  for i in 0..n { xs.push(i); }
+  xs.len() + xs[n - 1]
+}
+"#,
+            entry: "build",
+            arg: n.build,
+            expected: n.build + n.build - 1,
+        },
+        Workload {
+            group: "closures",
+            skiff: r#"
+const ROUNDS = 10
+fn closures(n) {
+  let xs = []
+  for i in 0..n { push(xs, i) }
+  let total = 0
+  for r in 0..ROUNDS {
+    let k = r
+    let m = map(xs, fn(x) { x * 3 + k })
+    let f = filter(m, fn(x) { x % 2 == 0 })
+    total += len(f)
+  }
+  total
+}
+"#,
+            lua: r#"
+local function map(t, f)
+  local r = {}
+  for i = 1, #t do r[i] = f(t[i]) end
+  return r
+end
+local function filter(t, f)
+  local r, n = {}, 0
+  for i = 1, #t do
+    local v = t[i]
+    if f(v) then n = n + 1; r[n] = v end
+  end
+  return r
+end
+local function closures(n)
+  local xs = {}
+  for i = 0, n - 1 do xs[i + 1] = i end
+  local total = 0
+  for r = 0, 10 - 1 do
+    local k = r
+    local m = map(xs, function(x) return x * 3 + k end)
+    local f = filter(m, function(x) return x % 2 == 0 end)
+    total = total + #f
+  end
+  return total
+end
+return closures
+"#,
+            rhai: r#"
+fn closures(n) {
+  let xs = [];
+  for i in 0..n { xs.push(i); }
+  let total = 0;
+  for r in 0..10 {
+    let k = r;
+    let m = xs.map(|x| x * 3 + k);
+    let f = m.filter(|x| x % 2 == 0);
+    total += f.len();
+  }
+  total
+}
+"#,
+            entry: "closures",
+            arg: n.closures,
+            expected: closures_expected(n.closures, CLOSURE_ROUNDS),
+        },
+        Workload {
+            group: "binarytrees12",
+            skiff: r#"
+fn make(d) { if d == 0 { [] } else { [make(d - 1), make(d - 1)] } }
+fn check(t) { if len(t) == 0 { 1 } else { 1 + check(t[0]) + check(t[1]) } }
+fn pow2(e) {
+  let p = 1
+  let i = 0
+  while i < e { p = p * 2; i += 1 }
+  p
+}
+fn trees(maxd) {
+  let total = check(make(maxd + 1))
+  let long = make(maxd)
+  let d = 4
+  while d <= maxd {
+    let iters = pow2(maxd - d + 4)
+    let i = 0
+    while i < iters { total += check(make(d)); i += 1 }
+    d += 2
+  }
+  total + check(long)
+}
+"#,
+            lua: r#"
+local function make(d)
+  if d == 0 then return {} end
+  return { make(d - 1), make(d - 1) }
+end
+local function check(t)
+  if #t == 0 then return 1 end
+  return 1 + check(t[1]) + check(t[2])
+end
+local function pow2(e)
+  local p, i = 1, 0
+  while i < e do p = p * 2; i = i + 1 end
+  return p
+end
+local function trees(maxd)
+  local total = check(make(maxd + 1))
+  local long = make(maxd)
+  local d = 4
+  while d <= maxd do
+    local iters = pow2(maxd - d + 4)
+    local i = 0
+    while i < iters do total = total + check(make(d)); i = i + 1 end
+    d = d + 2
+  end
+  return total + check(long)
+end
+return trees
+"#,
+            rhai: r#"
+fn make(d) { if d == 0 { [] } else { [make(d - 1), make(d - 1)] } }
+fn check(t) { if t.len() == 0 { 1 } else { 1 + check(t[0]) + check(t[1]) } }
+fn pow2(e) {
+  let p = 1;
+  let i = 0;
+  while i < e { p = p * 2; i += 1; }
+  p
+}
+fn trees(maxd) {
+  let total = check(make(maxd + 1));
+  let long = make(maxd);
+  let d = 4;
+  while d <= maxd {
+    let iters = pow2(maxd - d + 4);
+    let i = 0;
+    while i < iters { total += check(make(d)); i += 1; }
+    d += 2;
+  }
+  total + check(long)
+}
+"#,
+            entry: "trees",
+            arg: n.trees,
+            expected: trees_expected(n.trees),
+        },
+        Workload {
+            group: "host_call",
+            skiff: "fn add1(x) { x + 1 }\n",
+            lua: "local function add1(x) return x + 1 end\nreturn add1\n",
+            rhai: "fn add1(x) { x + 1 }\n",
+            entry: "add1",
+            arg: 41,
+            expected: 42,
+        },
+    ]
+}
+
+/// Reports an engine that cannot run a workload correctly; it is left out of the group.
+fn broken(engine: &str, w: &Workload, why: String) {
+    eprintln!(
+        "\n!!! {engine} FAILED the correctness check for `{}` and is NOT measured: {why}\n",
+        w.group
+    );
+}
+
+fn bench_skiff(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
+    let engine = skiff::Engine::new(skiff::Limits::default());
+    let module = match engine.compile(w.skiff, &format!("{}.skiff", w.group)) {
+        Ok(m) => m,
+        Err(e) => return broken("skiff", w, format!("compile: {e}")),
+    };
+    match engine.call::<i64>(&module, w.entry, (w.arg,)) {
+        Ok(v) if v == w.expected => {}
+        Ok(v) => return broken("skiff", w, format!("got {v}, want {}", w.expected)),
+        Err(e) => return broken("skiff", w, format!("run: {e}")),
+    }
+    g.bench_function("skiff", |b| {
+        b.iter(|| {
+            engine
+                .call::<i64>(&module, w.entry, (black_box(w.arg),))
+                .unwrap()
+        })
+    });
+}
+
+fn bench_lua(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
+    let lua = mlua::Lua::new();
+    let f: mlua::Function = match lua.load(w.lua).set_name(w.group).eval() {
+        Ok(f) => f,
+        Err(e) => return broken("lua54", w, format!("load: {e}")),
+    };
+    match f.call::<i64>(w.arg) {
+        Ok(v) if v == w.expected => {}
+        Ok(v) => return broken("lua54", w, format!("got {v}, want {}", w.expected)),
+        Err(e) => return broken("lua54", w, format!("run: {e}")),
+    }
+    g.bench_function("lua54", |b| {
+        b.iter(|| f.call::<i64>(black_box(w.arg)).unwrap())
+    });
+}
+
+fn bench_rhai(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
+    let mut engine = rhai::Engine::new();
+    // rhai's release default; debug builds of rhai default to 8, too shallow for fib.
+    engine.set_max_call_levels(64);
+    let ast = match engine.compile(w.rhai) {
+        Ok(a) => a,
+        Err(e) => return broken("rhai", w, format!("compile: {e}")),
+    };
+    let call =
+        || engine.call_fn::<i64>(&mut rhai::Scope::new(), &ast, w.entry, (black_box(w.arg),));
+    match call() {
+        Ok(v) if v == w.expected => {}
+        Ok(v) => return broken("rhai", w, format!("got {v}, want {}", w.expected)),
+        Err(e) => return broken("rhai", w, format!("run: {e}")),
+    }
+    g.bench_function("rhai", |b| b.iter(|| call().unwrap()));
+}
+
+fn interpreters(c: &mut Criterion) {
+    for w in workloads() {
+        let mut g = c.benchmark_group(w.group);
+        if w.group == "host_call" {
+            // Microsecond-scale: more samples are cheap.
+            g.sample_size(50).measurement_time(Duration::from_secs(2));
+        }
+        bench_skiff(&mut g, &w);
+        bench_lua(&mut g, &w);
+        bench_rhai(&mut g, &w);
+        g.finish();
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = interpreters
+}
+criterion_main!(benches);

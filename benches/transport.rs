@@ -1,0 +1,559 @@
+//! Transport benchmarks: remote calls over QUIC against raw baselines measured in the same run.
+//!
+//! The design bars (DESIGN.md §Performance bars) are ratios to a raw quinn stream measured on
+//! the same machine in the same run; every peer below is one [`Peer`] and every group measures
+//! each of them side by side:
+//!
+//! | group            | what one iteration is                                   | bar for Skiff  |
+//! |------------------|---------------------------------------------------------|----------------|
+//! | `rtt`            | one warm request/response of a 64-byte payload           | ≤ 1.1× quinn   |
+//! | `calls_inflight` | one call, with 1/8/32/128 calls kept in flight          | ≥ 0.8× quinn calls/s at 32–128 |
+//! | `bulk256m`       | 256 MiB sent to the peer and acknowledged               | ≥ 0.7× quinn throughput |
+//!
+//! Peers:
+//! - `skiff`: two Skiff nodes ([`skiff::node::Node`]) in this process on 127.0.0.1 with pinned
+//!   self-signed dev certificates. The server node has loaded
+//!   `fn echo(x) { x }` and `fn size(data) { len(data) }`; a call is
+//!   [`Node::call`](skiff::node::Node::call) of an exported function by name: the wire
+//!   protocol, the server's VM thread running the function, the response back. `call` sends
+//!   the 64-byte payload as a bytes value to `echo`; `bulk` passes one bytes value of
+//!   `chunk × chunks` bytes (built once, outside the timing) to `size`, so it travels as a
+//!   sidecar that the sender hashes and the receiver re-hashes and verifies before the call
+//!   runs. The server announces a sidecar retain budget of 0, so the sidecar dedup (which
+//!   would skip a value the peer already holds) never applies: every iteration sends every
+//!   byte. The connection and the first (cold) call are made before timing.
+//! - `quinn`: a raw quinn stream echo / bulk sink. Both endpoints are
+//!   [`skiff_transport::Endpoint`]s on 127.0.0.1 with pinned self-signed dev certificates
+//!   (mutual TLS 1.3, exactly the handshake and transport options a Skiff node uses); above
+//!   that, plain quinn: one bidirectional stream per call, no framing, no hashing.
+//! - `tcp`: raw tokio TCP on 127.0.0.1 (no TLS, `TCP_NODELAY`), as a second line: one
+//!   connection, length-prefixed frames, calls pipelined with responses matched in order; bulk
+//!   on a second connection.
+//!
+//! Every peer is checked once before timing: the echo must return the payload and the bulk
+//! sink must acknowledge every byte (for `skiff`: `size` returns the byte count).
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench transport`; see
+//! `benches/README.md` for the whole suite and the report script.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use skiff::node::{Node, NodeConfig};
+use skiff::{ExecIo, Limits, Portable};
+use skiff_transport::cert::generate_self_signed;
+use skiff_transport::{ClientAuth, Endpoint, EndpointConfig, Trust};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// Size of one call's payload (a small call request).
+const CALL_BYTES: usize = 64;
+/// Bulk transfer size: 256 MiB, or 4 MiB under `cargo test --benches` (no `--bench` flag, as
+/// in CI), where each benchmark runs once as a check in a debug build.
+fn bulk_bytes() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        256 << 20
+    } else {
+        4 << 20
+    }
+}
+/// Bulk is written in chunks of this size.
+const BULK_CHUNK: usize = 1 << 20;
+/// In-flight levels measured by `calls_inflight`.
+const INFLIGHT: [usize; 4] = [1, 8, 32, 128];
+
+/// First byte of a quinn stream: what the server does with it.
+const MODE_ECHO: u8 = 0;
+const MODE_BULK: u8 = 1;
+/// First byte of a TCP connection.
+const TCP_ECHO: u8 = 0;
+const TCP_BULK: u8 = 1;
+
+type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something that answers calls: a baseline or a Skiff node.
+trait Peer: Send + Sync {
+    /// Name used as the criterion function id (the column in the report).
+    fn name(&self) -> &'static str;
+    /// One request/response: the peer returns `payload` (a Skiff node: runs an echo function).
+    fn call<'a>(&'a self, payload: &'a Bytes) -> Fut<'a, Vec<u8>>;
+    /// Sends `chunks` copies of `chunk` as one transfer; returns the byte count the far side
+    /// acknowledged.
+    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64>;
+}
+
+// ---------------------------------------------------------------------------------------
+// Skiff nodes
+// ---------------------------------------------------------------------------------------
+
+/// What the server node loads: the functions the client calls by name.
+const SERVER_SCRIPT: &str = "fn echo(x) { x }\nfn size(data) { len(data) }\n";
+
+struct SkiffPeer {
+    client: Node,
+    /// Serves every call; kept alive for the duration of the bench.
+    _server: Node,
+    /// The bulk argument, built once: `chunks` copies of `chunk` as one bytes value.
+    bulk_value: Mutex<Option<Bytes>>,
+}
+
+impl SkiffPeer {
+    async fn start() -> SkiffPeer {
+        let server_cert = generate_self_signed("server").expect("server cert");
+        let client_cert = generate_self_signed("client").expect("client cert");
+
+        let mut config = NodeConfig::new("server", server_cert.identity().unwrap());
+        config.client_auth = Some(ClientAuth::pinned([client_cert.fingerprint()]));
+        config.io = Arc::new(ExecIo::null);
+        // No sidecar dedup: every bulk call carries its 256 MiB (see the module doc).
+        config.wire.sidecar_retain_bytes = 0;
+        let server = Node::start(config).await.expect("start server node");
+        let module = skiff::Engine::new(Limits::default())
+            .compile(SERVER_SCRIPT, "bench.skiff")
+            .expect("compile server script");
+        server.load(&module).await.expect("load server script");
+
+        let mut config = NodeConfig::new("client", client_cert.identity().unwrap());
+        config.client_auth = Some(ClientAuth::pinned([server_cert.fingerprint()]));
+        config.io = Arc::new(ExecIo::null);
+        let client = Node::start(config).await.expect("start client node");
+        let addr = server.local_addr().unwrap().to_string();
+        client.add_peer(
+            skiff_transport::Peer::new("server", &addr, Some(server_cert.fingerprint()))
+                .expect("peer entry"),
+        );
+
+        let peer = SkiffPeer {
+            client,
+            _server: server,
+            bulk_value: Mutex::new(None),
+        };
+        // The cold call (dial, TLS handshake, hello) happens here, not in a timed loop.
+        let p = payload();
+        assert_eq!(peer.call(&p).await, p.as_ref(), "skiff: cold echo");
+        peer
+    }
+
+    /// The bulk argument for `chunks` copies of `chunk`, built on first use.
+    fn bulk_value(&self, chunk: &Bytes, chunks: usize) -> Bytes {
+        let mut cached = self.bulk_value.lock().unwrap();
+        if let Some(v) = cached.as_ref() {
+            if v.len() == chunk.len() * chunks && v[..chunk.len()] == chunk[..] {
+                return v.clone();
+            }
+        }
+        let mut data = Vec::with_capacity(chunk.len() * chunks);
+        for _ in 0..chunks {
+            data.extend_from_slice(chunk);
+        }
+        let v = Bytes::from(data);
+        *cached = Some(v.clone());
+        v
+    }
+}
+
+impl Peer for SkiffPeer {
+    fn name(&self) -> &'static str {
+        "skiff"
+    }
+
+    fn call<'a>(&'a self, payload: &'a Bytes) -> Fut<'a, Vec<u8>> {
+        Box::pin(async move {
+            let arg = Portable::Bytes(payload.clone());
+            match self.client.call("server", "echo", vec![arg], None).await {
+                Ok(Portable::Bytes(b)) => b.to_vec(),
+                other => panic!("skiff: echo returned {other:?}"),
+            }
+        })
+    }
+
+    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64> {
+        Box::pin(async move {
+            let arg = Portable::Bytes(self.bulk_value(chunk, chunks));
+            match self.client.call("server", "size", vec![arg], None).await {
+                Ok(Portable::Int(n)) => n as u64,
+                other => panic!("skiff: size returned {other:?}"),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// quinn baseline
+// ---------------------------------------------------------------------------------------
+
+struct QuinnPeer {
+    conn: quinn::Connection,
+    // Kept alive for the duration of the bench.
+    _client: Endpoint,
+    _server: Endpoint,
+}
+
+impl QuinnPeer {
+    async fn start() -> QuinnPeer {
+        let server_cert = generate_self_signed("bench-server").expect("server cert");
+        let client_cert = generate_self_signed("bench-client").expect("client cert");
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = Endpoint::bind(
+            loopback,
+            EndpointConfig::new(
+                server_cert.identity().unwrap(),
+                ClientAuth::pinned([client_cert.fingerprint()]),
+            ),
+        )
+        .expect("bind server");
+        let client = Endpoint::bind(
+            loopback,
+            EndpointConfig::new(
+                client_cert.identity().unwrap(),
+                ClientAuth::pinned([server_cert.fingerprint()]),
+            ),
+        )
+        .expect("bind client");
+        tokio::spawn(quinn_server(server.clone()));
+        let conn = client
+            .connect(
+                server.local_addr().unwrap(),
+                "bench-server",
+                &Trust::Pinned(server_cert.fingerprint()),
+            )
+            .await
+            .expect("connect");
+        QuinnPeer {
+            conn,
+            _client: client,
+            _server: server,
+        }
+    }
+}
+
+async fn quinn_server(ep: Endpoint) {
+    while let Some(accepting) = ep.accept().await {
+        tokio::spawn(async move {
+            let Ok((conn, _id)) = accepting.establish().await else {
+                return;
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(quinn_stream(send, recv));
+            }
+        });
+    }
+}
+
+async fn quinn_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut mode = [0u8];
+    if recv.read_exact(&mut mode).await.is_err() {
+        return;
+    }
+    match mode[0] {
+        MODE_ECHO => {
+            let Ok(data) = recv.read_to_end(1 << 20).await else {
+                return;
+            };
+            let _ = send.write_all(&data).await;
+        }
+        MODE_BULK => {
+            let mut total = 0u64;
+            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                total += chunk.bytes.len() as u64;
+            }
+            let _ = send.write_all(&total.to_le_bytes()).await;
+        }
+        _ => {}
+    }
+    let _ = send.finish();
+}
+
+impl Peer for QuinnPeer {
+    fn name(&self) -> &'static str {
+        "quinn"
+    }
+
+    fn call<'a>(&'a self, payload: &'a Bytes) -> Fut<'a, Vec<u8>> {
+        Box::pin(async move {
+            let (mut send, mut recv) = self.conn.open_bi().await.expect("open_bi");
+            send.write_all_chunks(&mut [Bytes::from_static(&[MODE_ECHO]), payload.clone()])
+                .await
+                .expect("write");
+            send.finish().expect("finish");
+            recv.read_to_end(1 << 20).await.expect("read")
+        })
+    }
+
+    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64> {
+        Box::pin(async move {
+            let (mut send, mut recv) = self.conn.open_bi().await.expect("open_bi");
+            send.write_all(&[MODE_BULK]).await.expect("write");
+            for _ in 0..chunks {
+                send.write_chunk(chunk.clone()).await.expect("write");
+            }
+            send.finish().expect("finish");
+            let ack = recv.read_to_end(8).await.expect("read ack");
+            u64::from_le_bytes(ack.try_into().expect("8-byte ack"))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TCP baseline
+// ---------------------------------------------------------------------------------------
+
+struct TcpPeer {
+    /// Write side of the call connection; `pending` is pushed under this lock so responses
+    /// (which come back in order) match their calls.
+    writer: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    pending: Arc<Mutex<VecDeque<oneshot::Sender<Vec<u8>>>>>,
+    bulk: tokio::sync::Mutex<TcpStream>,
+}
+
+impl TcpPeer {
+    async fn start() -> TcpPeer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tcp_server(listener));
+
+        let calls = connect_tcp(addr, TCP_ECHO).await;
+        let (mut reader, writer) = calls.into_split();
+        let pending: Arc<Mutex<VecDeque<oneshot::Sender<Vec<u8>>>>> = Arc::default();
+        let waiting = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut len = [0u8; 4];
+                if reader.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut data = vec![0u8; u32::from_le_bytes(len) as usize];
+                if reader.read_exact(&mut data).await.is_err() {
+                    return;
+                }
+                let Some(tx) = waiting.lock().unwrap().pop_front() else {
+                    return;
+                };
+                let _ = tx.send(data);
+            }
+        });
+        TcpPeer {
+            writer: tokio::sync::Mutex::new(writer),
+            pending,
+            bulk: tokio::sync::Mutex::new(connect_tcp(addr, TCP_BULK).await),
+        }
+    }
+}
+
+async fn connect_tcp(addr: SocketAddr, mode: u8) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect tcp");
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(&[mode]).await.unwrap();
+    stream
+}
+
+async fn tcp_server(listener: TcpListener) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        stream.set_nodelay(true).unwrap();
+        tokio::spawn(async move {
+            let mut mode = [0u8];
+            if stream.read_exact(&mut mode).await.is_err() {
+                return;
+            }
+            match mode[0] {
+                TCP_ECHO => {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+                TCP_BULK => {
+                    let mut buf = vec![0u8; BULK_CHUNK];
+                    loop {
+                        let mut len = [0u8; 8];
+                        if stream.read_exact(&mut len).await.is_err() {
+                            return;
+                        }
+                        let mut left = u64::from_le_bytes(len);
+                        let mut total = 0u64;
+                        while left > 0 {
+                            let want = left.min(buf.len() as u64) as usize;
+                            match stream.read(&mut buf[..want]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    left -= n as u64;
+                                    total += n as u64;
+                                }
+                            }
+                        }
+                        if stream.write_all(&total.to_le_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+impl Peer for TcpPeer {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn call<'a>(&'a self, payload: &'a Bytes) -> Fut<'a, Vec<u8>> {
+        Box::pin(async move {
+            let mut frame = Vec::with_capacity(4 + payload.len());
+            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.extend_from_slice(payload);
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut w = self.writer.lock().await;
+                self.pending.lock().unwrap().push_back(tx);
+                w.write_all(&frame).await.expect("write");
+            }
+            rx.await.expect("response")
+        })
+    }
+
+    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64> {
+        Box::pin(async move {
+            let mut s = self.bulk.lock().await;
+            let total = (chunk.len() * chunks) as u64;
+            s.write_all(&total.to_le_bytes()).await.expect("write");
+            for _ in 0..chunks {
+                s.write_all(chunk).await.expect("write");
+            }
+            let mut ack = [0u8; 8];
+            s.read_exact(&mut ack).await.expect("read ack");
+            u64::from_le_bytes(ack)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The benchmarks
+// ---------------------------------------------------------------------------------------
+
+/// Every peer measured, in report order: the Skiff node first.
+fn peers(rt: &Runtime) -> Vec<Arc<dyn Peer>> {
+    rt.block_on(async {
+        let skiff: Arc<dyn Peer> = Arc::new(SkiffPeer::start().await);
+        let quinn: Arc<dyn Peer> = Arc::new(QuinnPeer::start().await);
+        let tcp: Arc<dyn Peer> = Arc::new(TcpPeer::start().await);
+        vec![skiff, quinn, tcp]
+    })
+}
+
+fn payload() -> Bytes {
+    Bytes::from((0..CALL_BYTES).map(|i| i as u8).collect::<Vec<u8>>())
+}
+
+/// The one-time correctness check: echo returns the payload, bulk is fully acknowledged.
+fn check(rt: &Runtime, peer: &dyn Peer) {
+    let p = payload();
+    let chunk = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
+    rt.block_on(async {
+        assert_eq!(peer.call(&p).await, p.as_ref(), "{}: echo", peer.name());
+        let acked = peer.bulk(&chunk, bulk_bytes() / BULK_CHUNK).await;
+        assert_eq!(acked, bulk_bytes() as u64, "{}: bulk", peer.name());
+    });
+}
+
+/// Runs `calls` calls with `inflight` of them outstanding at any time.
+async fn run_inflight(peer: Arc<dyn Peer>, payload: Bytes, calls: u64, inflight: usize) {
+    let per = calls / inflight as u64;
+    let extra = calls % inflight as u64;
+    let tasks: Vec<_> = (0..inflight as u64)
+        .map(|i| {
+            let peer = peer.clone();
+            let payload = payload.clone();
+            let n = per + u64::from(i < extra);
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    let r = peer.call(&payload).await;
+                    debug_assert_eq!(r.len(), payload.len());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("call task");
+    }
+}
+
+fn transport(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let peers = peers(&rt);
+    for peer in &peers {
+        check(&rt, peer.as_ref());
+    }
+    let p = payload();
+
+    let mut g = c.benchmark_group("rtt");
+    g.sample_size(30).measurement_time(Duration::from_secs(2));
+    for peer in &peers {
+        g.bench_function(peer.name(), |b| {
+            // The loop runs as a runtime task, like a node's caller would: timing it from
+            // `block_on` on the bench thread would add a cross-thread wake-up per call.
+            b.iter_custom(|iters| {
+                let (peer, p) = (peer.clone(), p.clone());
+                rt.block_on(async move {
+                    tokio::spawn(async move {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            peer.call(&p).await;
+                        }
+                        start.elapsed()
+                    })
+                    .await
+                    .expect("rtt task")
+                })
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("calls_inflight");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(1));
+    for &n in &INFLIGHT {
+        for peer in &peers {
+            g.bench_with_input(BenchmarkId::new(peer.name(), n), &n, |b, &n| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    rt.block_on(run_inflight(peer.clone(), p.clone(), iters, n));
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    g.finish();
+
+    let chunk = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
+    let mut g = c.benchmark_group("bulk256m");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Bytes(bulk_bytes() as u64));
+    for peer in &peers {
+        g.bench_function(peer.name(), |b| {
+            b.iter(|| rt.block_on(peer.bulk(&chunk, bulk_bytes() / BULK_CHUNK)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1));
+    targets = transport
+}
+criterion_main!(benches);
