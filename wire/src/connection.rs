@@ -28,12 +28,13 @@
 use crate::frame::{decode_frame, FrameStatus, FrameType, HEADER_LEN};
 use crate::limits::{check, Config, Limit, LimitExceeded};
 use crate::message::{
-    decode_message, encode_message, encode_sidecar, CallRequest, CallResponse, ErrorKind,
+    decode_message, encode_message, sidecar_frame_head, CallRequest, CallResponse, ErrorKind,
     ErrorReply, Hello, Message, MessageError, RemoteError, Target, PROTOCOL_VERSION,
 };
 use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
 use crate::value::{SidecarHash, SidecarOut};
 use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -91,6 +92,13 @@ pub struct Transmit {
     pub stream: StreamId,
     pub data: Bytes,
     pub fin: bool,
+}
+
+/// An encoded frame on its way out: one buffer, or a sidecar frame's 38-byte head followed
+/// by the sidecar's bytes, which go out as their own [`Transmit`] without being copied.
+enum OutFrame {
+    Whole(Vec<u8>),
+    Sidecar { head: Vec<u8>, data: Bytes },
 }
 
 /// What the peer said about itself at hello.
@@ -231,12 +239,91 @@ pub struct Stats {
 
 #[derive(Default)]
 struct RecvState {
+    /// A partial frame (for a large one, once the buffer of its exact size exists: all of it).
     buf: BytesMut,
-    /// Total bytes the frame at the front of `buf` needs (from its header).
+    /// A large partial frame's bytes as received, until its buffer is allocated.
+    parts: Vec<Bytes>,
+    parts_len: usize,
+    /// Total bytes the partial frame needs (from its header; [`HEADER_LEN`] until the
+    /// header is complete).
     need: usize,
+    /// The partial frame is a large one (see [`LARGE_FRAME`]).
+    large: bool,
+    /// SHA-256 of a large sidecar frame's data, computed as the bytes arrive.
+    digest: Option<Sha256>,
     sidecar_bytes: u64,
     sidecars: HashMap<SidecarHash, Bytes>,
     closed: bool,
+}
+
+/// A frame of at least this many bytes is received without regrowing a buffer: its chunks are
+/// kept as they arrive until half of it is there, then copied into a buffer of its exact size,
+/// which the rest is copied into directly; so every byte is copied once and the allocation is
+/// never more than twice the bytes received (a declared length alone allocates nothing). A
+/// sidecar's data is hashed as it arrives. Smaller frames grow a buffer geometrically.
+const LARGE_FRAME: usize = 1 << 20;
+
+/// Where a sidecar's data starts in its frame: frame header, then hash and flags.
+const SIDECAR_DATA_AT: usize = HEADER_LEN + crate::message::SIDECAR_HEADER_LEN;
+
+impl RecvState {
+    /// Bytes of the partial frame held.
+    fn buffered(&self) -> usize {
+        self.buf.len() + self.parts_len
+    }
+
+    /// Adds bytes of the partial frame (never beyond `need`).
+    fn add(&mut self, data: Bytes) {
+        // `need` reaches LARGE_FRAME only once the header has been read.
+        if self.need < LARGE_FRAME {
+            append(&mut self.buf, self.need, &data);
+            return;
+        }
+        let at = self.buffered();
+        if !self.large {
+            self.large = true;
+            // No parts yet: whatever arrived before is in `buf`.
+            let ty = self.buf.first().or(data.first()).copied();
+            if ty == Some(FrameType::Sidecar as u8) {
+                let mut digest = Sha256::new();
+                digest.update(&self.buf[SIDECAR_DATA_AT.min(self.buf.len())..]);
+                self.digest = Some(digest);
+            }
+        }
+        if let Some(digest) = &mut self.digest {
+            let skip = SIDECAR_DATA_AT.saturating_sub(at).min(data.len());
+            digest.update(&data[skip..]);
+        }
+        if self.buf.capacity() >= self.need {
+            self.buf.extend_from_slice(&data);
+        } else {
+            self.parts_len += data.len();
+            self.parts.push(data);
+            if self.buffered() * 2 >= self.need {
+                self.assemble();
+            }
+        }
+    }
+
+    /// Moves the collected parts into a buffer of the frame's exact size.
+    fn assemble(&mut self) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let mut whole = BytesMut::with_capacity(self.need.max(self.buffered()));
+        whole.extend_from_slice(&self.buf);
+        for part in self.parts.drain(..) {
+            whole.extend_from_slice(&part);
+        }
+        self.parts_len = 0;
+        self.buf = whole;
+    }
+
+    /// The frame is complete: the hash of its sidecar data, if it was computed on arrival.
+    fn finish_frame(&mut self) -> Option<SidecarHash> {
+        self.large = false;
+        self.digest.take().map(|d| SidecarHash(d.finalize().into()))
+    }
 }
 
 struct OutCall {
@@ -250,7 +337,7 @@ struct OutCall {
     sent: HashSet<BlobHash>,
     deadline: Option<Instant>,
     /// Frames held back until the hello exchange completes.
-    queued: Vec<Bytes>,
+    queued: Vec<OutFrame>,
     /// Sidecars sent with the retain flag, awaiting evidence of receipt.
     retained_pending: Vec<SidecarHash>,
     want_rounds: u32,
@@ -297,6 +384,9 @@ pub struct Connection {
     /// may be opened out of order).
     remote_seen: std::collections::BTreeSet<u64>,
     next_call_id: u64,
+    /// The SHA-256 of the sidecar data in the frame being handled, when it was computed as
+    /// the frame arrived; set only for the duration of that frame's `handle_frame`.
+    arrived_digest: Option<SidecarHash>,
     recv: HashMap<StreamId, RecvState>,
     outgoing: HashMap<StreamId, OutCall>,
     incoming: HashMap<StreamId, InCall>,
@@ -354,6 +444,7 @@ impl Connection {
             early_bytes: 0,
             peer_blobs: HashSet::new(),
             peer_sidecars: HashSet::new(),
+            arrived_digest: None,
             retained: HashMap::new(),
             retained_by_peer: HashSet::new(),
             retained_by_peer_bytes: 0,
@@ -432,15 +523,34 @@ impl Connection {
     }
 
     fn emit(&mut self, stream: StreamId, data: Vec<u8>, fin: bool) {
-        if !data.is_empty() {
+        self.emit_frame(stream, OutFrame::Whole(data), fin);
+    }
+
+    fn emit_frame(&mut self, stream: StreamId, frame: OutFrame, fin: bool) {
+        let (first, rest) = match frame {
+            OutFrame::Whole(data) => (Bytes::from(data), None),
+            OutFrame::Sidecar { head, data } => (Bytes::from(head), Some(data)),
+        };
+        let len = first.len() + rest.as_ref().map_or(0, Bytes::len);
+        if len > 0 {
             self.stats.frames_sent += 1;
         }
-        self.stats.bytes_sent += data.len() as u64;
-        self.transmits.push_back(Transmit {
-            stream,
-            data: Bytes::from(data),
-            fin,
-        });
+        self.stats.bytes_sent += len as u64;
+        match rest {
+            None => self.transmits.push_back(Transmit {
+                stream,
+                data: first,
+                fin,
+            }),
+            Some(data) => {
+                self.transmits.push_back(Transmit {
+                    stream,
+                    data: first,
+                    fin: false,
+                });
+                self.transmits.push_back(Transmit { stream, data, fin });
+            }
+        }
     }
 
     fn finish_stream(&mut self, stream: StreamId) {
@@ -488,7 +598,7 @@ impl Connection {
         &mut self,
         outs: Vec<SidecarOut>,
         pending: &mut Vec<SidecarHash>,
-    ) -> Vec<Vec<u8>> {
+    ) -> Vec<OutFrame> {
         let budget = self.peer.as_ref().map_or(0, |p| p.sidecar_retain);
         let mut frames = Vec::new();
         for s in outs {
@@ -511,7 +621,10 @@ impl Connection {
             }
             self.stats.sidecars_sent += 1;
             self.stats.sidecar_bytes_sent += len;
-            frames.push(encode_sidecar(s.hash, retain, &s.data));
+            frames.push(OutFrame::Sidecar {
+                head: sidecar_frame_head(s.hash, retain, s.data.len()),
+                data: s.data,
+            });
         }
         frames
     }
@@ -551,7 +664,7 @@ impl Connection {
         }
 
         // Negotiation: known-held → nothing; small unknown → eager push; rest → offered.
-        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut frames: Vec<OutFrame> = Vec::new();
         let mut offered = Vec::new();
         let mut sent = HashSet::new();
         let mut eager_total = 0usize;
@@ -568,7 +681,7 @@ impl Connection {
             {
                 eager_total += b.len();
                 sent.insert(*h);
-                frames.push(self.push_frame(*h, b.clone()));
+                frames.push(OutFrame::Whole(self.push_frame(*h, b.clone())));
             } else {
                 offered.push(*h);
             }
@@ -581,11 +694,11 @@ impl Connection {
                 offered.len() as u64,
             )?;
             self.stats.queries_sent += 1;
-            frames.push(encode_message(
+            frames.push(OutFrame::Whole(encode_message(
                 &Message::BlobQuery(offered),
                 usize::MAX,
                 &mut Vec::new(),
-            ));
+            )));
         }
         let call_id = self.next_call_id;
         let req = CallRequest {
@@ -612,7 +725,7 @@ impl Connection {
         )?;
         let mut pending = Vec::new();
         frames.extend(self.sidecar_frames(outs, &mut pending));
-        frames.push(call_frame);
+        frames.push(OutFrame::Whole(call_frame));
 
         self.next_call_id += 1;
         let stream = StreamId::new(self.side, self.next_local);
@@ -631,10 +744,10 @@ impl Connection {
         };
         if self.is_established() {
             for f in frames {
-                self.emit(stream, f, false);
+                self.emit_frame(stream, f, false);
             }
         } else {
-            call.queued = frames.into_iter().map(Bytes::from).collect();
+            call.queued = frames;
         }
         self.outgoing.insert(stream, call);
         self.recv.insert(stream, RecvState::default());
@@ -719,7 +832,7 @@ impl Connection {
         }
         let mut pending = Vec::new();
         for f in self.sidecar_frames(outs, &mut pending) {
-            self.emit(id, f, false);
+            self.emit_frame(id, f, false);
         }
         self.emit(id, frame, true);
         if pending.is_empty() {
@@ -779,6 +892,9 @@ impl Connection {
         if let Some(r) = self.recv.get_mut(&id) {
             r.closed = true;
             r.buf = BytesMut::new();
+            r.parts = Vec::new();
+            r.parts_len = 0;
+            r.digest = None;
             r.sidecars.clear();
         }
         // Closed streams need no state: late data on them is recognised by id.
@@ -810,16 +926,8 @@ impl Connection {
             return;
         }
         let mut input = data;
-        {
-            let Some(st) = self.recv.get_mut(&stream) else {
-                return;
-            };
-            if !st.buf.is_empty() {
-                append(&mut st.buf, st.need, &input);
-                input = Bytes::new();
-            }
-        }
         loop {
+            let mut digest = None;
             let max_frame = self.config.limits.max_frame;
             let Some(st) = self.recv.get_mut(&stream) else {
                 return;
@@ -829,15 +937,16 @@ impl Connection {
                 .limits
                 .max_sidecar_bytes_per_call
                 .saturating_sub(st.sidecar_bytes);
-            let (frame, ty, payload) = if st.buf.is_empty() {
+            let (frame, ty, payload) = if st.buffered() == 0 {
                 if input.is_empty() {
                     return;
                 }
                 match decode_frame(&input, max_frame, max_sidecar) {
                     Err(e) => return self.stream_fatal(stream, e),
                     Ok(FrameStatus::NeedMore(total)) => {
+                        // All of `input` belongs to this frame.
                         st.need = total;
-                        append(&mut st.buf, total, &input);
+                        st.add(input);
                         return;
                     }
                     Ok(FrameStatus::Complete { ty, payload }) => {
@@ -846,13 +955,28 @@ impl Connection {
                     }
                 }
             } else {
+                // Top the partial frame up with at most the bytes it still needs (what
+                // follows belongs to the next frame).
+                if st.buffered() < st.need {
+                    let take = (st.need - st.buffered()).min(input.len());
+                    if take == 0 {
+                        return;
+                    }
+                    st.add(input.split_to(take));
+                    if st.buffered() < st.need {
+                        return;
+                    }
+                }
+                st.assemble();
                 match decode_frame(&st.buf, max_frame, max_sidecar) {
                     Err(e) => return self.stream_fatal(stream, e),
                     Ok(FrameStatus::NeedMore(total)) => {
+                        // The header is complete now: it says how much the frame needs.
                         st.need = total;
-                        return;
+                        continue;
                     }
                     Ok(FrameStatus::Complete { ty, payload }) => {
+                        digest = st.finish_frame();
                         let frame = st.buf.split_to(payload.end).freeze();
                         (frame, ty, payload)
                     }
@@ -863,7 +987,9 @@ impl Connection {
                     (payload.len() - crate::message::SIDECAR_HEADER_LEN.min(payload.len())) as u64;
             }
             self.stats.frames_received += 1;
+            self.arrived_digest = digest;
             self.handle_frame(stream, ty, frame.slice(payload), now);
+            self.arrived_digest = None;
             if self.closed.is_some() {
                 return;
             }
@@ -1155,7 +1281,7 @@ impl Connection {
                         .map(|c| std::mem::take(&mut c.queued))
                         .unwrap_or_default();
                     for f in frames {
-                        self.emit(id, f.to_vec(), false);
+                        self.emit_frame(id, f, false);
                     }
                 }
                 for (stream, data) in std::mem::take(&mut self.early) {
@@ -1190,7 +1316,11 @@ impl Connection {
         retain: bool,
         data: Bytes,
     ) -> Result<(), RemoteError> {
-        let actual = SidecarHash::of(&data);
+        // Hashed as it arrived (a large frame), or now.
+        let actual = match self.arrived_digest.take() {
+            Some(h) => h,
+            None => SidecarHash::of(&data),
+        };
         if actual != hash {
             self.stats.hash_mismatches += 1;
             self.offence();
@@ -1543,7 +1673,7 @@ impl Connection {
 
 /// Appends to a receive buffer without trusting the announced frame length for the
 /// allocation: capacity grows geometrically with the bytes actually received, never past
-/// what the current frame needs (unless more bytes than that were received).
+/// what the current frame needs (callers add no bytes beyond it).
 fn append(buf: &mut BytesMut, need: usize, data: &[u8]) {
     let want = buf.len() + data.len();
     if want > buf.capacity() {
