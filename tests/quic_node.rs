@@ -248,6 +248,44 @@ async fn a_warm_call_sends_zero_blob_bytes() {
     shutdown(nodes).await;
 }
 
+/// Shipped code is bounded by the blob store: with room for a few blobs only, 60 distinct
+/// remote bodies leave `a`'s VM holding no more code than fits, and a body whose blob was
+/// evicted is simply sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_code_is_evicted_with_the_blob_store() {
+    let setup = Setup {
+        tweak: |name, config| {
+            if name == "a" {
+                config.store_capacity = 2048;
+            }
+        },
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a"], setup).await;
+    let bodies: String = (0..60)
+        .map(|i| format!("fn go{i}(n) {{ remote(\"a\") [n] {{ n * {i} + {i} }} }}\n"))
+        .collect();
+    let module = compile(&bodies);
+    nodes[0].load(&module).await.unwrap();
+    let mut most = 0;
+    for round in 0..2 {
+        for i in 0..60i64 {
+            let v = nodes[0]
+                .run_export(&format!("go{i}"), vec![Portable::Int(2)])
+                .await;
+            assert_eq!(
+                v.unwrap(),
+                Portable::Int(2 * i + i),
+                "round {round}, body {i}"
+            );
+            most = most.max(nodes[1].counters().code_blobs);
+        }
+    }
+    // Each body is one small blob (well under 100 bytes): 2 KiB holds a few dozen at most.
+    assert!(most > 0 && most < 60, "code blobs held at most: {most}");
+    shutdown(nodes).await;
+}
+
 /// Where node `a` of `a_restarted_node_with_a_store_dir_needs_no_blob_resent` keeps blobs.
 fn persist_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("skiff-node-store-{}", std::process::id()))

@@ -9,14 +9,15 @@
 //! Invariants:
 //! - Every blob in the store passed the verifier and is stored under the SHA-256 of its
 //!   canonical encoding (computed here, never taken from the caller).
-//! - Every external reference of a stored blob names a blob in the store (nothing is removed).
+//! - Every external reference of a stored blob names a blob in the store: removing a blob
+//!   ([`CodeStore::remove_with_dependents`]) removes every blob that depends on it too.
 //! - Cloning a store is cheap (the map is shared copy-on-write), so an execution keeps its own
 //!   snapshot and later insertions do not disturb it.
 
 use crate::blob::{Blob, BlobDebug, BlobHash};
 use crate::module::Module;
 use crate::verify::{verify_blob, verify_links, BlobInfo, VerifyError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// A verified blob with what the verifier computed and its optional debug info.
@@ -95,6 +96,37 @@ impl CodeStore {
         self.blobs.contains_key(hash)
     }
 
+    /// Removes the blobs `gone` and every stored blob that depends on one of them, directly
+    /// or through others; returns what was removed. Executions already started keep their
+    /// own snapshot (the map is copy-on-write) and are not disturbed.
+    pub fn remove_with_dependents(&mut self, gone: &HashSet<BlobHash>) -> HashSet<BlobHash> {
+        let mut removed: HashSet<BlobHash> = gone
+            .iter()
+            .filter(|h| self.blobs.contains_key(h))
+            .copied()
+            .collect();
+        if removed.is_empty() {
+            return removed;
+        }
+        loop {
+            let dependents: Vec<BlobHash> = self
+                .blobs
+                .iter()
+                .filter(|(h, s)| {
+                    !removed.contains(h)
+                        && s.blob.dependencies().iter().any(|d| removed.contains(d))
+                })
+                .map(|(h, _)| *h)
+                .collect();
+            if dependents.is_empty() {
+                break;
+            }
+            removed.extend(dependents);
+        }
+        Arc::make_mut(&mut self.blobs).retain(|h, _| !removed.contains(h));
+        removed
+    }
+
     pub fn get(&self, hash: &BlobHash) -> Option<&Arc<Blob>> {
         self.blobs.get(hash).map(|s| &s.blob)
     }
@@ -121,5 +153,54 @@ impl CodeStore {
 
     pub fn is_empty(&self) -> bool {
         self.blobs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::{FnRef, FunctionCode, FunctionId};
+    use crate::opcodes::Instr;
+
+    /// A one-function blob returning nil, or returning the function of `dep`.
+    fn blob(dep: Option<BlobHash>, tag: i64) -> Arc<Blob> {
+        let (code, refs) = match dep {
+            Some(blob) => (
+                vec![Instr::Function { func: 0 }, Instr::Return {}],
+                vec![FnRef::External(FunctionId { blob, member: 0 })],
+            ),
+            None => (vec![Instr::Nil {}, Instr::Return {}], Vec::new()),
+        };
+        Arc::new(Blob {
+            functions: vec![FunctionCode {
+                arity: 0,
+                locals: 0,
+                upvals: 0,
+                cells: Vec::new(),
+                code,
+                consts: vec![crate::blob::Const::Int(tag)],
+                refs,
+                natives: Vec::new(),
+            }],
+        })
+    }
+
+    #[test]
+    fn removing_a_blob_removes_what_depends_on_it() {
+        let mut store = CodeStore::new();
+        let c = store.insert(blob(None, 0), None).unwrap();
+        let b = store.insert(blob(Some(c), 1), None).unwrap();
+        let a = store.insert(blob(Some(b), 2), None).unwrap();
+        let other = store.insert(blob(None, 3), None).unwrap();
+        let snapshot = store.clone();
+        let removed = store.remove_with_dependents(&HashSet::from([b]));
+        assert_eq!(removed, HashSet::from([a, b]));
+        assert_eq!(store.hashes().len(), 2);
+        assert!(store.contains(&c) && store.contains(&other));
+        // A snapshot taken before (an execution's) still has everything.
+        assert!(snapshot.contains(&a) && snapshot.contains(&b));
+        // Nothing to remove: nothing changes.
+        assert!(store.remove_with_dependents(&HashSet::from([a])).is_empty());
+        assert_eq!(store.len(), 2);
     }
 }

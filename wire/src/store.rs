@@ -165,6 +165,8 @@ pub struct BlobStore {
     entries: HashMap<BlobHash, Entry>,
     lru: BTreeMap<u64, BlobHash>,
     dir: Option<PathBuf>,
+    /// Blobs evicted so far (to make room).
+    evictions: u64,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -196,6 +198,7 @@ impl BlobStore {
             entries: HashMap::new(),
             lru: BTreeMap::new(),
             dir: None,
+            evictions: 0,
         }
     }
 
@@ -266,6 +269,12 @@ impl BlobStore {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// How many blobs were evicted to make room since the store was made: a holder of
+    /// copies (the node's VM code store) compares it to know when to look for stale ones.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     pub fn contains(&self, hash: &BlobHash) -> bool {
@@ -409,6 +418,7 @@ impl BlobStore {
         if self.used - freed + size > self.capacity {
             return Err(StoreError::Full(full(self.used)));
         }
+        self.evictions += victims.len() as u64;
         for h in victims {
             self.remove(&h);
         }

@@ -217,6 +217,9 @@ impl CodeMap {
     fn insert_bytes(&mut self, hash: BlobHash, bytes: Bytes, deps: Vec<BlobHash>) {
         self.blobs.entry(hash).or_insert((bytes, deps));
     }
+    fn remove(&mut self, hash: &BlobHash) {
+        self.blobs.remove(hash);
+    }
 }
 
 impl BlobSource for CodeMap {
@@ -243,6 +246,8 @@ pub struct NodeCounters {
     pub calls_cancelled: u64,
     /// Executions serving incoming calls right now.
     pub calls_active: u64,
+    /// Verified blobs the VM holds (loaded here, or received and still in the blob store).
+    pub code_blobs: u64,
 }
 
 /// What a graceful shutdown did.
@@ -275,6 +280,8 @@ pub(crate) struct Shared {
     served: AtomicU64,
     cancelled: AtomicU64,
     active: AtomicU64,
+    /// Blobs in the VM thread's code store.
+    code_blobs: AtomicU64,
 }
 
 impl Shared {
@@ -445,6 +452,7 @@ impl Node {
             served: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            code_blobs: AtomicU64::new(0),
         });
         let natives = config.natives.clone();
         let vm_shared = shared.clone();
@@ -606,6 +614,7 @@ impl Node {
             calls_served: self.shared.served.load(Ordering::Relaxed),
             calls_cancelled: self.shared.cancelled.load(Ordering::Relaxed),
             calls_active: self.shared.active.load(Ordering::Relaxed),
+            code_blobs: self.shared.code_blobs.load(Ordering::Relaxed),
         }
     }
 

@@ -34,11 +34,12 @@ use skiff_vm::hop::{
 };
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
-    CodeStore, Engine, ExecError, Execution, FunctionId, Module, Portable, RemoteFailure, Status,
+    BlobHash, CodeStore, Engine, ExecError, Execution, FunctionId, Module, Portable, RemoteFailure,
+    Status,
 };
 use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -143,6 +144,12 @@ pub(crate) struct VmThread {
     shared: Arc<Shared>,
     engine: Engine,
     store: CodeStore,
+    /// Blobs of modules loaded here: never evicted.
+    local: HashSet<BlobHash>,
+    /// Blobs received from peers: kept while the wire blob store holds them.
+    received: HashSet<BlobHash>,
+    /// The wire store's eviction count when `received` was last checked against it.
+    seen_evictions: u64,
     exports: HashMap<String, FunctionId>,
     running: HashMap<u64, Running>,
     by_call: HashMap<(usize, CallId), u64>,
@@ -171,6 +178,9 @@ impl VmThread {
             shared,
             engine,
             store: CodeStore::new(),
+            local: HashSet::new(),
+            received: HashSet::new(),
+            seen_evictions: 0,
             exports: HashMap::new(),
             running: HashMap::new(),
             by_call: HashMap::new(),
@@ -354,12 +364,16 @@ impl VmThread {
     fn load(&mut self, module: &Module) -> Result<(), String> {
         self.store.add_module(module).map_err(|e| e.to_string())?;
         let mut code = self.shared.code.write().unwrap_or_else(|e| e.into_inner());
-        for blob in module.blobs.values() {
+        for (hash, blob) in &module.blobs {
             code.insert_blob(blob);
+            self.local.insert(*hash);
+            self.received.remove(hash);
         }
+        drop(code);
         for (name, func) in &module.exports {
             self.exports.insert(name.clone(), *func);
         }
+        self.note_code_size();
         Ok(())
     }
 
@@ -583,7 +597,8 @@ impl VmThread {
         }
     }
 
-    fn adopt_blobs(&mut self, blobs: &[skiff_vm::BlobHash]) -> Result<(), String> {
+    fn adopt_blobs(&mut self, blobs: &[BlobHash]) -> Result<(), String> {
+        self.forget_evicted();
         let missing: Vec<_> = blobs
             .iter()
             .filter(|h| !self.store.contains(h))
@@ -610,8 +625,53 @@ impl VmThread {
                 .insert(Arc::new(blob), None)
                 .map_err(|e| e.to_string())?;
             code.insert_bytes(h, bytes, deps);
+            self.received.insert(h);
         }
+        drop(code);
+        self.note_code_size();
         Ok(())
+    }
+
+    /// Drops the VM's copies of received blobs that the wire store evicted (and whatever
+    /// depends on them), so code memory stays within the store's bound. Blobs of calls in
+    /// flight are pinned in the wire store, and started executions keep their own snapshot of
+    /// the code store, so nothing running loses code. Runs only after new evictions.
+    fn forget_evicted(&mut self) {
+        let gone: HashSet<BlobHash> = {
+            let wire = self.shared.store.lock().unwrap_or_else(|e| e.into_inner());
+            if wire.evictions() == self.seen_evictions {
+                return;
+            }
+            self.seen_evictions = wire.evictions();
+            self.received
+                .iter()
+                .filter(|h| !wire.contains(h))
+                .copied()
+                .collect()
+        };
+        if gone.is_empty() {
+            return;
+        }
+        let removed = self.store.remove_with_dependents(&gone);
+        let mut code = self.shared.code.write().unwrap_or_else(|e| e.into_inner());
+        for h in &removed {
+            debug_assert!(
+                !self.local.contains(h),
+                "local code depends only on local code"
+            );
+            code.remove(h);
+            self.received.remove(h);
+        }
+        drop(code);
+        tracing::debug!(evicted = removed.len(), "code store pruned");
+        self.note_code_size();
+    }
+
+    fn note_code_size(&self) {
+        self.shared.code_blobs.store(
+            self.store.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn step_due(&mut self) {
