@@ -168,3 +168,20 @@ fn disasm_lists_hashes_dependencies_natives_and_code() {
     assert!(main_blob.contains("natives: len, print"), "{main_blob}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A peer name that repeats `main` or another peer is a usage error, for both hosts.
+#[test]
+fn repeated_node_names_are_refused() {
+    let dir = scratch("names");
+    let file = write(&dir, "s.skiff", "print(here())\n");
+    for flag in ["--local-peers", "--spawn"] {
+        for names in ["a,main", "a,b,a"] {
+            let out = skiff(&["run", &file, flag, names]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {names}: {err}");
+            assert!(err.contains("is taken"), "{err}");
+            assert!(out.stdout.is_empty(), "nothing ran");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -134,6 +134,20 @@ fn load(file: &Path) -> Result<Option<Module>> {
     Ok(if failed { None } else { output.module })
 }
 
+/// `main` (the node running the script) followed by `peers`, refusing a repeated name.
+fn node_names(flag: &str, peers: &[String]) -> Result<Vec<String>> {
+    let mut names = vec!["main".to_owned()];
+    for name in peers {
+        if names.contains(name) {
+            anyhow::bail!(
+                "{flag}: the node name `{name}` is taken (`main` runs the script; names must differ)"
+            );
+        }
+        names.push(name.clone());
+    }
+    Ok(names)
+}
+
 fn run(args: RunArgs) -> Result<i32> {
     if !args.spawn.is_empty() || !args.trust.peer.is_empty() || args.trust.peers_file.is_some() {
         return net::run(args);
@@ -143,8 +157,7 @@ fn run(args: RunArgs) -> Result<i32> {
     };
     let limits = args.limits();
     let engine = Engine::new(limits.clone());
-    let mut names = vec!["main".to_owned()];
-    names.extend(args.local_peers);
+    let names = node_names("--local-peers", &args.local_peers)?;
     let io: skiff::cluster::IoFactory = Box::new(|| ExecIo {
         out: Box::new(std::io::stdout()),
         err: Box::new(std::io::stderr()),

@@ -131,9 +131,8 @@ pub(super) fn run(args: RunArgs) -> Result<i32> {
         return Ok(2);
     };
     let limits = limits_of(&args);
+    let names = super::node_names("--spawn", &args.spawn)?;
     runtime()?.block_on(async move {
-        let mut names = vec!["main".to_owned()];
-        names.extend(args.spawn.iter().cloned());
         let identities = names
             .iter()
             .map(|n| {
