@@ -237,6 +237,10 @@ pub enum Op {
         head: u32,
         exit: u32,
     },
+    /// `Jump head` where `code[head..head + 2]` is `IterNext exit; SetLocal slot`: a `for`
+    /// loop's back edge, its next item stored in `slot` (3 instructions; 2 at the end, which
+    /// continues at `exit`).
+    LoopIter { slot: u16, head: u32, exit: u32 },
     /// `GetLocal a; Int value; <op>`.
     ArithLI { op: Arith, a: u16, value: i32 },
     /// `GetLocal a; GetLocal b; <op>`.
@@ -264,6 +268,13 @@ pub enum Op {
     JumpReturn { target: u32 },
     /// `GetLocal slot; Jump target` where `code[target]` is `Return`: runs that `Return`.
     GetLocalJumpReturn { slot: u16, target: u32 },
+    /// `CallNative` of the builtin `push` with two arguments (resolved at link time: a host
+    /// native registered as `push` shadows the builtin and stays [`Op::I`]). Fast when the
+    /// list has room for the item (no allocation, so the heap account does not change).
+    Push,
+    /// `GetLocal list; GetLocal value; CallNative push (as [`Op::Push`]); Pop`: the statement
+    /// `push(list, value)` on two locals.
+    LocalsPush { list: u16, value: u16 },
 }
 
 impl Op {
@@ -285,7 +296,8 @@ impl Op {
             | Op::Compare { .. }
             | Op::IterNext { .. }
             | Op::CallValue { .. }
-            | Op::GetUpval { .. } => 1,
+            | Op::GetUpval { .. }
+            | Op::Push => 1,
             Op::LocalAddIntCall { .. } => 3,
             Op::ArithSet { .. }
             | Op::ArithReturn { .. }
@@ -297,7 +309,8 @@ impl Op {
             | Op::ArithLL { .. }
             | Op::AddIntSet { .. }
             | Op::GetLocalJumpReturn { .. } => 3,
-            Op::LoopLL { .. } | Op::LoopLI { .. } => 4,
+            Op::LoopIter { .. } => 3,
+            Op::LoopLL { .. } | Op::LoopLI { .. } | Op::LocalsPush { .. } => 4,
             Op::Arith3Set { .. } => 6,
         }
     }
@@ -305,8 +318,14 @@ impl Op {
 
 /// Translates verified code into the internal form: one op per instruction (see [`Op`]).
 /// `refs` is the function's reference table, resolved to function-table indices, and
-/// `arity` gives the arity of a function by index (`None`: unknown, the call is not fused).
-pub fn translate(code: &[Instr], refs: &[u32], arity: impl Fn(u32) -> Option<u16>) -> Box<[Op]> {
+/// `arity` gives the arity of a function by index (`None`: unknown, the call is not fused);
+/// `is_push` whether an entry of the function's native table resolved to the builtin `push`.
+pub fn translate(
+    code: &[Instr],
+    refs: &[u32],
+    arity: impl Fn(u32) -> Option<u16>,
+    is_push: impl Fn(u16) -> bool,
+) -> Box<[Op]> {
     // A `CallFunction` at `pc` as a resolved callee, if its argument count is right.
     let call = |pc: usize| match code.get(pc) {
         Some(&Instr::CallFunction { func, argc }) => refs
@@ -316,13 +335,23 @@ pub fn translate(code: &[Instr], refs: &[u32], arity: impl Fn(u32) -> Option<u16
             .map(|callee| (callee, argc)),
         _ => None,
     };
-    (0..code.len()).map(|pc| fuse(code, pc, call)).collect()
+    // A `CallNative` at `pc` of the builtin `push` with two arguments.
+    let push = |pc: usize| matches!(code.get(pc), Some(&Instr::CallNative { native, argc: 2 }) if is_push(native));
+    (0..code.len())
+        .map(|pc| fuse(code, pc, call, push))
+        .collect()
 }
 
 /// The op for `code[pc]`: the longest fused pattern starting there, else the single op.
-fn fuse(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) -> Op {
+fn fuse(
+    code: &[Instr],
+    pc: usize,
+    call: impl Fn(usize) -> Option<(u32, u8)>,
+    push: impl Fn(usize) -> bool,
+) -> Op {
     use Instr as I;
     let at = |k: usize| code.get(pc + k).copied();
+    let one = || single(code, pc, &call, &push);
     let jump = at(2).and_then(Cmp::of_jump);
     let arith = at(2).and_then(Arith::of);
     match (code[pc], at(1)) {
@@ -349,8 +378,10 @@ fn fuse(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) ->
                 Op::JumpIfNotLL { cmp, a, b, target }
             } else if let Some(op) = arith {
                 Op::ArithLL { op, a, b }
+            } else if push(pc + 2) && at(3) == Some(I::Pop {}) {
+                Op::LocalsPush { list: a, value: b }
             } else {
-                single(code, pc, &call)
+                one()
             }
         }
         (I::GetLocal { slot: a }, Some(I::Int { value })) => {
@@ -364,7 +395,7 @@ fn fuse(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) ->
             } else if let Some(op) = arith {
                 Op::ArithLI { op, a, value }
             } else {
-                single(code, pc, &call)
+                one()
             }
         }
         (I::GetLocal { slot: a }, Some(I::AddInt { value })) => match (at(2), call(pc + 2)) {
@@ -407,10 +438,13 @@ fn fuse(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) ->
                         exit,
                     }
                 }
-                _ => single(code, pc, &call),
+                (Some(I::IterNext { target: exit }), Some(I::SetLocal { slot }), _) => {
+                    Op::LoopIter { slot, head, exit }
+                }
+                _ => one(),
             }
         }
-        _ => single(code, pc, &call),
+        _ => one(),
     }
 }
 
@@ -420,7 +454,12 @@ fn returns(code: &[Instr], target: u32) -> bool {
 }
 
 /// The op of `code[pc]` on its own.
-fn single(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) -> Op {
+fn single(
+    code: &[Instr],
+    pc: usize,
+    call: impl Fn(usize) -> Option<(u32, u8)>,
+    push: impl Fn(usize) -> bool,
+) -> Op {
     let instr = code[pc];
     match instr {
         Instr::GetLocal { slot } => Op::GetLocal { slot },
@@ -452,6 +491,7 @@ fn single(code: &[Instr], pc: usize, call: impl Fn(usize) -> Option<(u32, u8)>) 
             Some((callee, argc)) => Op::Call { callee, argc },
             None => Op::I(instr),
         },
+        Instr::CallNative { .. } if push(pc) => Op::Push,
         instr => {
             if let Some(op) = Arith::of(instr) {
                 Op::Arith { op }
@@ -510,7 +550,7 @@ mod tests {
             I::Add {},
             I::Return {},
         ];
-        let ops = translate(&code, &[7], |f| (f == 7).then_some(1));
+        let ops = translate(&code, &[7], |f| (f == 7).then_some(1), |_| false);
         assert_eq!(ops.len(), code.len());
         assert_eq!(
             ops[0],
@@ -561,7 +601,7 @@ mod tests {
             I::GetLocal { slot: 2 },
             I::Return {},
         ];
-        let ops = translate(&loop_body, &[], |_| None);
+        let ops = translate(&loop_body, &[], |_| None, |_| false);
         assert!(matches!(ops[0], Op::JumpIfNotLL { cmp: Cmp::Lt, .. }));
         assert_eq!(ops[1], Op::GetLocal { slot: 0 });
         assert_eq!(
@@ -606,11 +646,57 @@ mod tests {
         assert_eq!(ops.iter().map(Op::covers).max(), Some(6));
         // anything without a fast path stays as it is
         assert_eq!(
-            translate(&[I::Nil {}], &[], |_| None),
+            translate(&[I::Nil {}], &[], |_| None, |_| false),
             vec![Op::I(I::Nil {})].into()
         );
         // a call with the wrong argument count is left to the general loop (it raises)
         let call = [I::CallFunction { func: 0, argc: 2 }];
-        assert_eq!(translate(&call, &[3], |_| Some(1))[0], Op::I(call[0]));
+        assert_eq!(
+            translate(&call, &[3], |_| Some(1), |_| false)[0],
+            Op::I(call[0])
+        );
+        // `push(xs, i)` as a statement, when native 0 is the builtin `push`
+        let push = [
+            I::GetLocal { slot: 1 },
+            I::GetLocal { slot: 2 },
+            I::CallNative { native: 0, argc: 2 },
+            I::Pop {},
+            I::GetLocal { slot: 1 },
+            I::GetLocal { slot: 2 },
+            I::CallNative { native: 0, argc: 2 },
+            I::Return {},
+            I::CallNative { native: 1, argc: 2 },
+            I::CallNative { native: 0, argc: 1 },
+        ];
+        let ops = translate(&push, &[], |_| None, |n| n == 0);
+        assert_eq!(ops[0], Op::LocalsPush { list: 1, value: 2 });
+        assert_eq!(ops[1], Op::GetLocal { slot: 2 });
+        assert_eq!(ops[2], Op::Push);
+        assert_eq!(ops[4], Op::GetLocal { slot: 1 });
+        assert_eq!(ops[6], Op::Push);
+        assert_eq!(ops[8], Op::I(push[8]));
+        assert_eq!(ops[9], Op::I(push[9]));
+        // `for i in xs { ... }`: the back edge runs the next `IterNext; SetLocal`
+        let for_loop = [
+            I::IterNext { target: 4 },
+            I::SetLocal { slot: 2 },
+            I::Nil {},
+            I::Jump { target: 0 },
+            I::Return {},
+        ];
+        let ops = translate(&for_loop, &[], |_| None, |_| false);
+        assert_eq!(
+            ops[3],
+            Op::LoopIter {
+                slot: 2,
+                head: 0,
+                exit: 4
+            }
+        );
+        assert_eq!(ops[3].covers(), 3);
+        // a host native named `push` is not the builtin: nothing is specialised
+        let ops = translate(&push, &[], |_| None, |_| false);
+        assert_eq!(ops[0], Op::GetLocal { slot: 1 });
+        assert_eq!(ops[2], Op::I(push[2]));
     }
 }

@@ -93,6 +93,21 @@ impl ListObj {
         out
     }
 
+    /// `mutate(|items| items.push(v))` when that needs no allocation: appends `v` if the list
+    /// has room for it (and is not borrowed), else gives it back untouched. The capacity does
+    /// not change, so the charge, `OBJECT_OVERHEAD + capacity * SLOT` since creation and every
+    /// `mutate`, is already what `mutate` would re-charge it to.
+    #[inline]
+    pub fn push_in_place(&self, v: Value) -> Result<(), Value> {
+        match self.items.try_borrow_mut() {
+            Ok(mut items) if items.len() < items.capacity() => {
+                items.push(v);
+                Ok(())
+            }
+            _ => Err(v),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.items.borrow().len()
     }

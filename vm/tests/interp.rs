@@ -926,6 +926,96 @@ fn fused_ops_charge_every_instruction() {
     }
 }
 
+/// main(): `let xs = []; for i in 0..20 { push(xs, i) }; push(xs, 7); [len(xs), xs]` in the
+/// compiler's shape: the loop's `push` of two locals, a `push` of a computed value, `len`.
+fn push_shapes() -> Vec<FunctionCode> {
+    let mut main = f(
+        0,
+        2,
+        vec![
+            I::List { len: 0 },
+            I::SetLocal { slot: 0 },
+            I::Int { value: 0 },
+            I::Int { value: 20 },
+            I::Range {},
+            I::IterStart {},
+            I::IterNext { target: 13 },
+            I::SetLocal { slot: 1 },
+            I::GetLocal { slot: 0 },
+            I::GetLocal { slot: 1 },
+            I::CallNative { native: 0, argc: 2 },
+            I::Pop {},
+            I::Jump { target: 6 },
+            I::GetLocal { slot: 0 },
+            I::Int { value: 7 },
+            I::CallNative { native: 0, argc: 2 },
+            I::Pop {},
+            I::GetLocal { slot: 0 },
+            I::CallNative { native: 1, argc: 1 },
+            I::GetLocal { slot: 0 },
+            I::List { len: 2 },
+            I::Return {},
+        ],
+    );
+    main.natives = vec!["push".into(), "len".into()];
+    vec![main]
+}
+
+#[test]
+fn builtin_push_fast_path_is_exact() {
+    let big = 1u64 << 40;
+    let s = setup(push_shapes());
+    let mut exec = s.start_limited(with_fuel(big));
+    let done = run_to_end(&mut exec);
+    let mut items: Vec<Portable> = (0..20).map(Portable::Int).collect();
+    items.push(Portable::Int(7));
+    assert_eq!(
+        done,
+        Status::Done(Portable::List(vec![
+            Portable::Int(21),
+            Portable::List(items)
+        ]))
+    );
+    let used = big - exec.fuel_left().unwrap();
+    // set-up, 20 turns of 7, the last `IterNext`, the rest
+    assert_eq!(used, 6 + 20 * 7 + 1 + 9);
+    let mut exec = s.start_limited(with_fuel(used));
+    assert_eq!(run_to_end(&mut exec), done);
+    let mut exec = s.start_limited(with_fuel(used - 1));
+    assert_eq!(
+        failed(run_to_end(&mut exec)).limit,
+        Some(LimitKind::OutOfFuel)
+    );
+    for slice in 1..=9 {
+        let mut exec = s.start_limited(with_fuel(big));
+        exec.set_slice(slice);
+        let status = loop {
+            match exec.run(Instant::now()) {
+                Status::Yielded => {}
+                other => break other,
+            }
+        };
+        assert_eq!(status, done, "slice {slice}");
+        assert_eq!(big - exec.fuel_left().unwrap(), used, "slice {slice}");
+    }
+    // a host native registered as `push` shadows the builtin, fast path or not
+    let mut s = setup(push_shapes());
+    s.engine
+        .register_native("push", |_, _| Ok(skiff_vm::Value::Int(9)));
+    assert_eq!(
+        s.run(0, vec![]),
+        Status::Done(Portable::List(vec![
+            Portable::Int(0),
+            Portable::List(vec![])
+        ]))
+    );
+    // `push` on something other than a list raises as the builtin does
+    let mut code = push_shapes();
+    code[0].code[0] = I::Int { value: 5 };
+    let e = failed(setup(code).run(0, vec![]));
+    assert_eq!(e.kind, "TypeError");
+}
+
 #[test]
 fn limits_are_not_catchable() {
     // try { loop forever } catch e { return "caught" }

@@ -146,7 +146,17 @@ impl Program {
         };
         let ops: Vec<_> = built
             .iter()
-            .map(|f| crate::function::translate(&f.code, &f.refs, arity))
+            .map(|f| {
+                // The builtin `push`: a `Builtin` entry is only made by `builtins::lookup` of
+                // its own name, and a host native of the same name resolves to `Host`.
+                let is_push = |n: u16| {
+                    matches!(f.natives.get(n as usize), Some(NativeImpl::Builtin(_)))
+                        && f.native_names
+                            .get(n as usize)
+                            .is_some_and(|s| &**s == "push")
+                };
+                crate::function::translate(&f.code, &f.refs, arity, is_push)
+            })
             .collect();
         for (f, ops) in built.iter_mut().zip(ops) {
             f.ops = ops;

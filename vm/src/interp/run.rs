@@ -326,6 +326,10 @@ fn fast<'p>(
     } = *r;
     // The running function is `frames.last()`'s; only its ops are needed while running.
     let mut ops: &[Op] = &f.ops;
+    // Whether the heap is within its limit. Nothing here adds to the heap account (only
+    // scalars are made, references cloned, and a list grown within its capacity), so live
+    // bytes can only fall while this runs: within the limit now means within it at every op.
+    let heap_ok = !crate::heap::over_limit();
     // A value-stack slot. Every index used is below `base + frame_size` of the running
     // frame, which is at most `st.len()` (module invariant; `can_call!` checks it for a
     // callee before entering it): `base + slot` with `slot < locals` (verifier rule 3: local
@@ -534,6 +538,40 @@ fn fast<'p>(
                     exit as usize
                 };
             }
+            Op::LoopIter { slot, head, exit } => {
+                // `Jump head; IterNext exit; SetLocal slot` over a list or a range, as the
+                // `IterNext` arm (the iterable and the cursor on top of the stack).
+                if left < 3 {
+                    break;
+                }
+                let Some(i) = int!(sp - 1).filter(|&i| i >= 0) else {
+                    break;
+                };
+                let Some(next_i) = i.checked_add(1) else {
+                    break;
+                };
+                let item = match &*at!(sp - 2) {
+                    Value::Range(r) => {
+                        ((i as u64) < r.len()).then(|| Value::Int(r.start.wrapping_add(i)))
+                    }
+                    Value::List(l) => l.get(i as usize),
+                    _ => break,
+                };
+                match item {
+                    Some(v) => {
+                        left -= 3;
+                        overwrite(at!(sp - 1), Value::Int(next_i));
+                        put(at!(base + slot as usize), v);
+                        pc = head as usize + 2;
+                    }
+                    None => {
+                        left -= 2;
+                        sp -= 2;
+                        put(at!(sp), Value::Nil);
+                        pc = exit as usize;
+                    }
+                }
+            }
             Op::ArithLI { op, a, value } => {
                 let Some(x) = int!(base + a as usize) else {
                     break;
@@ -736,6 +774,45 @@ fn fast<'p>(
                         pc = target as usize;
                     }
                 }
+            }
+            // `push(list, v)` where the list has room: the builtin's work (`ListObj::mutate`
+            // with the capacity, so the heap charge, unchanged) and its nil result. Anything
+            // else (another type, a list that must grow, a heap already over its limit, which
+            // the general loop reports after the call) stops here and runs as the call.
+            Op::Push => {
+                if left == 0 || !heap_ok {
+                    break;
+                }
+                let v = fast_clone(&*at!(sp - 1));
+                let Value::List(l) = &*at!(sp - 2) else {
+                    drop_cold(v);
+                    break;
+                };
+                if let Err(v) = l.push_in_place(v) {
+                    drop_cold(v);
+                    break;
+                }
+                left -= 1;
+                sp -= 1;
+                put(at!(sp), Value::Nil);
+                put(at!(sp - 1), Value::Nil);
+                pc += 1;
+            }
+            Op::LocalsPush { list, value } => {
+                if left < 4 || !heap_ok {
+                    break;
+                }
+                let v = fast_clone(&*at!(base + value as usize));
+                let Value::List(l) = &*at!(base + list as usize) else {
+                    drop_cold(v);
+                    break;
+                };
+                if let Err(v) = l.push_in_place(v) {
+                    drop_cold(v);
+                    break;
+                }
+                left -= 4;
+                pc += 4;
             }
             Op::Return => {
                 if frames.len() <= floor {
