@@ -30,7 +30,9 @@
 //!   handler drops the frames above the one that installed it. `fast` never returns from a
 //!   frame that has handlers, nor from the bottom frame ([`return_floor`]).
 //! - `fast` does nothing the general loop owns: stack growth, errors, natives, suspension. It
-//!   leaves `pc` at an op whose instruction has not run and has not been charged.
+//!   leaves `pc` at an op whose instruction has not run and has not been charged. The one
+//!   native it runs is the builtin `push` into a list with room (`Op::Push`), which allocates
+//!   nothing and cannot fail; any other case of it is left to the general loop's call.
 
 use super::convert;
 use super::program::Program;
