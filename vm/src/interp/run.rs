@@ -354,6 +354,26 @@ fn fast<'p>(
             }
         };
     }
+    // The `IterNext` step over a list or a range (iterable and cursor on top of the stack):
+    // `(cursor, next cursor, Some(item) | None at the end)`; any other case leaves `fast`.
+    macro_rules! iter_next {
+        () => {{
+            let Some(i) = int!(sp - 1).filter(|&i| i >= 0) else {
+                break;
+            };
+            let Some(next_i) = i.checked_add(1) else {
+                break;
+            };
+            let item = match &*at!(sp - 2) {
+                Value::Range(r) => {
+                    ((i as u64) < r.len()).then(|| Value::Int(r.start.wrapping_add(i)))
+                }
+                Value::List(l) => l.get(i as usize),
+                _ => break,
+            };
+            (i, next_i, item)
+        }};
+    }
     // Charges `$n` instructions, or stops at this op if the budget does not cover them.
     // Every op checks its operands first and charges last, so stopping leaves nothing done.
     macro_rules! charge {
@@ -546,19 +566,7 @@ fn fast<'p>(
                 if left < 3 {
                     break;
                 }
-                let Some(i) = int!(sp - 1).filter(|&i| i >= 0) else {
-                    break;
-                };
-                let Some(next_i) = i.checked_add(1) else {
-                    break;
-                };
-                let item = match &*at!(sp - 2) {
-                    Value::Range(r) => {
-                        ((i as u64) < r.len()).then(|| Value::Int(r.start.wrapping_add(i)))
-                    }
-                    Value::List(l) => l.get(i as usize),
-                    _ => break,
-                };
+                let (_, next_i, item) = iter_next!();
                 match item {
                     Some(v) => {
                         left -= 3;
@@ -745,19 +753,7 @@ fn fast<'p>(
                 pc += 1;
             }
             Op::IterNext { pair, target } => {
-                let Some(i) = int!(sp - 1).filter(|&i| i >= 0) else {
-                    break;
-                };
-                let Some(next_i) = i.checked_add(1) else {
-                    break;
-                };
-                let item = match &*at!(sp - 2) {
-                    Value::Range(r) => {
-                        ((i as u64) < r.len()).then(|| Value::Int(r.start.wrapping_add(i)))
-                    }
-                    Value::List(l) => l.get(i as usize),
-                    _ => break,
-                };
+                let (i, next_i, item) = iter_next!();
                 charge!(1);
                 match item {
                     Some(v) => {
