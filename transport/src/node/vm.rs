@@ -146,9 +146,9 @@ pub(crate) struct VmThread {
     store: CodeStore,
     /// Blobs of modules loaded here: never evicted.
     local: HashSet<BlobHash>,
-    /// Blobs received from peers: kept while the wire blob store holds them.
-    received: HashSet<BlobHash>,
-    /// The wire store's eviction count when `received` was last checked against it.
+    /// The wire store's eviction count when the code store was last checked against it
+    /// (every stored blob not in `local` was received, and is kept while the wire store
+    /// holds it).
     seen_evictions: u64,
     exports: HashMap<String, FunctionId>,
     running: HashMap<u64, Running>,
@@ -179,7 +179,6 @@ impl VmThread {
             engine,
             store: CodeStore::new(),
             local: HashSet::new(),
-            received: HashSet::new(),
             seen_evictions: 0,
             exports: HashMap::new(),
             running: HashMap::new(),
@@ -367,7 +366,6 @@ impl VmThread {
         for (hash, blob) in &module.blobs {
             code.insert_blob(blob);
             self.local.insert(*hash);
-            self.received.remove(hash);
         }
         drop(code);
         for (name, func) in &module.exports {
@@ -625,7 +623,6 @@ impl VmThread {
                 .insert(Arc::new(blob), None)
                 .map_err(|e| e.to_string())?;
             code.insert_bytes(h, bytes, deps);
-            self.received.insert(h);
         }
         drop(code);
         self.note_code_size();
@@ -643,10 +640,10 @@ impl VmThread {
                 return;
             }
             self.seen_evictions = wire.evictions();
-            self.received
-                .iter()
-                .filter(|h| !wire.contains(h))
-                .copied()
+            self.store
+                .hashes()
+                .into_iter()
+                .filter(|h| !self.local.contains(h) && !wire.contains(h))
                 .collect()
         };
         if gone.is_empty() {
@@ -660,7 +657,6 @@ impl VmThread {
                 "local code depends only on local code"
             );
             code.remove(h);
-            self.received.remove(h);
         }
         drop(code);
         tracing::debug!(evicted = removed.len(), "code store pruned");
