@@ -51,7 +51,7 @@ pub mod program;
 mod run;
 
 use crate::blob::FunctionId;
-use crate::function::{HostNative, TaskHandle};
+use crate::function::{HostNative, Op, TaskHandle};
 use crate::native::{NativeCtx, NativeError, NodeInfo};
 use crate::portable::Portable;
 use crate::store::CodeStore;
@@ -325,6 +325,30 @@ pub(crate) struct Frame {
     pub base: u32,
     /// Where the result goes in the caller (and where the caller's stack top ends).
     pub ret: u32,
+    /// The ops of function `func` (its `RtFunction::ops`), so that a return in the fast
+    /// loop reaches its caller's ops with one load. Only [`Frame::new`] sets it, from the
+    /// function table entry `func`; the table only grows and an entry's ops never change
+    /// (boxed, made once at link time), so it stays valid while the execution lives.
+    ops: *const [Op],
+}
+
+impl Frame {
+    /// The frame of function `func` (`ops`: its function table entry's ops), its locals
+    /// from slot `base` up, its result going to slot `ret`.
+    pub fn new(func: u32, ops: &[Op], base: usize, ret: usize) -> Frame {
+        Frame {
+            func,
+            pc: 0,
+            base: base as u32,
+            ret: ret as u32,
+            ops,
+        }
+    }
+
+    /// The ops of the frame's function.
+    pub fn ops(&self) -> *const [Op] {
+        self.ops
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -375,16 +399,14 @@ impl Task {
         let argc = args.len();
         stack.extend(args);
         stack.resize(1 + size.max(argc), Value::Nil);
-        let locals = program.get(func).map_or(0, |f| f.locals as usize);
+        let entry = program.get(func);
+        let locals = entry.map_or(0, |f| f.locals as usize);
+        // An unknown `func` gets no ops: the general loop finds no function and ends the task.
+        let ops = entry.map_or(&[][..], |f| &f.ops);
         Task {
             stack,
             sp: 1 + locals,
-            frames: vec![Frame {
-                func,
-                pc: 0,
-                base: 1,
-                ret: 0,
-            }],
+            frames: vec![Frame::new(func, ops, 1, 0)],
             handlers: Vec::new(),
             state: TaskState::Ready,
             resume: None,

@@ -322,8 +322,8 @@ fn fast<'p>(
     let Regs {
         f,
         mut pc,
-        mut sp,
-        mut base,
+        sp: sp_index,
+        base,
         mut left,
     } = *r;
     // The running function is `frames.last()`'s; only its ops are needed while running.
@@ -332,23 +332,48 @@ fn fast<'p>(
     // scalars are made, references cloned, and a list grown within its capacity), so live
     // bytes can only fall while this runs: within the limit now means within it at every op.
     let heap_ok = !crate::heap::over_limit();
-    // A value-stack slot. Every index used is below `base + frame_size` of the running
-    // frame, which is at most `st.len()` (module invariant; `can_call!` checks it for a
-    // callee before entering it): `base + slot` with `slot < locals` (verifier rule 3: local
-    // operands are in range); `sp`, `sp - 1`, `sp - 2` for an op whose instructions the
-    // verifier checked to push onto / pop from an operand stack of depth at most `max_stack`
-    // (rule 5, rule 8; `sp = base + locals + depth`); and `ret <= base` of a returning frame.
-    macro_rules! at {
-        ($i:expr) => {{
-            let i: usize = $i;
-            debug_assert!(i < st.len());
-            // SAFETY: `i < st.len()`, by the invariants above.
-            unsafe { st.get_unchecked_mut(i) }
+    // The value stack is reached through raw pointers from here on (`st` itself is not used
+    // again): the frame pointer `fp` (slot `base`) and the stack pointer `sp` (slot `sp`),
+    // so a local or the top of the stack is one address computation off a register. The
+    // hot state is then `ops`, `pc`, `fp`, `sp` and `left`, few enough to stay in registers.
+    let st_start: *mut Value = st.as_mut_ptr();
+    let st_len = st.len();
+    // The slot index of a stack pointer (address arithmetic only, no access).
+    let index = |p: *mut Value| (p as usize - st_start as usize) / std::mem::size_of::<Value>();
+    // Pointers to slots `0..=st_len` (one past the end included) stay within the allocation;
+    // `base <= sp <= st_len` for the running frame (module invariant).
+    let mut fp: *mut Value = st_start.wrapping_add(base);
+    let mut sp: *mut Value = st_start.wrapping_add(sp_index);
+    // A value-stack slot. Every slot used is below `base + frame_size` of the running frame,
+    // which is at most `st.len()` (module invariant; `can_call!` checks it for a callee
+    // before entering it): `fp + slot` with `slot < locals` (verifier rule 3: local operands
+    // are in range); `sp`, `sp - 1`, `sp - 2` for an op whose instructions the verifier
+    // checked to push onto / pop from an operand stack of depth at most `max_stack` (rule 5,
+    // rule 8; `sp = fp + locals + depth`); and `ret <= base` of a returning frame.
+    macro_rules! slot {
+        ($p:expr) => {{
+            let p: *mut Value = $p;
+            debug_assert!(p >= st_start && index(p) < st_len);
+            // SAFETY: `p` is a slot of `st` below `st.len()`, by the invariants above, and
+            // no other reference to the stack is alive while this one is used.
+            unsafe { &mut *p }
         }};
+    }
+    // Local `$i` of the running frame.
+    macro_rules! loc {
+        ($i:expr) => {
+            slot!(fp.wrapping_add($i as usize))
+        };
+    }
+    // The `$k`-th slot below the stack pointer (`top!(0)`: the free slot at `sp`).
+    macro_rules! top {
+        ($k:expr) => {
+            slot!(sp.wrapping_sub($k))
+        };
     }
     macro_rules! int {
         ($slot:expr) => {
-            match *at!($slot) {
+            match *$slot {
                 Value::Int(x) => Some(x),
                 _ => None,
             }
@@ -358,13 +383,13 @@ fn fast<'p>(
     // `(cursor, next cursor, Some(item) | None at the end)`; any other case leaves `fast`.
     macro_rules! iter_next {
         () => {{
-            let Some(i) = int!(sp - 1).filter(|&i| i >= 0) else {
+            let Some(i) = int!(top!(1)).filter(|&i| i >= 0) else {
                 break;
             };
             let Some(next_i) = i.checked_add(1) else {
                 break;
             };
-            let item = match &*at!(sp - 2) {
+            let item = match &*top!(2) {
                 Value::Range(r) => {
                     ((i as u64) < r.len()).then(|| Value::Int(r.start.wrapping_add(i)))
                 }
@@ -384,54 +409,86 @@ fn fast<'p>(
             left -= $n;
         };
     }
-    // Whether the fast path can enter `$g` with its arguments from `$nb` up: the general
-    // loop owns stack growth and the depth error. The arity was checked at link time.
+    // The frame stack, like the value stack, is held in locals while this runs: `depth` is
+    // its length (written back on the way out) and `frame_at` its storage. Calls made here
+    // never grow it: below `frame_limit` a new frame fits in the capacity (the general loop
+    // owns growth as well as the depth error). `Frame` is `Copy`, so the length lagging
+    // behind (until the write-back) can neither leak nor double-drop anything.
+    let frame_limit = max_depth.min(frames.capacity());
+    let mut depth = frames.len();
+    let frame_at: *mut Frame = frames.as_mut_ptr();
+    // Frame `$i`, which is below `depth`.
+    macro_rules! frame {
+        ($i:expr) => {{
+            let i: usize = $i;
+            debug_assert!(i < depth);
+            // SAFETY: `i < depth`, so frame `i` is initialised and within the capacity of
+            // `frames`; no other reference to the frame stack is alive while this one is used.
+            unsafe { &mut *frame_at.add(i) }
+        }};
+    }
+    // Whether the fast path can enter `$g` with its arguments from slot `$nb` up: the
+    // general loop owns stack growth and the depth error. The arity was checked at link time.
     macro_rules! can_call {
         ($g:expr, $nb:expr) => {
-            frames.len() < max_depth && $nb + $g.frame_size() <= st.len()
+            depth < frame_limit && index($nb) + $g.frame_size() <= st_len
         };
     }
-    // Enters function `$callee` (`$g`) from the call op at `pc`, its arguments from `$nb` up;
-    // its result will go to `$ret`.
+    // Enters function `$callee` (`$g`) from the call op at `pc`, its arguments from slot
+    // `$nb` up; its result will go to slot `$ret`. `can_call!` held, so `depth < frame_limit`.
     macro_rules! call {
         ($callee:expr, $g:expr, $nb:expr, $ret:expr) => {{
-            let nb: usize = $nb;
-            let locals_end = nb + $g.locals as usize;
+            let nb: *mut Value = $nb;
+            let locals_end = nb.wrapping_add($g.locals as usize);
             // Locals above the arguments start as nil; those slots are at or above the
             // stack pointer, so they hold scalars and need no drop.
-            for i in sp..locals_end {
-                overwrite(at!(i), Value::Nil);
+            while sp < locals_end {
+                overwrite(top!(0), Value::Nil);
+                sp = sp.wrapping_add(1);
             }
-            let top = frames.len() - 1;
-            frames[top].pc = pc as u32 + 1;
-            frames.push(Frame {
-                func: $callee,
-                pc: 0,
-                base: nb as u32,
-                ret: $ret as u32,
-            });
+            // The running frame is `depth - 1` (`depth >= 1` always holds here).
+            frame!(depth - 1).pc = pc as u32 + 1;
+            debug_assert!(depth < frame_limit);
+            // SAFETY: `depth < frame_limit <= capacity`: the slot is allocated and holds no
+            // frame, so it is written without reading or dropping what was there.
+            unsafe {
+                frame_at
+                    .add(depth)
+                    .write(Frame::new($callee, &$g.ops, index(nb), index($ret)))
+            };
+            depth += 1;
             ops = &$g.ops;
-            base = nb;
+            fp = nb;
             pc = 0;
             sp = locals_end;
         }};
     }
-    // Returns from frame `frames.len() - 1`, which the caller checked is at or above
-    // `floor >= 1` (so a caller frame remains below it). The result is on top; the slots
-    // from `ret` up are abandoned.
+    // Returns `$result` from frame `depth - 1`, which the caller checked is at or above
+    // `floor >= 1` (so a caller frame remains below it). The slots from `ret` up to the
+    // stack pointer are abandoned.
     macro_rules! ret {
-        () => {{
-            sp -= 1;
-            let result = std::mem::take(at!(sp));
-            let done = frames[frames.len() - 1];
-            frames.pop();
-            let caller = frames[frames.len() - 1];
-            let ret = done.ret as usize;
-            clear(&mut st[ret..sp]);
-            overwrite(at!(ret), result);
-            sp = ret + 1;
-            ops = &funcs[caller.func as usize].ops;
-            base = caller.base as usize;
+        ($result:expr) => {{
+            let result: Value = $result;
+            debug_assert!(depth > floor && floor >= 1);
+            let done = *frame!(depth - 1);
+            let caller = *frame!(depth - 2);
+            depth -= 1;
+            // `ret <= sp`: the returning frame's slots start at or above `ret`.
+            let ret = st_start.wrapping_add(done.ret as usize);
+            while sp > ret {
+                sp = sp.wrapping_sub(1);
+                put(top!(0), Value::Nil);
+            }
+            overwrite(top!(0), result);
+            sp = sp.wrapping_add(1);
+            debug_assert!(std::ptr::eq(
+                caller.ops(),
+                &*funcs[caller.func as usize].ops
+            ));
+            // SAFETY: a frame's ops are those of its function table entry (`Frame::new`),
+            // which live as long as the execution's program and never change.
+            ops = unsafe { &*caller.ops() };
+            fp = st_start.wrapping_add(caller.base as usize);
             pc = caller.pc as usize;
         }};
     }
@@ -442,35 +499,35 @@ fn fast<'p>(
         // instruction it covers, which falls through, and no instruction falls off the end
         // (rule 2); a caller resumes after its call instruction, which falls through. The
         // general loop hands over pcs with the same property.
-        match unsafe { *ops.get_unchecked(pc) } {
+        match *unsafe { ops.get_unchecked(pc) } {
             Op::I(_) => break,
             Op::GetLocal { slot } => {
                 charge!(1);
-                let v = fast_clone(&*at!(base + slot as usize));
-                overwrite(at!(sp), v);
-                sp += 1;
+                let v = fast_clone(&*loc!(slot));
+                overwrite(top!(0), v);
+                sp = sp.wrapping_add(1);
                 pc += 1;
             }
             Op::SetLocal { slot } => {
-                let Some(x) = int!(sp - 1) else { break };
+                let Some(x) = int!(top!(1)) else { break };
                 charge!(1);
-                sp -= 1;
-                put(at!(base + slot as usize), Value::Int(x));
+                sp = sp.wrapping_sub(1);
+                put(loc!(slot), Value::Int(x));
                 pc += 1;
             }
             Op::Int { value } => {
                 charge!(1);
-                overwrite(at!(sp), Value::Int(i64::from(value)));
-                sp += 1;
+                overwrite(top!(0), Value::Int(i64::from(value)));
+                sp = sp.wrapping_add(1);
                 pc += 1;
             }
             Op::AddInt { value } => {
-                let Some(x) = int!(sp - 1) else { break };
+                let Some(x) = int!(top!(1)) else { break };
                 let Some(v) = x.checked_add(i64::from(value)) else {
                     break;
                 };
                 charge!(1);
-                overwrite(at!(sp - 1), Value::Int(v));
+                overwrite(top!(1), Value::Int(v));
                 pc += 1;
             }
             Op::Jump { target } => {
@@ -478,21 +535,21 @@ fn fast<'p>(
                 pc = target as usize;
             }
             Op::Arith { op } => {
-                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                let (Some(x), Some(y)) = (int!(top!(2)), int!(top!(1))) else {
                     break;
                 };
                 let Some(v) = op.apply(x, y) else { break };
                 charge!(1);
-                sp -= 1;
-                overwrite(at!(sp - 1), Value::Int(v));
+                sp = sp.wrapping_sub(1);
+                overwrite(top!(1), Value::Int(v));
                 pc += 1;
             }
             Op::JumpIfNot { cmp, target } => {
-                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                let (Some(x), Some(y)) = (int!(top!(2)), int!(top!(1))) else {
                     break;
                 };
                 charge!(1);
-                sp -= 2;
+                sp = sp.wrapping_sub(2);
                 pc = if cmp.holds(x, y) {
                     pc + 1
                 } else {
@@ -500,7 +557,7 @@ fn fast<'p>(
                 };
             }
             Op::JumpIfNotLL { cmp, a, b, target } => {
-                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                let (Some(x), Some(y)) = (int!(loc!(a)), int!(loc!(b))) else {
                     break;
                 };
                 charge!(3);
@@ -516,7 +573,7 @@ fn fast<'p>(
                 value,
                 target,
             } => {
-                let Some(x) = int!(base + a as usize) else {
+                let Some(x) = int!(loc!(a)) else {
                     break;
                 };
                 charge!(3);
@@ -533,7 +590,7 @@ fn fast<'p>(
                 head,
                 exit,
             } => {
-                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                let (Some(x), Some(y)) = (int!(loc!(a)), int!(loc!(b))) else {
                     break;
                 };
                 charge!(4);
@@ -550,7 +607,7 @@ fn fast<'p>(
                 head,
                 exit,
             } => {
-                let Some(x) = int!(base + a as usize) else {
+                let Some(x) = int!(loc!(a)) else {
                     break;
                 };
                 charge!(4);
@@ -570,38 +627,38 @@ fn fast<'p>(
                 match item {
                     Some(v) => {
                         left -= 3;
-                        overwrite(at!(sp - 1), Value::Int(next_i));
-                        put(at!(base + slot as usize), v);
+                        overwrite(top!(1), Value::Int(next_i));
+                        put(loc!(slot), v);
                         pc = head as usize + 2;
                     }
                     None => {
                         left -= 2;
-                        sp -= 2;
-                        put(at!(sp), Value::Nil);
+                        sp = sp.wrapping_sub(2);
+                        put(top!(0), Value::Nil);
                         pc = exit as usize;
                     }
                 }
             }
             Op::ArithLI { op, a, value } => {
-                let Some(x) = int!(base + a as usize) else {
+                let Some(x) = int!(loc!(a)) else {
                     break;
                 };
                 let Some(v) = op.apply(x, i64::from(value)) else {
                     break;
                 };
                 charge!(3);
-                overwrite(at!(sp), Value::Int(v));
-                sp += 1;
+                overwrite(top!(0), Value::Int(v));
+                sp = sp.wrapping_add(1);
                 pc += 3;
             }
             Op::ArithLL { op, a, b } => {
-                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                let (Some(x), Some(y)) = (int!(loc!(a)), int!(loc!(b))) else {
                     break;
                 };
                 let Some(v) = op.apply(x, y) else { break };
                 charge!(3);
-                overwrite(at!(sp), Value::Int(v));
-                sp += 1;
+                overwrite(top!(0), Value::Int(v));
+                sp = sp.wrapping_add(1);
                 pc += 3;
             }
             Op::Arith3Set {
@@ -613,11 +670,11 @@ fn fast<'p>(
                 c,
                 d,
             } => {
-                let (Some(x), Some(y)) = (int!(base + a as usize), int!(base + b as usize)) else {
+                let (Some(x), Some(y)) = (int!(loc!(a)), int!(loc!(b))) else {
                     break;
                 };
                 let z = if c_local {
-                    let Some(z) = int!(base + c as usize) else {
+                    let Some(z) = int!(loc!(c)) else {
                         break;
                     };
                     z
@@ -628,40 +685,40 @@ fn fast<'p>(
                     break;
                 };
                 charge!(6);
-                put(at!(base + d as usize), Value::Int(v));
+                put(loc!(d), Value::Int(v));
                 pc += 6;
             }
             Op::ArithSet { op, a } => {
-                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                let (Some(x), Some(y)) = (int!(top!(2)), int!(top!(1))) else {
                     break;
                 };
                 let Some(v) = op.apply(x, y) else { break };
                 charge!(2);
-                sp -= 2;
-                put(at!(base + a as usize), Value::Int(v));
+                sp = sp.wrapping_sub(2);
+                put(loc!(a), Value::Int(v));
                 pc += 2;
             }
             Op::AddIntSet { a, value, b } => {
-                let Some(x) = int!(base + a as usize) else {
+                let Some(x) = int!(loc!(a)) else {
                     break;
                 };
                 let Some(v) = x.checked_add(i64::from(value)) else {
                     break;
                 };
                 charge!(3);
-                put(at!(base + b as usize), Value::Int(v));
+                put(loc!(b), Value::Int(v));
                 pc += 3;
             }
             Op::LocalAddInt { a, value } => {
-                let Some(x) = int!(base + a as usize) else {
+                let Some(x) = int!(loc!(a)) else {
                     break;
                 };
                 let Some(v) = x.checked_add(i64::from(value)) else {
                     break;
                 };
                 charge!(2);
-                overwrite(at!(sp), Value::Int(v));
-                sp += 1;
+                overwrite(top!(0), Value::Int(v));
+                sp = sp.wrapping_add(1);
                 pc += 2;
             }
             Op::Call { callee, argc } => {
@@ -670,7 +727,7 @@ fn fast<'p>(
                 // refs.len()`) resolved at link time to an index of the function table, which
                 // only grows (`program` invariant).
                 let g = unsafe { funcs.get_unchecked(callee as usize) };
-                let nb = sp - argc as usize;
+                let nb = sp.wrapping_sub(argc as usize);
                 if !can_call!(g, nb) {
                     break;
                 }
@@ -678,7 +735,7 @@ fn fast<'p>(
                 call!(callee, g, nb, nb);
             }
             Op::LocalAddIntCall { a, value, callee } => {
-                let Some(x) = int!(base + a as usize) else {
+                let Some(x) = int!(loc!(a)) else {
                     break;
                 };
                 let Some(v) = x.checked_add(i64::from(value)) else {
@@ -691,29 +748,30 @@ fn fast<'p>(
                     break;
                 }
                 charge!(3);
-                overwrite(at!(sp), Value::Int(v));
-                sp += 1;
+                overwrite(top!(0), Value::Int(v));
+                sp = sp.wrapping_add(1);
                 pc += 2;
-                call!(callee, g, sp - 1, sp - 1);
+                call!(callee, g, sp.wrapping_sub(1), sp.wrapping_sub(1));
             }
             Op::CallValue { argc } => {
-                let fpos = sp - argc as usize - 1;
-                let Value::Function(c) = &*at!(fpos) else {
+                let fpos = sp.wrapping_sub(argc as usize + 1);
+                let Value::Function(c) = &*slot!(fpos) else {
                     break;
                 };
                 let callee = c.index;
                 let Some(g) = funcs.get(callee as usize) else {
                     break;
                 };
-                if g.arity != u16::from(argc) || !can_call!(g, fpos + 1) {
+                if g.arity != u16::from(argc) || !can_call!(g, fpos.wrapping_add(1)) {
                     break;
                 }
                 charge!(1);
-                call!(callee, g, fpos + 1, fpos);
+                call!(callee, g, fpos.wrapping_add(1), fpos);
             }
             Op::GetUpval { index } => {
                 // The running closure sits just below the frame (`function` invariant).
-                let v = match base.checked_sub(1).and_then(|i| st.get(i)) {
+                let closure = (fp > st_start).then(|| &*slot!(fp.wrapping_sub(1)));
+                let v = match closure {
                     Some(Value::Function(c)) => match c.upvals.get(index as usize) {
                         Some(u) => u.value.borrow().clone(),
                         None => Value::Nil,
@@ -725,31 +783,31 @@ fn fast<'p>(
                     break;
                 }
                 left -= 1;
-                overwrite(at!(sp), v);
-                sp += 1;
+                overwrite(top!(0), v);
+                sp = sp.wrapping_add(1);
                 pc += 1;
             }
             Op::Pop => {
                 charge!(1);
-                sp -= 1;
-                put(at!(sp), Value::Nil);
+                sp = sp.wrapping_sub(1);
+                put(top!(0), Value::Nil);
                 pc += 1;
             }
             Op::JumpIf { when, target } => {
                 charge!(1);
-                sp -= 1;
-                let top: &Value = at!(sp);
+                sp = sp.wrapping_sub(1);
+                let top: &Value = top!(0);
                 let t = top.is_truthy();
-                put(at!(sp), Value::Nil);
+                put(top!(0), Value::Nil);
                 pc = if t == when { target as usize } else { pc + 1 };
             }
             Op::Compare { cmp } => {
-                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                let (Some(x), Some(y)) = (int!(top!(2)), int!(top!(1))) else {
                     break;
                 };
                 charge!(1);
-                sp -= 1;
-                overwrite(at!(sp - 1), Value::Bool(cmp.holds(x, y)));
+                sp = sp.wrapping_sub(1);
+                overwrite(top!(1), Value::Bool(cmp.holds(x, y)));
                 pc += 1;
             }
             Op::IterNext { pair, target } => {
@@ -757,18 +815,18 @@ fn fast<'p>(
                 charge!(1);
                 match item {
                     Some(v) => {
-                        overwrite(at!(sp - 1), Value::Int(next_i));
+                        overwrite(top!(1), Value::Int(next_i));
                         if pair {
-                            overwrite(at!(sp), Value::Int(i));
-                            sp += 1;
+                            overwrite(top!(0), Value::Int(i));
+                            sp = sp.wrapping_add(1);
                         }
-                        overwrite(at!(sp), v);
-                        sp += 1;
+                        overwrite(top!(0), v);
+                        sp = sp.wrapping_add(1);
                         pc += 1;
                     }
                     None => {
-                        sp -= 2;
-                        put(at!(sp), Value::Nil);
+                        sp = sp.wrapping_sub(2);
+                        put(top!(0), Value::Nil);
                         pc = target as usize;
                     }
                 }
@@ -781,8 +839,8 @@ fn fast<'p>(
                 if left == 0 || !heap_ok {
                     break;
                 }
-                let v = fast_clone(&*at!(sp - 1));
-                let Value::List(l) = &*at!(sp - 2) else {
+                let v = fast_clone(&*top!(1));
+                let Value::List(l) = &*top!(2) else {
                     drop_cold(v);
                     break;
                 };
@@ -791,17 +849,17 @@ fn fast<'p>(
                     break;
                 }
                 left -= 1;
-                sp -= 1;
-                put(at!(sp), Value::Nil);
-                put(at!(sp - 1), Value::Nil);
+                sp = sp.wrapping_sub(1);
+                put(top!(0), Value::Nil);
+                put(top!(1), Value::Nil);
                 pc += 1;
             }
             Op::LocalsPush { list, value } => {
                 if left < 4 || !heap_ok {
                     break;
                 }
-                let v = fast_clone(&*at!(base + value as usize));
-                let Value::List(l) = &*at!(base + list as usize) else {
+                let v = fast_clone(&*loc!(value));
+                let Value::List(l) = &*loc!(list) else {
                     drop_cold(v);
                     break;
                 };
@@ -813,49 +871,52 @@ fn fast<'p>(
                 pc += 4;
             }
             Op::Return => {
-                if frames.len() <= floor {
+                if depth <= floor {
                     break;
                 }
                 charge!(1);
-                ret!();
+                sp = sp.wrapping_sub(1);
+                ret!(std::mem::take(top!(0)));
             }
             Op::JumpReturn { .. } => {
-                if frames.len() <= floor {
+                if depth <= floor {
                     break;
                 }
                 charge!(2);
-                ret!();
+                sp = sp.wrapping_sub(1);
+                ret!(std::mem::take(top!(0)));
             }
             Op::GetLocalJumpReturn { slot, .. } => {
-                if frames.len() <= floor {
+                if depth <= floor {
                     break;
                 }
                 charge!(3);
-                let v = fast_clone(&*at!(base + slot as usize));
-                overwrite(at!(sp), v);
-                sp += 1;
-                ret!();
+                ret!(fast_clone(&*loc!(slot)));
             }
             Op::ArithReturn { op } => {
-                let (Some(x), Some(y)) = (int!(sp - 2), int!(sp - 1)) else {
+                let (Some(x), Some(y)) = (int!(top!(2)), int!(top!(1))) else {
                     break;
                 };
                 let Some(v) = op.apply(x, y) else { break };
-                if frames.len() <= floor {
+                if depth <= floor {
                     break;
                 }
                 charge!(2);
-                sp -= 1;
-                overwrite(at!(sp - 1), Value::Int(v));
-                ret!();
+                // Both operands are integers: scalars may stay above the stack pointer.
+                sp = sp.wrapping_sub(2);
+                ret!(Value::Int(v));
             }
         }
     }
+    debug_assert!(depth >= 1 && depth <= frames.capacity());
+    // SAFETY: frames `0..depth` are initialised: those below `frames.len()` on entry, and
+    // each one pushed here was written before `depth` counted it.
+    unsafe { frames.set_len(depth) };
     *r = Regs {
         f: frames.last().map_or(f, |top| &funcs[top.func as usize]),
         pc,
-        sp,
-        base,
+        sp: index(sp),
+        base: index(fp),
         left,
     };
 }
@@ -1101,12 +1162,7 @@ pub(crate) fn run_task(
                     if let Some(top) = frames.last_mut() {
                         top.pc = pc as u32;
                     }
-                    frames.push(Frame {
-                        func: idx as u32,
-                        pc: 0,
-                        base: nb as u32,
-                        ret: $ret as u32,
-                    });
+                    frames.push(Frame::new(idx as u32, &callee.ops, nb, $ret));
                     sp = locals_end;
                     continue 'reload;
                 }
@@ -1118,12 +1174,7 @@ pub(crate) fn run_task(
                 if let Some(top) = frames.last_mut() {
                     top.pc = pc as u32;
                 }
-                frames.push(Frame {
-                    func: idx as u32,
-                    pc: 0,
-                    base: nb as u32,
-                    ret: $ret as u32,
-                });
+                frames.push(Frame::new(idx as u32, &callee.ops, nb, $ret));
                 // Switch to the callee without leaving the dispatch loop.
                 f = callee;
                 base = nb;
