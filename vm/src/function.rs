@@ -262,6 +262,17 @@ pub enum Op {
     ArithReturn { op: Arith },
     /// `GetLocal a; AddInt value; SetLocal b`.
     AddIntSet { a: u16, value: i32, b: u16 },
+    /// `GetLocal a; AddInt step; SetLocal a; Jump head` where `code[head..head + 3]` is
+    /// `GetLocal a; GetLocal bound; JumpIfNot<cmp> exit`: a counting loop's step, back edge
+    /// and condition (`i = i + 1` closing `while i < n`). Continues at `head + 3` or `exit`.
+    StepLoopLL {
+        cmp: Cmp,
+        a: u16,
+        step: i16,
+        bound: u16,
+        head: u32,
+        exit: u32,
+    },
     /// `GetLocal a; AddInt value`.
     LocalAddInt { a: u16, value: i32 },
     /// `Jump target` where `code[target]` is `Return`: runs that `Return`.
@@ -312,6 +323,7 @@ impl Op {
             Op::LoopIter { .. } => 3,
             Op::LoopLL { .. } | Op::LoopLI { .. } | Op::LocalsPush { .. } => 4,
             Op::Arith3Set { .. } => 6,
+            Op::StepLoopLL { .. } => 7,
         }
     }
 }
@@ -399,7 +411,9 @@ fn fuse(
             }
         }
         (I::GetLocal { slot: a }, Some(I::AddInt { value })) => match (at(2), call(pc + 2)) {
-            (Some(I::SetLocal { slot: b }), _) => Op::AddIntSet { a, value, b },
+            (Some(I::SetLocal { slot: b }), _) => {
+                step_loop(code, pc, a, value, b).unwrap_or(Op::AddIntSet { a, value, b })
+            }
             (_, Some((callee, 1))) => Op::LocalAddIntCall { a, value, callee },
             _ => Op::LocalAddInt { a, value },
         },
@@ -445,6 +459,35 @@ fn fuse(
             }
         }
         _ => one(),
+    }
+}
+
+/// `GetLocal a; AddInt value; SetLocal b` at `pc` as [`Op::StepLoopLL`], if `b == a`, a
+/// `Jump` follows and the loop head it jumps to compares `a` with a local.
+fn step_loop(code: &[Instr], pc: usize, a: u16, value: i32, b: u16) -> Option<Op> {
+    let step = i16::try_from(value).ok().filter(|_| b == a)?;
+    let Some(&Instr::Jump { target: head }) = code.get(pc + 3) else {
+        return None;
+    };
+    let h = head as usize;
+    match (
+        code.get(h),
+        code.get(h + 1),
+        code.get(h + 2).copied().and_then(Cmp::of_jump),
+    ) {
+        (
+            Some(&Instr::GetLocal { slot }),
+            Some(&Instr::GetLocal { slot: bound }),
+            Some((cmp, exit)),
+        ) if slot == a => Some(Op::StepLoopLL {
+            cmp,
+            a,
+            step,
+            bound,
+            head,
+            exit,
+        }),
+        _ => None,
     }
 }
 
@@ -624,14 +667,18 @@ mod tests {
                 a: 2
             }
         ));
-        assert!(matches!(
+        assert_eq!(
             ops[9],
-            Op::AddIntSet {
+            Op::StepLoopLL {
+                cmp: Cmp::Lt,
                 a: 1,
-                value: 1,
-                b: 1
+                step: 1,
+                bound: 0,
+                head: 0,
+                exit: 13
             }
-        ));
+        );
+        assert!(matches!(ops[10], Op::AddInt { value: 1 }));
         assert_eq!(
             ops[12],
             Op::LoopLL {
@@ -643,7 +690,7 @@ mod tests {
             }
         );
         assert_eq!(ops[8], Op::SetLocal { slot: 2 });
-        assert_eq!(ops.iter().map(Op::covers).max(), Some(6));
+        assert_eq!(ops.iter().map(Op::covers).max(), Some(7));
         // anything without a fast path stays as it is
         assert_eq!(
             translate(&[I::Nil {}], &[], |_| None, |_| false),

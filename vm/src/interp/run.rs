@@ -617,6 +617,33 @@ fn fast<'p>(
                     exit as usize
                 };
             }
+            Op::StepLoopLL {
+                cmp,
+                a,
+                step,
+                bound,
+                head,
+                exit,
+            } => {
+                let Some(x) = int!(loc!(a)) else { break };
+                let Some(v) = x.checked_add(i64::from(step)) else {
+                    break;
+                };
+                // The condition reads `a` after the step has stored `v` there.
+                let y = if bound == a {
+                    v
+                } else {
+                    let Some(y) = int!(loc!(bound)) else { break };
+                    y
+                };
+                charge!(7);
+                overwrite(loc!(a), Value::Int(v));
+                pc = if cmp.holds(v, y) {
+                    head as usize + 3
+                } else {
+                    exit as usize
+                };
+            }
             Op::LoopIter { slot, head, exit } => {
                 // `Jump head; IterNext exit; SetLocal slot` over a list or a range, as the
                 // `IterNext` arm (the iterable and the cursor on top of the stack).
