@@ -31,6 +31,9 @@ pub use skiff_vm::{ExecError, ExecIo, Limits, Module, Portable, Value};
 
 use cluster::{LocalCluster, RunError};
 use skiff_transport::context::CONTEXT_NATIVES;
+use skiff_vm::{Blob, BlobDebug, BlobHash, CodeStore};
+use std::cell::RefCell;
+use std::sync::Arc;
 
 /// Why a compile, load or call through the facade failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,35 @@ pub struct Engine {
     vm: skiff_vm::Engine,
     natives: Vec<String>,
     limits: Limits,
+    /// The verified code of the module run last, so that calling into the same module again
+    /// (the common case for a host) skips re-hashing and re-verifying its blobs.
+    last_code: RefCell<Option<VerifiedModule>>,
+}
+
+/// A module's blobs and debug info (the very `Arc`s, so a match means the same content) and
+/// the code store made from them.
+struct VerifiedModule {
+    blobs: Vec<(BlobHash, Arc<Blob>)>,
+    debug: Vec<(BlobHash, Arc<BlobDebug>)>,
+    store: CodeStore,
+}
+
+impl VerifiedModule {
+    /// Whether `module` holds exactly these blobs and debug info (same allocations).
+    fn is_of(&self, module: &Module) -> bool {
+        let same_blobs = self.blobs.len() == module.blobs.len()
+            && self
+                .blobs
+                .iter()
+                .zip(&module.blobs)
+                .all(|((h, b), (mh, mb))| h == mh && Arc::ptr_eq(b, mb));
+        let same_debug = self.debug.len() == module.debug.len()
+            && self
+                .debug
+                .iter()
+                .all(|(h, d)| module.debug.get(h).is_some_and(|md| Arc::ptr_eq(d, md)));
+        same_blobs && same_debug
+    }
 }
 
 impl Engine {
@@ -70,6 +102,7 @@ impl Engine {
             vm: skiff_vm::Engine::new(),
             natives: Vec::new(),
             limits,
+            last_code: RefCell::new(None),
         }
     }
 
@@ -167,11 +200,25 @@ impl Engine {
             err: Box::new(std::io::stderr()),
         });
         let mut cluster = LocalCluster::new(&self.vm, &names, self.limits.clone(), io);
-        cluster
-            .store_mut("main")
-            .expect("main exists")
+        *cluster.store_mut("main").expect("main exists") = self.verified_code(module)?;
+        Ok(cluster.run("main", func, args)?)
+    }
+
+    /// A code store holding `module`, verified: the one made for the last module if that is
+    /// this one (the store is copy-on-write, so handing it out is cheap), else a new one.
+    fn verified_code(&self, module: &Module) -> Result<CodeStore, Error> {
+        if let Some(last) = self.last_code.borrow().as_ref().filter(|v| v.is_of(module)) {
+            return Ok(last.store.clone());
+        }
+        let mut store = CodeStore::new();
+        store
             .add_module(module)
             .map_err(|e| Error::Host(e.to_string()))?;
-        Ok(cluster.run("main", func, args)?)
+        *self.last_code.borrow_mut() = Some(VerifiedModule {
+            blobs: module.blobs.iter().map(|(h, b)| (*h, b.clone())).collect(),
+            debug: module.debug.iter().map(|(h, d)| (*h, d.clone())).collect(),
+            store: store.clone(),
+        });
+        Ok(store)
     }
 }

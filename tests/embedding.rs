@@ -86,3 +86,40 @@ fn every_compile_error_is_reported() {
         other => panic!("expected compile errors, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn repeated_calls_reuse_verified_code_but_never_trust_changed_blobs() {
+    let engine = Engine::new(Limits::default());
+    let a = engine.compile("fn f(x) { x + 1 }", "a.skiff").unwrap();
+    let b = engine.compile("fn f(x) { x * 10 }", "b.skiff").unwrap();
+    // Alternating modules (and a clone, which shares the blobs) each run their own code.
+    for _ in 0..3 {
+        assert_eq!(engine.call::<i64>(&a, "f", (4,)).unwrap(), 5);
+        assert_eq!(engine.call::<i64>(&a.clone(), "f", (4,)).unwrap(), 5);
+        assert_eq!(engine.call::<i64>(&b, "f", (4,)).unwrap(), 40);
+    }
+    // A module whose blob no longer matches its hash is refused, even right after the
+    // genuine module ran (its verified code is not reused for a different blob).
+    let mut tampered = a.clone();
+    let (&hash, blob) = tampered.blobs.iter().next().unwrap();
+    let mut changed = (**blob).clone();
+    // Still valid code (`x + 2`), so only the content address can tell.
+    let mut edited = 0;
+    for function in &mut changed.functions {
+        for instr in &mut function.code {
+            if let skiff_vm::Instr::AddInt { value } = instr {
+                *value += 1;
+                edited += 1;
+            }
+        }
+    }
+    assert_eq!(
+        edited, 1,
+        "the test expects `x + 1` to compile to one AddInt"
+    );
+    tampered.blobs.insert(hash, std::sync::Arc::new(changed));
+    assert_eq!(engine.call::<i64>(&a, "f", (1,)).unwrap(), 2);
+    let err = engine.call::<i64>(&tampered, "f", (1,)).unwrap_err();
+    assert!(matches!(err, Error::Host(_)), "{err}");
+    assert_eq!(engine.call::<i64>(&a, "f", (2,)).unwrap(), 3);
+}
