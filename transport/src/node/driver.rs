@@ -191,30 +191,48 @@ async fn drive(
         closed: false,
     };
     tracing::debug!("driver started");
+    // One timer for the connection's whole life, moved to each new `poll_timeout` (a new
+    // timer per wake-up would register and cancel a timer entry for every event).
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    let mut armed_for = None;
     loop {
         d.flush().await;
         if d.closed {
             break;
         }
         let timeout = d.wire.poll_timeout();
-        let sleep = async move {
-            match timeout {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
+        if timeout != armed_for {
+            if let Some(at) = timeout {
+                sleep.as_mut().reset(at.into());
             }
-        };
+            armed_for = timeout;
+        }
+        // Everything already queued is handled before the next flush, so a burst of chunks
+        // or commands (many calls in flight) costs one flush and one timer update, not one each.
         tokio::select! {
             input = input_rx.recv() => {
                 let now = Instant::now();
-                match input {
-                    Some(Input::Data(id, data)) => d.wire.handle_stream_data(id, data, now),
-                    Some(Input::Fin(id)) => d.wire.handle_stream_finished(id, now),
-                    Some(Input::Reset(id)) => d.wire.handle_stream_reset(id, now),
-                    None => {}
+                let mut next = input;
+                while let Some(input) = next {
+                    d.input(input, now);
+                    next = input_rx.try_recv().ok();
                 }
             }
             cmd = cmds.recv() => match cmd {
-                Some(cmd) => d.command(cmd),
+                Some(cmd) => {
+                    d.command(cmd);
+                    loop {
+                        match cmds.try_recv() {
+                            Ok(cmd) => d.command(cmd),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                d.wire.close(CloseReason::Local("node stopped".into()));
+                                break;
+                            }
+                        }
+                    }
+                }
                 None => d.wire.close(CloseReason::Local("node stopped".into())),
             },
             stream = conn.accept_bi() => match stream {
@@ -225,7 +243,10 @@ async fn drive(
                 }
                 Err(e) => d.wire.handle_connection_lost(e.to_string()),
             },
-            _ = sleep => d.wire.handle_timeout(Instant::now()),
+            _ = &mut sleep, if armed_for.is_some() => {
+                armed_for = None;
+                d.wire.handle_timeout(Instant::now());
+            }
         }
     }
     // Let the writers flush the last frames (e.g. a final response) before closing.
@@ -244,6 +265,14 @@ async fn drive(
 }
 
 impl Driver {
+    fn input(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Data(id, data) => self.wire.handle_stream_data(id, data, now),
+            Input::Fin(id) => self.wire.handle_stream_finished(id, now),
+            Input::Reset(id) => self.wire.handle_stream_reset(id, now),
+        }
+    }
+
     fn command(&mut self, cmd: DriverCmd) {
         match cmd {
             DriverCmd::Call { token, opts, reply } => {
