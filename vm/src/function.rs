@@ -428,58 +428,58 @@ fn fuse(
             op: Arith::of(instr).unwrap_or(Arith::Add),
         },
         (I::Jump { target }, _) if returns(code, target) => Op::JumpReturn { target },
-        (I::Jump { target: head }, _) => {
-            let h = head as usize;
-            let cond = code.get(h + 2).copied().and_then(Cmp::of_jump);
-            match (code.get(h).copied(), code.get(h + 1).copied(), cond) {
-                (
-                    Some(I::GetLocal { slot: a }),
-                    Some(I::GetLocal { slot: b }),
-                    Some((cmp, exit)),
-                ) => Op::LoopLL {
-                    cmp,
-                    a,
-                    b,
-                    head,
-                    exit,
-                },
-                (Some(I::GetLocal { slot: a }), Some(I::Int { value }), Some((cmp, exit))) => {
-                    Op::LoopLI {
-                        cmp,
-                        a,
-                        value,
-                        head,
-                        exit,
-                    }
-                }
-                (Some(I::IterNext { target: exit }), Some(I::SetLocal { slot }), _) => {
-                    Op::LoopIter { slot, head, exit }
-                }
-                _ => one(),
-            }
-        }
+        (I::Jump { target: head }, _) => back_edge(code, head).unwrap_or_else(one),
         _ => one(),
     }
 }
 
-/// `GetLocal a; AddInt value; SetLocal b` at `pc` as [`Op::StepLoopLL`], if `b == a`, a
-/// `Jump` follows and the loop head it jumps to compares `a` with a local.
+/// `Jump head` as a loop's back edge fused with the condition or iteration step at `head`
+/// ([`Op::LoopLL`], [`Op::LoopLI`], [`Op::LoopIter`]), if `head` starts one of those.
+fn back_edge(code: &[Instr], head: u32) -> Option<Op> {
+    use Instr as I;
+    let h = head as usize;
+    let cond = code.get(h + 2).copied().and_then(Cmp::of_jump);
+    match (code.get(h).copied(), code.get(h + 1).copied(), cond) {
+        (Some(I::GetLocal { slot: a }), Some(I::GetLocal { slot: b }), Some((cmp, exit))) => {
+            Some(Op::LoopLL {
+                cmp,
+                a,
+                b,
+                head,
+                exit,
+            })
+        }
+        (Some(I::GetLocal { slot: a }), Some(I::Int { value }), Some((cmp, exit))) => {
+            Some(Op::LoopLI {
+                cmp,
+                a,
+                value,
+                head,
+                exit,
+            })
+        }
+        (Some(I::IterNext { target: exit }), Some(I::SetLocal { slot }), _) => {
+            Some(Op::LoopIter { slot, head, exit })
+        }
+        _ => None,
+    }
+}
+
+/// `GetLocal a; AddInt value; SetLocal b` at `pc` as [`Op::StepLoopLL`], if `b == a` and a
+/// `Jump` follows whose back edge ([`back_edge`]) compares `a` with a local.
 fn step_loop(code: &[Instr], pc: usize, a: u16, value: i32, b: u16) -> Option<Op> {
     let step = i16::try_from(value).ok().filter(|_| b == a)?;
-    let Some(&Instr::Jump { target: head }) = code.get(pc + 3) else {
+    let Some(&Instr::Jump { target }) = code.get(pc + 3) else {
         return None;
     };
-    let h = head as usize;
-    match (
-        code.get(h),
-        code.get(h + 1),
-        code.get(h + 2).copied().and_then(Cmp::of_jump),
-    ) {
-        (
-            Some(&Instr::GetLocal { slot }),
-            Some(&Instr::GetLocal { slot: bound }),
-            Some((cmp, exit)),
-        ) if slot == a => Some(Op::StepLoopLL {
+    match back_edge(code, target)? {
+        Op::LoopLL {
+            cmp,
+            a: slot,
+            b: bound,
+            head,
+            exit,
+        } if slot == a => Some(Op::StepLoopLL {
             cmp,
             a,
             step,

@@ -629,12 +629,9 @@ fn call_streams_may_arrive_out_of_order() {
     assert!(server.poll_event().is_none());
 }
 
-#[test]
-fn received_sidecars_are_slices_of_the_received_buffer() {
-    let now = std::time::Instant::now();
-    let mut server = lone_connection(Side::Server, Config::new("server"));
-    server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
-    let data = vec![5u8; 100_000];
+/// The frame of call 1 to `f` from `client` passing `data` as one bytes argument, and the
+/// sidecars it refers to (`data` is above the sidecar threshold in these tests).
+fn call_with_bytes(data: &[u8]) -> (Vec<u8>, Vec<skiff_wire::value::SidecarOut>) {
     let mut sidecars = Vec::new();
     let call = skiff_wire::encode_message(
         &Message::Call(skiff_wire::CallRequest {
@@ -644,11 +641,21 @@ fn received_sidecars_are_slices_of_the_received_buffer() {
             caller: "client".into(),
             hops: vec![],
             context: Portable::Nil,
-            args: vec![Portable::Bytes(Bytes::from(data.clone()))],
+            args: vec![Portable::Bytes(Bytes::copy_from_slice(data))],
         }),
         1000,
         &mut sidecars,
     );
+    (call, sidecars)
+}
+
+#[test]
+fn received_sidecars_are_slices_of_the_received_buffer() {
+    let now = std::time::Instant::now();
+    let mut server = lone_connection(Side::Server, Config::new("server"));
+    server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
+    let data = vec![5u8; 100_000];
+    let (call, sidecars) = call_with_bytes(&data);
     assert_eq!(sidecars.len(), 1);
     let mut wire = encode_sidecar(sidecars[0].hash, false, &data);
     wire.extend_from_slice(&call);
@@ -680,20 +687,7 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
     let data: Vec<u8> = (0..3 * (1 << 20) + 7)
         .map(|i: u32| (i * 31) as u8)
         .collect();
-    let mut sidecars = Vec::new();
-    let call = skiff_wire::encode_message(
-        &Message::Call(skiff_wire::CallRequest {
-            call_id: 1,
-            target: Target::Name("f".into()),
-            deadline_ms: None,
-            caller: "client".into(),
-            hops: vec![],
-            context: Portable::Nil,
-            args: vec![Portable::Bytes(Bytes::from(data.clone()))],
-        }),
-        1000,
-        &mut sidecars,
-    );
+    let (call, sidecars) = call_with_bytes(&data);
     let deliver = |server: &mut skiff_wire::Connection, stream: StreamId, sidecar: &[u8]| {
         let mut wire = encode_sidecar(sidecars[0].hash, false, sidecar);
         wire.extend_from_slice(&call);
