@@ -29,6 +29,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+/// Most queued inputs (or commands) the driver handles per wake-up before it flushes.
+const BATCH: usize = 64;
+
 /// What the node asks of a connection's driver.
 pub(crate) enum DriverCmd {
     /// Start an outgoing call; the result goes to `reply`.
@@ -208,29 +211,25 @@ async fn drive(
             }
             armed_for = timeout;
         }
-        // Everything already queued is handled before the next flush, so a burst of chunks
-        // or commands (many calls in flight) costs one flush and one timer update, not one each.
+        // What is already queued is handled before the next flush (up to `BATCH` items, so a
+        // busy peer cannot keep the driver from flushing and from its timer): a burst of
+        // chunks or commands costs one flush and one timer update, not one each.
         tokio::select! {
-            input = input_rx.recv() => {
+            Some(input) = input_rx.recv() => {
                 let now = Instant::now();
-                let mut next = input;
-                while let Some(input) = next {
+                d.input(input, now);
+                for _ in 1..BATCH {
+                    let Ok(input) = input_rx.try_recv() else { break };
                     d.input(input, now);
-                    next = input_rx.try_recv().ok();
                 }
             }
             cmd = cmds.recv() => match cmd {
                 Some(cmd) => {
                     d.command(cmd);
-                    loop {
-                        match cmds.try_recv() {
-                            Ok(cmd) => d.command(cmd),
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => {
-                                d.wire.close(CloseReason::Local("node stopped".into()));
-                                break;
-                            }
-                        }
+                    // A closed channel shows at the next `recv`, which then returns `None`.
+                    for _ in 1..BATCH {
+                        let Ok(cmd) = cmds.try_recv() else { break };
+                        d.command(cmd);
                     }
                 }
                 None => d.wire.close(CloseReason::Local("node stopped".into())),
