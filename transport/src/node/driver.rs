@@ -1,9 +1,9 @@
 //! One task per QUIC connection: moves bytes between quinn streams and one sans-IO
 //! [`skiff_wire::Connection`], and between that connection and the node.
 //!
-//! The driver owns the `Connection`; nothing else touches it. Every quinn stream has a reader
-//! task (chunks → the driver's input queue) and a writer task (the driver's transmits → the
-//! stream), so a slow stream never blocks the driver or another call. Commands from the node
+//! The driver owns the `Connection`; nothing else touches it. It also owns the connection's
+//! quinn streams and polls their reads and writes itself (`streams.rs`): no task per stream,
+//! and a slow stream still never blocks the driver or another call. Commands from the node
 //! (start a call, cancel it, respond to an incoming one) arrive on an unbounded channel; events
 //! go to the VM thread ([`VmMsg`]) or to the task waiting for an outgoing call's result.
 //!
@@ -15,9 +15,9 @@
 //! - When the connection closes, every incoming call it carried is reported cancelled to the
 //!   VM thread, which stops the execution and frees its slot.
 
+use super::streams::{Input, Streams};
 use super::vm::VmMsg;
 use super::Shared;
-use bytes::Bytes;
 use skiff_vm::Portable;
 use skiff_wire::{
     CallError, CallId, CallOptions, CloseReason, Connection, ErrorKind, Event, RemoteError, Side,
@@ -74,12 +74,6 @@ impl DriverHandle {
     }
 }
 
-enum Input {
-    Data(StreamId, Bytes),
-    Fin(StreamId),
-    Reset(StreamId),
-}
-
 fn wire_id(id: quinn::StreamId) -> StreamId {
     let side = match id.initiator() {
         quinn::Side::Client => Side::Client,
@@ -113,51 +107,14 @@ pub(crate) fn spawn(
     handle
 }
 
-fn spawn_reader(id: StreamId, mut recv: quinn::RecvStream, input: mpsc::UnboundedSender<Input>) {
-    tokio::spawn(async move {
-        loop {
-            match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    if input.send(Input::Data(id, chunk.bytes)).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    let _ = input.send(Input::Fin(id));
-                    return;
-                }
-                Err(_) => {
-                    let _ = input.send(Input::Reset(id));
-                    return;
-                }
-            }
-        }
-    });
-}
-
-fn spawn_writer(mut send: quinn::SendStream) -> mpsc::UnboundedSender<(Bytes, bool)> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, bool)>();
-    tokio::spawn(async move {
-        while let Some((data, fin)) = rx.recv().await {
-            if !data.is_empty() && send.write_chunk(data).await.is_err() {
-                return;
-            }
-            if fin {
-                let _ = send.finish();
-                return;
-            }
-        }
-    });
-    tx
-}
-
 struct Driver {
     shared: Arc<Shared>,
     handle: DriverHandle,
     side: Side,
     wire: Connection,
-    input_tx: mpsc::UnboundedSender<Input>,
-    writers: HashMap<StreamId, mpsc::UnboundedSender<(Bytes, bool)>>,
+    streams: Streams,
+    /// Index of the next stream this side opens.
+    next_open: u64,
     /// Outgoing calls: wire id → (token, waiter).
     pending: HashMap<CallId, (u64, oneshot::Sender<Result<Portable, RemoteError>>)>,
     tokens: HashMap<u64, CallId>,
@@ -179,15 +136,14 @@ async fn drive(
         shared.store.clone(),
         verifier,
     );
-    let (input_tx, mut input_rx) = mpsc::unbounded_channel();
     let conn = handle.conn.clone();
     let mut d = Driver {
         shared,
         handle,
         side,
         wire,
-        input_tx,
-        writers: HashMap::new(),
+        streams: Streams::default(),
+        next_open: 0,
         pending: HashMap::new(),
         tokens: HashMap::new(),
         incoming: Default::default(),
@@ -199,6 +155,7 @@ async fn drive(
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
     let mut armed_for = None;
+    let mut inputs = Vec::with_capacity(BATCH);
     loop {
         d.flush().await;
         if d.closed {
@@ -215,11 +172,9 @@ async fn drive(
         // busy peer cannot keep the driver from flushing and from its timer): a burst of
         // chunks or commands costs one flush and one timer update, not one each.
         tokio::select! {
-            Some(input) = input_rx.recv() => {
+            () = std::future::poll_fn(|cx| d.streams.poll_inputs(cx, &mut inputs, BATCH)) => {
                 let now = Instant::now();
-                d.input(input, now);
-                for _ in 1..BATCH {
-                    let Ok(input) = input_rx.try_recv() else { break };
+                for input in inputs.drain(..) {
                     d.input(input, now);
                 }
             }
@@ -235,11 +190,7 @@ async fn drive(
                 None => d.wire.close(CloseReason::Local("node stopped".into())),
             },
             stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => {
-                    let id = wire_id(recv.id());
-                    d.writers.insert(id, spawn_writer(send));
-                    spawn_reader(id, recv, d.input_tx.clone());
-                }
+                Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
                 Err(e) => d.wire.handle_connection_lost(e.to_string()),
             },
             _ = &mut sleep, if armed_for.is_some() => {
@@ -248,8 +199,6 @@ async fn drive(
             }
         }
     }
-    // Let the writers flush the last frames (e.g. a final response) before closing.
-    d.writers.clear();
     d.shared.forget_driver(&d.handle);
     let reason = d
         .wire
@@ -257,7 +206,9 @@ async fn drive(
         .map(|r| r.to_string())
         .unwrap_or_default();
     tracing::debug!(%reason, "driver stopped");
+    // The last frames (e.g. a final response) are written before the connection closes.
     tokio::spawn(async move {
+        d.streams.flush_writes().await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         conn.close(quinn::VarInt::from_u32(0), b"closed");
     });
@@ -316,28 +267,27 @@ impl Driver {
             let mut progress = false;
             while let Some(t) = self.wire.poll_transmit() {
                 progress = true;
-                let writer = match self.writers.get(&t.stream) {
-                    Some(w) => w.clone(),
-                    None if t.stream.initiator() == self.side && !self.closed => {
-                        match self.handle.conn.open_bi().await {
-                            Ok((send, recv)) => {
-                                spawn_reader(t.stream, recv, self.input_tx.clone());
-                                let w = spawn_writer(send);
-                                self.writers.insert(t.stream, w.clone());
-                                w
-                            }
-                            Err(e) => {
-                                self.wire.handle_connection_lost(e.to_string());
-                                continue;
-                            }
+                if !self.streams.is_writable(t.stream) {
+                    // Only the next stream of ours is opened here (the wire numbers them in
+                    // order); anything else is a stream already finished or gone.
+                    if t.stream.initiator() != self.side
+                        || t.stream.index() != self.next_open
+                        || self.closed
+                    {
+                        continue;
+                    }
+                    match self.handle.conn.open_bi().await {
+                        Ok((send, recv)) => {
+                            self.next_open += 1;
+                            self.streams.add(t.stream, send, recv);
+                        }
+                        Err(e) => {
+                            self.wire.handle_connection_lost(e.to_string());
+                            continue;
                         }
                     }
-                    None => continue,
-                };
-                let _ = writer.send((t.data, t.fin));
-                if t.fin {
-                    self.writers.remove(&t.stream);
                 }
+                self.streams.write(t.stream, t.data, t.fin);
             }
             while let Some(event) = self.wire.poll_event() {
                 progress = true;

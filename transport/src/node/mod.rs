@@ -35,6 +35,7 @@
 
 mod driver;
 mod hop;
+mod streams;
 mod vm;
 
 use crate::context::{ContextError, ContextState, Contexts};
