@@ -85,6 +85,7 @@ fn skiff_call(args: Vec<Portable>) -> Message {
         hops: vec!["edge1".into()],
         context: Portable::Nil,
         args,
+        sealed: false,
     })
 }
 

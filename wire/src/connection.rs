@@ -96,9 +96,11 @@ pub struct Transmit {
 
 /// An encoded frame on its way out: one buffer, or a sidecar frame's 38-byte head followed
 /// by the sidecar's bytes, which go out as their own [`Transmit`] without being copied.
+/// Cloning one shares its bytes.
+#[derive(Clone)]
 enum OutFrame {
-    Whole(Vec<u8>),
-    Sidecar { head: Vec<u8>, data: Bytes },
+    Whole(Bytes),
+    Sidecar { head: Bytes, data: Bytes },
 }
 
 /// What the peer said about itself at hello.
@@ -327,6 +329,8 @@ impl RecvState {
 }
 
 struct OutCall {
+    /// The id the node knows the call by: the stream it started on.
+    id: CallId,
     call_id: u64,
     closure: Vec<BlobHash>,
     bytes: HashMap<BlobHash, Bytes>,
@@ -341,6 +345,11 @@ struct OutCall {
     /// Sidecars sent with the retain flag, awaiting evidence of receipt.
     retained_pending: Vec<SidecarHash>,
     want_rounds: u32,
+    /// The request finished our send side of the stream (nothing was offered).
+    sealed: bool,
+    /// For a sealed call that has not moved: its sidecar frames and request, to send again
+    /// on a new stream if the callee lacks blobs (`move_sealed_call`). Empty otherwise.
+    resend: Vec<OutFrame>,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
@@ -368,6 +377,9 @@ struct InCall {
     retained_pending: Vec<SidecarHash>,
     /// Over the in-flight limit: answer the request with this error.
     reject: Option<RemoteError>,
+    /// The request was sealed, or the caller's fin came while the call ran: the response
+    /// ends the call, with no evidence that it was read (docs/protocol.md §6).
+    caller_finished: bool,
 }
 
 /// The sans-IO protocol state of one connection.
@@ -389,9 +401,14 @@ pub struct Connection {
     arrived_digest: Option<SidecarHash>,
     recv: HashMap<StreamId, RecvState>,
     outgoing: HashMap<StreamId, OutCall>,
+    /// Sealed calls moved to a new stream: the call's id → the stream it runs on now.
+    moved: HashMap<CallId, StreamId>,
     incoming: HashMap<StreamId, InCall>,
-    /// Data that arrived on call streams before the peer's hello.
-    early: Vec<(StreamId, Bytes)>,
+    /// Call ids the peer cancelled on the control stream before their request arrived
+    /// (oldest first, at most `max_calls_in_flight`).
+    cancelled_unseen: VecDeque<u64>,
+    /// Data (`None`: the stream's fin) that arrived on call streams before the peer's hello.
+    early: Vec<(StreamId, Option<Bytes>)>,
     early_bytes: u64,
     peer_blobs: HashSet<BlobHash>,
     peer_sidecars: HashSet<SidecarHash>,
@@ -439,7 +456,9 @@ impl Connection {
             next_call_id: 1,
             recv: HashMap::new(),
             outgoing: HashMap::new(),
+            moved: HashMap::new(),
             incoming: HashMap::new(),
+            cancelled_unseen: VecDeque::new(),
             early: Vec::new(),
             early_bytes: 0,
             peer_blobs: HashSet::new(),
@@ -523,13 +542,13 @@ impl Connection {
     }
 
     fn emit(&mut self, stream: StreamId, data: Vec<u8>, fin: bool) {
-        self.emit_frame(stream, OutFrame::Whole(data), fin);
+        self.emit_frame(stream, OutFrame::Whole(data.into()), fin);
     }
 
     fn emit_frame(&mut self, stream: StreamId, frame: OutFrame, fin: bool) {
         let (first, rest) = match frame {
-            OutFrame::Whole(data) => (Bytes::from(data), None),
-            OutFrame::Sidecar { head, data } => (Bytes::from(head), Some(data)),
+            OutFrame::Whole(data) => (data, None),
+            OutFrame::Sidecar { head, data } => (head, Some(data)),
         };
         let len = first.len() + rest.as_ref().map_or(0, Bytes::len);
         if len > 0 {
@@ -622,7 +641,7 @@ impl Connection {
             self.stats.sidecars_sent += 1;
             self.stats.sidecar_bytes_sent += len;
             frames.push(OutFrame::Sidecar {
-                head: sidecar_frame_head(s.hash, retain, s.data.len()),
+                head: sidecar_frame_head(s.hash, retain, s.data.len()).into(),
                 data: s.data,
             });
         }
@@ -681,12 +700,15 @@ impl Connection {
             {
                 eager_total += b.len();
                 sent.insert(*h);
-                frames.push(OutFrame::Whole(self.push_frame(*h, b.clone())));
+                frames.push(OutFrame::Whole(self.push_frame(*h, b.clone()).into()));
             } else {
                 offered.push(*h);
             }
         }
         let offered_set: HashSet<BlobHash> = offered.iter().copied().collect();
+        // Nothing offered: the callee will ask for nothing, so the request finishes the
+        // stream (one flight, no trailing fin).
+        let sealed = offered.is_empty();
         if !offered.is_empty() {
             check(
                 Limit::MaxNegotiationList,
@@ -694,11 +716,9 @@ impl Connection {
                 offered.len() as u64,
             )?;
             self.stats.queries_sent += 1;
-            frames.push(OutFrame::Whole(encode_message(
-                &Message::BlobQuery(offered),
-                usize::MAX,
-                &mut Vec::new(),
-            )));
+            frames.push(OutFrame::Whole(
+                encode_message(&Message::BlobQuery(offered), usize::MAX, &mut Vec::new()).into(),
+            ));
         }
         let call_id = self.next_call_id;
         let req = CallRequest {
@@ -711,6 +731,7 @@ impl Connection {
             hops: opts.hops,
             context: opts.context,
             args: opts.args,
+            sealed,
         };
         let mut outs = Vec::new();
         let call_frame = encode_message(
@@ -724,13 +745,19 @@ impl Connection {
             (call_frame.len() - HEADER_LEN) as u64,
         )?;
         let mut pending = Vec::new();
-        frames.extend(self.sidecar_frames(outs, &mut pending));
-        frames.push(OutFrame::Whole(call_frame));
+        let mut request = self.sidecar_frames(outs, &mut pending);
+        request.push(OutFrame::Whole(call_frame.into()));
+        // A sealed request's frames are kept (shared, not copied) in case the callee lacks
+        // blobs our record says it holds: the call then moves to a new stream
+        // (`move_sealed_call`).
+        let resend = if sealed { request.clone() } else { Vec::new() };
+        frames.extend(request);
 
         self.next_call_id += 1;
         let stream = StreamId::new(self.side, self.next_local);
         self.next_local += 1;
         let mut call = OutCall {
+            id: stream,
             call_id,
             closure: order,
             bytes,
@@ -741,17 +768,72 @@ impl Connection {
             queued: Vec::new(),
             retained_pending: pending,
             want_rounds: 0,
+            sealed,
+            resend,
         };
         if self.is_established() {
-            for f in frames {
-                self.emit_frame(stream, f, false);
-            }
+            self.send_request(stream, frames, sealed);
         } else {
             call.queued = frames;
         }
         self.outgoing.insert(stream, call);
         self.recv.insert(stream, RecvState::default());
         Ok(stream)
+    }
+
+    /// Writes a call's request frames on `stream`; a sealed request finishes the stream.
+    fn send_request(&mut self, stream: StreamId, frames: Vec<OutFrame>, sealed: bool) {
+        let last = frames.len().saturating_sub(1);
+        for (i, f) in frames.into_iter().enumerate() {
+            self.emit_frame(stream, f, sealed && i == last);
+        }
+    }
+
+    /// The callee of a sealed call wants blobs our record said it held (it evicted them):
+    /// that stream is finished, so the call goes again, sealed, on a new one, the wanted
+    /// blobs (with their dependencies within the call's closure) pushed ahead of the
+    /// request. The call keeps its id. It moves once: a want on the new stream is left
+    /// unanswered, and the callee fails the call when it sees the stream finished. The
+    /// callee fails the old stream's call too; that answer is ignored.
+    fn move_sealed_call(&mut self, stream: StreamId, wanted: &[BlobHash]) {
+        let Some(mut call) = self.outgoing.remove(&stream) else {
+            return;
+        };
+        if call.resend.is_empty() {
+            self.outgoing.insert(stream, call); // moved before
+            return;
+        }
+        self.close_recv(stream);
+        let mut frames = Vec::new();
+        for h in wanted {
+            self.peer_blobs.remove(h);
+            let Some(_) = call.bytes.get(h) else { continue };
+            let order = closure([*h], |x| call.deps.get(x).cloned()).unwrap_or_default();
+            for x in order {
+                if call.sent.insert(x) {
+                    self.peer_blobs.remove(&x);
+                    if let Some(b) = call.bytes.get(&x) {
+                        frames.push(OutFrame::Whole(self.push_frame(x, b.clone()).into()));
+                    }
+                }
+            }
+        }
+        frames.append(&mut call.resend);
+        call.want_rounds += 1;
+        let moved = StreamId::new(self.side, self.next_local);
+        self.next_local += 1;
+        tracing::debug!(from = ?stream, to = ?moved, "sealed call moved: the callee lacked blobs");
+        self.send_request(moved, frames, true);
+        self.moved.insert(call.id, moved);
+        self.outgoing.insert(moved, call);
+        self.recv.insert(moved, RecvState::default());
+    }
+
+    /// Removes the outgoing call on `stream` (and its alias, if it moved there).
+    fn take_outgoing(&mut self, stream: StreamId) -> Option<OutCall> {
+        let call = self.outgoing.remove(&stream)?;
+        self.moved.remove(&call.id);
+        Some(call)
     }
 
     fn push_frame(&mut self, hash: BlobHash, blob: Bytes) -> Vec<u8> {
@@ -770,9 +852,11 @@ impl Connection {
     }
 
     /// Ends the outgoing call `id`, if still open: sends `Cancel` (unless the request is still
-    /// queued, never sent) and reports the call failed with `kind`.
+    /// queued, never sent) and reports the call failed with `kind`. The `Cancel` goes on the
+    /// call's stream, or on the control stream when the request sealed the call's stream.
     fn abandon_outgoing(&mut self, id: CallId, kind: ErrorKind, message: &str) {
-        if let Some(call) = self.outgoing.remove(&id) {
+        let stream = self.moved.get(&id).copied().unwrap_or(id);
+        if let Some(call) = self.take_outgoing(stream) {
             if call.queued.is_empty() {
                 let f = encode_message(
                     &Message::Cancel {
@@ -781,10 +865,14 @@ impl Connection {
                     usize::MAX,
                     &mut Vec::new(),
                 );
-                self.emit(id, f, true);
+                if call.sealed {
+                    self.emit(CONTROL_STREAM, f, false);
+                } else {
+                    self.emit(stream, f, true);
+                }
             }
-            self.close_recv(id);
-            self.call_failed(id, RemoteError::new(kind, message));
+            self.close_recv(stream);
+            self.call_failed(call.id, RemoteError::new(kind, message));
         }
     }
 
@@ -835,7 +923,8 @@ impl Connection {
             self.emit_frame(id, f, false);
         }
         self.emit(id, frame, true);
-        if pending.is_empty() {
+        let caller_finished = self.incoming.get(&id).is_some_and(|c| c.caller_finished);
+        if pending.is_empty() || caller_finished {
             self.incoming.remove(&id);
             self.close_recv(id);
         } else if let Some(call) = self.incoming.get_mut(&id) {
@@ -919,7 +1008,7 @@ impl Connection {
                 ));
                 return;
             }
-            self.early.push((stream, data));
+            self.early.push((stream, Some(data)));
             return;
         }
         if !self.accept_stream(stream) {
@@ -999,7 +1088,12 @@ impl Connection {
     /// The peer finished its send side of a stream.
     pub fn handle_stream_finished(&mut self, stream: StreamId, now: Instant) {
         let _ = now;
-        if let Some(call) = self.incoming.get(&stream) {
+        if self.closed.is_none() && self.peer.is_none() && stream != CONTROL_STREAM {
+            // After its early data (a sealed call may overtake hello, fin included).
+            self.early.push((stream, None));
+            return;
+        }
+        if let Some(call) = self.incoming.get_mut(&stream) {
             match call.phase {
                 Phase::Responded => {
                     // Evidence: the caller read our whole response, sidecars included.
@@ -1015,13 +1109,17 @@ impl Connection {
                         "the caller finished the stream before the call was complete",
                     ),
                 ),
-                Phase::Running => {}
+                Phase::Running => {
+                    // Nothing more will arrive (a sealed call, or a caller that gave up
+                    // waiting for its own reasons); the response then waits for nothing.
+                    call.caller_finished = true;
+                    self.close_recv(stream);
+                }
             }
-        } else if let Some(call) = self.outgoing.remove(&stream) {
-            let _ = call;
+        } else if let Some(call) = self.take_outgoing(stream) {
             self.close_recv(stream);
             self.call_failed(
-                stream,
+                call.id,
                 RemoteError::new(
                     ErrorKind::Protocol,
                     "the callee finished the stream without a response",
@@ -1035,10 +1133,10 @@ impl Connection {
         let _ = now;
         if self.incoming.contains_key(&stream) {
             self.drop_incoming(stream, ErrorKind::Cancelled);
-        } else if self.outgoing.remove(&stream).is_some() {
+        } else if let Some(call) = self.take_outgoing(stream) {
             self.close_recv(stream);
             self.call_failed(
-                stream,
+                call.id,
                 RemoteError::new(
                     ErrorKind::ConnectionLost,
                     "the callee reset the call stream",
@@ -1058,9 +1156,9 @@ impl Connection {
             return;
         }
         tracing::debug!(%reason, "closing");
-        let ids: Vec<StreamId> = self.outgoing.keys().copied().collect();
+        self.moved.clear();
+        let ids: Vec<CallId> = self.outgoing.drain().map(|(_, c)| c.id).collect();
         for id in ids {
-            self.outgoing.remove(&id);
             self.call_failed(
                 id,
                 RemoteError::new(ErrorKind::ConnectionLost, reason.to_string()),
@@ -1078,11 +1176,11 @@ impl Connection {
     /// Deadlines: expires outgoing calls (sending `Cancel`) and incoming ones (telling the
     /// node to stop and answering `deadline_exceeded`).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<StreamId> = self
+        let expired: Vec<CallId> = self
             .outgoing
-            .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
+            .values()
+            .filter(|c| c.deadline.is_some_and(|d| d <= now))
+            .map(|c| c.id)
             .collect();
         for id in expired {
             self.abandon_outgoing(
@@ -1151,6 +1249,7 @@ impl Connection {
                 deadline: None,
                 retained_pending: Vec::new(),
                 reject,
+                caller_finished: false,
             },
         );
         self.recv.insert(stream, RecvState::default());
@@ -1166,8 +1265,8 @@ impl Connection {
             self.close(CloseReason::Protocol(e.to_string()));
         } else {
             self.error_reply(stream, "limit", e.to_string(), 0);
-            if self.outgoing.remove(&stream).is_some() {
-                self.call_failed(stream, RemoteError::limit(e));
+            if let Some(call) = self.take_outgoing(stream) {
+                self.call_failed(call.id, RemoteError::limit(e));
             }
             self.close_recv(stream);
             self.finish_stream(stream);
@@ -1236,11 +1335,13 @@ impl Connection {
                 reply.code, reply.message
             )));
         }
-        if self.outgoing.remove(&stream).is_some() {
+        if let Some(call) = self.take_outgoing(stream) {
             self.close_recv(stream);
-            self.finish_stream(stream);
+            if !call.sealed {
+                self.finish_stream(stream);
+            }
             self.call_failed(
-                stream,
+                call.id,
                 RemoteError::new(
                     ErrorKind::Protocol,
                     format!("{}: {}", reply.code, reply.message),
@@ -1275,19 +1376,22 @@ impl Connection {
                     .collect();
                 ids.sort();
                 for id in ids {
-                    let frames = self
+                    let (frames, sealed) = self
                         .outgoing
                         .get_mut(&id)
-                        .map(|c| std::mem::take(&mut c.queued))
+                        .map(|c| (std::mem::take(&mut c.queued), c.sealed))
                         .unwrap_or_default();
-                    for f in frames {
-                        self.emit_frame(id, f, false);
-                    }
+                    self.send_request(id, frames, sealed);
                 }
                 for (stream, data) in std::mem::take(&mut self.early) {
-                    // Counted when it was held back.
-                    self.stats.bytes_received -= data.len() as u64;
-                    self.handle_stream_data(stream, data, now);
+                    match data {
+                        Some(data) => {
+                            // Counted when it was held back.
+                            self.stats.bytes_received -= data.len() as u64;
+                            self.handle_stream_data(stream, data, now);
+                        }
+                        None => self.handle_stream_finished(stream, now),
+                    }
                 }
             }
             Message::Hello(_) => self.error_reply(
@@ -1296,6 +1400,7 @@ impl Connection {
                 "hello was already received".into(),
                 FrameType::Hello as u8,
             ),
+            Message::Cancel { call_id } if self.peer.is_some() => self.cancel_by_call_id(call_id),
             other => {
                 let ty = frame_type_of(&other);
                 self.error_reply(
@@ -1372,6 +1477,9 @@ impl Connection {
                 let Some(call) = self.outgoing.get_mut(&stream) else {
                     return;
                 };
+                if call.sealed {
+                    return self.move_sealed_call(stream, &hashes);
+                }
                 call.want_rounds += 1;
                 // An offered hash: push exactly it. A hash we did not offer means our
                 // record of the peer was stale (it evicted the blob): push it with its
@@ -1419,7 +1527,7 @@ impl Connection {
                 }
             }
             Message::Response(resp) => {
-                let Some(call) = self.outgoing.remove(&stream) else {
+                let Some(call) = self.take_outgoing(stream) else {
                     return;
                 };
                 let ran = match &resp.result {
@@ -1432,9 +1540,12 @@ impl Connection {
                 // The callee answered on this stream: it read our sidecars.
                 self.peer_sidecars.extend(call.retained_pending);
                 self.close_recv(stream);
-                self.finish_stream(stream);
+                if !call.sealed {
+                    // Evidence for the callee that we read its response (§6).
+                    self.finish_stream(stream);
+                }
                 self.events.push_back(Event::CallResult {
-                    id: stream,
+                    id: call.id,
                     result: resp.result,
                 });
             }
@@ -1512,6 +1623,31 @@ impl Connection {
         }
     }
 
+    /// `Cancel` on the control stream: the caller sealed the call's stream, so the cancel
+    /// names the call by its id. A call whose request has not arrived yet is remembered and
+    /// dropped when it does.
+    fn cancel_by_call_id(&mut self, call_id: u64) {
+        let found = self
+            .incoming
+            .iter()
+            .find(|(_, c)| c.call_id == call_id && c.phase != Phase::Receiving)
+            .map(|(id, c)| (*id, c.phase));
+        match found {
+            Some((stream, phase)) => {
+                self.drop_incoming(stream, ErrorKind::Cancelled);
+                if phase != Phase::Responded {
+                    self.finish_stream(stream);
+                }
+            }
+            None => {
+                if self.cancelled_unseen.len() >= self.config.limits.max_calls_in_flight {
+                    self.cancelled_unseen.pop_front();
+                }
+                self.cancelled_unseen.push_back(call_id);
+            }
+        }
+    }
+
     fn on_push(&mut self, stream: StreamId, hash: BlobHash, blob: Bytes, now: Instant) {
         let limits = self.config.limits.clone();
         let Some(call) = self.incoming.get_mut(&stream) else {
@@ -1584,8 +1720,15 @@ impl Connection {
             return;
         };
         call.call_id = req.call_id;
+        call.caller_finished |= req.sealed;
         if let Some(err) = call.reject.take() {
             return self.fail_incoming(stream, err);
+        }
+        if let Some(i) = self.cancelled_unseen.iter().position(|&c| c == req.call_id) {
+            // Cancelled on the control stream before the request got here.
+            self.cancelled_unseen.remove(i);
+            self.drop_incoming(stream, ErrorKind::Cancelled);
+            return self.finish_stream(stream);
         }
         let allowed = req
             .deadline_ms

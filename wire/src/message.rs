@@ -74,6 +74,9 @@ pub struct CallRequest {
     /// Application-defined call context (e.g. trace ids); nil when unused.
     pub context: Portable,
     pub args: Vec<Portable>,
+    /// The caller finished its send side of the stream with this request: nothing more
+    /// comes on it (no blobs, no `Cancel`), and its fin is no evidence of anything.
+    pub sealed: bool,
 }
 
 /// Typed error kinds of a failed call.
@@ -366,6 +369,13 @@ struct CallHeader {
     caller: String,
     #[serde(deserialize_with = "bounded_vec")]
     hops: Vec<String>,
+    /// Sent (as a sixth element) only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    sealed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 #[derive(Serialize, Deserialize)]
@@ -442,6 +452,7 @@ pub fn encode_message(
                 deadline_ms: c.deadline_ms,
                 caller: c.caller.clone(),
                 hops: c.hops.clone(),
+                sealed: c.sealed,
             });
             encode_value_with_sidecars(&c.context, &mut p, sidecar_threshold, sidecars);
             // The args array is written directly (no intermediate Portable::List clone).
@@ -597,6 +608,7 @@ pub fn decode_message(
                 deadline_ms: h.deadline_ms,
                 caller: h.caller,
                 hops: h.hops,
+                sealed: h.sealed,
                 context,
                 args,
             }))

@@ -357,6 +357,7 @@ fn write_corpus_when_asked() {
             hops: vec!["x".into()],
             context: Portable::Nil,
             args: vec![value.clone(), Portable::Int(1)],
+            sealed: false,
         }),
         Message::Call(CallRequest {
             call_id: 2,
@@ -366,6 +367,7 @@ fn write_corpus_when_asked() {
             hops: vec![],
             context: value.clone(),
             args: vec![],
+            sealed: true,
         }),
         Message::Response(CallResponse {
             call_id: 1,

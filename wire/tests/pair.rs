@@ -56,10 +56,11 @@ fn cold_then_warm_call_negotiated() {
     assert_eq!(s.blob_bytes_sent - before.blob_bytes_sent, 0);
     assert_eq!(s.queries_sent - before.queries_sent, 0);
     assert_eq!(s.frames_sent - before.frames_sent, 1, "just the request");
-    // The request frame: 5-byte header + [id, [hash, 0], nil, "client", []] + nil + args.
+    // The request frame: 5-byte header + [id, [hash, 0], nil, "client", [], sealed] + nil +
+    // args (nothing to offer, so the request is sealed).
     let up = pair.wire_bytes.0 - wire_before.0;
     let down = pair.wire_bytes.1 - wire_before.1;
-    let expected_request = 5 + (1 + 1 + (1 + 2 + 32 + 1) + 1 + 7 + 1) + 1 + (1 + 1 + 2);
+    let expected_request = 5 + (1 + 1 + (1 + 2 + 32 + 1) + 1 + 7 + 1 + 1) + 1 + (1 + 1 + 2);
     assert_eq!(up, expected_request as u64);
     // Response: 5 + [id, nil] + [7, "x"].
     assert_eq!(down, 5 + 3 + 4);
@@ -144,10 +145,14 @@ fn stale_record_after_eviction_costs_one_more_round_trip() {
     assert_eq!(pair.client_call(CallOptions::function(entry2, args())).1, 2);
     // The client still believes the server holds program 1; it was evicted.
     assert!(pair.client.conn.peer_holds(&entry1.blob));
-    let before = pair.client.conn.stats().blob_bytes_sent;
+    let before = pair.client.conn.stats().clone();
     let (r, rtt) = pair.client_call(CallOptions::function(entry1, args()));
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(rtt, 2, "request, want, push, response");
+    // Nothing was offered, so the request was sealed: the call moved to a new stream with
+    // the wanted blobs pushed ahead of it.
+    assert_eq!(pair.client.conn.stats().queries_sent, before.queries_sent);
+    let before = before.blob_bytes_sent;
     assert_eq!(
         pair.client.conn.stats().blob_bytes_sent - before,
         size_of(&set1, &closure1)
@@ -417,29 +422,154 @@ fn sidecars_travel_beside_and_are_not_resent() {
     assert_eq!(pair.client.conn.stats().sidecar_bytes_sent, before);
 }
 
-#[test]
-fn results_carry_sidecars_back() {
-    let mut pair = Pair::default_pair();
+/// Runs one call of `entry` whose response is `out`; returns the result.
+fn respond_with(pair: &mut Pair, entry: FunctionId, out: &Bytes) -> Portable {
     pair.server.auto = Auto::Manual;
-    let (set, entry, _) = program(13, 10);
-    pair.client.source = set;
     let id = pair
         .client
         .call(CallOptions::function(entry, vec![]), pair.now);
     let inc = pair.run_until(|p| p.server.incoming());
-    let out = Bytes::from(vec![0xabu8; 200_000]);
     pair.server
         .conn
         .respond(inc.id, Ok(Portable::Bytes(out.clone())));
     let r = pair.run_until(|p| p.client.result(id));
-    assert_eq!(r.unwrap(), Portable::Bytes(out.clone()));
-    assert_eq!(pair.server.conn.stats().sidecar_bytes_sent, 200_000);
     pair.drive();
-    // After the caller finished the stream, the server knows it holds the sidecar.
+    r.unwrap()
+}
+
+#[test]
+fn results_carry_sidecars_back() {
+    // Negotiated (the caller offers its blobs), so the stream stays open until the caller
+    // has read the response: its fin is the evidence that it holds the sidecar.
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    let (set, entry, _) = program(13, 10);
+    pair.client.source = set;
+    let out = Bytes::from(vec![0xabu8; 200_000]);
+    assert_eq!(
+        respond_with(&mut pair, entry, &out),
+        Portable::Bytes(out.clone())
+    );
+    assert_eq!(pair.server.conn.stats().sidecar_bytes_sent, 200_000);
     assert!(pair
         .server
         .conn
         .peer_holds_sidecar(&skiff_wire::SidecarHash::of(&out)));
+}
+
+#[test]
+fn a_sealed_call_gives_no_evidence_for_its_response() {
+    // Eager pushes make the cold call sealed: the caller's fin went with the request, so
+    // the callee cannot know the response was read, and sends the sidecar again next time.
+    let mut pair = Pair::default_pair();
+    let (set, entry, _) = program(14, 10);
+    pair.client.source = set;
+    let out = Bytes::from(vec![0xcdu8; 150_000]);
+    for round in 1..=2u64 {
+        assert_eq!(
+            respond_with(&mut pair, entry, &out),
+            Portable::Bytes(out.clone())
+        );
+        assert_eq!(pair.server.conn.stats().sidecar_bytes_sent, round * 150_000);
+        assert!(!pair
+            .server
+            .conn
+            .peer_holds_sidecar(&skiff_wire::SidecarHash::of(&out)));
+    }
+}
+
+/// Takes what the client queued, without delivering it.
+fn take_client_transmits(pair: &mut Pair) -> Vec<skiff_wire::Transmit> {
+    std::iter::from_fn(|| pair.client.conn.poll_transmit()).collect()
+}
+
+#[test]
+fn a_call_with_nothing_to_offer_finishes_its_stream_with_the_request() {
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    let (set, entry, _) = program(17, 100);
+    pair.client.source = set;
+    // Cold and negotiated: the stream stays open for the want and the pushes.
+    let id = pair
+        .client
+        .call(CallOptions::function(entry, args()), pair.now);
+    let sent = take_client_transmits(&mut pair);
+    assert!(sent.iter().all(|t| t.stream == id && !t.fin));
+    for t in sent {
+        pair.inject_to_server(t.stream, t.data.to_vec(), t.fin);
+    }
+    assert!(pair.run_until(|p| p.client.result(id)).is_ok());
+    pair.drive();
+    // Warm: one transmit, the request, with the fin.
+    let id = pair
+        .client
+        .call(CallOptions::function(entry, args()), pair.now);
+    let sent = take_client_transmits(&mut pair);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].stream, id);
+    assert!(sent[0].fin, "sealed");
+    pair.inject_to_server(sent[0].stream, sent[0].data.to_vec(), true);
+    assert_eq!(
+        pair.run_until(|p| p.client.result(id)).unwrap(),
+        Portable::List(args())
+    );
+    // Nothing follows the response: no trailing fin from the caller.
+    pair.collect();
+    assert!(pair.client.conn.poll_transmit().is_none());
+}
+
+#[test]
+fn cancelling_a_sealed_call_goes_on_the_control_stream() {
+    let mut pair = Pair::default_pair();
+    pair.server.auto = Auto::Manual;
+    let id = pair
+        .client
+        .call(CallOptions::named("main", args()), pair.now);
+    let incoming = pair.run_until(|p| p.server.incoming());
+    pair.client.conn.cancel(id);
+    let sent = take_client_transmits(&mut pair);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].stream, StreamId(0), "the call's stream is finished");
+    assert!(!sent[0].fin, "the control stream stays open");
+    pair.inject_to_server(sent[0].stream, sent[0].data.to_vec(), false);
+    pair.collect();
+    let r = pair.client.result(id);
+    assert_eq!(r.unwrap().unwrap_err().kind, ErrorKind::Cancelled);
+    pair.drive();
+    assert!(pair.server.events.iter().any(|e| matches!(
+        e,
+        Event::CallCancelled { id, reason: ErrorKind::Cancelled } if *id == incoming.id
+    )));
+    // A late response is ignored; the connection still works.
+    pair.server.conn.respond(incoming.id, Ok(Portable::Nil));
+    assert!(pair.server.conn.poll_transmit().is_none());
+    pair.server.auto = Auto::Echo;
+    let (r, rtt) = pair.client_call(CallOptions::named("main", args()));
+    assert_eq!(r.unwrap(), Portable::List(args()));
+    assert_eq!(rtt, 1);
+}
+
+#[test]
+fn a_cancel_that_overtakes_its_sealed_call_stops_it_from_running() {
+    let mut pair = Pair::default_pair();
+    let id = pair
+        .client
+        .call(CallOptions::named("main", args()), pair.now);
+    let request = take_client_transmits(&mut pair);
+    pair.client.conn.cancel(id);
+    let cancel = take_client_transmits(&mut pair);
+    // The cancel (control stream) arrives first, then the request.
+    for t in cancel.into_iter().chain(request) {
+        pair.inject_to_server(t.stream, t.data.to_vec(), t.fin);
+    }
+    pair.drive();
+    assert!(!pair
+        .server
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::IncomingCall(_))));
+    assert_eq!(
+        pair.client.result(id).unwrap().unwrap_err().kind,
+        ErrorKind::Cancelled
+    );
 }
 
 #[test]
@@ -535,20 +665,33 @@ fn calls_queued_before_hello_and_early_call_data() {
         assert_eq!(t.stream, id);
         frames.push(t);
     }
-    assert!(!frames.is_empty());
+    // Its blobs go eagerly, nothing is offered: the held request is sealed.
+    assert!(frames.last().is_some_and(|t| t.fin));
 
-    // A server that sees call data before the client's hello holds it until hello.
+    // A server that sees call data (and its fin) before the client's hello holds it until
+    // hello.
     let mut server2 = lone_connection(Side::Server, Config::new("server"));
     for t in &frames {
         server2.handle_stream_data(t.stream, t.data.clone(), now);
+        if t.fin {
+            server2.handle_stream_finished(t.stream, now);
+        }
     }
     assert!(server2.poll_event().is_none());
     server2.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
-    let mut saw_call = false;
+    let mut call = None;
     while let Some(e) = server2.poll_event() {
-        saw_call |= matches!(e, Event::IncomingCall(_));
+        if let Event::IncomingCall(c) = e {
+            call = Some(c);
+        }
     }
-    assert!(saw_call);
+    let call = call.expect("the held call runs after hello");
+    // The held fin did not fail it: it is answered normally.
+    server2.respond(call.id, Ok(Portable::Nil));
+    let answer: Vec<_> = std::iter::from_fn(|| server2.poll_transmit())
+        .filter(|t| t.stream == id)
+        .collect();
+    assert!(answer.last().is_some_and(|t| t.fin && !t.data.is_empty()));
 }
 
 #[test]
@@ -642,6 +785,7 @@ fn call_with_bytes(data: &[u8]) -> (Vec<u8>, Vec<skiff_wire::value::SidecarOut>)
             hops: vec![],
             context: Portable::Nil,
             args: vec![Portable::Bytes(Bytes::copy_from_slice(data))],
+            sealed: false,
         }),
         1000,
         &mut sidecars,

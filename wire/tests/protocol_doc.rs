@@ -95,6 +95,7 @@ fn every_example_decodes_to_what_the_document_says() {
                 Portable::Str("hi".into()),
                 Portable::Bytes(Bytes::from_static(&[1, 2, 3])),
             ],
+            sealed: false,
         })
     );
     assert_eq!(
@@ -107,6 +108,7 @@ fn every_example_decodes_to_what_the_document_says() {
             hops: vec!["alice".into()],
             context: Portable::Nil,
             args: vec![],
+            sealed: true,
         })
     );
     assert_eq!(
