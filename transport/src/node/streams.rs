@@ -29,8 +29,17 @@ pub(super) enum Input {
     Reset(StreamId),
 }
 
-/// A completed read: the stream back, and what it gave.
-type Read = (StreamId, quinn::RecvStream, Result<Option<Bytes>, ()>);
+/// Most chunks one read takes from a stream (quinn hands them over under one lock; a bulk
+/// transfer arrives as one chunk per datagram).
+const READ_BATCH: usize = 32;
+
+/// A completed read: the stream back, and what it gave (`Some(n)`: the first `n` chunks).
+type Read = (
+    StreamId,
+    quinn::RecvStream,
+    [Bytes; READ_BATCH],
+    Result<Option<usize>, ()>,
+);
 
 /// A completed write: the stream back, and whether every byte was accepted.
 struct Written {
@@ -88,8 +97,9 @@ impl Streams {
         self.start_write(id);
     }
 
-    /// Collects up to `max` inputs that are ready (at least one, else `Pending`), completing
-    /// the writes that are ready on the way.
+    /// Collects the inputs that are ready (at least one, else `Pending`; once `max` or more
+    /// are collected, no further stream is read), completing the writes that are ready on
+    /// the way.
     pub fn poll_inputs(
         &mut self,
         cx: &mut Context<'_>,
@@ -100,17 +110,18 @@ impl Streams {
             self.written(written);
         }
         while out.len() < max {
-            let Poll::Ready(Some((id, recv, result))) = self.reads.poll_next_unpin(cx) else {
+            let Poll::Ready(Some((id, recv, chunks, result))) = self.reads.poll_next_unpin(cx)
+            else {
                 break;
             };
-            out.push(match result {
-                Ok(Some(data)) => {
+            match result {
+                Ok(Some(n)) => {
                     self.read(id, recv);
-                    Input::Data(id, data)
+                    out.extend(chunks.into_iter().take(n).map(|c| Input::Data(id, c)));
                 }
-                Ok(None) => Input::Fin(id),
-                Err(()) => Input::Reset(id),
-            });
+                Ok(None) => out.push(Input::Fin(id)),
+                Err(()) => out.push(Input::Reset(id)),
+            }
         }
         if out.is_empty() {
             Poll::Pending
@@ -130,11 +141,9 @@ impl Streams {
 
     fn read(&mut self, id: StreamId, mut recv: quinn::RecvStream) {
         self.reads.push(Box::pin(async move {
-            let result = match recv.read_chunk(usize::MAX, true).await {
-                Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
-                Err(_) => Err(()),
-            };
-            (id, recv, result)
+            let mut chunks: [Bytes; READ_BATCH] = Default::default();
+            let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
+            (id, recv, chunks, result)
         }));
     }
 
