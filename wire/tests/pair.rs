@@ -234,6 +234,22 @@ fn nested_call_across_two_connections() {
     assert_eq!(r.unwrap(), Portable::List(args()));
 }
 
+/// The caller reports `id` cancelled, and the callee stopped its `incoming` call.
+fn assert_cancelled_on_both_sides(
+    pair: &mut Pair,
+    id: skiff_wire::CallId,
+    incoming: skiff_wire::CallId,
+) {
+    pair.collect();
+    let r = pair.client.result(id);
+    assert_eq!(r.unwrap().unwrap_err().kind, ErrorKind::Cancelled);
+    pair.drive();
+    assert!(pair.server.events.iter().any(|e| matches!(
+        e,
+        Event::CallCancelled { id, reason: ErrorKind::Cancelled } if *id == incoming
+    )));
+}
+
 #[test]
 fn cancellation_reaches_the_callee_and_releases_pins() {
     let mut pair = Pair::new(no_eager("client"), no_eager("server"));
@@ -249,14 +265,7 @@ fn cancellation_reaches_the_callee_and_releases_pins() {
         assert!(pair.server.store.lock().unwrap().is_pinned(h));
     }
     pair.client.conn.cancel(id);
-    pair.collect();
-    let r = pair.client.result(id);
-    assert_eq!(r.unwrap().unwrap_err().kind, ErrorKind::Cancelled);
-    pair.drive();
-    assert!(pair.server.events.iter().any(|e| matches!(
-        e,
-        Event::CallCancelled { id, reason: ErrorKind::Cancelled } if *id == incoming.id
-    )));
+    assert_cancelled_on_both_sides(&mut pair, id, incoming.id);
     for h in &closure {
         assert!(!pair.server.store.lock().unwrap().is_pinned(h));
     }
@@ -530,14 +539,7 @@ fn cancelling_a_sealed_call_goes_on_the_control_stream() {
     assert_eq!(sent[0].stream, StreamId(0), "the call's stream is finished");
     assert!(!sent[0].fin, "the control stream stays open");
     pair.inject_to_server(sent[0].stream, sent[0].data.to_vec(), false);
-    pair.collect();
-    let r = pair.client.result(id);
-    assert_eq!(r.unwrap().unwrap_err().kind, ErrorKind::Cancelled);
-    pair.drive();
-    assert!(pair.server.events.iter().any(|e| matches!(
-        e,
-        Event::CallCancelled { id, reason: ErrorKind::Cancelled } if *id == incoming.id
-    )));
+    assert_cancelled_on_both_sides(&mut pair, id, incoming.id);
     // A late response is ignored; the connection still works.
     pair.server.conn.respond(incoming.id, Ok(Portable::Nil));
     assert!(pair.server.conn.poll_transmit().is_none());
