@@ -1001,14 +1001,7 @@ impl Connection {
         self.stats.bytes_received += data.len() as u64;
         if self.peer.is_none() && stream != CONTROL_STREAM {
             // A call stream may overtake the control stream; hold it until hello.
-            self.early_bytes += data.len() as u64;
-            if self.early_bytes > self.config.limits.max_frame as u64 {
-                self.close(CloseReason::Protocol(
-                    "too much call data before hello".into(),
-                ));
-                return;
-            }
-            self.early.push((stream, Some(data)));
+            self.hold_early(stream, Some(data));
             return;
         }
         if !self.accept_stream(stream) {
@@ -1085,12 +1078,26 @@ impl Connection {
         }
     }
 
+    /// Holds call-stream data (`None`: its fin) that overtook the peer's hello. What is held
+    /// is bounded by `max_frame` bytes, a fin counting as one byte; beyond that the peer is
+    /// misbehaving and the connection is closed.
+    fn hold_early(&mut self, stream: StreamId, data: Option<Bytes>) {
+        self.early_bytes += data.as_ref().map_or(1, |d| d.len() as u64);
+        if self.early_bytes > self.config.limits.max_frame as u64 {
+            self.close(CloseReason::Protocol(
+                "too much call data before hello".into(),
+            ));
+            return;
+        }
+        self.early.push((stream, data));
+    }
+
     /// The peer finished its send side of a stream.
     pub fn handle_stream_finished(&mut self, stream: StreamId, now: Instant) {
         let _ = now;
         if self.closed.is_none() && self.peer.is_none() && stream != CONTROL_STREAM {
             // After its early data (a sealed call may overtake hello, fin included).
-            self.early.push((stream, None));
+            self.hold_early(stream, None);
             return;
         }
         if let Some(call) = self.incoming.get_mut(&stream) {

@@ -697,6 +697,30 @@ fn calls_queued_before_hello_and_early_call_data() {
 }
 
 #[test]
+fn what_overtakes_hello_is_bounded() {
+    // Data and fins held before the peer's hello count against `max_frame` (a fin as one
+    // byte); a peer that goes past it is closed, not buffered without end.
+    let mut config = Config::new("server");
+    config.limits.max_frame = 64;
+    let mut server = lone_connection(Side::Server, config);
+    let now = std::time::Instant::now();
+    server.handle_stream_data(
+        StreamId::new(Side::Client, 1),
+        Bytes::from(vec![0; 60]),
+        now,
+    );
+    for i in 2..7 {
+        assert!(server.close_reason().is_none(), "stream {i}");
+        server.handle_stream_finished(StreamId::new(Side::Client, i), now);
+    }
+    assert!(
+        matches!(server.close_reason(), Some(CloseReason::Protocol(m)) if m.contains("before hello")),
+        "{:?}",
+        server.close_reason()
+    );
+}
+
+#[test]
 fn named_targets_pass_through() {
     let mut pair = Pair::default_pair();
     let (r, rtt) = pair.client_call(CallOptions::named("main", vec![Portable::Nil]));
