@@ -582,3 +582,37 @@ async fn a_peer_lost_mid_call_is_disconnected_and_fails_over() {
     assert!(t0.elapsed() < Duration::from_millis(2500));
     shutdown(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_negotiated_calls_than_the_peer_allows_streams_all_complete() {
+    // `a` lets a peer open 4 streams at a time (the control stream is one) and `main`
+    // negotiates every blob (no eager pushes), so the calls keep their streams open until
+    // their responses are read: 12 concurrent calls must wait for stream credit without
+    // stopping the connection from reading the responses that free it.
+    let setup = Setup {
+        tweak: |name, config| {
+            if name == "a" {
+                config.transport.max_concurrent_bidi_streams = 4;
+            } else {
+                config.wire.eager_push_max_blob = 0;
+            }
+        },
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a"], setup).await;
+    let calls = run(
+        &nodes[0],
+        r#"
+        fn twice(x) { sleep(20); x * 2 }
+        let ts = []
+        for i in 0..12 { push(ts, spawn { remote("a") [i] { twice(i) } }) }
+        await_all(ts)
+        "#,
+    );
+    let v = tokio::time::timeout(Duration::from_secs(20), calls)
+        .await
+        .expect("the calls finished")
+        .unwrap();
+    assert_eq!(v, list((0..12).map(|i| Portable::Int(2 * i)).collect()));
+    shutdown(nodes).await;
+}

@@ -9,7 +9,9 @@
 //!
 //! Invariants:
 //! - Locally opened quinn streams are opened in the order the wire numbers them, so the
-//!   stream ids both sides see agree (the client's first stream is the control stream).
+//!   stream ids both sides see agree (the client's first stream is the control stream);
+//!   opening one never blocks the driver (`streams.rs`), so waiting for the peer's stream
+//!   credit cannot stop it from reading the responses that return that credit.
 //! - Every outgoing call ends with exactly one reply to its waiter: its result, or
 //!   `connection_lost` when the connection goes away. Dropping the waiter cancels the call.
 //! - When the connection closes, every incoming call it carried is reported cancelled to the
@@ -110,11 +112,8 @@ pub(crate) fn spawn(
 struct Driver {
     shared: Arc<Shared>,
     handle: DriverHandle,
-    side: Side,
     wire: Connection,
     streams: Streams,
-    /// Index of the next stream this side opens.
-    next_open: u64,
     /// Outgoing calls: wire id → (token, waiter).
     pending: HashMap<CallId, (u64, oneshot::Sender<Result<Portable, RemoteError>>)>,
     tokens: HashMap<u64, CallId>,
@@ -140,10 +139,8 @@ async fn drive(
     let mut d = Driver {
         shared,
         handle,
-        side,
         wire,
-        streams: Streams::default(),
-        next_open: 0,
+        streams: Streams::new(conn.clone(), side),
         pending: HashMap::new(),
         tokens: HashMap::new(),
         incoming: Default::default(),
@@ -157,7 +154,7 @@ async fn drive(
     let mut armed_for = None;
     let mut inputs = Vec::with_capacity(BATCH);
     loop {
-        d.flush().await;
+        d.flush();
         if d.closed {
             break;
         }
@@ -220,6 +217,7 @@ impl Driver {
             Input::Data(id, data) => self.wire.handle_stream_data(id, data, now),
             Input::Fin(id) => self.wire.handle_stream_finished(id, now),
             Input::Reset(id) => self.wire.handle_stream_reset(id, now),
+            Input::Lost(reason) => self.wire.handle_connection_lost(reason),
         }
     }
 
@@ -262,31 +260,11 @@ impl Driver {
     }
 
     /// Writes every pending transmit and dispatches every event.
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         loop {
             let mut progress = false;
             while let Some(t) = self.wire.poll_transmit() {
                 progress = true;
-                if !self.streams.is_writable(t.stream) {
-                    // Only the next stream of ours is opened here (the wire numbers them in
-                    // order); anything else is a stream already finished or gone.
-                    if t.stream.initiator() != self.side
-                        || t.stream.index() != self.next_open
-                        || self.closed
-                    {
-                        continue;
-                    }
-                    match self.handle.conn.open_bi().await {
-                        Ok((send, recv)) => {
-                            self.next_open += 1;
-                            self.streams.add(t.stream, send, recv);
-                        }
-                        Err(e) => {
-                            self.wire.handle_connection_lost(e.to_string());
-                            continue;
-                        }
-                    }
-                }
                 self.streams.write(t.stream, t.data, t.fin);
             }
             while let Some(event) = self.wire.poll_event() {

@@ -3,9 +3,12 @@
 //! Every read and write is a future in one of two `FuturesUnordered` sets that the driver
 //! polls beside its other inputs: a stream costs no task of its own and a chunk no channel
 //! hop, and only the futures whose stream was woken are polled again. Each future owns its
-//! stream and hands it back when it completes.
+//! stream and hands it back when it completes. Opening a stream of ours is a future too, so
+//! a driver waiting for stream credit from the peer still reads the responses that free it.
 //!
 //! Invariants:
+//! - Streams of ours are opened one at a time, in the order the wire numbers them, so the
+//!   stream ids both sides see agree; bytes for a stream not open yet wait in `unopened`.
 //! - A stream has at most one read and one write in flight; bytes queued for a stream are
 //!   written in the order they were queued, and its `fin` after every byte queued before it.
 //! - A stream whose write failed (the peer stopped or reset it, the connection went away) is
@@ -14,7 +17,7 @@
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use skiff_wire::StreamId;
+use skiff_wire::{Side, StreamId};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +30,12 @@ pub(super) enum Input {
     Data(StreamId, Bytes),
     Fin(StreamId),
     Reset(StreamId),
+    /// Opening a stream failed: the connection is gone (the reason).
+    Lost(String),
 }
+
+/// A stream of ours, opened (or why not).
+type Opened = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>;
 
 /// Most chunks one read takes from a stream (quinn hands them over under one lock; a bulk
 /// transfer arrives as one chunk per datagram).
@@ -58,14 +66,38 @@ struct Outbox {
     fin: bool,
 }
 
-#[derive(Default)]
 pub(super) struct Streams {
+    conn: quinn::Connection,
+    /// The side whose streams are opened here.
+    side: Side,
     reads: FuturesUnordered<Boxed<Read>>,
     writes: FuturesUnordered<Boxed<Written>>,
     outboxes: HashMap<StreamId, Outbox>,
+    /// The stream of ours being opened, if any.
+    opening: Option<Boxed<(StreamId, Opened)>>,
+    /// Bytes (and fins) for streams of ours not open yet, in order.
+    unopened: VecDeque<(StreamId, Bytes, bool)>,
+    /// Streams of ours below this index were opened (or lost with the connection).
+    opened_below: u64,
+    /// Index of the next stream of ours the wire will name.
+    next_new: u64,
 }
 
 impl Streams {
+    pub fn new(conn: quinn::Connection, side: Side) -> Streams {
+        Streams {
+            conn,
+            side,
+            reads: FuturesUnordered::new(),
+            writes: FuturesUnordered::new(),
+            outboxes: HashMap::new(),
+            opening: None,
+            unopened: VecDeque::new(),
+            opened_below: 0,
+            next_new: 0,
+        }
+    }
+
     /// Adopts a stream: starts reading it; [`Streams::write`] writes to it.
     pub fn add(&mut self, id: StreamId, send: quinn::SendStream, recv: quinn::RecvStream) {
         self.read(id, recv);
@@ -79,14 +111,17 @@ impl Streams {
         );
     }
 
-    /// Whether `id` can still be written to.
-    pub fn is_writable(&self, id: StreamId) -> bool {
-        self.outboxes.get(&id).is_some_and(|o| !o.fin)
-    }
-
-    /// Queues `data` for `id`, then finishes it if `fin`. A stream that is not writable
-    /// ([`Streams::is_writable`]) ignores it.
+    /// Queues `data` for `id`, then finishes it if `fin`. A stream of ours named for the
+    /// first time is opened first. Ignored for a stream that is finished or gone.
     pub fn write(&mut self, id: StreamId, data: Bytes, fin: bool) {
+        if id.initiator() == self.side && id.index() >= self.opened_below {
+            if id.index() <= self.next_new {
+                self.next_new = self.next_new.max(id.index() + 1);
+                self.unopened.push_back((id, data, fin));
+                self.start_open();
+            }
+            return;
+        }
         let Some(outbox) = self.outboxes.get_mut(&id).filter(|o| !o.fin) else {
             return;
         };
@@ -106,6 +141,12 @@ impl Streams {
         out: &mut Vec<Input>,
         max: usize,
     ) -> Poll<()> {
+        while let Some(Poll::Ready((id, opened))) =
+            self.opening.as_mut().map(|f| f.as_mut().poll(cx))
+        {
+            self.opening = None;
+            self.opened(id, opened, out);
+        }
         while let Poll::Ready(Some(written)) = self.writes.poll_next_unpin(cx) {
             self.written(written);
         }
@@ -136,6 +177,40 @@ impl Streams {
         self.reads.clear();
         while let Some(written) = self.writes.next().await {
             self.written(written);
+        }
+    }
+
+    /// Starts opening the first stream in `unopened`, unless an open is under way.
+    fn start_open(&mut self) {
+        let Some(&(id, ..)) = self.unopened.front() else {
+            return;
+        };
+        if self.opening.is_none() {
+            let conn = self.conn.clone();
+            self.opening = Some(Box::pin(async move { (id, conn.open_bi().await) }));
+        }
+    }
+
+    /// Stream `id` of ours is open (or the connection is gone): writes what waited for it.
+    fn opened(&mut self, id: StreamId, opened: Opened, out: &mut Vec<Input>) {
+        match opened {
+            Ok((send, recv)) => {
+                debug_assert_eq!(send.id().index(), id.index(), "streams open in order");
+                self.opened_below = id.index() + 1;
+                self.add(id, send, recv);
+                while self.unopened.front().is_some_and(|u| u.0 == id) {
+                    if let Some((_, data, fin)) = self.unopened.pop_front() {
+                        self.write(id, data, fin);
+                    }
+                }
+                self.start_open();
+            }
+            Err(e) => {
+                // Nothing more opens on a lost connection.
+                self.opened_below = self.next_new;
+                self.unopened.clear();
+                out.push(Input::Lost(e.to_string()));
+            }
         }
     }
 
