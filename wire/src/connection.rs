@@ -31,6 +31,7 @@ use crate::message::{
     decode_message, encode_message, sidecar_frame_head, CallRequest, CallResponse, ErrorKind,
     ErrorReply, Hello, Message, MessageError, RemoteError, Target, PROTOCOL_VERSION,
 };
+use crate::pool::BufferPool;
 use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
 use crate::value::{SidecarHash, SidecarOut};
 use bytes::{Bytes, BytesMut};
@@ -241,8 +242,11 @@ pub struct Stats {
 
 #[derive(Default)]
 struct RecvState {
-    /// A partial frame (for a large one, once the buffer of its exact size exists: all of it).
+    /// A partial frame (not a large one once its buffer of exact size exists).
     buf: BytesMut,
+    /// A large partial frame, once its buffer of exact size exists (from the
+    /// [`BufferPool`]): all of it.
+    whole: Vec<u8>,
     /// A large partial frame's bytes as received, until its buffer is allocated.
     parts: Vec<Bytes>,
     parts_len: usize,
@@ -259,10 +263,11 @@ struct RecvState {
 }
 
 /// A frame of at least this many bytes is received without regrowing a buffer: its chunks are
-/// kept as they arrive until half of it is there, then copied into a buffer of its exact size,
-/// which the rest is copied into directly; so every byte is copied once and the allocation is
-/// never more than twice the bytes received (a declared length alone allocates nothing). A
-/// sidecar's data is hashed as it arrives. Smaller frames grow a buffer geometrically.
+/// kept as they arrive until half of it is there, then copied into a buffer of its exact size
+/// (reused from the config's [`BufferPool`] when one fits), which the rest is copied into
+/// directly; so every byte is copied once and the allocation is never more than twice the
+/// bytes received (a declared length alone allocates nothing). A sidecar's data is hashed as
+/// it arrives. Smaller frames grow a buffer geometrically.
 const LARGE_FRAME: usize = 1 << 20;
 
 /// Where a sidecar's data starts in its frame: frame header, then hash and flags.
@@ -271,11 +276,20 @@ const SIDECAR_DATA_AT: usize = HEADER_LEN + crate::message::SIDECAR_HEADER_LEN;
 impl RecvState {
     /// Bytes of the partial frame held.
     fn buffered(&self) -> usize {
-        self.buf.len() + self.parts_len
+        self.buf.len() + self.parts_len + self.whole.len()
+    }
+
+    /// The partial frame's bytes, once assembled.
+    fn assembled(&self) -> &[u8] {
+        if self.whole.is_empty() {
+            &self.buf
+        } else {
+            &self.whole
+        }
     }
 
     /// Adds bytes of the partial frame (never beyond `need`).
-    fn add(&mut self, data: Bytes) {
+    fn add(&mut self, data: Bytes, pool: &BufferPool) {
         // `need` reaches LARGE_FRAME only once the header has been read.
         if self.need < LARGE_FRAME {
             append(&mut self.buf, self.need, &data);
@@ -296,29 +310,44 @@ impl RecvState {
             let skip = SIDECAR_DATA_AT.saturating_sub(at).min(data.len());
             digest.update(&data[skip..]);
         }
-        if self.buf.capacity() >= self.need {
-            self.buf.extend_from_slice(&data);
+        if self.whole.capacity() >= self.need {
+            self.whole.extend_from_slice(&data);
         } else {
             self.parts_len += data.len();
             self.parts.push(data);
             if self.buffered() * 2 >= self.need {
-                self.assemble();
+                self.assemble(pool);
             }
         }
     }
 
-    /// Moves the collected parts into a buffer of the frame's exact size.
-    fn assemble(&mut self) {
+    /// Moves the collected parts of a large frame into a buffer of its exact size.
+    fn assemble(&mut self, pool: &BufferPool) {
         if self.parts.is_empty() {
             return;
         }
-        let mut whole = BytesMut::with_capacity(self.need.max(self.buffered()));
+        let mut whole = pool.take(self.need.max(self.buffered()));
         whole.extend_from_slice(&self.buf);
         for part in self.parts.drain(..) {
             whole.extend_from_slice(&part);
         }
         self.parts_len = 0;
-        self.buf = whole;
+        self.buf = BytesMut::new();
+        self.whole = whole;
+    }
+
+    /// The complete frame held (its first `len` bytes), leaving the state empty for the next.
+    fn take_frame(&mut self, len: usize, pool: &BufferPool) -> Bytes {
+        if self.whole.is_empty() {
+            self.buf.split_to(len).freeze()
+        } else {
+            debug_assert_eq!(
+                self.whole.len(),
+                len,
+                "a large frame's buffer holds one frame"
+            );
+            pool.freeze(std::mem::take(&mut self.whole))
+        }
     }
 
     /// The frame is complete: the hash of its sidecar data, if it was computed on arrival.
@@ -981,6 +1010,7 @@ impl Connection {
         if let Some(r) = self.recv.get_mut(&id) {
             r.closed = true;
             r.buf = BytesMut::new();
+            r.whole = Vec::new();
             r.parts = Vec::new();
             r.parts_len = 0;
             r.digest = None;
@@ -1011,6 +1041,7 @@ impl Connection {
         loop {
             let mut digest = None;
             let max_frame = self.config.limits.max_frame;
+            let pool = &self.config.recv_buffers;
             let Some(st) = self.recv.get_mut(&stream) else {
                 return;
             };
@@ -1028,7 +1059,7 @@ impl Connection {
                     Ok(FrameStatus::NeedMore(total)) => {
                         // All of `input` belongs to this frame.
                         st.need = total;
-                        st.add(input);
+                        st.add(input, pool);
                         return;
                     }
                     Ok(FrameStatus::Complete { ty, payload }) => {
@@ -1044,13 +1075,13 @@ impl Connection {
                     if take == 0 {
                         return;
                     }
-                    st.add(input.split_to(take));
+                    st.add(input.split_to(take), pool);
                     if st.buffered() < st.need {
                         return;
                     }
                 }
-                st.assemble();
-                match decode_frame(&st.buf, max_frame, max_sidecar) {
+                st.assemble(pool);
+                match decode_frame(st.assembled(), max_frame, max_sidecar) {
                     Err(e) => return self.stream_fatal(stream, e),
                     Ok(FrameStatus::NeedMore(total)) => {
                         // The header is complete now: it says how much the frame needs.
@@ -1059,7 +1090,7 @@ impl Connection {
                     }
                     Ok(FrameStatus::Complete { ty, payload }) => {
                         digest = st.finish_frame();
-                        let frame = st.buf.split_to(payload.end).freeze();
+                        let frame = st.take_frame(payload.end, pool);
                         (frame, ty, payload)
                     }
                 }
@@ -1295,6 +1326,13 @@ impl Connection {
             Ok(m) => m,
             Err(e) => return self.decode_error(stream, ty, e),
         };
+        if matches!(msg, Message::Call(_) | Message::Response(_)) {
+            // The one message of the stream that references its sidecars holds them now; the
+            // stream's copies would only keep their buffers alive until it closes.
+            if let Some(r) = self.recv.get_mut(&stream) {
+                r.sidecars.clear();
+            }
+        }
         if let Message::Error(reply) = msg {
             return self.on_error_reply(stream, reply);
         }

@@ -20,6 +20,7 @@
 //! - [`value`]: the hand-written Portable ↔ MessagePack codec (bin for bytes, ext for
 //!   closures, ranges and sidecar references, depth-limited).
 //! - [`message`]: the message types; serde headers (rmp-serde arrays) + value sections.
+//! - [`pool`]: receive buffers for large frames, reused once the received value is dropped.
 //! - [`store`]: the content-addressed, LRU, pinning, optionally persisted blob store.
 //! - [`connection`]: hello, negotiation, sidecars, calls both ways, cancellation, deadlines.
 //! - [`fuzz`]: fuzz targets as plain functions.
@@ -79,6 +80,7 @@ pub mod frame;
 pub mod fuzz;
 pub mod limits;
 pub mod message;
+pub mod pool;
 pub mod store;
 pub mod value;
 
@@ -92,5 +94,6 @@ pub use message::{
     decode_message, encode_message, CallRequest, CallResponse, ErrorKind, ErrorReply, Hello,
     Message, MessageError, RemoteError, Target, ALPN, PROTOCOL_VERSION,
 };
+pub use pool::BufferPool;
 pub use store::{BlobSet, BlobSource, BlobStore, SharedStore, StoreError, Verifier};
 pub use value::{SidecarHash, ValueError};

@@ -7,6 +7,7 @@
 //! - Limits are checked *before* the corresponding allocation: a frame length before the
 //!   frame buffer is reserved, a MessagePack length before the container is allocated.
 
+use crate::pool::BufferPool;
 use std::fmt;
 use std::time::Duration;
 
@@ -152,6 +153,11 @@ pub struct Config {
     pub max_call_duration: Duration,
     /// Maximum bytes of one blob accepted from the peer (default 4 MiB).
     pub max_blob_size: usize,
+    /// Where frames of 1 MiB or more (large sidecars) are received; a buffer returns to the
+    /// pool when the value received in it is dropped, so the next large frame needs no fresh
+    /// pages. Clones of this config share the pool (default: at most 512 MiB idle, e.g. the
+    /// buffers of one 256 MiB sidecar and a few smaller ones; `BufferPool::new(0)` keeps none).
+    pub recv_buffers: BufferPool,
 }
 
 impl Config {
@@ -168,6 +174,7 @@ impl Config {
             max_offences: 3,
             max_call_duration: Duration::from_secs(300),
             max_blob_size: 4 << 20,
+            recv_buffers: BufferPool::new(512 << 20),
         }
     }
 }

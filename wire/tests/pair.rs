@@ -852,7 +852,9 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
     // Above the size where the receiver collects a frame's chunks and copies them once; the
     // header arrives split, and the call frame shares the sidecar's last chunk.
     let now = std::time::Instant::now();
-    let mut server = lone_connection(Side::Server, Config::new("server"));
+    let config = Config::new("server");
+    let pool = config.recv_buffers.clone();
+    let mut server = lone_connection(Side::Server, config);
     server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
     let data: Vec<u8> = (0..3 * (1 << 20) + 7)
         .map(|i: u32| (i * 31) as u8)
@@ -883,11 +885,18 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
         })
         .expect("the call arrived");
     assert_eq!(inc.args, vec![Portable::Bytes(Bytes::from(data.clone()))]);
+    // The frame's buffer goes back to the pool once the value received in it is dropped.
+    assert_eq!(pool.idle_bytes(), 0);
+    drop(inc);
+    let idle = pool.idle_bytes();
+    assert!(idle > data.len(), "{idle}");
     // The hash computed on arrival is checked like any other: one flipped byte fails it.
     let mut tampered = data;
     tampered[2 << 20] ^= 1;
     deliver(&mut server, StreamId::new(Side::Client, 2), &tampered);
     assert_eq!(server.stats().hash_mismatches, 1);
+    // The second frame was received in the first one's buffer (no second allocation).
+    assert_eq!(pool.idle_bytes(), idle);
     assert!(
         !std::iter::from_fn(|| server.poll_event()).any(|e| matches!(e, Event::IncomingCall(_)))
     );
