@@ -23,7 +23,7 @@
 //!
 //! Invariants: an endpoint whose [`ClientAuth`] accepts any certificate binds only to a
 //! loopback address; a connection handed out by `connect` / the manager has completed a full,
-//! confirmed, mutually authenticated handshake with ALPN `skiff/1` (unless the caller changed
+//! confirmed, mutually authenticated handshake with ALPN `skiff/2` (unless the caller changed
 //! [`TransportOptions::alpn`]); at most one connection per peer is cached; a closed cached
 //! connection is never handed out.
 

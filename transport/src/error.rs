@@ -80,7 +80,7 @@ pub enum TransportError {
         /// Human-readable detail.
         reason: String,
     },
-    /// The peers share no ALPN protocol (not `skiff/1` on both sides).
+    /// The peers share no ALPN protocol (not `skiff/2` on both sides).
     #[error("ALPN mismatch (refused by {by}): {reason}")]
     AlpnMismatch {
         /// Who refused.

@@ -2,7 +2,7 @@
 //! configurations built from them.
 //!
 //! Every Skiff connection is QUIC over TLS 1.3 only, with the ring crypto provider and the
-//! ALPN protocol [`ALPN`] (`skiff/1`). Both sides always authenticate: the server requires a
+//! ALPN protocol [`ALPN`] (`skiff/2`). Both sides always authenticate: the server requires a
 //! client certificate, the client verifies the server's.
 //!
 //! Two ways to trust a peer ([`Trust`]):
@@ -40,7 +40,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use sha2::{Digest, Sha256};
 
 /// The ALPN protocol identifier every Skiff connection negotiates.
-pub const ALPN: &[u8] = b"skiff/1";
+pub const ALPN: &[u8] = skiff_wire::ALPN;
 
 /// Errors building TLS configuration or loading identities. Handshake failures are not here:
 /// they surface as [`crate::TransportError`] when dialling or accepting.

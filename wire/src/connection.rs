@@ -28,17 +28,18 @@
 use crate::frame::{decode_frame, FrameStatus, FrameType, HEADER_LEN};
 use crate::limits::{check, Config, Limit, LimitExceeded};
 use crate::message::{
-    decode_message, encode_message, sidecar_frame_head, CallRequest, CallResponse, ErrorKind,
-    ErrorReply, Hello, Message, MessageError, RemoteError, Target, PROTOCOL_VERSION,
+    decode_message, encode_message, encode_message_unhashed, sidecar_frame_head, CallRequest,
+    CallResponse, ErrorKind, ErrorReply, Hello, Message, MessageError, RemoteError, Target,
+    PROTOCOL_VERSION, SIDECAR_HEADER_LEN, SIDECAR_TRAILER_LEN,
 };
 use crate::pool::BufferPool;
 use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
-use crate::value::{SidecarHash, SidecarOut};
+use crate::value::{SidecarHash, SidecarHasher, UnhashedSidecar};
 use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Which end of the connection this is.
@@ -93,16 +94,48 @@ pub struct Transmit {
     pub stream: StreamId,
     pub data: Bytes,
     pub fin: bool,
+    /// `data` is a large sidecar's data, not hashed yet: the transport hashes it while it
+    /// writes it ([`SidecarHasher`], piece by piece before each piece is written) and reports
+    /// the hash with [`Connection::handle_sidecar_sent`]. The stream's later frames (the
+    /// sidecar's hash, then the message referencing it) wait for that; other streams do not.
+    pub report_hash: bool,
 }
 
-/// An encoded frame on its way out: one buffer, or a sidecar frame's 38-byte head followed
-/// by the sidecar's bytes, which go out as their own [`Transmit`] without being copied.
-/// Cloning one shares its bytes.
+/// A sidecar's hash once it is known: at once for a sidecar hashed before it is sent, else
+/// when the transport reports it. Shared by the frames that need it (the sidecar frame's
+/// trailer, the references in the message body, a sealed call's copy kept for a resend).
+type HashCell = Arc<OnceLock<SidecarHash>>;
+
+/// An encoded frame on its way out. Cloning one shares its bytes.
 #[derive(Clone)]
 enum OutFrame {
     Whole(Bytes),
-    Sidecar { head: Bytes, data: Bytes },
+    /// A sidecar frame: its head (frame header and flags), the caller's bytes (their own
+    /// [`Transmit`], never copied), then the hash.
+    Sidecar {
+        head: Bytes,
+        data: Bytes,
+        hash: HashCell,
+    },
+    /// A Call or Response whose references to sidecars hashed while sent are filled in when
+    /// it is written: its sidecars precede it on the stream, so their hashes are known then.
+    Body {
+        frame: Vec<u8>,
+        holes: Vec<(UnhashedSidecar, HashCell)>,
+    },
 }
+
+/// A stream whose sidecar data the transport is hashing as it sends it: the frames behind the
+/// data wait for the hash (in order, with their `fin`).
+struct Held {
+    hash: HashCell,
+    behind: VecDeque<(OutFrame, bool)>,
+}
+
+/// A sidecar of at least this many bytes is hashed while it is sent (by the transport) when
+/// nothing needs its hash first: it will not be retained and no sidecar the peer may already
+/// hold, nor another of the same message, has its length. Smaller ones are hashed at once.
+const HASH_WHILE_SENDING: usize = 1 << 20;
 
 /// What the peer said about itself at hello.
 pub type PeerInfo = Hello;
@@ -256,7 +289,7 @@ struct RecvState {
     /// The partial frame is a large one (see [`LARGE_FRAME`]).
     large: bool,
     /// SHA-256 of a large sidecar frame's data, computed as the bytes arrive.
-    digest: Option<Sha256>,
+    digest: Option<SidecarHasher>,
     sidecar_bytes: u64,
     sidecars: HashMap<SidecarHash, Bytes>,
     closed: bool,
@@ -271,12 +304,21 @@ struct RecvState {
 const LARGE_FRAME: usize = 1 << 20;
 
 /// Where a sidecar's data starts in its frame: frame header, then hash and flags.
-const SIDECAR_DATA_AT: usize = HEADER_LEN + crate::message::SIDECAR_HEADER_LEN;
+const SIDECAR_DATA_AT: usize = HEADER_LEN + SIDECAR_HEADER_LEN;
 
 impl RecvState {
     /// Bytes of the partial frame held.
     fn buffered(&self) -> usize {
         self.buf.len() + self.parts_len + self.whole.len()
+    }
+
+    /// The part of `bytes` (starting at offset `at` in the frame) that is sidecar data: after
+    /// the frame header and flags, before the hash that ends the frame.
+    fn sidecar_data_in<'a>(&self, at: usize, bytes: &'a [u8]) -> &'a [u8] {
+        let end = self.need.saturating_sub(SIDECAR_TRAILER_LEN);
+        let from = SIDECAR_DATA_AT.clamp(at, at + bytes.len()) - at;
+        let to = end.clamp(at, at + bytes.len()) - at;
+        &bytes[from..to.max(from)]
     }
 
     /// The partial frame's bytes, once assembled.
@@ -301,14 +343,16 @@ impl RecvState {
             // No parts yet: whatever arrived before is in `buf`.
             let ty = self.buf.first().or(data.first()).copied();
             if ty == Some(FrameType::Sidecar as u8) {
-                let mut digest = Sha256::new();
-                digest.update(&self.buf[SIDECAR_DATA_AT.min(self.buf.len())..]);
+                let mut digest = SidecarHasher::new();
+                digest.update(self.sidecar_data_in(0, &self.buf));
                 self.digest = Some(digest);
             }
         }
-        if let Some(digest) = &mut self.digest {
-            let skip = SIDECAR_DATA_AT.saturating_sub(at).min(data.len());
-            digest.update(&data[skip..]);
+        if self.digest.is_some() {
+            let part = self.sidecar_data_in(at, &data);
+            if let Some(digest) = &mut self.digest {
+                digest.update(part);
+            }
         }
         if self.whole.capacity() >= self.need {
             self.whole.extend_from_slice(&data);
@@ -353,7 +397,7 @@ impl RecvState {
     /// The frame is complete: the hash of its sidecar data, if it was computed on arrival.
     fn finish_frame(&mut self) -> Option<SidecarHash> {
         self.large = false;
-        self.digest.take().map(|d| SidecarHash(d.finalize().into()))
+        self.digest.take().map(SidecarHasher::finish)
     }
 }
 
@@ -448,6 +492,11 @@ pub struct Connection {
     retained_by_peer_bytes: u64,
     retained_for_peer: HashSet<SidecarHash>,
     retained_for_peer_bytes: u64,
+    /// Lengths of the sidecars in `peer_sidecars` and `retained_for_peer`: a sidecar of
+    /// another length cannot be one of them, so it needs no hash before it is sent.
+    dedup_lens: HashSet<usize>,
+    /// Streams waiting for the hash of sidecar data being sent.
+    held: HashMap<StreamId, Held>,
     offences: u32,
     closed: Option<CloseReason>,
     transmits: VecDeque<Transmit>,
@@ -498,6 +547,8 @@ impl Connection {
             retained_by_peer_bytes: 0,
             retained_for_peer: HashSet::new(),
             retained_for_peer_bytes: 0,
+            dedup_lens: HashSet::new(),
+            held: HashMap::new(),
             offences: 0,
             closed: None,
             transmits: VecDeque::new(),
@@ -575,38 +626,82 @@ impl Connection {
     }
 
     fn emit_frame(&mut self, stream: StreamId, frame: OutFrame, fin: bool) {
-        let (first, rest) = match frame {
-            OutFrame::Whole(data) => (data, None),
-            OutFrame::Sidecar { head, data } => (head, Some(data)),
-        };
-        let len = first.len() + rest.as_ref().map_or(0, Bytes::len);
-        if len > 0 {
-            self.stats.frames_sent += 1;
+        if let Some(held) = self.held.get_mut(&stream) {
+            held.behind.push_back((frame, fin));
+            return;
         }
-        self.stats.bytes_sent += len as u64;
-        match rest {
-            None => self.transmits.push_back(Transmit {
-                stream,
-                data: first,
-                fin,
-            }),
-            Some(data) => {
-                self.transmits.push_back(Transmit {
-                    stream,
-                    data: first,
-                    fin: false,
-                });
-                self.transmits.push_back(Transmit { stream, data, fin });
+        match frame {
+            OutFrame::Whole(data) => self.push_frame_bytes(stream, data, fin),
+            OutFrame::Body { mut frame, holes } => {
+                for (sidecar, hash) in holes {
+                    // Its sidecar precedes it on the stream, so the stream was held until
+                    // the hash came.
+                    debug_assert!(hash.get().is_some(), "a body is written after its sidecars");
+                    if let Some(hash) = hash.get() {
+                        sidecar.fill(&mut frame, *hash);
+                    }
+                }
+                self.push_frame_bytes(stream, frame.into(), fin);
+            }
+            OutFrame::Sidecar { head, data, hash } => {
+                self.stats.frames_sent += 1;
+                self.stats.bytes_sent += (head.len() + data.len() + SIDECAR_TRAILER_LEN) as u64;
+                self.push_transmit(stream, head, false, false);
+                match hash.get() {
+                    Some(known) => {
+                        self.push_transmit(stream, data, false, false);
+                        let trailer = Bytes::copy_from_slice(&known.0);
+                        self.push_transmit(stream, trailer, fin, false);
+                    }
+                    None => {
+                        self.push_transmit(stream, data, false, true);
+                        let mut behind = VecDeque::new();
+                        if fin {
+                            behind.push_back((OutFrame::Whole(Bytes::new()), true));
+                        }
+                        self.held.insert(stream, Held { hash, behind });
+                    }
+                }
             }
         }
     }
 
-    fn finish_stream(&mut self, stream: StreamId) {
+    fn push_frame_bytes(&mut self, stream: StreamId, data: Bytes, fin: bool) {
+        if !data.is_empty() {
+            self.stats.frames_sent += 1;
+        }
+        self.stats.bytes_sent += data.len() as u64;
+        self.push_transmit(stream, data, fin, false);
+    }
+
+    fn push_transmit(&mut self, stream: StreamId, data: Bytes, fin: bool, report_hash: bool) {
         self.transmits.push_back(Transmit {
             stream,
-            data: Bytes::new(),
-            fin: true,
+            data,
+            fin,
+            report_hash,
         });
+    }
+
+    fn finish_stream(&mut self, stream: StreamId) {
+        self.emit_frame(stream, OutFrame::Whole(Bytes::new()), true);
+    }
+
+    /// The transport wrote the data of a [`Transmit::report_hash`] transmit on `stream`:
+    /// `Some` with its SHA-256, or `None` if the stream went away first. The sidecar's hash
+    /// and the frames that waited for it follow (or, on `None`, are dropped).
+    pub fn handle_sidecar_sent(&mut self, stream: StreamId, hash: Option<SidecarHash>) {
+        let Some(held) = self.held.remove(&stream) else {
+            return;
+        };
+        let Some(hash) = hash else {
+            return;
+        };
+        let _ = held.hash.set(hash);
+        self.push_transmit(stream, Bytes::copy_from_slice(&hash.0), false, false);
+        for (frame, fin) in held.behind {
+            self.emit_frame(stream, frame, fin);
+        }
     }
 
     fn error_reply(&mut self, stream: StreamId, code: &str, message: String, frame_type: u8) {
@@ -640,40 +735,67 @@ impl Connection {
         self.peer.as_ref().map_or(u32::MAX, |p| p.max_frame) as u64
     }
 
-    /// Turns encoder-extracted sidecars into frames, skipping those the peer holds and
-    /// setting the retain flag while the peer's announced budget allows.
+    /// The frames of a Call or Response (`body`) whose values the encoder took `outs` out of:
+    /// the sidecar frames, then the body. Sidecars the peer holds are skipped; the retain
+    /// flag is set while the peer's announced budget allows; a large sidecar nothing needs
+    /// the hash of first is hashed while it is sent ([`HASH_WHILE_SENDING`]), the others now.
     fn sidecar_frames(
         &mut self,
-        outs: Vec<SidecarOut>,
+        outs: Vec<UnhashedSidecar>,
+        mut body: Vec<u8>,
         pending: &mut Vec<SidecarHash>,
     ) -> Vec<OutFrame> {
         let budget = self.peer.as_ref().map_or(0, |p| p.sidecar_retain);
         let mut frames = Vec::new();
-        for s in outs {
-            if self.peer_sidecars.contains(&s.hash) {
-                continue;
-            }
-            let len = s.data.len() as u64;
-            let retain = if self.retained_for_peer.contains(&s.hash) {
-                true
-            } else if self.retained_for_peer_bytes + len <= budget {
-                self.retained_for_peer.insert(s.hash);
-                self.retained_for_peer_bytes += len;
-                self.retained.insert(s.hash, s.data.clone());
-                true
+        let mut holes = Vec::new();
+        let mut hashed_now = HashSet::new();
+        for (i, s) in outs.iter().enumerate() {
+            let len = s.data.len();
+            let while_sending = len >= HASH_WHILE_SENDING
+                && self.retained_for_peer_bytes + len as u64 > budget
+                && !self.dedup_lens.contains(&len)
+                && !outs
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != i && o.data.len() == len);
+            let hash = HashCell::default();
+            if while_sending {
+                holes.push((s.clone(), hash.clone()));
             } else {
-                false
+                let known = SidecarHash::of(&s.data);
+                s.fill(&mut body, known);
+                if self.peer_sidecars.contains(&known) || !hashed_now.insert(known) {
+                    continue;
+                }
+                let _ = hash.set(known);
+            }
+            let retain = match hash.get() {
+                Some(h) if self.retained_for_peer.contains(h) => true,
+                Some(h) if self.retained_for_peer_bytes + len as u64 <= budget => {
+                    self.retained_for_peer.insert(*h);
+                    self.retained_for_peer_bytes += len as u64;
+                    self.dedup_lens.insert(len);
+                    self.retained.insert(*h, s.data.clone());
+                    true
+                }
+                _ => false,
             };
             if retain {
-                pending.push(s.hash);
+                pending.extend(hash.get());
             }
             self.stats.sidecars_sent += 1;
-            self.stats.sidecar_bytes_sent += len;
+            self.stats.sidecar_bytes_sent += len as u64;
             frames.push(OutFrame::Sidecar {
-                head: sidecar_frame_head(s.hash, retain, s.data.len()).into(),
-                data: s.data,
+                head: sidecar_frame_head(retain, len).into(),
+                data: s.data.clone(),
+                hash,
             });
         }
+        frames.push(if holes.is_empty() {
+            OutFrame::Whole(body.into())
+        } else {
+            OutFrame::Body { frame: body, holes }
+        });
         frames
     }
 
@@ -763,7 +885,7 @@ impl Connection {
             sealed,
         };
         let mut outs = Vec::new();
-        let call_frame = encode_message(
+        let call_frame = encode_message_unhashed(
             &Message::Call(req),
             self.config.sidecar_threshold,
             &mut outs,
@@ -774,8 +896,7 @@ impl Connection {
             (call_frame.len() - HEADER_LEN) as u64,
         )?;
         let mut pending = Vec::new();
-        let mut request = self.sidecar_frames(outs, &mut pending);
-        request.push(OutFrame::Whole(call_frame.into()));
+        let request = self.sidecar_frames(outs, call_frame, &mut pending);
         // A sealed request's frames are kept (shared, not copied) in case the callee lacks
         // blobs our record says it holds: the call then moves to a new stream
         // (`move_sealed_call`).
@@ -927,7 +1048,7 @@ impl Connection {
         let call_id = call.call_id;
         self.release_pins(id);
         let mut outs = Vec::new();
-        let mut frame = encode_message(
+        let mut frame = encode_message_unhashed(
             &Message::Response(CallResponse { call_id, result }),
             self.config.sidecar_threshold,
             &mut outs,
@@ -948,10 +1069,11 @@ impl Connection {
             );
         }
         let mut pending = Vec::new();
-        for f in self.sidecar_frames(outs, &mut pending) {
-            self.emit_frame(id, f, false);
+        let frames = self.sidecar_frames(outs, frame, &mut pending);
+        let last = frames.len() - 1;
+        for (i, f) in frames.into_iter().enumerate() {
+            self.emit_frame(id, f, i == last);
         }
-        self.emit(id, frame, true);
         let caller_finished = self.incoming.get(&id).is_some_and(|c| c.caller_finished);
         if pending.is_empty() || caller_finished {
             self.incoming.remove(&id);
@@ -1096,8 +1218,8 @@ impl Connection {
                 }
             };
             if ty == FrameType::Sidecar as u8 {
-                st.sidecar_bytes +=
-                    (payload.len() - crate::message::SIDECAR_HEADER_LEN.min(payload.len())) as u64;
+                let framing = SIDECAR_HEADER_LEN + SIDECAR_TRAILER_LEN;
+                st.sidecar_bytes += payload.len().saturating_sub(framing) as u64;
             }
             self.stats.frames_received += 1;
             self.arrived_digest = digest;
@@ -1207,6 +1329,7 @@ impl Connection {
             self.drop_incoming(id, ErrorKind::ConnectionLost);
         }
         self.recv.clear();
+        self.held.clear();
         self.closed = Some(reason.clone());
         self.events.push_back(Event::Closed(reason));
     }
@@ -1495,6 +1618,7 @@ impl Connection {
         if retain {
             // The peer keeps what it sends with the retain flag.
             self.peer_sidecars.insert(hash);
+            self.dedup_lens.insert(data.len());
         }
         if let Some(r) = self.recv.get_mut(&stream) {
             r.sidecars.insert(hash, data);

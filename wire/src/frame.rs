@@ -62,7 +62,7 @@ pub enum FrameStatus {
 }
 
 /// Decodes the frame at the start of `buf`. `max_frame` limits message frames,
-/// `max_sidecar` limits sidecar payloads (data bytes, without the 33-byte sidecar header).
+/// `max_sidecar` limits sidecar payloads (data bytes, without the sidecar's flags and hash).
 pub fn decode_frame(
     buf: &[u8],
     max_frame: u32,
@@ -74,7 +74,8 @@ pub fn decode_frame(
     let ty = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as u64;
     if ty == FrameType::Sidecar as u8 {
-        let data = len.saturating_sub(crate::message::SIDECAR_HEADER_LEN as u64);
+        use crate::message::{SIDECAR_HEADER_LEN, SIDECAR_TRAILER_LEN};
+        let data = len.saturating_sub((SIDECAR_HEADER_LEN + SIDECAR_TRAILER_LEN) as u64);
         crate::limits::check(Limit::MaxSidecarBytesPerCall, max_sidecar, data)?;
     } else {
         crate::limits::check(Limit::MaxFrame, max_frame as u64, len)?;

@@ -34,8 +34,10 @@
 //! [`Connection::handle_stream_reset`], [`Connection::handle_timeout`] at
 //! [`Connection::poll_timeout`]), then drain [`Connection::poll_transmit`] (open a QUIC
 //! bidirectional stream the first time it names a locally-initiated [`StreamId`]; write
-//! `data`; finish the stream if `fin`) and [`Connection::poll_event`]. Here the "network" is
-//! two in-memory queues:
+//! `data`; finish the stream if `fin`; if [`Transmit::report_hash`], hash `data` with a
+//! [`SidecarHasher`] while writing it and report the hash with
+//! [`Connection::handle_sidecar_sent`]) and [`Connection::poll_event`]. Here the "network"
+//! is two in-memory queues:
 //!
 //! ```
 //! use skiff_wire::*;
@@ -53,6 +55,9 @@
 //! let mut result = None;
 //! for _ in 0..10 {
 //!     while let Some(t) = a.poll_transmit() {
+//!         if t.report_hash {
+//!             a.handle_sidecar_sent(t.stream, Some(SidecarHash::of(&t.data)));
+//!         }
 //!         b.handle_stream_data(t.stream, t.data, now);
 //!         if t.fin { b.handle_stream_finished(t.stream, now) }
 //!     }
@@ -62,6 +67,9 @@
 //!         }
 //!     }
 //!     while let Some(t) = b.poll_transmit() {
+//!         if t.report_hash {
+//!             b.handle_sidecar_sent(t.stream, Some(SidecarHash::of(&t.data)));
+//!         }
 //!         a.handle_stream_data(t.stream, t.data, now);
 //!         if t.fin { a.handle_stream_finished(t.stream, now) }
 //!     }
@@ -96,4 +104,4 @@ pub use message::{
 };
 pub use pool::BufferPool;
 pub use store::{BlobSet, BlobSource, BlobStore, SharedStore, StoreError, Verifier};
-pub use value::{SidecarHash, ValueError};
+pub use value::{SidecarHash, SidecarHasher, ValueError};

@@ -19,8 +19,8 @@
 use crate::frame::{put_header, FrameType};
 use crate::limits::{check, Limit, LimitExceeded, Limits};
 use crate::value::{
-    decode_value_at, encode_value_with_sidecars, object_len, SidecarHash, SidecarLookup,
-    SidecarOut, ValueError,
+    decode_value_at, encode_value_unhashed, hash_sidecars, object_len, SidecarHash, SidecarLookup,
+    SidecarOut, UnhashedSidecar, ValueError,
 };
 use bytes::Bytes;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -30,11 +30,14 @@ use skiff_vm::{BlobHash, FunctionId, Portable};
 use std::fmt;
 
 /// The protocol version this build speaks (checked at hello).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The ALPN protocol id.
-pub const ALPN: &[u8] = b"skiff/1";
-/// Bytes before the data in a sidecar frame payload: hash (32) + flags (1).
-pub const SIDECAR_HEADER_LEN: usize = 33;
+pub const ALPN: &[u8] = b"skiff/2";
+/// Bytes before the data in a sidecar frame payload: flags (1).
+pub const SIDECAR_HEADER_LEN: usize = 1;
+/// Bytes after the data in a sidecar frame payload: the data's SHA-256 (32). It comes last so
+/// that a sender can hash the data while it sends it.
+pub const SIDECAR_TRAILER_LEN: usize = 32;
 /// Sidecar flag: the receiver retains this sidecar for the rest of the connection.
 pub const SIDECAR_RETAIN: u8 = 0x01;
 /// Largest pre-allocation of a decoded sequence, in elements.
@@ -440,6 +443,38 @@ pub fn encode_message(
     sidecar_threshold: usize,
     sidecars: &mut Vec<SidecarOut>,
 ) -> Vec<u8> {
+    let mut unhashed = Vec::new();
+    let mut out = encode_message_unhashed(msg, sidecar_threshold, &mut unhashed);
+    hash_sidecars(unhashed, &mut out, sidecars);
+    out
+}
+
+/// Like [`encode_message`], without hashing the sidecars: their references in the frame hold
+/// zeros where the hash goes, at the offsets (in the returned frame) each
+/// [`UnhashedSidecar`] lists.
+pub fn encode_message_unhashed(
+    msg: &Message,
+    sidecar_threshold: usize,
+    sidecars: &mut Vec<UnhashedSidecar>,
+) -> Vec<u8> {
+    let first_new = sidecars.len();
+    let refs_before: Vec<usize> = sidecars.iter().map(|s| s.refs.len()).collect();
+    let out = encode_payload(msg, sidecar_threshold, sidecars);
+    // References were recorded in the payload; the frame header precedes it.
+    for (i, s) in sidecars.iter_mut().enumerate() {
+        let first = if i < first_new { refs_before[i] } else { 0 };
+        for at in &mut s.refs[first..] {
+            *at += crate::frame::HEADER_LEN;
+        }
+    }
+    out
+}
+
+fn encode_payload(
+    msg: &Message,
+    sidecar_threshold: usize,
+    sidecars: &mut Vec<UnhashedSidecar>,
+) -> Vec<u8> {
     match msg {
         Message::Hello(h) => frame(FrameType::Hello, &header(h)),
         Message::Call(c) => {
@@ -454,11 +489,11 @@ pub fn encode_message(
                 hops: c.hops.clone(),
                 sealed: c.sealed,
             });
-            encode_value_with_sidecars(&c.context, &mut p, sidecar_threshold, sidecars);
+            encode_value_unhashed(&c.context, &mut p, sidecar_threshold, sidecars);
             // The args array is written directly (no intermediate Portable::List clone).
             let _ = rmp::encode::write_array_len(&mut p, c.args.len() as u32);
             for a in &c.args {
-                encode_value_with_sidecars(a, &mut p, sidecar_threshold, sidecars);
+                encode_value_unhashed(a, &mut p, sidecar_threshold, sidecars);
             }
             frame(FrameType::Call, &p)
         }
@@ -478,7 +513,7 @@ pub fn encode_message(
                 call_id: r.call_id,
                 error,
             });
-            encode_value_with_sidecars(value, &mut p, sidecar_threshold, sidecars);
+            encode_value_unhashed(value, &mut p, sidecar_threshold, sidecars);
             frame(FrameType::Response, &p)
         }
         Message::BlobQuery(hs) | Message::BlobWant(hs) => {
@@ -509,18 +544,23 @@ pub fn encode_message(
 }
 
 /// Encodes a sidecar frame. (The data is copied into the frame here; a transport wanting
-/// zero-copy sends can use [`sidecar_frame_head`] and write `data` after it.)
+/// zero-copy sends writes [`sidecar_frame_head`], `data`, then the hash.)
 pub fn encode_sidecar(hash: SidecarHash, retain: bool, data: &[u8]) -> Vec<u8> {
-    let mut out = sidecar_frame_head(hash, retain, data.len());
+    let mut out = sidecar_frame_head(retain, data.len());
     out.extend_from_slice(data);
+    out.extend_from_slice(&hash.0);
     out
 }
 
-/// The frame header and sidecar header (38 bytes) of a sidecar frame carrying `len` bytes.
-pub fn sidecar_frame_head(hash: SidecarHash, retain: bool, len: usize) -> Vec<u8> {
+/// What precedes the data of a sidecar frame carrying `len` bytes: the frame header and
+/// the flags (6 bytes). The data's hash follows the data.
+pub fn sidecar_frame_head(retain: bool, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + SIDECAR_HEADER_LEN);
-    put_header(&mut out, FrameType::Sidecar as u8, len + SIDECAR_HEADER_LEN);
-    out.extend_from_slice(&hash.0);
+    put_header(
+        &mut out,
+        FrameType::Sidecar as u8,
+        SIDECAR_HEADER_LEN + len + SIDECAR_TRAILER_LEN,
+    );
     out.push(if retain { SIDECAR_RETAIN } else { 0 });
     out
 }
@@ -656,19 +696,20 @@ pub fn decode_message(
             })
         }
         FrameType::Sidecar => {
-            if p.len() < SIDECAR_HEADER_LEN {
-                return Err(malformed(fty, "shorter than its 33-byte header"));
+            if p.len() < SIDECAR_HEADER_LEN + SIDECAR_TRAILER_LEN {
+                return Err(malformed(fty, "shorter than its flags and 32-byte hash"));
             }
+            let end = p.len() - SIDECAR_TRAILER_LEN;
             let mut h = [0u8; 32];
-            h.copy_from_slice(&p[..32]);
-            let flags = p[32];
+            h.copy_from_slice(&p[end..]);
+            let flags = p[0];
             if flags & !SIDECAR_RETAIN != 0 {
                 return Err(malformed(fty, format!("unknown flags 0x{flags:02x}")));
             }
             Ok(Message::Sidecar {
                 hash: SidecarHash(h),
                 retain: flags & SIDECAR_RETAIN != 0,
-                data: payload.slice(SIDECAR_HEADER_LEN..),
+                data: payload.slice(SIDECAR_HEADER_LEN..end),
             })
         }
         FrameType::Cancel => {

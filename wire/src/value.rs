@@ -53,6 +53,24 @@ impl SidecarHash {
     }
 }
 
+/// The SHA-256 of sidecar data fed piece by piece (as it is sent or received).
+#[derive(Clone, Default)]
+pub struct SidecarHasher(Sha256);
+
+impl SidecarHasher {
+    pub fn new() -> SidecarHasher {
+        SidecarHasher::default()
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> SidecarHash {
+        SidecarHash(self.0.finalize().into())
+    }
+}
+
 impl fmt::Debug for SidecarHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sidecar#")?;
@@ -68,6 +86,26 @@ impl fmt::Debug for SidecarHash {
 pub struct SidecarOut {
     pub hash: SidecarHash,
     pub data: Bytes,
+}
+
+/// A sidecar the encoder took out of a value without hashing it: its bytes, and where in the
+/// output each reference to it keeps the 32 bytes of its hash (zeros until
+/// [`UnhashedSidecar::fill`]). A connection hashes a large sidecar while sending it and fills
+/// the references in afterwards.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnhashedSidecar {
+    pub data: Bytes,
+    /// Offsets of the hash bytes of each reference, in the output the encoder wrote to.
+    pub refs: Vec<usize>,
+}
+
+impl UnhashedSidecar {
+    /// Writes `hash` into every reference to this sidecar in `out`.
+    pub fn fill(&self, out: &mut [u8], hash: SidecarHash) {
+        for &at in &self.refs {
+            out[at..at + 32].copy_from_slice(&hash.0);
+        }
+    }
 }
 
 /// Why a value could not be decoded.
@@ -124,6 +162,36 @@ pub fn encode_value_with_sidecars(
     threshold: usize,
     sidecars: &mut Vec<SidecarOut>,
 ) {
+    let mut unhashed = Vec::new();
+    encode_value_unhashed(value, out, threshold, &mut unhashed);
+    hash_sidecars(unhashed, out, sidecars);
+}
+
+/// Hashes sidecars taken out of `out` unhashed, fills in their references and appends them
+/// (deduplicated by hash) to `sidecars`.
+pub fn hash_sidecars(
+    unhashed: Vec<UnhashedSidecar>,
+    out: &mut [u8],
+    sidecars: &mut Vec<SidecarOut>,
+) {
+    for s in unhashed {
+        let hash = SidecarHash::of(&s.data);
+        s.fill(out, hash);
+        if !sidecars.iter().any(|o| o.hash == hash) {
+            sidecars.push(SidecarOut { hash, data: s.data });
+        }
+    }
+}
+
+/// Like [`encode_value_with_sidecars`], without hashing: each sidecar's references hold
+/// zeros where the hash goes. The same bytes (the same buffer, not merely equal contents)
+/// referenced twice are one sidecar.
+pub fn encode_value_unhashed(
+    value: &Portable,
+    out: &mut Vec<u8>,
+    threshold: usize,
+    sidecars: &mut Vec<UnhashedSidecar>,
+) {
     // Writes into a Vec cannot fail.
     encode_inner(value, out, threshold, sidecars);
 }
@@ -132,7 +200,7 @@ fn encode_inner(
     value: &Portable,
     out: &mut Vec<u8>,
     threshold: usize,
-    sidecars: &mut Vec<SidecarOut>,
+    sidecars: &mut Vec<UnhashedSidecar>,
 ) {
     match value {
         Portable::Nil => {
@@ -153,17 +221,20 @@ fn encode_inner(
             let _ = enc::write_str(out, s);
         }
         Portable::Bytes(b) if b.len() >= threshold => {
-            let hash = SidecarHash::of(b);
-            if !sidecars.iter().any(|s| s.hash == hash) {
-                sidecars.push(SidecarOut {
-                    hash,
-                    data: b.clone(),
-                });
-            }
             {
                 let _ = enc::write_ext_meta(out, 40, EXT_SIDECAR);
             };
-            out.extend_from_slice(&hash.0);
+            let at = out.len();
+            let same =
+                |s: &&mut UnhashedSidecar| s.data.as_ptr() == b.as_ptr() && s.data.len() == b.len();
+            match sidecars.iter_mut().find(same) {
+                Some(s) => s.refs.push(at),
+                None => sidecars.push(UnhashedSidecar {
+                    data: b.clone(),
+                    refs: vec![at],
+                }),
+            }
+            out.extend_from_slice(&[0; 32]);
             out.extend_from_slice(&(b.len() as u64).to_be_bytes());
         }
         Portable::Bytes(b) => {
@@ -200,13 +271,22 @@ fn encode_inner(
             {
                 let _ = enc::write_array_len(&mut payload, len32(captures.len()));
             };
+            // References recorded inside `payload` move with it into `out`.
+            let refs_before: Vec<usize> = sidecars.iter().map(|s| s.refs.len()).collect();
             for c in captures {
                 encode_inner(c, &mut payload, threshold, sidecars);
             }
             {
                 let _ = enc::write_ext_meta(out, len32(payload.len()), EXT_FUNCTION);
             };
+            let base = out.len();
             out.extend_from_slice(&payload);
+            for (i, s) in sidecars.iter_mut().enumerate() {
+                let first = refs_before.get(i).copied().unwrap_or(0);
+                for at in &mut s.refs[first..] {
+                    *at += base;
+                }
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use common::*;
 use skiff_vm::{BlobHash, Portable};
 use skiff_wire::message::encode_plain;
+use skiff_wire::PROTOCOL_VERSION;
 use skiff_wire::{
     BlobStore, CallError, CallOptions, Config, ErrorKind, Limit, Message, RemoteError, Side,
     StoreError, StreamId,
@@ -88,7 +89,7 @@ fn raw_server(f: impl FnOnce(&mut Config)) -> skiff_wire::Connection {
     let mut cfg = Config::new("server");
     f(&mut cfg);
     let mut server = lone_connection(Side::Server, cfg);
-    server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now());
+    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now());
     while server.poll_transmit().is_some() {}
     while server.poll_event().is_some() {}
     server

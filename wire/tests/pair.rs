@@ -8,8 +8,10 @@ use bytes::Bytes;
 use common::*;
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use skiff_wire::message::{encode_plain, encode_sidecar};
+use skiff_wire::PROTOCOL_VERSION;
 use skiff_wire::{
-    BlobStore, CallOptions, CloseReason, Config, ErrorKind, Event, Message, Side, StreamId, Target,
+    BlobStore, CallOptions, CloseReason, Config, ErrorKind, Event, Message, Side, SidecarHash,
+    StreamId, Target,
 };
 use std::time::Duration;
 
@@ -605,7 +607,7 @@ fn version_mismatch_is_a_clear_error_at_hello() {
     assert_eq!(
         server.close_reason(),
         Some(&CloseReason::VersionMismatch {
-            ours: 1,
+            ours: PROTOCOL_VERSION,
             theirs: 99
         })
     );
@@ -680,7 +682,7 @@ fn calls_queued_before_hello_and_early_call_data() {
         }
     }
     assert!(server2.poll_event().is_none());
-    server2.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
+    server2.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
     let mut call = None;
     while let Some(e) = server2.poll_event() {
         if let Event::IncomingCall(c) = e {
@@ -823,7 +825,7 @@ fn call_with_bytes(data: &[u8]) -> (Vec<u8>, Vec<skiff_wire::value::SidecarOut>)
 fn received_sidecars_are_slices_of_the_received_buffer() {
     let now = std::time::Instant::now();
     let mut server = lone_connection(Side::Server, Config::new("server"));
-    server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
+    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
     let data = vec![5u8; 100_000];
     let (call, sidecars) = call_with_bytes(&data);
     assert_eq!(sidecars.len(), 1);
@@ -855,7 +857,7 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
     let config = Config::new("server");
     let pool = config.recv_buffers.clone();
     let mut server = lone_connection(Side::Server, config);
-    server.handle_stream_data(StreamId(0), hello_frame(1, "client"), now);
+    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
     let data: Vec<u8> = (0..3 * (1 << 20) + 7)
         .map(|i: u32| (i * 31) as u8)
         .collect();
@@ -906,7 +908,7 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
 fn sidecar_bytes_are_sent_without_a_copy() {
     let now = std::time::Instant::now();
     let mut client = lone_connection(Side::Client, Config::new("client"));
-    client.handle_stream_data(StreamId(0), hello_frame(1, "server"), now);
+    client.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "server"), now);
     let data = Bytes::from(vec![3u8; 200_000]);
     client
         .start_call(
@@ -930,4 +932,134 @@ fn connection_is_send() {
     fn is_send<T: Send>() {}
     is_send::<skiff_wire::Connection>();
     is_send::<skiff_wire::SharedStore>();
+}
+
+/// Drains `conn`'s transmits on `stream` (others are dropped).
+fn transmits_on(conn: &mut skiff_wire::Connection, stream: StreamId) -> Vec<skiff_wire::Transmit> {
+    std::iter::from_fn(|| conn.poll_transmit())
+        .filter(|t| t.stream == stream)
+        .collect()
+}
+
+#[test]
+fn a_large_sidecar_is_hashed_while_it_is_sent() {
+    // The server announced no retain budget, so nothing needs the sidecar's hash before it
+    // is sent: the transport hashes the data as it writes it, and the hash (the frame's
+    // trailer) and the request referencing it wait for that report.
+    let now = std::time::Instant::now();
+    let mut client = lone_connection(Side::Client, Config::new("client"));
+    client.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "server"), now);
+    while client.poll_transmit().is_some() {} // our hello
+    let before = client.stats().bytes_sent as usize;
+    let data = Bytes::from(
+        (0..(2 << 20) + 3)
+            .map(|i: u32| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let call = |client: &mut skiff_wire::Connection| {
+        let args = vec![Portable::Bytes(data.clone()), Portable::Int(7)];
+        client
+            .start_call(
+                CallOptions::named("f", args),
+                &skiff_wire::BlobSet::new(),
+                now,
+            )
+            .unwrap()
+    };
+    let stream = call(&mut client);
+    let first = transmits_on(&mut client, stream);
+    let last = first.last().expect("the sidecar went out");
+    assert!(last.report_hash && last.data.as_ptr() == data.as_ptr() && !last.fin);
+    assert!(first[..first.len() - 1].iter().all(|t| !t.report_hash));
+    assert!(
+        client.poll_transmit().is_none(),
+        "the request waits for the hash"
+    );
+
+    let hash = SidecarHash::of(&data);
+    client.handle_sidecar_sent(stream, Some(hash));
+    let rest = transmits_on(&mut client, stream);
+    assert_eq!(
+        &rest[0].data[..],
+        &hash.0[..],
+        "the hash ends the sidecar frame"
+    );
+    assert!(
+        rest.last().unwrap().fin,
+        "a sealed request finishes the stream"
+    );
+    let mut wire = Vec::new();
+    for t in first.iter().chain(&rest) {
+        wire.extend_from_slice(&t.data);
+    }
+    let total: usize = first.iter().chain(&rest).map(|t| t.data.len()).sum();
+    assert_eq!(client.stats().bytes_sent as usize - before, total);
+
+    // What went out is a well-formed call carrying the bytes.
+    let mut server = lone_connection(Side::Server, Config::new("server"));
+    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
+    server.handle_stream_data(stream, Bytes::from(wire.clone()), now);
+    let inc = std::iter::from_fn(|| server.poll_event())
+        .find_map(|e| match e {
+            Event::IncomingCall(c) => Some(c),
+            _ => None,
+        })
+        .expect("the call arrived");
+    assert_eq!(
+        inc.args,
+        vec![Portable::Bytes(data.clone()), Portable::Int(7)]
+    );
+
+    // A wrong hash reported by the transport reaches the receiver, which rejects it.
+    let stream2 = call(&mut client);
+    let mut wire2: Vec<u8> = transmits_on(&mut client, stream2)
+        .iter()
+        .flat_map(|t| t.data.to_vec())
+        .collect();
+    client.handle_sidecar_sent(stream2, Some(SidecarHash::of(b"something else")));
+    for t in transmits_on(&mut client, stream2) {
+        wire2.extend_from_slice(&t.data);
+    }
+    server.handle_stream_data(stream2, Bytes::from(wire2), now);
+    assert_eq!(server.stats().hash_mismatches, 1);
+
+    // A stream that went away before its sidecar was written: what waited is dropped.
+    let stream3 = call(&mut client);
+    assert!(!transmits_on(&mut client, stream3).is_empty());
+    client.handle_sidecar_sent(stream3, None);
+    assert!(client.poll_transmit().is_none());
+}
+
+#[test]
+fn large_sidecars_hashed_while_sent_travel_both_ways() {
+    // No retain budget on either side: the argument and the echoed result are both hashed
+    // while sent (the pair's transport reports the hashes as a real one does).
+    let config = |name: &str| {
+        let mut c = Config::new(name);
+        c.sidecar_retain_bytes = 0;
+        c
+    };
+    let mut pair = Pair::new(config("client"), config("server"));
+    let (set, entry, _) = program(4, 3);
+    pair.client.source = set;
+    let big = Bytes::from(
+        (0..(3 << 20) + 1)
+            .map(|i: u32| (i / 7) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let args = vec![Portable::Bytes(big.clone()), Portable::Str("tag".into())];
+    for _ in 0..2 {
+        let (r, _) = pair.client_call(CallOptions::function(entry, args.clone()));
+        assert_eq!(r.unwrap(), Portable::List(args.clone()));
+    }
+    // Nothing retained, so each call sent the bytes there and back.
+    assert_eq!(
+        pair.client.conn.stats().sidecar_bytes_sent,
+        2 * big.len() as u64
+    );
+    assert_eq!(
+        pair.server.conn.stats().sidecar_bytes_sent,
+        2 * big.len() as u64
+    );
+    assert_eq!(pair.server.conn.stats().hash_mismatches, 0);
 }

@@ -74,7 +74,7 @@ fn every_example_decodes_to_what_the_document_says() {
     assert_eq!(
         frame(&ex, "hello"),
         Message::Hello(Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             node: "alice".into(),
             capabilities: vec!["sidecar".into()],
             max_frame: 16 << 20,
@@ -196,6 +196,6 @@ fn every_example_decodes_to_what_the_document_says() {
 
 #[test]
 fn alpn_and_version_match_the_document() {
-    assert_eq!(ALPN, b"skiff/1");
-    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(ALPN, b"skiff/2");
+    assert_eq!(PROTOCOL_VERSION, 2);
 }

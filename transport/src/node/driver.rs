@@ -218,6 +218,7 @@ impl Driver {
             Input::Fin(id) => self.wire.handle_stream_finished(id, now),
             Input::Reset(id) => self.wire.handle_stream_reset(id, now),
             Input::Lost(reason) => self.wire.handle_connection_lost(reason),
+            Input::SidecarSent(id, hash) => self.wire.handle_sidecar_sent(id, hash),
         }
     }
 
@@ -265,7 +266,10 @@ impl Driver {
             let mut progress = false;
             while let Some(t) = self.wire.poll_transmit() {
                 progress = true;
-                self.streams.write(t.stream, t.data, t.fin);
+                let (stream, report_hash) = (t.stream, t.report_hash);
+                if !self.streams.write(t) && report_hash {
+                    self.wire.handle_sidecar_sent(stream, None);
+                }
             }
             while let Some(event) = self.wire.poll_event() {
                 progress = true;

@@ -14,10 +14,13 @@
 //! - A stream whose write failed (the peer stopped or reset it, the connection went away) is
 //!   forgotten: nothing more is written to it, and its read side reports the end to the wire.
 //! - Dropping a `SendStream` finishes it (quinn), so a forgotten idle stream is finished.
+//! - Sidecar data the wire wants hashed ([`Transmit::report_hash`]) is hashed piece by piece,
+//!   each piece just before it is written, and exactly one [`Input::SidecarSent`] reports it:
+//!   its hash, or `None` if not all of it was written (or the stream was gone).
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use skiff_wire::{Side, StreamId};
+use skiff_wire::{Side, SidecarHash, SidecarHasher, StreamId, Transmit};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +35,13 @@ pub(super) enum Input {
     Reset(StreamId),
     /// Opening a stream failed: the connection is gone (the reason).
     Lost(String),
+    /// Sidecar data to hash was written (its hash) or could not all be (`None`).
+    SidecarSent(StreamId, Option<SidecarHash>),
 }
+
+/// Sidecar data is hashed and written in pieces of this size, so the first bytes leave
+/// while the rest is still being hashed.
+const HASH_PIECE: usize = 256 << 10;
 
 /// A stream of ours, opened (or why not).
 type Opened = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>;
@@ -55,13 +64,15 @@ struct Written {
     send: quinn::SendStream,
     ok: bool,
     fin: bool,
+    /// The write carried sidecar data to hash: its hash, or `None` if not all was written.
+    sidecar: Option<Option<SidecarHash>>,
 }
 
 /// The send side of one stream.
 struct Outbox {
     /// `None` while a write is in flight (its future holds the stream).
     send: Option<quinn::SendStream>,
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Transmit>,
     /// Finish the stream once the queue is written.
     fin: bool,
 }
@@ -75,8 +86,8 @@ pub(super) struct Streams {
     outboxes: HashMap<StreamId, Outbox>,
     /// The stream of ours being opened, if any.
     opening: Option<Boxed<(StreamId, Opened)>>,
-    /// Bytes (and fins) for streams of ours not open yet, in order.
-    unopened: VecDeque<(StreamId, Bytes, bool)>,
+    /// What waits for streams of ours not open yet, in order.
+    unopened: VecDeque<Transmit>,
     /// Streams of ours below this index were opened (or lost with the connection).
     opened_below: u64,
     /// Index of the next stream of ours the wire will name.
@@ -111,25 +122,29 @@ impl Streams {
         );
     }
 
-    /// Queues `data` for `id`, then finishes it if `fin`. A stream of ours named for the
-    /// first time is opened first. Ignored for a stream that is finished or gone.
-    pub fn write(&mut self, id: StreamId, data: Bytes, fin: bool) {
+    /// Queues `t.data` for `t.stream`, then finishes it if `t.fin`. A stream of ours named
+    /// for the first time is opened first. For a stream that is finished or gone, nothing
+    /// is written and `false` returned.
+    pub fn write(&mut self, t: Transmit) -> bool {
+        let id = t.stream;
         if id.initiator() == self.side && id.index() >= self.opened_below {
-            if id.index() <= self.next_new {
-                self.next_new = self.next_new.max(id.index() + 1);
-                self.unopened.push_back((id, data, fin));
-                self.start_open();
+            if id.index() > self.next_new {
+                return false;
             }
-            return;
+            self.next_new = self.next_new.max(id.index() + 1);
+            self.unopened.push_back(t);
+            self.start_open();
+            return true;
         }
         let Some(outbox) = self.outboxes.get_mut(&id).filter(|o| !o.fin) else {
-            return;
+            return false;
         };
-        if !data.is_empty() {
-            outbox.queue.push_back(data);
+        outbox.fin = t.fin;
+        if !t.data.is_empty() {
+            outbox.queue.push_back(t);
         }
-        outbox.fin = fin;
         self.start_write(id);
+        true
     }
 
     /// Collects the inputs that are ready (at least one, else `Pending`; once `max` or more
@@ -148,6 +163,9 @@ impl Streams {
             self.opened(id, opened, out);
         }
         while let Poll::Ready(Some(written)) = self.writes.poll_next_unpin(cx) {
+            if let Some(hash) = written.sidecar {
+                out.push(Input::SidecarSent(written.id, hash));
+            }
             self.written(written);
         }
         while out.len() < max {
@@ -182,7 +200,7 @@ impl Streams {
 
     /// Starts opening the first stream in `unopened`, unless an open is under way.
     fn start_open(&mut self) {
-        let Some(&(id, ..)) = self.unopened.front() else {
+        let Some(id) = self.unopened.front().map(|t| t.stream) else {
             return;
         };
         if self.opening.is_none() {
@@ -198,9 +216,9 @@ impl Streams {
                 debug_assert_eq!(send.id().index(), id.index(), "streams open in order");
                 self.opened_below = id.index() + 1;
                 self.add(id, send, recv);
-                while self.unopened.front().is_some_and(|u| u.0 == id) {
-                    if let Some((_, data, fin)) = self.unopened.pop_front() {
-                        self.write(id, data, fin);
+                while self.unopened.front().is_some_and(|t| t.stream == id) {
+                    if let Some(t) = self.unopened.pop_front() {
+                        self.write(t);
                     }
                 }
                 self.start_open();
@@ -208,7 +226,9 @@ impl Streams {
             Err(e) => {
                 // Nothing more opens on a lost connection.
                 self.opened_below = self.next_new;
-                self.unopened.clear();
+                for t in self.unopened.drain(..).filter(|t| t.report_hash) {
+                    out.push(Input::SidecarSent(t.stream, None));
+                }
                 out.push(Input::Lost(e.to_string()));
             }
         }
@@ -239,10 +259,16 @@ impl Streams {
             }
             return;
         }
-        let mut chunks: Vec<Bytes> = outbox.queue.drain(..).collect();
+        let queued: Vec<Transmit> = outbox.queue.drain(..).collect();
         self.writes.push(Box::pin(async move {
-            let ok = send.write_all_chunks(&mut chunks).await.is_ok();
-            Written { id, send, ok, fin }
+            let (ok, sidecar) = write_queued(&mut send, queued).await;
+            Written {
+                id,
+                send,
+                ok,
+                fin,
+                sidecar,
+            }
         }));
     }
 
@@ -264,4 +290,38 @@ impl Streams {
             self.start_write(w.id);
         }
     }
+}
+
+/// Writes `queued` in order: whether every byte was accepted, and for sidecar data to hash
+/// (at most one per write: the wire holds the stream's later frames until its report) the
+/// report — its hash, or `None` if not all of it was written.
+async fn write_queued(
+    send: &mut quinn::SendStream,
+    queued: Vec<Transmit>,
+) -> (bool, Option<Option<SidecarHash>>) {
+    let mut plain: Vec<Bytes> = Vec::with_capacity(queued.len());
+    let mut sidecar = None;
+    for t in queued {
+        if !t.report_hash {
+            plain.push(t.data);
+            continue;
+        }
+        sidecar = Some(None);
+        if send.write_all_chunks(&mut plain).await.is_err() {
+            return (false, sidecar);
+        }
+        plain.clear();
+        let mut hasher = SidecarHasher::new();
+        let mut rest = t.data;
+        while !rest.is_empty() {
+            let piece = rest.split_to(HASH_PIECE.min(rest.len()));
+            hasher.update(&piece);
+            if send.write_chunk(piece).await.is_err() {
+                return (false, sidecar);
+            }
+        }
+        sidecar = Some(Some(hasher.finish()));
+    }
+    let ok = send.write_all_chunks(&mut plain).await.is_ok();
+    (ok, sidecar)
 }

@@ -246,6 +246,7 @@ impl Pair {
         }
         let at = self.now + self.latency;
         while let Some(t) = self.client.conn.poll_transmit() {
+            report_hash(&mut self.client.conn, &t);
             self.wire_bytes.0 += t.data.len() as u64;
             self.link.push_back(Packet {
                 at,
@@ -254,6 +255,7 @@ impl Pair {
             });
         }
         while let Some(t) = self.server.conn.poll_transmit() {
+            report_hash(&mut self.server.conn, &t);
             self.wire_bytes.1 += t.data.len() as u64;
             self.link.push_back(Packet {
                 at,
@@ -367,8 +369,17 @@ impl Pair {
                 stream,
                 data: Bytes::from(data),
                 fin,
+                report_hash: false,
             },
         });
+    }
+}
+
+/// What a transport does with a transmit of sidecar data not hashed yet: hash it as it is
+/// "sent" and report the hash, releasing the frames behind it.
+pub fn report_hash(conn: &mut Connection, t: &Transmit) {
+    if t.report_hash {
+        conn.handle_sidecar_sent(t.stream, Some(skiff_wire::SidecarHash::of(&t.data)));
     }
 }
 
