@@ -50,11 +50,12 @@ type Opened = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionEr
 /// transfer arrives as one chunk per datagram).
 const READ_BATCH: usize = 32;
 
-/// A completed read: the stream back, and what it gave (`Some(n)`: the first `n` chunks).
+/// A completed read: the stream back, and what it gave (`Some(n)`: the first `n` chunks of
+/// the buffer, which the next read of the stream reuses: a read future stays small).
 type Read = (
     StreamId,
     quinn::RecvStream,
-    [Bytes; READ_BATCH],
+    Vec<Bytes>,
     Result<Option<usize>, ()>,
 );
 
@@ -92,6 +93,9 @@ pub(super) struct Streams {
     opened_below: u64,
     /// Index of the next stream of ours the wire will name.
     next_new: u64,
+    /// Chunk buffers of streams whose reads ended (all slots empty), for the next streams:
+    /// at most one per stream read at once.
+    spare_chunks: Vec<Vec<Bytes>>,
 }
 
 impl Streams {
@@ -106,6 +110,7 @@ impl Streams {
             unopened: VecDeque::new(),
             opened_below: 0,
             next_new: 0,
+            spare_chunks: Vec::new(),
         }
     }
 
@@ -169,17 +174,27 @@ impl Streams {
             self.written(written);
         }
         while out.len() < max {
-            let Poll::Ready(Some((id, recv, chunks, result))) = self.reads.poll_next_unpin(cx)
+            let Poll::Ready(Some((id, recv, mut chunks, result))) = self.reads.poll_next_unpin(cx)
             else {
                 break;
             };
             match result {
                 Ok(Some(n)) => {
-                    self.read(id, recv);
-                    out.extend(chunks.into_iter().take(n).map(|c| Input::Data(id, c)));
+                    out.extend(
+                        chunks[..n]
+                            .iter_mut()
+                            .map(|c| Input::Data(id, std::mem::take(c))),
+                    );
+                    self.read_into(id, recv, chunks);
                 }
-                Ok(None) => out.push(Input::Fin(id)),
-                Err(()) => out.push(Input::Reset(id)),
+                Ok(None) => {
+                    out.push(Input::Fin(id));
+                    self.spare_chunks.push(chunks);
+                }
+                Err(()) => {
+                    out.push(Input::Reset(id));
+                    self.spare_chunks.push(chunks);
+                }
             }
         }
         if out.is_empty() {
@@ -234,9 +249,17 @@ impl Streams {
         }
     }
 
-    fn read(&mut self, id: StreamId, mut recv: quinn::RecvStream) {
+    fn read(&mut self, id: StreamId, recv: quinn::RecvStream) {
+        let chunks = self
+            .spare_chunks
+            .pop()
+            .unwrap_or_else(|| vec![Bytes::new(); READ_BATCH]);
+        self.read_into(id, recv, chunks);
+    }
+
+    /// Reads the next chunks of `recv` into `chunks` (`READ_BATCH` empty slots).
+    fn read_into(&mut self, id: StreamId, mut recv: quinn::RecvStream, mut chunks: Vec<Bytes>) {
         self.reads.push(Box::pin(async move {
-            let mut chunks: [Bytes; READ_BATCH] = Default::default();
             let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
             (id, recv, chunks, result)
         }));
