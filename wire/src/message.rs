@@ -19,8 +19,8 @@
 use crate::frame::{put_header, FrameType};
 use crate::limits::{check, Limit, LimitExceeded, Limits};
 use crate::value::{
-    decode_value_at, encode_value_unhashed, hash_sidecars, object_len, SidecarHash, SidecarLookup,
-    SidecarOut, UnhashedSidecar, ValueError,
+    decode_value_at, encode_value_unhashed, hash_sidecars, move_refs_since, object_len, ref_marks,
+    SidecarHash, SidecarLookup, SidecarOut, UnhashedSidecar, ValueError,
 };
 use bytes::Bytes;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -457,16 +457,10 @@ pub fn encode_message_unhashed(
     sidecar_threshold: usize,
     sidecars: &mut Vec<UnhashedSidecar>,
 ) -> Vec<u8> {
-    let first_new = sidecars.len();
-    let refs_before: Vec<usize> = sidecars.iter().map(|s| s.refs.len()).collect();
+    let marks = ref_marks(sidecars);
     let out = encode_payload(msg, sidecar_threshold, sidecars);
     // References were recorded in the payload; the frame header precedes it.
-    for (i, s) in sidecars.iter_mut().enumerate() {
-        let first = if i < first_new { refs_before[i] } else { 0 };
-        for at in &mut s.refs[first..] {
-            *at += crate::frame::HEADER_LEN;
-        }
-    }
+    move_refs_since(sidecars, &marks, crate::frame::HEADER_LEN);
     out
 }
 

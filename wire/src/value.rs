@@ -108,6 +108,23 @@ impl UnhashedSidecar {
     }
 }
 
+/// How many references each sidecar has now: taken before encoding into a buffer that will
+/// be moved, so that [`move_refs_since`] can move what was recorded in it.
+pub(crate) fn ref_marks(sidecars: &[UnhashedSidecar]) -> Vec<usize> {
+    sidecars.iter().map(|s| s.refs.len()).collect()
+}
+
+/// Adds `by` to every reference recorded since `marks` was taken (sidecars added since
+/// then: all of theirs).
+pub(crate) fn move_refs_since(sidecars: &mut [UnhashedSidecar], marks: &[usize], by: usize) {
+    for (i, s) in sidecars.iter_mut().enumerate() {
+        let first = marks.get(i).copied().unwrap_or(0);
+        for at in &mut s.refs[first..] {
+            *at += by;
+        }
+    }
+}
+
 /// Why a value could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
@@ -272,21 +289,15 @@ fn encode_inner(
                 let _ = enc::write_array_len(&mut payload, len32(captures.len()));
             };
             // References recorded inside `payload` move with it into `out`.
-            let refs_before: Vec<usize> = sidecars.iter().map(|s| s.refs.len()).collect();
+            let marks = ref_marks(sidecars);
             for c in captures {
                 encode_inner(c, &mut payload, threshold, sidecars);
             }
             {
                 let _ = enc::write_ext_meta(out, len32(payload.len()), EXT_FUNCTION);
             };
-            let base = out.len();
+            move_refs_since(sidecars, &marks, out.len());
             out.extend_from_slice(&payload);
-            for (i, s) in sidecars.iter_mut().enumerate() {
-                let first = refs_before.get(i).copied().unwrap_or(0);
-                for at in &mut s.refs[first..] {
-                    *at += base;
-                }
-            }
         }
     }
 }
