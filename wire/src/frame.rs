@@ -3,8 +3,8 @@
 //! Decoding is a pure function over a buffer ([`decode_frame`]): it reports how many bytes
 //! are needed until a whole frame is present, and checks the declared length against the
 //! limit for the frame's type *before* anyone allocates a byte for it (message frames:
-//! `max_frame`; sidecar frames: the call's remaining sidecar budget plus the 33-byte
-//! sidecar header).
+//! `max_frame`; sidecar frames: the call's remaining sidecar budget plus the sidecar's
+//! flags and hash, 33 bytes).
 //!
 //! Invariants:
 //! - The 5-byte header alone decides whether a frame is acceptable; a rejected length is

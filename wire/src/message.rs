@@ -6,7 +6,8 @@
 //! values encoded with the hand-written codec in [`crate::value`], each one MessagePack
 //! object. The payload must be consumed exactly: trailing bytes are an error.
 //!
-//! The sidecar frame is the one raw frame: `hash[32] flags:u8 data[..]`.
+//! The sidecar frame is the one raw frame: `flags:u8 data[..] hash[32]` (the hash last, so a
+//! sender can hash the data while it sends it).
 //!
 //! Invariants:
 //! - Wire types are separate from VM types: only [`skiff_vm::Portable`] (the value codec's
