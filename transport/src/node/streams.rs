@@ -193,6 +193,7 @@ impl Streams {
                 }
                 Err(()) => {
                     out.push(Input::Reset(id));
+                    chunks.fill(Bytes::new());
                     self.spare_chunks.push(chunks);
                 }
             }
