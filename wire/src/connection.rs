@@ -34,7 +34,7 @@ use crate::message::{
 };
 use crate::pool::BufferPool;
 use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
-use crate::value::{SidecarHash, SidecarHasher, UnhashedSidecar};
+use crate::value::{fill_refs, SidecarHash, SidecarHasher, UnhashedSidecar};
 use bytes::{Bytes, BytesMut};
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -119,9 +119,10 @@ enum OutFrame {
     },
     /// A Call or Response whose references to sidecars hashed while sent are filled in when
     /// it is written: its sidecars precede it on the stream, so their hashes are known then.
+    /// Each hole: the offsets of one sidecar's references, and its hash.
     Body {
         frame: Vec<u8>,
-        holes: Vec<(UnhashedSidecar, HashCell)>,
+        holes: Vec<(Vec<usize>, HashCell)>,
     },
 }
 
@@ -626,19 +627,21 @@ impl Connection {
     }
 
     fn emit_frame(&mut self, stream: StreamId, frame: OutFrame, fin: bool) {
-        if let Some(held) = self.held.get_mut(&stream) {
-            held.behind.push_back((frame, fin));
-            return;
+        if !self.held.is_empty() {
+            if let Some(held) = self.held.get_mut(&stream) {
+                held.behind.push_back((frame, fin));
+                return;
+            }
         }
         match frame {
             OutFrame::Whole(data) => self.push_frame_bytes(stream, data, fin),
             OutFrame::Body { mut frame, holes } => {
-                for (sidecar, hash) in holes {
+                for (refs, hash) in holes {
                     // Its sidecar precedes it on the stream, so the stream was held until
                     // the hash came.
                     debug_assert!(hash.get().is_some(), "a body is written after its sidecars");
                     if let Some(hash) = hash.get() {
-                        sidecar.fill(&mut frame, *hash);
+                        fill_refs(&mut frame, &refs, *hash);
                     }
                 }
                 self.push_frame_bytes(stream, frame.into(), fin);
@@ -749,18 +752,19 @@ impl Connection {
         let mut frames = Vec::new();
         let mut holes = Vec::new();
         let mut hashed_now = HashSet::new();
-        for (i, s) in outs.iter().enumerate() {
+        let mut same_len: HashMap<usize, usize> = HashMap::new();
+        for s in &outs {
+            *same_len.entry(s.data.len()).or_default() += 1;
+        }
+        for s in outs {
             let len = s.data.len();
             let while_sending = len >= HASH_WHILE_SENDING
                 && self.retained_for_peer_bytes + len as u64 > budget
                 && !self.dedup_lens.contains(&len)
-                && !outs
-                    .iter()
-                    .enumerate()
-                    .any(|(j, o)| j != i && o.data.len() == len);
+                && same_len[&len] == 1;
             let hash = HashCell::default();
             if while_sending {
-                holes.push((s.clone(), hash.clone()));
+                holes.push((s.refs, hash.clone()));
             } else {
                 let known = SidecarHash::of(&s.data);
                 s.fill(&mut body, known);
@@ -787,7 +791,7 @@ impl Connection {
             self.stats.sidecar_bytes_sent += len as u64;
             frames.push(OutFrame::Sidecar {
                 head: sidecar_frame_head(retain, len).into(),
-                data: s.data.clone(),
+                data: s.data,
                 hash,
             });
         }
@@ -922,7 +926,7 @@ impl Connection {
             resend,
         };
         if self.is_established() {
-            self.send_request(stream, frames, sealed);
+            self.emit_frames(stream, frames, sealed);
         } else {
             call.queued = frames;
         }
@@ -931,11 +935,12 @@ impl Connection {
         Ok(stream)
     }
 
-    /// Writes a call's request frames on `stream`; a sealed request finishes the stream.
-    fn send_request(&mut self, stream: StreamId, frames: Vec<OutFrame>, sealed: bool) {
+    /// Writes `frames` on `stream`; the last one finishes the stream if `fin` (a sealed
+    /// request, a response).
+    fn emit_frames(&mut self, stream: StreamId, frames: Vec<OutFrame>, fin: bool) {
         let last = frames.len().saturating_sub(1);
         for (i, f) in frames.into_iter().enumerate() {
-            self.emit_frame(stream, f, sealed && i == last);
+            self.emit_frame(stream, f, fin && i == last);
         }
     }
 
@@ -973,7 +978,7 @@ impl Connection {
         let moved = StreamId::new(self.side, self.next_local);
         self.next_local += 1;
         tracing::debug!(from = ?stream, to = ?moved, "sealed call moved: the callee lacked blobs");
-        self.send_request(moved, frames, true);
+        self.emit_frames(moved, frames, true);
         self.moved.insert(call.id, moved);
         self.outgoing.insert(moved, call);
         self.recv.insert(moved, RecvState::default());
@@ -1070,10 +1075,7 @@ impl Connection {
         }
         let mut pending = Vec::new();
         let frames = self.sidecar_frames(outs, frame, &mut pending);
-        let last = frames.len() - 1;
-        for (i, f) in frames.into_iter().enumerate() {
-            self.emit_frame(id, f, i == last);
-        }
+        self.emit_frames(id, frames, true);
         let caller_finished = self.incoming.get(&id).is_some_and(|c| c.caller_finished);
         if pending.is_empty() || caller_finished {
             self.incoming.remove(&id);
@@ -1549,7 +1551,7 @@ impl Connection {
                         .get_mut(&id)
                         .map(|c| (std::mem::take(&mut c.queued), c.sealed))
                         .unwrap_or_default();
-                    self.send_request(id, frames, sealed);
+                    self.emit_frames(id, frames, sealed);
                 }
                 for (stream, data) in std::mem::take(&mut self.early) {
                     match data {

@@ -102,9 +102,14 @@ pub struct UnhashedSidecar {
 impl UnhashedSidecar {
     /// Writes `hash` into every reference to this sidecar in `out`.
     pub fn fill(&self, out: &mut [u8], hash: SidecarHash) {
-        for &at in &self.refs {
-            out[at..at + 32].copy_from_slice(&hash.0);
-        }
+        fill_refs(out, &self.refs, hash);
+    }
+}
+
+/// Writes `hash` at each of `refs` (the offsets of a sidecar's references) in `out`.
+pub fn fill_refs(out: &mut [u8], refs: &[usize], hash: SidecarHash) {
+    for &at in refs {
+        out[at..at + 32].copy_from_slice(&hash.0);
     }
 }
 

@@ -168,10 +168,7 @@ impl Streams {
             self.opened(id, opened, out);
         }
         while let Poll::Ready(Some(written)) = self.writes.poll_next_unpin(cx) {
-            if let Some(hash) = written.sidecar {
-                out.push(Input::SidecarSent(written.id, hash));
-            }
-            self.written(written);
+            self.written(written, out);
         }
         while out.len() < max {
             let Poll::Ready(Some((id, recv, mut chunks, result))) = self.reads.poll_next_unpin(cx)
@@ -209,8 +206,10 @@ impl Streams {
     /// reading any more.
     pub async fn flush_writes(mut self) {
         self.reads.clear();
+        // The wire is gone: nothing is waiting for a hash.
+        let mut unreported = Vec::new();
         while let Some(written) = self.writes.next().await {
-            self.written(written);
+            self.written(written, &mut unreported);
         }
     }
 
@@ -296,12 +295,22 @@ impl Streams {
         }));
     }
 
-    fn written(&mut self, w: Written) {
+    /// A write completed: reports its sidecar hash, if it hashed one, and starts the next
+    /// write of the stream. A failed write forgets the stream; sidecar data still queued for
+    /// it is reported as not sent, so the wire drops what waits behind it.
+    fn written(&mut self, w: Written, out: &mut Vec<Input>) {
+        if let Some(hash) = w.sidecar {
+            out.push(Input::SidecarSent(w.id, hash));
+        }
         let Some(outbox) = self.outboxes.get_mut(&w.id) else {
             return;
         };
         if !w.ok {
-            self.outboxes.remove(&w.id);
+            if let Some(outbox) = self.outboxes.remove(&w.id) {
+                for t in outbox.queue.into_iter().filter(|t| t.report_hash) {
+                    out.push(Input::SidecarSent(t.stream, None));
+                }
+            }
             return;
         }
         outbox.send = Some(w.send);
