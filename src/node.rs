@@ -1,7 +1,7 @@
 //! The QUIC node, re-exported for embedders: a Skiff VM instance that serves calls and
 //! carries out `remote` hops over authenticated QUIC. See `skiff_transport::node` for the
-//! runtime's design (a tokio side with one driver task per connection, one VM thread per
-//! node) and `docs/operations.md` for certificates, peer tables and permissions.
+//! runtime's design (a tokio side with one driver task per connection, one VM loop per node
+//! on a thread of its own or, with `Node::start_local`, on the host's `LocalSet`) and `docs/operations.md` for certificates, peer tables and permissions.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,4 +1,4 @@
-//! Set-up shared by the QUIC node tests (`quic_node.rs`, `quic_stress.rs`): nodes on
+//! Set-up shared by the QUIC node tests (`quic_node.rs`, `quic_local.rs`, `quic_stress.rs`): nodes on
 //! 127.0.0.1 with ephemeral ports and fresh dev certificates pinned to each other.
 
 // Each test crate includes this module and uses a different subset of it.
@@ -39,6 +39,16 @@ impl Default for Setup {
 /// `main` plus `peers`, all knowing each other; when `main` does not listen, it accepts no
 /// client and the peers have no address for it.
 pub async fn cluster(peers: &[&str], setup: Setup) -> Vec<Node> {
+    cluster_on(peers, setup, None).await
+}
+
+/// [`cluster`], with every node's VM loop a task of `local` when given
+/// ([`Node::start_local`]), else on a thread of its own.
+pub async fn cluster_on(
+    peers: &[&str],
+    setup: Setup,
+    local: Option<&tokio::task::LocalSet>,
+) -> Vec<Node> {
     let mut names = vec!["main"];
     names.extend(peers);
     let certs: Vec<_> = names
@@ -60,7 +70,11 @@ pub async fn cluster(peers: &[&str], setup: Setup) -> Vec<Node> {
         }
         config.client_auth = Some(auth);
         (setup.tweak)(name, &mut config);
-        nodes.push(Node::start(config).await.unwrap());
+        let node = match local {
+            Some(local) => Node::start_local(config, local).await,
+            None => Node::start(config).await,
+        };
+        nodes.push(node.unwrap());
     }
     for (i, node) in nodes.iter().enumerate() {
         for (j, other) in nodes.iter().enumerate() {

@@ -6,8 +6,9 @@
 //!   (`driver.rs`) that moves bytes between quinn streams and one sans-IO
 //!   [`skiff_wire::Connection`] and feeds it time; per outgoing hop a task (`hop.rs`) that
 //!   dials, fails over and waits for the result.
-//! - **VM side**: one dedicated OS thread (`vm.rs`) owning the `skiff_vm::Engine` (with the
-//!   host's natives), the `CodeStore` and every execution. VM values are `!Send`, so
+//! - **VM side**: one loop (`vm.rs`) owning the `skiff_vm::Engine` (with the host's natives),
+//!   the `CodeStore` and every execution, on a dedicated OS thread ([`Node::start`]) or as a
+//!   task of the host's `LocalSet` ([`Node::start_local`]). VM values are `!Send`, so
 //!   executions never leave that thread; only `Portable` values cross.
 //!
 //! ```text
@@ -55,8 +56,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
-use vm::{RunFailure, RunTarget, VmMsg};
+use tokio::task::LocalSet;
+use vm::{RunFailure, RunTarget, VmLoop, VmMsg};
 
 pub use skiff_vm::RemoteFailure;
 
@@ -269,7 +272,7 @@ pub(crate) struct Shared {
     store: SharedStore,
     code: RwLock<CodeMap>,
     drivers: Mutex<Drivers>,
-    vm_tx: Mutex<std::sync::mpsc::Sender<VmMsg>>,
+    vm_tx: UnboundedSender<VmMsg>,
     limits: Limits,
     io: SendIoFactory,
     default_permissions: Permissions,
@@ -287,9 +290,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn to_vm(&self, msg: VmMsg) {
-        if let Ok(tx) = self.vm_tx.lock() {
-            let _ = tx.send(msg);
-        }
+        let _ = self.vm_tx.send(msg);
     }
 
     fn next_token(&self) -> u64 {
@@ -380,7 +381,8 @@ impl Shared {
 pub struct Node {
     shared: Arc<Shared>,
     endpoint: Endpoint,
-    vm_thread: Option<std::thread::JoinHandle<()>>,
+    /// Where the VM loop runs; `None` once stopped.
+    vm: Option<VmPlacement>,
     accept: tokio::task::JoinHandle<()>,
     loss: Option<Arc<LossStats>>,
     shutdown_grace: Duration,
@@ -395,9 +397,73 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// A bound node whose VM loop and accept loop are not started yet.
+struct Bound {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    loss: Option<Arc<LossStats>>,
+    vm_rx: UnboundedReceiver<VmMsg>,
+    contexts: Contexts,
+}
+
+/// Where a node's VM loop runs.
+enum VmPlacement {
+    /// Its own OS thread ([`Node::start`]).
+    Thread(std::thread::JoinHandle<()>),
+    /// A local task of the host's `LocalSet` ([`Node::start_local`]).
+    Local,
+}
+
 impl Node {
-    /// Binds the endpoint, starts the VM thread and the accept loop.
+    /// Binds the endpoint, starts the VM loop on a thread of its own and the accept loop.
+    ///
+    /// The node's connections run on the caller's runtime; the VM (every execution) on
+    /// the node's thread, so scripts never hold up the runtime. See [`Node::start_local`]
+    /// for a node whose VM shares the runtime's thread.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let bound = Self::bind(&config)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| NodeError::Start(format!("cannot build the VM's runtime: {e}")))?;
+        let (vm_shared, natives) = (bound.shared.clone(), config.natives.clone());
+        let (contexts, vm_rx) = (bound.contexts, bound.vm_rx);
+        let thread = std::thread::Builder::new()
+            .name(format!("skiff-vm-{}", config.name))
+            .spawn(move || runtime.block_on(VmLoop::new(vm_shared, &natives, contexts).run(vm_rx)))
+            .map_err(|e| NodeError::Start(e.to_string()))?;
+        Ok(Self::serve(
+            &config,
+            bound.shared,
+            bound.endpoint,
+            bound.loss,
+            VmPlacement::Thread(thread),
+        ))
+    }
+
+    /// Like [`Node::start`], but the VM loop is a task of `local` instead of a thread:
+    /// the node adds no thread of its own, and on a current-thread runtime driving
+    /// `local`, an incoming call goes from the QUIC packet to the execution and back
+    /// without a thread switch (the lowest round-trip latency; one core for everything).
+    ///
+    /// The host must drive `local` (e.g. `local.run_until(..)` or awaiting it) for the node
+    /// to run anything. Executions run in slices between which the loop yields, but a
+    /// slice or a host native that blocks holds up every task of that thread.
+    pub async fn start_local(config: NodeConfig, local: &LocalSet) -> Result<Node, NodeError> {
+        let bound = Self::bind(&config)?;
+        let vm = VmLoop::new(bound.shared.clone(), &config.natives, bound.contexts);
+        local.spawn_local(vm.run(bound.vm_rx));
+        Ok(Self::serve(
+            &config,
+            bound.shared,
+            bound.endpoint,
+            bound.loss,
+            VmPlacement::Local,
+        ))
+    }
+
+    /// Binds the endpoint and builds the state shared with the VM loop.
+    fn bind(config: &NodeConfig) -> Result<Bound, NodeError> {
         let client_auth = config
             .client_auth
             .clone()
@@ -414,7 +480,7 @@ impl Node {
         let manager = ConnectionManager::new(endpoint.clone(), config.peers.clone());
         let mut wire_config = config.wire.clone();
         wire_config.node_name = config.name.clone();
-        let (vm_tx, vm_rx) = std::sync::mpsc::channel();
+        let (vm_tx, vm_rx) = unbounded_channel();
         let contexts = Contexts::with_names(&config.contexts)?;
         let store = match &config.store_dir {
             None => skiff_wire::BlobStore::new(config.store_capacity),
@@ -442,7 +508,7 @@ impl Node {
             store: store.shared(),
             code: RwLock::new(CodeMap::default()),
             drivers: Mutex::new(Drivers::default()),
-            vm_tx: Mutex::new(vm_tx),
+            vm_tx,
             limits: config.limits.clone(),
             io: config.io.clone(),
             default_permissions: config.default_permissions.clone(),
@@ -455,22 +521,33 @@ impl Node {
             active: AtomicU64::new(0),
             code_blobs: AtomicU64::new(0),
         });
-        let natives = config.natives.clone();
-        let vm_shared = shared.clone();
-        let vm_thread = std::thread::Builder::new()
-            .name(format!("skiff-vm-{}", config.name))
-            .spawn(move || vm::VmThread::new(vm_shared, &natives, contexts).run(vm_rx))
-            .map_err(|e| NodeError::Start(e.to_string()))?;
-        let accept = tokio::spawn(accept_loop(shared.clone(), endpoint.clone()));
-        tracing::info!(node = %config.name, addr = ?endpoint.local_addr().ok(), "node started");
-        Ok(Node {
+        Ok(Bound {
             shared,
             endpoint,
-            vm_thread: Some(vm_thread),
+            loss,
+            vm_rx,
+            contexts,
+        })
+    }
+
+    /// Starts the accept loop of a node whose VM loop runs at `vm`.
+    fn serve(
+        config: &NodeConfig,
+        shared: Arc<Shared>,
+        endpoint: Endpoint,
+        loss: Option<Arc<LossStats>>,
+        vm: VmPlacement,
+    ) -> Node {
+        let accept = tokio::spawn(accept_loop(shared.clone(), endpoint.clone()));
+        tracing::info!(node = %config.name, addr = ?endpoint.local_addr().ok(), "node started");
+        Node {
+            shared,
+            endpoint,
+            vm: Some(vm),
             accept,
             loss,
             shutdown_grace: config.shutdown_grace,
-        })
+        }
     }
 
     /// This node's name.
@@ -679,7 +756,7 @@ impl Node {
         }
         self.endpoint.close();
         self.shared.to_vm(VmMsg::Shutdown);
-        if let Some(t) = self.vm_thread.take() {
+        if let Some(VmPlacement::Thread(t)) = self.vm.take() {
             let _ = t.join();
         }
     }
@@ -687,7 +764,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if self.vm_thread.is_some() {
+        if self.vm.is_some() {
             self.stop();
         }
     }

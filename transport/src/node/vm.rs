@@ -1,11 +1,15 @@
-//! The VM side of a node: one dedicated OS thread that owns the `skiff_vm::Engine` (with the
-//! host's natives), the `CodeStore` and every execution of the node, and steps them as the
-//! in-process cluster does.
+//! The VM side of a node: one loop that owns the `skiff_vm::Engine` (with the host's
+//! natives), the `CodeStore` and every execution of the node, and steps them as the
+//! in-process cluster does. The loop is a future pinned to one thread: by default a
+//! dedicated OS thread running it on a private current-thread runtime
+//! ([`super::Node::start`]), or a local task of the host's `LocalSet`
+//! ([`super::Node::start_local`]), where it shares the thread with the connections.
 //!
-//! VM values are `Rc`-based and `!Send`, so executions never leave this thread; everything
-//! that crosses to the tokio side is `Portable` (plain data). The thread sleeps on its
+//! VM values are `Rc`-based and `!Send`, so executions never leave that thread; everything
+//! that crosses to the tokio side is `Portable` (plain data). The loop sleeps on its
 //! channel until a message arrives (an incoming call, a hop result, a cancellation, a local
-//! run) or an execution's timer is due.
+//! run) or an execution's timer is due, and yields to the runtime between rounds of
+//! execution slices.
 //!
 //! Invariants:
 //! - Code enters the `CodeStore` only through `CodeStore::insert` (which verifies), after the
@@ -21,7 +25,7 @@
 //!   every caller before it replies, so those answers precede the drivers' `Close`.
 //! - Every execution runs in one context that existed when it started; the context natives
 //!   see it because each `Execution::run` is wrapped in `ContextNatives::enter`. The
-//!   contexts and their state live here, on this thread; the host reaches them with
+//!   contexts and their state live here, on the loop's thread; the host reaches them with
 //!   `VmMsg::Contexts`.
 
 use super::driver::{DriverCmd, DriverHandle};
@@ -41,12 +45,12 @@ use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
-/// Messages to the VM thread.
+/// Messages to the VM loop.
 pub(crate) enum VmMsg {
     Incoming {
         driver: DriverHandle,
@@ -140,7 +144,7 @@ struct Running {
     context: Rc<str>,
 }
 
-pub(crate) struct VmThread {
+pub(crate) struct VmLoop {
     shared: Arc<Shared>,
     engine: Engine,
     store: CodeStore,
@@ -161,12 +165,12 @@ pub(crate) struct VmThread {
     drain: Vec<oneshot::Sender<()>>,
 }
 
-impl VmThread {
+impl VmLoop {
     pub fn new(
         shared: Arc<Shared>,
         natives: &[(String, super::SendNative)],
         contexts: Contexts,
-    ) -> VmThread {
+    ) -> VmLoop {
         let mut engine = Engine::new();
         for (name, f) in natives {
             let f = f.clone();
@@ -174,7 +178,7 @@ impl VmThread {
         }
         let context_natives = ContextNatives::default();
         context_natives.install(&mut engine);
-        VmThread {
+        VmLoop {
             shared,
             engine,
             store: CodeStore::new(),
@@ -191,8 +195,10 @@ impl VmThread {
         }
     }
 
-    /// The thread's loop; returns on `Shutdown` or when every sender is gone.
-    pub fn run(mut self, rx: Receiver<VmMsg>) {
+    /// The loop; returns on `Shutdown` or when every sender is gone. Between rounds of
+    /// execution slices it yields to the runtime, so a node whose loop shares a thread with
+    /// its connections ([`super::Node::start_local`]) keeps moving bytes while scripts run.
+    pub async fn run(mut self, mut rx: UnboundedReceiver<VmMsg>) {
         loop {
             let now = Instant::now();
             let due = self
@@ -200,25 +206,27 @@ impl VmThread {
                 .values()
                 .any(|r| r.runnable || r.wake_at.is_some_and(|w| w <= now));
             let first = if due {
-                rx.try_recv().ok()
+                tokio::task::yield_now().await;
+                None
             } else {
                 let next = self.running.values().filter_map(|r| r.wake_at).min();
                 let got = match next {
-                    Some(at) => rx.recv_timeout(at.saturating_duration_since(now)),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    Some(at) => tokio::select! {
+                        biased;
+                        m = rx.recv() => Some(m),
+                        () = tokio::time::sleep_until(at.into()) => None,
+                    },
+                    None => Some(rx.recv().await),
                 };
                 match got {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Some(None) => break,
+                    Some(Some(m)) => Some(m),
+                    None => None,
                 }
             };
-            let mut stop = false;
-            if let Some(m) = first {
+            let mut stop = first.is_some_and(|m| self.handle(m));
+            while let Ok(m) = rx.try_recv() {
                 stop |= self.handle(m);
-                while let Ok(m) = rx.try_recv() {
-                    stop |= self.handle(m);
-                }
             }
             if stop {
                 break;
@@ -235,7 +243,7 @@ impl VmThread {
         }
     }
 
-    /// Handles one message; `true` to stop the thread.
+    /// Handles one message; `true` to stop the loop.
     fn handle(&mut self, msg: VmMsg) -> bool {
         match msg {
             VmMsg::Incoming { driver, call } => self.incoming(driver, *call),

@@ -1,0 +1,94 @@
+//! Nodes whose VM loop is a task of the host's `LocalSet` (`Node::start_local`): everything a
+//! node does runs on the thread that drives the set, here a current-thread runtime, over real
+//! QUIC on 127.0.0.1.
+
+mod common;
+
+use common::{cluster, cluster_on, compile, list, run, s, shutdown, Setup};
+use skiff::Portable;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::task::LocalSet;
+
+/// Runs `test` on a current-thread runtime inside a `LocalSet` it is given.
+fn on_one_thread<F: std::future::Future<Output = ()>>(test: impl FnOnce(Rc<LocalSet>) -> F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = Rc::new(LocalSet::new());
+    local.block_on(&rt, test(local.clone()));
+}
+
+/// How many threads of this process are a node's VM thread (`skiff-vm-NAME`).
+fn vm_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .filter(|name| name.starts_with("skiff-vm-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn local_nodes_hop_and_answer_without_a_thread_of_their_own() {
+    on_one_thread(|local| async move {
+        let nodes = cluster_on(&["a", "b"], Setup::default(), Some(&local)).await;
+        let v = run(
+            &nodes[0],
+            r#"remote("a") [] { let inner = remote("b") [] { [here(), caller()] }; [here(), caller(), inner] }"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(v, list(vec![s("a"), s("main"), list(vec![s("b"), s("a")])]));
+        let module = compile("fn add(x, y) { x + y }");
+        nodes[1].load(&module).await.unwrap();
+        let sum = nodes[0]
+            .call("a", "add", vec![Portable::Int(40), Portable::Int(2)], None)
+            .await
+            .unwrap();
+        assert_eq!(sum, Portable::Int(42));
+        if cfg!(target_os = "linux") {
+            assert_eq!(vm_threads(), 0, "local nodes start no VM thread");
+            // The same check sees the thread of a node started the default way.
+            let threaded = cluster(&[], Setup::default()).await;
+            // A round trip through its VM loop: the thread has named itself by then.
+            threaded[0].context_names().await.unwrap();
+            assert_eq!(vm_threads(), 1);
+            shutdown(threaded).await;
+        }
+        shutdown(nodes).await;
+    });
+}
+
+#[test]
+fn a_long_execution_does_not_hold_up_other_calls_on_its_thread() {
+    on_one_thread(|local| async move {
+        let nodes = cluster_on(&["a"], Setup::default(), Some(&local)).await;
+        let module = compile("fn spin() { while true { } }\nfn echo(x) { x }");
+        nodes[1].load(&module).await.unwrap();
+        let main = &nodes[0];
+        {
+            let spin = main.call("a", "spin", Vec::new(), Some(Duration::from_secs(60)));
+            tokio::pin!(spin);
+            // `spin` never ends on its own; `echo` is answered while it runs, because the VM
+            // loop yields to the connections between execution slices.
+            let echoed = tokio::select! {
+                r = &mut spin => panic!("spin ended: {r:?}"),
+                r = async {
+                    // Let `spin` start on `a` first.
+                    while nodes[1].counters().calls_active == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    main.call("a", "echo", vec![Portable::Int(7)], None).await
+                } => r.unwrap(),
+            };
+            assert_eq!(echoed, Portable::Int(7));
+            assert_eq!(nodes[1].counters().calls_active, 1, "spin still runs");
+        }
+        shutdown(nodes).await;
+    });
+}
