@@ -7,6 +7,7 @@
 //! | group            | what one iteration is                                   | bar for Skiff  |
 //! |------------------|---------------------------------------------------------|----------------|
 //! | `rtt`            | one warm request/response of a 64-byte payload           | ≤ 1.1× quinn   |
+//! | `rtt_local`      | the same, everything on one current-thread runtime       | ≤ 1.1× quinn   |
 //! | `calls_inflight` | one call, with 1/8/32/128 calls kept in flight          | ≥ 0.8× quinn calls/s at 32–128 |
 //! | `bulk256m`       | 256 MiB sent to the peer and acknowledged               | ≥ 0.7× quinn throughput |
 //!
@@ -30,6 +31,12 @@
 //!   connection, length-prefixed frames, calls pipelined with responses matched in order; bulk
 //!   on a second connection.
 //!
+//! `rtt` and `calls_inflight` run on a 2-worker runtime (Skiff's nodes started with
+//! [`Node::start`]: each VM on a thread of its own). `rtt_local` builds every peer again on a
+//! current-thread runtime that the bench thread drives: Skiff's nodes started with
+//! [`Node::start_local`] (endpoint, drivers, VMs and caller on that one thread), the
+//! baselines' endpoints and server tasks on that runtime too.
+//!
 //! Every peer is checked once before timing: the echo must return the payload and the bulk
 //! sink must acknowledge every byte (for `skiff`: `size` returns the byte count).
 //!
@@ -45,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use skiff::node::{Node, NodeConfig};
+use skiff::node::{Node, NodeConfig, NodeError};
 use skiff::{ExecIo, Limits, Portable};
 use skiff_transport::cert::generate_self_signed;
 use skiff_transport::{ClientAuth, Endpoint, EndpointConfig, Trust};
@@ -53,6 +60,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
+use tokio::task::LocalSet;
 
 /// Size of one call's payload (a small call request).
 const CALL_BYTES: usize = 64;
@@ -106,7 +114,8 @@ struct SkiffPeer {
 }
 
 impl SkiffPeer {
-    async fn start() -> SkiffPeer {
+    /// Two nodes; with `local`, their VM loops are tasks of it ([`Node::start_local`]).
+    async fn start(local: Option<&LocalSet>) -> SkiffPeer {
         let server_cert = generate_self_signed("server").expect("server cert");
         let client_cert = generate_self_signed("client").expect("client cert");
 
@@ -115,7 +124,7 @@ impl SkiffPeer {
         config.io = Arc::new(ExecIo::null);
         // No sidecar dedup: every bulk call carries its 256 MiB (see the module doc).
         config.wire.sidecar_retain_bytes = 0;
-        let server = Node::start(config).await.expect("start server node");
+        let server = start_node(config, local).await.expect("start server node");
         let module = skiff::Engine::new(Limits::default())
             .compile(SERVER_SCRIPT, "bench.skiff")
             .expect("compile server script");
@@ -124,7 +133,7 @@ impl SkiffPeer {
         let mut config = NodeConfig::new("client", client_cert.identity().unwrap());
         config.client_auth = Some(ClientAuth::pinned([server_cert.fingerprint()]));
         config.io = Arc::new(ExecIo::null);
-        let client = Node::start(config).await.expect("start client node");
+        let client = start_node(config, local).await.expect("start client node");
         let addr = server.local_addr().unwrap().to_string();
         client.add_peer(
             skiff_transport::Peer::new("server", &addr, Some(server_cert.fingerprint()))
@@ -157,6 +166,13 @@ impl SkiffPeer {
         let v = Bytes::from(data);
         *cached = Some(v.clone());
         v
+    }
+}
+
+async fn start_node(config: NodeConfig, local: Option<&LocalSet>) -> Result<Node, NodeError> {
+    match local {
+        Some(local) => Node::start_local(config, local).await,
+        None => Node::start(config).await,
     }
 }
 
@@ -437,14 +453,13 @@ impl Peer for TcpPeer {
 // The benchmarks
 // ---------------------------------------------------------------------------------------
 
-/// Every peer measured, in report order: the Skiff node first.
-fn peers(rt: &Runtime) -> Vec<Arc<dyn Peer>> {
-    rt.block_on(async {
-        let skiff: Arc<dyn Peer> = Arc::new(SkiffPeer::start().await);
-        let quinn: Arc<dyn Peer> = Arc::new(QuinnPeer::start().await);
-        let tcp: Arc<dyn Peer> = Arc::new(TcpPeer::start().await);
-        vec![skiff, quinn, tcp]
-    })
+/// Every peer measured, in report order: the Skiff node first (its VM loops tasks of
+/// `local` when given).
+async fn start_peers(local: Option<&LocalSet>) -> Vec<Arc<dyn Peer>> {
+    let skiff: Arc<dyn Peer> = Arc::new(SkiffPeer::start(local).await);
+    let quinn: Arc<dyn Peer> = Arc::new(QuinnPeer::start().await);
+    let tcp: Arc<dyn Peer> = Arc::new(TcpPeer::start().await);
+    vec![skiff, quinn, tcp]
 }
 
 fn payload() -> Bytes {
@@ -490,7 +505,7 @@ fn transport(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let peers = peers(&rt);
+    let peers = rt.block_on(start_peers(None));
     for peer in &peers {
         check(&rt, peer.as_ref());
     }
@@ -519,6 +534,36 @@ fn transport(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // The same round trip on one thread: the bench thread drives a current-thread runtime
+    // and, in it, the set holding the Skiff nodes' VM loops.
+    let local_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("local runtime");
+    let local = LocalSet::new();
+    let local_peers = local.block_on(&local_rt, start_peers(Some(&local)));
+    for peer in &local_peers {
+        let echoed = local.block_on(&local_rt, peer.call(&p));
+        assert_eq!(echoed, p.as_ref(), "{}: echo on one thread", peer.name());
+    }
+    let mut g = c.benchmark_group("rtt_local");
+    g.sample_size(30).measurement_time(Duration::from_secs(2));
+    for peer in &local_peers {
+        g.bench_function(peer.name(), |b| {
+            b.iter_custom(|iters| {
+                local.block_on(&local_rt, async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        peer.call(&p).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+    drop(local_peers);
 
     let mut g = c.benchmark_group("calls_inflight");
     g.sample_size(10)
