@@ -26,6 +26,7 @@
 //!   never closes the connection.
 
 use crate::frame::{decode_frame, FrameStatus, FrameType, HEADER_LEN};
+use crate::idmap::IdMap;
 use crate::limits::{check, Config, Limit, LimitExceeded};
 use crate::message::{
     decode_message, encode_message, encode_message_unhashed, sidecar_frame_head, CallRequest,
@@ -473,11 +474,11 @@ pub struct Connection {
     /// The SHA-256 of the sidecar data in the frame being handled, when it was computed as
     /// the frame arrived; set only for the duration of that frame's `handle_frame`.
     arrived_digest: Option<SidecarHash>,
-    recv: HashMap<StreamId, RecvState>,
-    outgoing: HashMap<StreamId, OutCall>,
+    recv: IdMap<StreamId, RecvState>,
+    outgoing: IdMap<StreamId, OutCall>,
     /// Sealed calls moved to a new stream: the call's id → the stream it runs on now.
-    moved: HashMap<CallId, StreamId>,
-    incoming: HashMap<StreamId, InCall>,
+    moved: IdMap<CallId, StreamId>,
+    incoming: IdMap<StreamId, InCall>,
     /// Call ids the peer cancelled on the control stream before their request arrived
     /// (oldest first, at most `max_calls_in_flight`).
     cancelled_unseen: VecDeque<u64>,
@@ -497,7 +498,7 @@ pub struct Connection {
     /// another length cannot be one of them, so it needs no hash before it is sent.
     dedup_lens: HashSet<usize>,
     /// Streams waiting for the hash of sidecar data being sent.
-    held: HashMap<StreamId, Held>,
+    held: IdMap<StreamId, Held>,
     offences: u32,
     closed: Option<CloseReason>,
     transmits: VecDeque<Transmit>,
@@ -533,10 +534,10 @@ impl Connection {
             remote_watermark: if side == Side::Server { 1 } else { 0 },
             remote_seen: Default::default(),
             next_call_id: 1,
-            recv: HashMap::new(),
-            outgoing: HashMap::new(),
-            moved: HashMap::new(),
-            incoming: HashMap::new(),
+            recv: IdMap::default(),
+            outgoing: IdMap::default(),
+            moved: IdMap::default(),
+            incoming: IdMap::default(),
             cancelled_unseen: VecDeque::new(),
             early: Vec::new(),
             early_bytes: 0,
@@ -549,7 +550,7 @@ impl Connection {
             retained_for_peer: HashSet::new(),
             retained_for_peer_bytes: 0,
             dedup_lens: HashSet::new(),
-            held: HashMap::new(),
+            held: IdMap::default(),
             offences: 0,
             closed: None,
             transmits: VecDeque::new(),

@@ -22,6 +22,7 @@
 //! - [`message`]: the message types; serde headers (rmp-serde arrays) + value sections.
 //! - [`pool`]: receive buffers for large frames, reused once the received value is dropped.
 //! - [`store`]: the content-addressed, LRU, pinning, optionally persisted blob store.
+//! - [`idmap`]: maps keyed by sequentially allocated ids, with a multiplicative hash.
 //! - [`connection`]: hello, negotiation, sidecars, calls both ways, cancellation, deadlines.
 //! - [`fuzz`]: fuzz targets as plain functions.
 //!
@@ -86,6 +87,7 @@
 pub mod connection;
 pub mod frame;
 pub mod fuzz;
+pub mod idmap;
 pub mod limits;
 pub mod message;
 pub mod pool;

@@ -21,11 +21,11 @@ use super::streams::{Input, Streams};
 use super::vm::VmMsg;
 use super::Shared;
 use skiff_vm::Portable;
+use skiff_wire::idmap::{IdMap, IdSet};
 use skiff_wire::{
     CallError, CallId, CallOptions, CloseReason, Connection, ErrorKind, Event, RemoteError, Side,
     Stats, StreamId,
 };
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -53,16 +53,27 @@ pub(crate) enum DriverCmd {
     Close,
 }
 
-/// A cheap handle on a running driver.
+/// A cheap handle on a running driver (one reference count to clone: every incoming call
+/// holds one).
 #[derive(Clone)]
-pub(crate) struct DriverHandle {
+pub(crate) struct DriverHandle(Arc<DriverLink>);
+
+/// What a [`DriverHandle`] reaches.
+pub(crate) struct DriverLink {
     /// quinn's stable id of the connection.
     pub id: usize,
     /// The authenticated peer name, or `None` for an unidentified (accept-any) client.
     pub peer: Option<String>,
     pub tx: mpsc::UnboundedSender<DriverCmd>,
-    pub stats: Arc<Mutex<Stats>>,
+    pub stats: Mutex<Stats>,
     pub conn: quinn::Connection,
+}
+
+impl std::ops::Deref for DriverHandle {
+    type Target = DriverLink;
+    fn deref(&self) -> &DriverLink {
+        &self.0
+    }
 }
 
 impl DriverHandle {
@@ -92,13 +103,13 @@ pub(crate) fn spawn(
     peer: Option<String>,
 ) -> DriverHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let handle = DriverHandle {
+    let handle = DriverHandle(Arc::new(DriverLink {
         id: conn.stable_id(),
         peer: peer.clone(),
         tx,
-        stats: Arc::new(Mutex::new(Stats::default())),
+        stats: Mutex::new(Stats::default()),
         conn,
-    };
+    }));
     let span = tracing::info_span!(
         "connection",
         node = %shared.name,
@@ -115,10 +126,10 @@ struct Driver {
     wire: Connection,
     streams: Streams,
     /// Outgoing calls: wire id → (token, waiter).
-    pending: HashMap<CallId, (u64, oneshot::Sender<Result<Portable, RemoteError>>)>,
-    tokens: HashMap<u64, CallId>,
+    pending: IdMap<CallId, (u64, oneshot::Sender<Result<Portable, RemoteError>>)>,
+    tokens: IdMap<u64, CallId>,
     /// Incoming calls handed to the VM thread, not yet answered or cancelled.
-    incoming: std::collections::HashSet<CallId>,
+    incoming: IdSet<CallId>,
     closed: bool,
 }
 
@@ -141,9 +152,9 @@ async fn drive(
         handle,
         wire,
         streams: Streams::new(conn.clone(), side),
-        pending: HashMap::new(),
-        tokens: HashMap::new(),
-        incoming: Default::default(),
+        pending: IdMap::default(),
+        tokens: IdMap::default(),
+        incoming: IdSet::default(),
         closed: false,
     };
     tracing::debug!("driver started");

@@ -20,8 +20,9 @@
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use skiff_wire::idmap::IdMap;
 use skiff_wire::{Side, SidecarHash, SidecarHasher, StreamId, Transmit};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -84,7 +85,7 @@ pub(super) struct Streams {
     side: Side,
     reads: FuturesUnordered<Boxed<Read>>,
     writes: FuturesUnordered<Boxed<Written>>,
-    outboxes: HashMap<StreamId, Outbox>,
+    outboxes: IdMap<StreamId, Outbox>,
     /// The stream of ours being opened, if any.
     opening: Option<Boxed<(StreamId, Opened)>>,
     /// What waits for streams of ours not open yet, in order.
@@ -105,7 +106,7 @@ impl Streams {
             side,
             reads: FuturesUnordered::new(),
             writes: FuturesUnordered::new(),
-            outboxes: HashMap::new(),
+            outboxes: IdMap::default(),
             opening: None,
             unopened: VecDeque::new(),
             opened_below: 0,

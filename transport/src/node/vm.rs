@@ -41,6 +41,7 @@ use skiff_vm::{
     BlobHash, CodeStore, Engine, ExecError, Execution, FunctionId, Module, Portable, RemoteFailure,
     Status,
 };
+use skiff_wire::idmap::IdMap;
 use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -135,7 +136,7 @@ struct Running {
     runnable: bool,
     wake_at: Option<Instant>,
     /// Hops in flight: request id → cancel handle (dropping it cancels the hop).
-    hops: HashMap<u64, oneshot::Sender<()>>,
+    hops: IdMap<u64, oneshot::Sender<()>>,
     /// Hop chain for nested calls (`incoming.nested_hops()`), empty at the top level.
     nested_hops: Vec<String>,
     /// The connection the call came in on and the caller's name: `remote(caller())` uses it.
@@ -155,8 +156,8 @@ pub(crate) struct VmLoop {
     /// holds it).
     seen_evictions: u64,
     exports: HashMap<String, FunctionId>,
-    running: HashMap<u64, Running>,
-    by_call: HashMap<(usize, CallId), u64>,
+    running: IdMap<u64, Running>,
+    by_call: IdMap<(usize, CallId), u64>,
     next_exec: u64,
     contexts: SharedContexts,
     context_natives: ContextNatives,
@@ -185,8 +186,8 @@ impl VmLoop {
             local: HashSet::new(),
             seen_evictions: 0,
             exports: HashMap::new(),
-            running: HashMap::new(),
-            by_call: HashMap::new(),
+            running: IdMap::default(),
+            by_call: IdMap::default(),
             next_exec: 0,
             contexts: Rc::new(RefCell::new(contexts)),
             context_natives,
@@ -414,7 +415,7 @@ impl VmLoop {
                 origin,
                 runnable: true,
                 wake_at: None,
-                hops: HashMap::new(),
+                hops: IdMap::default(),
                 nested_hops,
                 back,
                 context,

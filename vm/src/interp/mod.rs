@@ -111,7 +111,9 @@ impl LimitKind {
 /// The natives a host offers scripts, on top of the builtins.
 #[derive(Clone, Default)]
 pub struct Engine {
-    natives: HashMap<String, HostNative>,
+    /// Shared by every execution started from this engine (cloned with it, copied only
+    /// when a native is registered while executions hold it).
+    natives: Rc<HashMap<String, HostNative>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -133,7 +135,7 @@ impl Engine {
         name: impl Into<String>,
         f: impl Fn(&mut NativeCtx<'_>, &[Value]) -> Result<Value, NativeError> + 'static,
     ) {
-        self.natives.insert(name.into(), Rc::new(f));
+        Rc::make_mut(&mut self.natives).insert(name.into(), Rc::new(f));
     }
 
     pub fn has_native(&self, name: &str) -> bool {
