@@ -123,3 +123,62 @@ fn repeated_calls_reuse_verified_code_but_never_trust_changed_blobs() {
     assert!(matches!(err, Error::Host(_)), "{err}");
     assert_eq!(engine.call::<i64>(&a, "f", (2,)).unwrap(), 3);
 }
+
+#[test]
+fn executions_started_from_one_link_cache_stay_independent() {
+    use skiff_vm::interp::program::LinkCache;
+    use skiff_vm::interp::{Engine as VmEngine, ExecIo, Execution, Limits as VmLimits};
+    use skiff_vm::native::NodeInfo;
+    use skiff_vm::{CodeStore, Status};
+    let source = "fn apply(f, x) { f(x) }\nfn inc(x) { x + 1 }\nfn dbl(x) { x * 2 }";
+    let out = skiff_compiler::compile(source, "t.skiff", &Default::default());
+    let module = out.module.expect("compiles");
+    // Separate blobs: an argument's function is linked when the argument is imported.
+    assert_ne!(module.exports["apply"].blob, module.exports["inc"].blob);
+    let mut store = CodeStore::new();
+    store.add_module(&module).unwrap();
+    let engine = VmEngine::new();
+    let mut cache = LinkCache::new();
+    let run = |cache: &mut LinkCache, f: &str, x: Portable| {
+        let linked =
+            Execution::link_cached(&engine, &store, cache, module.exports["apply"]).expect("links");
+        let f = Portable::Function {
+            func: module.exports[f],
+            captures: Vec::new(),
+        };
+        let mut exec = Execution::start_linked(
+            &engine,
+            &store,
+            linked,
+            vec![f, x],
+            NodeInfo::default(),
+            VmLimits::default(),
+            ExecIo::null(),
+        )
+        .expect("starts");
+        match exec.run(std::time::Instant::now()) {
+            Status::Done(v) => Ok(v),
+            Status::Failed(e) => Err(e.to_string()),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Each argument links its function into that execution's copy of the program; the
+    // cached one, shared by the next execution, is not changed by it.
+    assert_eq!(
+        run(&mut cache, "inc", Portable::Int(5)),
+        Ok(Portable::Int(6))
+    );
+    assert_eq!(
+        run(&mut cache, "dbl", Portable::Int(5)),
+        Ok(Portable::Int(10))
+    );
+    assert_eq!(
+        run(&mut cache, "inc", Portable::Int(1)),
+        Ok(Portable::Int(2))
+    );
+    cache.clear();
+    assert_eq!(
+        run(&mut cache, "inc", Portable::Int(9)),
+        Ok(Portable::Int(10))
+    );
+}

@@ -48,7 +48,7 @@ impl std::fmt::Debug for NativeImpl {
 }
 
 /// A linked, verified function ready to run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RtFunction {
     pub id: FunctionId,
     pub name: Option<Rc<str>>,

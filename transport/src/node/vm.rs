@@ -36,10 +36,11 @@ use skiff_vm::hop::{
     body_failure, error_kind, hop_error, start_failure, symbolize, trace_line, BodyFailure,
     HopTarget, DEFAULT_CONTEXT,
 };
+use skiff_vm::interp::program::LinkCache;
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
-    BlobHash, CodeStore, Engine, ExecError, Execution, FunctionId, Module, Portable, RemoteFailure,
-    Status,
+    BlobHash, CodeStore, Engine, ExecError, Execution, FunctionId, Limits, Module, Portable,
+    RemoteFailure, StartError, Status,
 };
 use skiff_wire::idmap::IdMap;
 use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
@@ -156,6 +157,8 @@ pub(crate) struct VmLoop {
     /// holds it).
     seen_evictions: u64,
     exports: HashMap<String, FunctionId>,
+    /// Linked programs of the functions executions started with, from `store`.
+    links: LinkCache,
     running: IdMap<u64, Running>,
     by_call: IdMap<(usize, CallId), u64>,
     next_exec: u64,
@@ -186,6 +189,7 @@ impl VmLoop {
             local: HashSet::new(),
             seen_evictions: 0,
             exports: HashMap::new(),
+            links: LinkCache::new(),
             running: IdMap::default(),
             by_call: IdMap::default(),
             next_exec: 0,
@@ -298,15 +302,7 @@ impl VmLoop {
                     (a, b) => a.or(b),
                 };
                 let info = self.node_info(Some(here.clone()));
-                match Execution::start(
-                    &self.engine,
-                    &self.store,
-                    func,
-                    args,
-                    info,
-                    limits,
-                    (self.shared.io)(),
-                ) {
+                match self.start(func, args, info, limits) {
                     Ok(exec) => {
                         let mut nested = hops;
                         nested.push(here);
@@ -340,15 +336,7 @@ impl VmLoop {
                     return false;
                 };
                 let info = self.node_info(None);
-                match Execution::start(
-                    &self.engine,
-                    &self.store,
-                    func,
-                    args,
-                    info,
-                    self.shared.limits.clone(),
-                    (self.shared.io)(),
-                ) {
+                match self.start(func, args, info, self.shared.limits.clone()) {
                     Ok(exec) => {
                         let context = self.default_context.clone();
                         self.push(exec, Origin::Local(reply), Vec::new(), None, context);
@@ -382,6 +370,19 @@ impl VmLoop {
         }
         self.note_code_size();
         Ok(())
+    }
+
+    /// Starts an execution of `func(args)`, its program linked once per function (`links`).
+    fn start(
+        &mut self,
+        func: FunctionId,
+        args: Vec<Portable>,
+        info: NodeInfo,
+        limits: Limits,
+    ) -> Result<Execution, StartError> {
+        let linked = Execution::link_cached(&self.engine, &self.store, &mut self.links, func)?;
+        let io = (self.shared.io)();
+        Execution::start_linked(&self.engine, &self.store, linked, args, info, limits, io)
     }
 
     fn node_info(&self, caller: Option<String>) -> NodeInfo {
@@ -568,15 +569,7 @@ impl VmLoop {
         let (id, deadline) = (call.id, call.deadline);
         let span = tracing::debug_span!("call", node = %here, caller = %caller, id = ?call.id);
         let _enter = span.enter();
-        match Execution::start(
-            &self.engine,
-            &self.store,
-            func,
-            call.args,
-            info,
-            limits,
-            (self.shared.io)(),
-        ) {
+        match self.start(func, call.args, info, limits) {
             Ok(exec) => {
                 tracing::debug!("execution started");
                 self.shared.note_served();
@@ -659,6 +652,8 @@ impl VmLoop {
             return;
         }
         let removed = self.store.remove_with_dependents(&gone);
+        // Cached programs may hold code of the removed blobs.
+        self.links.clear();
         let mut code = self.shared.code.write().unwrap_or_else(|e| e.into_inner());
         for h in &removed {
             debug_assert!(

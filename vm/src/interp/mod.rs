@@ -56,7 +56,7 @@ use crate::native::{NativeCtx, NativeError, NodeInfo};
 use crate::portable::Portable;
 use crate::store::CodeStore;
 use crate::value::{Key, Value};
-use program::{LinkError, Program};
+use program::{LinkCache, LinkError, Linked, Program};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::rc::Rc;
@@ -495,9 +495,38 @@ impl Execution {
         limits: Limits,
         io: ExecIo,
     ) -> Result<Execution, StartError> {
+        let linked = Linked::link(store, &engine.natives, func)?;
+        Execution::start_linked(engine, store, linked, args, node, limits, io)
+    }
+
+    /// The program of `func` from `cache` (linked and kept there if it is not yet): what
+    /// [`Execution::start_linked`] starts from. The cache must be used with this `store`
+    /// only, and cleared when a blob leaves it.
+    pub fn link_cached(
+        engine: &Engine,
+        store: &CodeStore,
+        cache: &mut LinkCache,
+        func: FunctionId,
+    ) -> Result<Linked, StartError> {
+        Ok(cache.get(store, &engine.natives, func)?)
+    }
+
+    /// [`Execution::start`] from a program already linked (from `store`, with `engine`'s
+    /// natives), e.g. by [`Execution::link_cached`].
+    pub fn start_linked(
+        engine: &Engine,
+        store: &CodeStore,
+        linked: Linked,
+        args: Vec<Portable>,
+        node: NodeInfo,
+        limits: Limits,
+        io: ExecIo,
+    ) -> Result<Execution, StartError> {
         let heap_base = crate::heap::live();
-        let mut program = Program::default();
-        let index = program.link(store, &engine.natives, func)?;
+        let Linked {
+            mut program,
+            entry: index,
+        } = linked;
         let (arity, upvals) = program.get(index).map_or((0, 0), |f| (f.arity, f.upvals));
         if upvals != 0 {
             return Err(StartError::NeedsCaptures);

@@ -6,10 +6,16 @@
 //! as [`Value`]s, natives resolved to builtins or host natives. A native that resolves to
 //! neither fails the link with `MissingNative` before anything runs.
 //!
+//! A [`Program`] clones in O(1): its tables are shared, and copied only when a clone links
+//! more. [`LinkCache`] keeps linked programs between executions, so a node answering the
+//! same function again does not link it again.
+//!
 //! Invariants:
 //! - The table only grows; an index, once handed out, names the same function for the
-//!   execution's lifetime.
+//!   execution's lifetime (and in every clone of the program).
 //! - A failed link leaves the table unchanged.
+//! - A cached program is used only with the store it was linked from, and only while no
+//!   blob has left that store (the host clears the cache when one does).
 
 use crate::blob::{BlobHash, Const, FnRef, FunctionId};
 use crate::function::{HostNative, NativeImpl, RtFunction};
@@ -30,10 +36,68 @@ pub enum LinkError {
 }
 
 /// An execution's linked functions.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Program {
-    pub(crate) funcs: Vec<RtFunction>,
-    index: HashMap<FunctionId, u32>,
+    pub(crate) funcs: Rc<Vec<RtFunction>>,
+    index: Rc<HashMap<FunctionId, u32>>,
+}
+
+/// A program and the index of the function an execution starts with.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    pub program: Program,
+    pub entry: u32,
+}
+
+impl Linked {
+    /// `id` and everything it references, linked from `store` now.
+    pub fn link(
+        store: &CodeStore,
+        natives: &HashMap<String, HostNative>,
+        id: FunctionId,
+    ) -> Result<Linked, LinkError> {
+        let mut program = Program::default();
+        let entry = program.link(store, natives, id)?;
+        Ok(Linked { program, entry })
+    }
+}
+
+/// Linked programs by entry function, kept between executions of one engine and store.
+#[derive(Debug, Default)]
+pub struct LinkCache {
+    programs: HashMap<FunctionId, Linked>,
+}
+
+/// Most entry functions a [`LinkCache`] keeps; past this it starts over.
+const LINK_CACHE_ENTRIES: usize = 1024;
+
+impl LinkCache {
+    pub fn new() -> LinkCache {
+        LinkCache::default()
+    }
+
+    /// `id` linked from `store` (with `natives`), from the cache or linked now and kept.
+    pub fn get(
+        &mut self,
+        store: &CodeStore,
+        natives: &HashMap<String, HostNative>,
+        id: FunctionId,
+    ) -> Result<Linked, LinkError> {
+        if let Some(linked) = self.programs.get(&id) {
+            return Ok(linked.clone());
+        }
+        let linked = Linked::link(store, natives, id)?;
+        if self.programs.len() >= LINK_CACHE_ENTRIES {
+            self.programs.clear();
+        }
+        self.programs.insert(id, linked.clone());
+        Ok(linked)
+    }
+
+    /// Forgets every program: call it when a blob leaves the store (or the natives change).
+    pub fn clear(&mut self) {
+        self.programs.clear();
+    }
 }
 
 impl Program {
@@ -165,8 +229,8 @@ impl Program {
         let mut order: Vec<(FunctionId, u32)> = new_index.into_iter().collect();
         order.sort_by_key(|&(_, i)| i);
         debug_assert_eq!(order.len(), built.len());
-        self.funcs.extend(built);
-        self.index.extend(order);
+        Rc::make_mut(&mut self.funcs).extend(built);
+        Rc::make_mut(&mut self.index).extend(order);
         Ok(target)
     }
 
