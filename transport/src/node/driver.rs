@@ -158,23 +158,27 @@ async fn drive(
         closed: false,
     };
     tracing::debug!("driver started");
-    // One timer for the connection's whole life, moved to each new `poll_timeout` (a new
-    // timer per wake-up would register and cancel a timer entry for every event).
+    // One timer for the connection's whole life. It is moved only to an earlier instant: a
+    // later `poll_timeout` (each new call's deadline is) leaves it where it is, and when it
+    // fires early the wire finds nothing due and the loop sets it again.
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
-    let mut armed_for = None;
+    let mut armed_for: Option<Instant> = None;
+    // One accept future, replaced only when it completes.
+    let acceptor = conn.clone();
+    let accept = acceptor.accept_bi();
+    tokio::pin!(accept);
     let mut inputs = Vec::with_capacity(BATCH);
     loop {
         d.flush();
         if d.closed {
             break;
         }
-        let timeout = d.wire.poll_timeout();
-        if timeout != armed_for {
-            if let Some(at) = timeout {
+        if let Some(at) = d.wire.poll_timeout() {
+            if armed_for.is_none_or(|armed| at < armed) {
                 sleep.as_mut().reset(at.into());
+                armed_for = Some(at);
             }
-            armed_for = timeout;
         }
         // What is already queued is handled before the next flush (up to `BATCH` items, so a
         // busy peer cannot keep the driver from flushing and from its timer): a burst of
@@ -197,10 +201,13 @@ async fn drive(
                 }
                 None => d.wire.close(CloseReason::Local("node stopped".into())),
             },
-            stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
-                Err(e) => d.wire.handle_connection_lost(e.to_string()),
-            },
+            stream = &mut accept => {
+                accept.set(acceptor.accept_bi());
+                match stream {
+                    Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
+                    Err(e) => d.wire.handle_connection_lost(e.to_string()),
+                }
+            }
             _ = &mut sleep, if armed_for.is_some() => {
                 armed_for = None;
                 d.wire.handle_timeout(Instant::now());
