@@ -17,17 +17,18 @@
 //!   recurses deeply nor trusts a hostile length; sequences are pre-allocated at most
 //!   [`PREALLOC_CAP`] elements.
 
-use crate::frame::{put_header, FrameType};
+use crate::frame::{put_header, FrameType, HEADER_LEN};
 use crate::limits::{check, Limit, LimitExceeded, Limits};
 use crate::value::{
-    decode_value_at, encode_value_unhashed, hash_sidecars, move_refs_since, object_len, ref_marks,
-    SidecarHash, SidecarLookup, SidecarOut, UnhashedSidecar, ValueError,
+    decode_value_at, encode_value_unhashed, hash_sidecars, object_len, SidecarHash, SidecarLookup,
+    SidecarOut, UnhashedSidecar, ValueError,
 };
 use bytes::Bytes;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 use skiff_vm::{BlobHash, FunctionId, Portable};
+use std::borrow::Cow;
 use std::fmt;
 
 /// The protocol version this build speaks (checked at hello).
@@ -297,6 +298,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedBin<'a> {
 }
 
 /// Deserialises a sequence with a bounded pre-allocation.
+/// [`bounded_vec`], as an owned `Cow`.
+fn bounded_owned<'de, 'a, D, T>(d: D) -> Result<Cow<'a, [T]>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Clone,
+{
+    bounded_vec(d).map(Cow::Owned)
+}
+
 fn bounded_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
@@ -319,14 +329,14 @@ where
     d.deserialize_seq(V(std::marker::PhantomData))
 }
 
-/// Wire form of [`Target`]: `[hash, member]` or a name string.
+/// Wire form of [`Target`]: `[hash, member]` or a name string (borrowed when encoding).
 #[derive(Debug)]
-enum TargetWire {
+enum TargetWire<'a> {
     Function(HashBin, u32),
-    Name(String),
+    Name(Cow<'a, str>),
 }
 
-impl Serialize for TargetWire {
+impl Serialize for TargetWire<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             TargetWire::Function(h, m) => {
@@ -340,18 +350,21 @@ impl Serialize for TargetWire {
     }
 }
 
-impl<'de> Deserialize<'de> for TargetWire {
+impl<'de> Deserialize<'de> for TargetWire<'_> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = TargetWire;
+            type Value = TargetWire<'static>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("[hash, member] or an exported name")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetWire, E> {
-                Ok(TargetWire::Name(v.to_owned()))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TargetWire<'static>, E> {
+                Ok(TargetWire::Name(Cow::Owned(v.to_owned())))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TargetWire, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TargetWire<'static>, A::Error> {
                 let h: HashBin = seq
                     .next_element()?
                     .ok_or_else(|| de::Error::invalid_length(0, &self))?;
@@ -365,14 +378,15 @@ impl<'de> Deserialize<'de> for TargetWire {
     }
 }
 
+/// A call's header: borrowed from the request when encoding, owned when decoded.
 #[derive(Serialize, Deserialize)]
-struct CallHeader {
+struct CallHeader<'a> {
     call_id: u64,
-    target: TargetWire,
+    target: TargetWire<'a>,
     deadline_ms: Option<u64>,
-    caller: String,
-    #[serde(deserialize_with = "bounded_vec")]
-    hops: Vec<String>,
+    caller: Cow<'a, str>,
+    #[serde(deserialize_with = "bounded_owned")]
+    hops: Cow<'a, [String]>,
     /// Sent (as a sixth element) only when true.
     #[serde(default, skip_serializing_if = "is_false")]
     sealed: bool,
@@ -423,16 +437,30 @@ struct CancelHeader {
 // ---------------------------------------------------------------------------------------
 // Encoding
 
-fn header<T: Serialize>(value: &T) -> Vec<u8> {
-    // Structs serialise as arrays (rmp-serde's default); writing into a Vec cannot fail.
-    rmp_serde::to_vec(value).unwrap_or_default()
+/// Room a frame starts with: a small message is written without the buffer growing.
+const FRAME_START_CAPACITY: usize = 256;
+
+/// A frame of type `ty` whose payload starts with `header` (a struct: rmp-serde writes it as
+/// an array); more of the payload may follow, then [`end_frame`] fills in its length.
+fn begin_frame<T: Serialize>(ty: FrameType, header: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_START_CAPACITY);
+    put_header(&mut out, ty as u8, 0);
+    // Writing into a Vec cannot fail.
+    let _ = rmp_serde::encode::write(&mut out, header);
+    out
 }
 
-fn frame(ty: FrameType, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 5);
-    put_header(&mut out, ty as u8, payload.len());
-    out.extend_from_slice(payload);
+/// Sets the length in the header [`begin_frame`] wrote to the payload that follows it.
+fn end_frame(mut out: Vec<u8>) -> Vec<u8> {
+    let len = out.len() - HEADER_LEN;
+    let len = u32::try_from(len).expect("frame payload longer than u32::MAX");
+    out[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     out
+}
+
+/// A frame that is nothing but `header`.
+fn header_frame<T: Serialize>(ty: FrameType, header: &T) -> Vec<u8> {
+    end_frame(begin_frame(ty, header))
 }
 
 /// Encodes a message as one complete frame. Bytes values of at least `sidecar_threshold`
@@ -458,39 +486,40 @@ pub fn encode_message_unhashed(
     sidecar_threshold: usize,
     sidecars: &mut Vec<UnhashedSidecar>,
 ) -> Vec<u8> {
-    let marks = ref_marks(sidecars);
-    let out = encode_payload(msg, sidecar_threshold, sidecars);
-    // References were recorded in the payload; the frame header precedes it.
-    move_refs_since(sidecars, &marks, crate::frame::HEADER_LEN);
-    out
+    encode_frame(msg, sidecar_threshold, sidecars)
 }
 
-fn encode_payload(
+/// Writes `msg` as one frame into one buffer (references are recorded at their offsets in
+/// the frame).
+fn encode_frame(
     msg: &Message,
     sidecar_threshold: usize,
     sidecars: &mut Vec<UnhashedSidecar>,
 ) -> Vec<u8> {
     match msg {
-        Message::Hello(h) => frame(FrameType::Hello, &header(h)),
+        Message::Hello(h) => header_frame(FrameType::Hello, h),
         Message::Call(c) => {
-            let mut p = header(&CallHeader {
-                call_id: c.call_id,
-                target: match &c.target {
-                    Target::Function(f) => TargetWire::Function(HashBin(f.blob.0), f.member),
-                    Target::Name(n) => TargetWire::Name(n.clone()),
+            let mut p = begin_frame(
+                FrameType::Call,
+                &CallHeader {
+                    call_id: c.call_id,
+                    target: match &c.target {
+                        Target::Function(f) => TargetWire::Function(HashBin(f.blob.0), f.member),
+                        Target::Name(n) => TargetWire::Name(Cow::Borrowed(n)),
+                    },
+                    deadline_ms: c.deadline_ms,
+                    caller: Cow::Borrowed(&c.caller),
+                    hops: Cow::Borrowed(&c.hops),
+                    sealed: c.sealed,
                 },
-                deadline_ms: c.deadline_ms,
-                caller: c.caller.clone(),
-                hops: c.hops.clone(),
-                sealed: c.sealed,
-            });
+            );
             encode_value_unhashed(&c.context, &mut p, sidecar_threshold, sidecars);
             // The args array is written directly (no intermediate Portable::List clone).
             let _ = rmp::encode::write_array_len(&mut p, c.args.len() as u32);
             for a in &c.args {
                 encode_value_unhashed(a, &mut p, sidecar_threshold, sidecars);
             }
-            frame(FrameType::Call, &p)
+            end_frame(p)
         }
         Message::Response(r) => {
             let (error, value) = match &r.result {
@@ -504,12 +533,15 @@ fn encode_payload(
                     &e.value,
                 ),
             };
-            let mut p = header(&ResponseHeader {
-                call_id: r.call_id,
-                error,
-            });
+            let mut p = begin_frame(
+                FrameType::Response,
+                &ResponseHeader {
+                    call_id: r.call_id,
+                    error,
+                },
+            );
             encode_value_unhashed(value, &mut p, sidecar_threshold, sidecars);
-            frame(FrameType::Response, &p)
+            end_frame(p)
         }
         Message::BlobQuery(hs) | Message::BlobWant(hs) => {
             let ty = if matches!(msg, Message::BlobQuery(_)) {
@@ -520,21 +552,20 @@ fn encode_payload(
             let list = HashList {
                 hashes: hs.iter().map(|h| HashBin(h.0)).collect(),
             };
-            frame(ty, &header(&list))
+            header_frame(ty, &list)
         }
-        Message::BlobPush { hash, blob } => frame(
+        Message::BlobPush { hash, blob } => header_frame(
             FrameType::BlobPush,
-            &header(&PushHeader {
+            &PushHeader {
                 hash: HashBin(hash.0),
                 blob: BorrowedBin(blob),
-            }),
+            },
         ),
         Message::Sidecar { hash, retain, data } => encode_sidecar(*hash, *retain, data),
-        Message::Cancel { call_id } => frame(
-            FrameType::Cancel,
-            &header(&CancelHeader { call_id: *call_id }),
-        ),
-        Message::Error(e) => frame(FrameType::Error, &header(e)),
+        Message::Cancel { call_id } => {
+            header_frame(FrameType::Cancel, &CancelHeader { call_id: *call_id })
+        }
+        Message::Error(e) => header_frame(FrameType::Error, e),
     }
 }
 
@@ -621,7 +652,7 @@ pub fn decode_message(
             Ok(Message::Hello(h))
         }
         FrameType::Call => {
-            let (h, n): (CallHeader, usize) = decode_header(fty, p, limits)?;
+            let (h, n): (CallHeader<'_>, usize) = decode_header(fty, p, limits)?;
             check(Limit::MaxHops, limits.max_hops as u64, h.hops.len() as u64)?;
             let (context, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
                 .map_err(value_err)?;
@@ -638,11 +669,11 @@ pub fn decode_message(
                         blob: BlobHash(hash.0),
                         member,
                     }),
-                    TargetWire::Name(n) => Target::Name(n),
+                    TargetWire::Name(n) => Target::Name(n.into_owned()),
                 },
                 deadline_ms: h.deadline_ms,
-                caller: h.caller,
-                hops: h.hops,
+                caller: h.caller.into_owned(),
+                hops: h.hops.into_owned(),
                 sealed: h.sealed,
                 context,
                 args,
