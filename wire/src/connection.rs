@@ -38,7 +38,8 @@ use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, V
 use crate::value::{fill_refs, SidecarHash, SidecarHasher, UnhashedSidecar};
 use bytes::{Bytes, BytesMut};
 use skiff_vm::{BlobHash, FunctionId, Portable};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -479,6 +480,10 @@ pub struct Connection {
     /// Sealed calls moved to a new stream: the call's id → the stream it runs on now.
     moved: IdMap<CallId, StreamId>,
     incoming: IdMap<StreamId, InCall>,
+    /// Deadlines of outgoing and incoming calls, earliest first. An entry whose call ended,
+    /// moved or was answered stays until it reaches the top, where `poll_timeout` drops it;
+    /// the heap is rebuilt from the live calls when such entries outnumber them.
+    deadlines: BinaryHeap<Reverse<(Instant, StreamId)>>,
     /// Call ids the peer cancelled on the control stream before their request arrived
     /// (oldest first, at most `max_calls_in_flight`).
     cancelled_unseen: VecDeque<u64>,
@@ -538,6 +543,7 @@ impl Connection {
             outgoing: IdMap::default(),
             moved: IdMap::default(),
             incoming: IdMap::default(),
+            deadlines: BinaryHeap::new(),
             cancelled_unseen: VecDeque::new(),
             early: Vec::new(),
             early_bytes: 0,
@@ -613,14 +619,44 @@ impl Connection {
     }
 
     /// The earliest time [`Connection::handle_timeout`] must be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let out = self.outgoing.values().filter_map(|c| c.deadline);
-        let inc = self
-            .incoming
-            .values()
-            .filter(|c| c.phase != Phase::Responded)
-            .filter_map(|c| c.deadline);
-        out.chain(inc).min()
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, stream))) = self.deadlines.peek() {
+            if self.live_deadline(stream) == Some(at) {
+                return Some(at);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// The deadline of the call on `stream` while it still needs one.
+    fn live_deadline(&self, stream: StreamId) -> Option<Instant> {
+        match self.outgoing.get(&stream) {
+            Some(c) => c.deadline,
+            None => self
+                .incoming
+                .get(&stream)
+                .filter(|c| c.phase != Phase::Responded)
+                .and_then(|c| c.deadline),
+        }
+    }
+
+    /// Puts the deadline of the call on `stream` (just set) in the heap.
+    fn track_deadline(&mut self, stream: StreamId, deadline: Option<Instant>) {
+        let Some(at) = deadline else { return };
+        self.deadlines.push(Reverse((at, stream)));
+        if self.deadlines.len() > 2 * (self.outgoing.len() + self.incoming.len()) + 64 {
+            let live: Vec<StreamId> = self
+                .outgoing
+                .keys()
+                .chain(self.incoming.keys())
+                .copied()
+                .collect();
+            self.deadlines = live
+                .into_iter()
+                .filter_map(|s| self.live_deadline(s).map(|at| Reverse((at, s))))
+                .collect();
+        }
     }
 
     fn emit(&mut self, stream: StreamId, data: Vec<u8>, fin: bool) {
@@ -931,7 +967,9 @@ impl Connection {
         } else {
             call.queued = frames;
         }
+        let deadline = call.deadline;
         self.outgoing.insert(stream, call);
+        self.track_deadline(stream, deadline);
         self.recv.insert(stream, RecvState::default());
         Ok(stream)
     }
@@ -981,7 +1019,9 @@ impl Connection {
         tracing::debug!(from = ?stream, to = ?moved, "sealed call moved: the callee lacked blobs");
         self.emit_frames(moved, frames, true);
         self.moved.insert(call.id, moved);
+        let deadline = call.deadline;
         self.outgoing.insert(moved, call);
+        self.track_deadline(moved, deadline);
         self.recv.insert(moved, RecvState::default());
     }
 
@@ -1908,7 +1948,9 @@ impl Connection {
         call.deadline = Some(now + allowed);
         call.request = Some(req);
         call.phase = Phase::Waiting;
-        if call.wanted.is_empty() {
+        let ready = call.wanted.is_empty();
+        self.track_deadline(stream, Some(now + allowed));
+        if ready {
             self.try_start(stream, now);
         }
     }

@@ -327,6 +327,63 @@ fn deadlines_expire_on_both_sides() {
 }
 
 #[test]
+fn the_timer_is_the_earliest_deadline_of_a_call_still_running() {
+    let mut pair = Pair::new(no_eager("client"), no_eager("server"));
+    pair.server.auto = Auto::Manual;
+    let (set, entry, _) = program(10, 100);
+    pair.client.source = set;
+    let t0 = pair.now;
+    let mut ids = Vec::new();
+    let mut start = |pair: &mut Pair, secs: u64| {
+        let mut opts = CallOptions::function(entry, args());
+        opts.deadline = Some(Duration::from_secs(secs));
+        ids.push(pair.client.call(opts, t0));
+    };
+    // Deadlines out of order; the 2 s call stays unanswered while all others are answered
+    // (within the server's 128 calls in flight).
+    start(&mut pair, 2);
+    for i in 0..120 {
+        start(&mut pair, 3 + (i * 7919) % 250);
+    }
+    pair.drive();
+    let at = |s: u64| Some(t0 + Duration::from_secs(s));
+    assert_eq!(pair.client.conn.poll_timeout(), at(2));
+    let mut incoming = Vec::new();
+    while let Some(call) = pair.server.incoming() {
+        incoming.push(call);
+    }
+    // The server's deadlines are its own clock's; the 2 s call's is still the earliest.
+    incoming.sort_by_key(|c| std::cmp::Reverse(c.deadline));
+    let kept = incoming.pop().expect("calls arrived");
+    // Answered latest deadline first: the earliest live one stays the timer on both sides.
+    for call in incoming.drain(..) {
+        pair.server.conn.respond(call.id, Ok(Portable::Nil));
+        assert_eq!(pair.server.conn.poll_timeout(), Some(kept.deadline));
+    }
+    pair.drive();
+    assert_eq!(pair.client.conn.poll_timeout(), at(2));
+    // More calls while the 120 answered calls' entries are still in the heap: it is rebuilt
+    // from the live calls on the way (once entries pass twice the live calls plus 64), and
+    // the timer stays right.
+    for i in 0..60 {
+        start(&mut pair, 300 + i);
+    }
+    pair.drive();
+    assert_eq!(pair.client.conn.poll_timeout(), at(2));
+    while let Some(call) = pair.server.incoming() {
+        pair.server.conn.respond(call.id, Ok(Portable::Nil));
+    }
+    assert_eq!(pair.server.conn.poll_timeout(), Some(kept.deadline));
+    pair.server.conn.respond(kept.id, Ok(Portable::Nil));
+    assert_eq!(pair.server.conn.poll_timeout(), None);
+    pair.drive();
+    assert_eq!(pair.client.conn.poll_timeout(), None);
+    for id in ids {
+        assert!(pair.client.result(id).expect("answered").is_ok());
+    }
+}
+
+#[test]
 fn callee_enforces_its_own_maximum_duration() {
     let mut server = no_eager("server");
     server.max_call_duration = Duration::from_millis(50);
