@@ -166,7 +166,13 @@ impl LocalCluster {
         NodeInfo {
             here: here.to_owned(),
             caller: caller.map(str::to_owned),
-            peers: self.nodes.keys().filter(|n| *n != here).cloned().collect(),
+            peers: self
+                .nodes
+                .keys()
+                .filter(|n| *n != here)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 

@@ -97,6 +97,21 @@ fn dead_peer() -> Peer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_reports_a_peer_added_while_the_node_runs() {
+    let nodes = cluster(&["b"], Setup::default()).await;
+    let names = |v: Portable| match v {
+        Portable::List(items) => items,
+        other => panic!("{other:?}"),
+    };
+    let before = run(&nodes[0], "peers()").await.unwrap();
+    assert_eq!(names(before), vec![s("b")]);
+    nodes[0].add_peer(dead_peer());
+    let after = run(&nodes[0], "peers()").await.unwrap();
+    assert_eq!(names(after), vec![s("b"), s("dead")]);
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_skips_a_dead_peer_and_else_runs_when_all_fail() {
     let setup = Setup {
         extra: vec![dead_peer()],

@@ -6,14 +6,15 @@
 //! runs.
 
 use crate::value::Value;
+use std::sync::Arc;
 
 /// Who is running: what `here()`, `caller()` and `peers()` report.
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
     pub here: String,
     pub caller: Option<String>,
-    /// Sorted, without `here`.
-    pub peers: Vec<String>,
+    /// Sorted, without `here`; shared, since a node hands the same list to every execution.
+    pub peers: Arc<[String]>,
 }
 
 /// What a native may touch while it runs.

@@ -406,7 +406,7 @@ fn trace_uses_debug_positions() {
         NodeInfo {
             here: "w1".into(),
             caller: Some("main".into()),
-            peers: vec![],
+            peers: Default::default(),
         },
         Limits::default(),
         io,

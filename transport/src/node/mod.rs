@@ -286,6 +286,8 @@ pub(crate) struct Shared {
     active: AtomicU64,
     /// Blobs in the VM thread's code store.
     code_blobs: AtomicU64,
+    /// [`Shared::peer_names`], until the peer table changes.
+    peer_names: Mutex<Option<Arc<[String]>>>,
 }
 
 impl Shared {
@@ -311,7 +313,13 @@ impl Shared {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn peer_names(&self) -> Vec<String> {
+    /// The names `peers()` reports: built when the peer table changes, shared by every
+    /// execution until it changes again.
+    fn peer_names(&self) -> Arc<[String]> {
+        let mut cached = self.peer_names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(names) = &*cached {
+            return names.clone();
+        }
         let mut names: Vec<String> = self
             .manager
             .peers()
@@ -320,6 +328,8 @@ impl Shared {
             .filter(|n| *n != self.name)
             .collect();
         names.sort();
+        let names: Arc<[String]> = names.into();
+        *cached = Some(names.clone());
         names
     }
 
@@ -520,6 +530,7 @@ impl Node {
             cancelled: AtomicU64::new(0),
             active: AtomicU64::new(0),
             code_blobs: AtomicU64::new(0),
+            peer_names: Mutex::new(None),
         });
         Ok(Bound {
             shared,
@@ -568,6 +579,11 @@ impl Node {
     /// Adds or replaces a peer.
     pub fn add_peer(&self, peer: Peer) {
         self.shared.manager.insert_peer(peer);
+        *self
+            .shared
+            .peer_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Loads a module: its code becomes runnable here and its top-level functions are

@@ -170,7 +170,7 @@ mod tests {
         let node = NodeInfo {
             here: "w1".into(),
             caller: Some("main".into()),
-            peers: vec![],
+            peers: Default::default(),
         };
         let mut out = Vec::new();
         let c = call_on("caller", &[], &mut out, &node).unwrap();

@@ -209,7 +209,7 @@ pub(crate) mod test_util {
         let node = NodeInfo {
             here: "main".into(),
             caller: None,
-            peers: vec!["a".into(), "b".into()],
+            peers: ["a".to_owned(), "b".to_owned()].into(),
         };
         call_on(name, args, out, &node)
     }
