@@ -1,8 +1,10 @@
 //! The quinn streams of one connection, owned and polled by the connection's driver task.
 //!
-//! Every read and write is a future in one of two `FuturesUnordered` sets that the driver
-//! polls beside its other inputs: a stream costs no task of its own and a chunk no channel
-//! hop, and only the futures whose stream was woken are polled again. Each future owns its
+//! Every read, and every write quinn cannot take at once, is a future in one of two
+//! `FuturesUnordered` sets that the driver polls beside its other inputs: a stream costs no
+//! task of its own and a chunk no channel hop, and only the futures whose stream was woken
+//! are polled again. A write that fits quinn's buffers (most calls and responses) is made
+//! in place. Each future owns its
 //! stream and hands it back when it completes. Opening a stream of ours is a future too, so
 //! a driver waiting for stream credit from the peer still reads the responses that free it.
 //!
@@ -25,7 +27,7 @@ use skiff_wire::{Side, SidecarHash, SidecarHasher, StreamId, Transmit};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -284,6 +286,37 @@ impl Streams {
             return;
         }
         let queued: Vec<Transmit> = outbox.queue.drain(..).collect();
+        if queued.iter().all(|t| !t.report_hash) {
+            // Most writes (a call, a response) fit quinn's buffers at once: done here, with no
+            // future to allocate and poll.
+            let mut plain: Vec<Bytes> = queued.into_iter().map(|t| t.data).collect();
+            if let Some(ok) = write_now(&mut send, &mut plain) {
+                let written = Written {
+                    id,
+                    send,
+                    ok,
+                    fin,
+                    sidecar: None,
+                };
+                // Nothing queued for the stream carries a hash to report.
+                let mut reports = Vec::new();
+                self.written(written, &mut reports);
+                debug_assert!(reports.is_empty());
+                return;
+            }
+            plain.retain(|b| !b.is_empty());
+            self.writes.push(Box::pin(async move {
+                let ok = send.write_all_chunks(&mut plain).await.is_ok();
+                Written {
+                    id,
+                    send,
+                    ok,
+                    fin,
+                    sidecar: None,
+                }
+            }));
+            return;
+        }
         self.writes.push(Box::pin(async move {
             let (ok, sidecar) = write_queued(&mut send, queued).await;
             Written {
@@ -323,6 +356,18 @@ impl Streams {
         } else {
             self.start_write(w.id);
         }
+    }
+}
+
+/// Writes all of `plain` if quinn takes it without waiting: `Some(whether it was accepted)`.
+/// `None` if it has to wait; then what is left of it is still in `plain` (written chunks are
+/// emptied, a partly written one keeps its rest), and nothing waits for a wake-up.
+fn write_now(send: &mut quinn::SendStream, plain: &mut [Bytes]) -> Option<bool> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let write = std::pin::pin!(send.write_all_chunks(plain));
+    match write.poll(&mut cx) {
+        Poll::Ready(result) => Some(result.is_ok()),
+        Poll::Pending => None,
     }
 }
 
