@@ -53,6 +53,9 @@ type Opened = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionEr
 /// transfer arrives as one chunk per datagram).
 const READ_BATCH: usize = 32;
 
+/// Reads a stream makes in place, without waiting, before it reads through a future.
+const READS_AT_ONCE: usize = 4;
+
 /// A completed read: the stream back, and what it gave (`Some(n)`: the first `n` chunks of
 /// the buffer, which the next read of the stream reuses: a read future stays small).
 type Read = (
@@ -99,6 +102,9 @@ pub(super) struct Streams {
     /// Chunk buffers of streams whose reads ended (all slots empty), for the next streams:
     /// at most one per stream read at once.
     spare_chunks: Vec<Vec<Bytes>>,
+    /// What the first reads of streams adopted by [`Streams::add`] found already there
+    /// (handed out by the next `poll_inputs`, before anything else).
+    ready: Vec<Input>,
 }
 
 impl Streams {
@@ -114,12 +120,32 @@ impl Streams {
             opened_below: 0,
             next_new: 0,
             spare_chunks: Vec::new(),
+            ready: Vec::new(),
         }
     }
 
-    /// Adopts a stream: starts reading it; [`Streams::write`] writes to it.
+    /// Adopts a stream the peer opened: starts reading it (what is already there is handed
+    /// out by the next [`Streams::poll_inputs`]); [`Streams::write`] writes to it.
     pub fn add(&mut self, id: StreamId, send: quinn::SendStream, recv: quinn::RecvStream) {
-        self.read(id, recv);
+        let mut ready = std::mem::take(&mut self.ready);
+        self.adopt(id, send, recv, &mut ready);
+        self.ready = ready;
+    }
+
+    /// Starts reading stream `id` (what is already there goes to `out`) and makes it
+    /// writable.
+    fn adopt(
+        &mut self,
+        id: StreamId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        out: &mut Vec<Input>,
+    ) {
+        let chunks = self
+            .spare_chunks
+            .pop()
+            .unwrap_or_else(|| vec![Bytes::new(); READ_BATCH]);
+        self.read_into(id, recv, chunks, out);
         self.outboxes.insert(
             id,
             Outbox {
@@ -173,29 +199,14 @@ impl Streams {
         while let Poll::Ready(Some(written)) = self.writes.poll_next_unpin(cx) {
             self.written(written, out);
         }
+        out.append(&mut self.ready);
         while out.len() < max {
             let Poll::Ready(Some((id, recv, mut chunks, result))) = self.reads.poll_next_unpin(cx)
             else {
                 break;
             };
-            match result {
-                Ok(Some(n)) => {
-                    out.extend(
-                        chunks[..n]
-                            .iter_mut()
-                            .map(|c| Input::Data(id, std::mem::take(c))),
-                    );
-                    self.read_into(id, recv, chunks);
-                }
-                Ok(None) => {
-                    out.push(Input::Fin(id));
-                    self.spare_chunks.push(chunks);
-                }
-                Err(()) => {
-                    out.push(Input::Reset(id));
-                    chunks.fill(Bytes::new());
-                    self.spare_chunks.push(chunks);
-                }
+            if self.took(id, &mut chunks, result, out) {
+                self.read_into(id, recv, chunks, out);
             }
         }
         if out.is_empty() {
@@ -233,7 +244,7 @@ impl Streams {
             Ok((send, recv)) => {
                 debug_assert_eq!(send.id().index(), id.index(), "streams open in order");
                 self.opened_below = id.index() + 1;
-                self.add(id, send, recv);
+                self.adopt(id, send, recv, out);
                 while self.unopened.front().is_some_and(|t| t.stream == id) {
                     if let Some(t) = self.unopened.pop_front() {
                         self.write(t);
@@ -252,16 +263,55 @@ impl Streams {
         }
     }
 
-    fn read(&mut self, id: StreamId, recv: quinn::RecvStream) {
-        let chunks = self
-            .spare_chunks
-            .pop()
-            .unwrap_or_else(|| vec![Bytes::new(); READ_BATCH]);
-        self.read_into(id, recv, chunks);
+    /// What a read of stream `id` gave, as inputs in `out`: `true` if the stream has more
+    /// to read (then `chunks` is empty again for the next read; else it is spare).
+    fn took(
+        &mut self,
+        id: StreamId,
+        chunks: &mut Vec<Bytes>,
+        result: Result<Option<usize>, ()>,
+        out: &mut Vec<Input>,
+    ) -> bool {
+        match result {
+            Ok(Some(n)) => {
+                out.extend(
+                    chunks[..n]
+                        .iter_mut()
+                        .map(|c| Input::Data(id, std::mem::take(c))),
+                );
+                return true;
+            }
+            Ok(None) => out.push(Input::Fin(id)),
+            Err(()) => {
+                out.push(Input::Reset(id));
+                chunks.fill(Bytes::new());
+            }
+        }
+        self.spare_chunks.push(std::mem::take(chunks));
+        false
     }
 
-    /// Reads the next chunks of `recv` into `chunks` (`READ_BATCH` empty slots).
-    fn read_into(&mut self, id: StreamId, mut recv: quinn::RecvStream, mut chunks: Vec<Bytes>) {
+    /// Reads the next chunks of `recv` into `chunks` (`READ_BATCH` empty slots). What is
+    /// already there is taken at once, into `out` after what the stream gave before (a
+    /// request or a response usually is there, often with its stream's end: then the stream
+    /// needs no read future at all), up to a few reads.
+    fn read_into(
+        &mut self,
+        id: StreamId,
+        mut recv: quinn::RecvStream,
+        mut chunks: Vec<Bytes>,
+        out: &mut Vec<Input>,
+    ) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..READS_AT_ONCE {
+            let polled = std::pin::pin!(recv.read_chunks(&mut chunks)).poll(&mut cx);
+            let Poll::Ready(result) = polled else {
+                break;
+            };
+            if !self.took(id, &mut chunks, result.map_err(|_| ()), out) {
+                return;
+            }
+        }
         self.reads.push(Box::pin(async move {
             let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
             (id, recv, chunks, result)
