@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cluster, cluster_on, compile, list, run, s, shutdown, Setup};
+use common::{check_nested_hops, cluster, cluster_on, compile, shutdown, Setup};
 use skiff::Portable;
 use std::rc::Rc;
 use std::time::Duration;
@@ -37,13 +37,7 @@ fn vm_threads() -> usize {
 fn local_nodes_hop_and_answer_without_a_thread_of_their_own() {
     on_one_thread(|local| async move {
         let nodes = cluster_on(&["a", "b"], Setup::default(), Some(&local)).await;
-        let v = run(
-            &nodes[0],
-            r#"remote("a") [] { let inner = remote("b") [] { [here(), caller()] }; [here(), caller(), inner] }"#,
-        )
-        .await
-        .unwrap();
-        assert_eq!(v, list(vec![s("a"), s("main"), list(vec![s("b"), s("a")])]));
+        check_nested_hops(&nodes[0]).await;
         let module = compile("fn add(x, y) { x + y }");
         nodes[1].load(&module).await.unwrap();
         let sum = nodes[0]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cluster, compile, list, run, s, shutdown, Setup};
+use common::{check_nested_hops, cluster, compile, list, run, s, shutdown, Setup};
 use skiff::node::{Node, NodeConfig, NodeError, Permissions};
 use skiff::{CompileOptions, Limits, Portable};
 use skiff_transport::cert::generate_self_signed;
@@ -40,13 +40,7 @@ async fn remote_value_and_send_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_hops_know_here_and_caller() {
     let nodes = cluster(&["a", "b"], Setup::default()).await;
-    let v = run(
-        &nodes[0],
-        r#"remote("a") [] { let inner = remote("b") [] { [here(), caller()] }; [here(), caller(), inner] }"#,
-    )
-    .await
-    .unwrap();
-    assert_eq!(v, list(vec![s("a"), s("main"), list(vec![s("b"), s("a")])]));
+    check_nested_hops(&nodes[0]).await;
     shutdown(nodes).await;
 }
 

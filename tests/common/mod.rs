@@ -97,6 +97,18 @@ pub async fn run(main: &Node, source: &str) -> Result<Portable, NodeError> {
     main.run(module.entry, Vec::new()).await
 }
 
+/// Runs on `main` a script hopping to `a`, which hops on to `b`, and checks what `here()`
+/// and `caller()` say on each.
+pub async fn check_nested_hops(main: &Node) {
+    let v = run(
+        main,
+        r#"remote("a") [] { let inner = remote("b") [] { [here(), caller()] }; [here(), caller(), inner] }"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(v, list(vec![s("a"), s("main"), list(vec![s("b"), s("a")])]));
+}
+
 pub fn s(text: &str) -> Portable {
     Portable::Str(text.into())
 }
