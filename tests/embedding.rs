@@ -176,9 +176,17 @@ fn executions_started_from_one_link_cache_stay_independent() {
         run(&mut cache, "inc", Portable::Int(1)),
         Ok(Portable::Int(2))
     );
+    assert_eq!(cache.len(), 1, "one entry function, linked once");
     cache.clear();
     assert_eq!(
         run(&mut cache, "inc", Portable::Int(9)),
         Ok(Portable::Int(10))
     );
+    // A cache too small for the program keeps nothing and still runs it.
+    let mut tiny = LinkCache::with_limit(1);
+    assert_eq!(
+        run(&mut tiny, "dbl", Portable::Int(4)),
+        Ok(Portable::Int(8))
+    );
+    assert!(tiny.is_empty());
 }

@@ -63,17 +63,47 @@ impl Linked {
 }
 
 /// Linked programs by entry function, kept between executions of one engine and store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinkCache {
     programs: HashMap<FunctionId, Linked>,
+    /// Instructions in the programs kept (each program counts all of its functions).
+    instructions: usize,
+    /// Most instructions kept; past this the cache starts over.
+    limit: usize,
 }
 
-/// Most entry functions a [`LinkCache`] keeps; past this it starts over.
-const LINK_CACHE_ENTRIES: usize = 1024;
+/// What [`LinkCache::new`] keeps at most, in instructions across its programs (a program
+/// holds copies of every function its entry reaches).
+pub const LINK_CACHE_INSTRUCTIONS: usize = 1 << 20;
+
+impl Default for LinkCache {
+    fn default() -> LinkCache {
+        LinkCache::with_limit(LINK_CACHE_INSTRUCTIONS)
+    }
+}
 
 impl LinkCache {
     pub fn new() -> LinkCache {
         LinkCache::default()
+    }
+
+    /// A cache keeping at most `instructions` instructions across its programs; a program
+    /// larger than that is linked for each execution.
+    pub fn with_limit(instructions: usize) -> LinkCache {
+        LinkCache {
+            programs: HashMap::new(),
+            instructions: 0,
+            limit: instructions,
+        }
+    }
+
+    /// How many entry functions have a program kept.
+    pub fn len(&self) -> usize {
+        self.programs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty()
     }
 
     /// `id` linked from `store` (with `natives`), from the cache or linked now and kept.
@@ -87,16 +117,21 @@ impl LinkCache {
             return Ok(linked.clone());
         }
         let linked = Linked::link(store, natives, id)?;
-        if self.programs.len() >= LINK_CACHE_ENTRIES {
-            self.programs.clear();
+        let size: usize = linked.program.funcs.iter().map(|f| f.code.len()).sum();
+        if self.instructions + size > self.limit {
+            self.clear();
         }
-        self.programs.insert(id, linked.clone());
+        if size <= self.limit {
+            self.instructions += size;
+            self.programs.insert(id, linked.clone());
+        }
         Ok(linked)
     }
 
     /// Forgets every program: call it when a blob leaves the store (or the natives change).
     pub fn clear(&mut self) {
         self.programs.clear();
+        self.instructions = 0;
     }
 }
 
