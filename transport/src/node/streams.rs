@@ -4,9 +4,9 @@
 //! `FuturesUnordered` sets that the driver polls beside its other inputs: a stream costs no
 //! task of its own and a chunk no channel hop, and only the futures whose stream was woken
 //! are polled again. A write that fits quinn's buffers (most calls and responses) is made
-//! in place. Each future owns its
-//! stream and hands it back when it completes. Opening a stream of ours is a future too, so
-//! a driver waiting for stream credit from the peer still reads the responses that free it.
+//! in place, and a read first takes what is already there. Each future owns its stream and
+//! hands it back when it completes. Opening a stream of ours is a future too, so a driver
+//! waiting for stream credit from the peer still reads the responses that free it.
 //!
 //! Invariants:
 //! - Streams of ours are opened one at a time, in the order the wire numbers them, so the
