@@ -140,8 +140,9 @@ fn executions_started_from_one_link_cache_stay_independent() {
     let engine = VmEngine::new();
     let mut cache = LinkCache::new();
     let run = |cache: &mut LinkCache, f: &str, x: Portable| {
-        let linked =
-            Execution::link_cached(&engine, &store, cache, module.exports["apply"]).expect("links");
+        let linked = cache
+            .get(&engine, &store, module.exports["apply"])
+            .expect("links");
         let f = Portable::Function {
             func: module.exports[f],
             captures: Vec::new(),

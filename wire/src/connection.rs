@@ -646,16 +646,11 @@ impl Connection {
         let Some(at) = deadline else { return };
         self.deadlines.push(Reverse((at, stream)));
         if self.deadlines.len() > 2 * (self.outgoing.len() + self.incoming.len()) + 64 {
-            let live: Vec<StreamId> = self
-                .outgoing
-                .keys()
-                .chain(self.incoming.keys())
-                .copied()
+            let live = self.outgoing.keys().chain(self.incoming.keys());
+            let rebuilt = live
+                .filter_map(|&s| self.live_deadline(s).map(|at| Reverse((at, s))))
                 .collect();
-            self.deadlines = live
-                .into_iter()
-                .filter_map(|s| self.live_deadline(s).map(|at| Reverse((at, s))))
-                .collect();
+            self.deadlines = rebuilt;
         }
     }
 

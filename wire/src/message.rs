@@ -297,7 +297,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedBin<'a> {
     }
 }
 
-/// Deserialises a sequence with a bounded pre-allocation.
 /// [`bounded_vec`], as an owned `Cow`.
 fn bounded_owned<'de, 'a, D, T>(d: D) -> Result<Cow<'a, [T]>, D::Error>
 where
@@ -307,6 +306,7 @@ where
     bounded_vec(d).map(Cow::Owned)
 }
 
+/// Deserialises a sequence with a bounded pre-allocation.
 fn bounded_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
@@ -480,18 +480,8 @@ pub fn encode_message(
 
 /// Like [`encode_message`], without hashing the sidecars: their references in the frame hold
 /// zeros where the hash goes, at the offsets (in the returned frame) each
-/// [`UnhashedSidecar`] lists.
+/// [`UnhashedSidecar`] lists. The frame is written into one buffer.
 pub fn encode_message_unhashed(
-    msg: &Message,
-    sidecar_threshold: usize,
-    sidecars: &mut Vec<UnhashedSidecar>,
-) -> Vec<u8> {
-    encode_frame(msg, sidecar_threshold, sidecars)
-}
-
-/// Writes `msg` as one frame into one buffer (references are recorded at their offsets in
-/// the frame).
-fn encode_frame(
     msg: &Message,
     sidecar_threshold: usize,
     sidecars: &mut Vec<UnhashedSidecar>,

@@ -335,11 +335,11 @@ impl Streams {
             }
             return;
         }
-        let queued: Vec<Transmit> = outbox.queue.drain(..).collect();
+        let mut queued: Vec<Transmit> = outbox.queue.drain(..).collect();
         if queued.iter().all(|t| !t.report_hash) {
             // Most writes (a call, a response) fit quinn's buffers at once: done here, with no
             // future to allocate and poll.
-            let mut plain: Vec<Bytes> = queued.into_iter().map(|t| t.data).collect();
+            let mut plain: Vec<Bytes> = queued.drain(..).map(|t| t.data).collect();
             if let Some(ok) = write_now(&mut send, &mut plain) {
                 let written = Written {
                     id,
@@ -354,18 +354,17 @@ impl Streams {
                 debug_assert!(reports.is_empty());
                 return;
             }
-            plain.retain(|b| !b.is_empty());
-            self.writes.push(Box::pin(async move {
-                let ok = send.write_all_chunks(&mut plain).await.is_ok();
-                Written {
-                    id,
-                    send,
-                    ok,
-                    fin,
-                    sidecar: None,
-                }
-            }));
-            return;
+            // What quinn did not take yet (written chunks are emptied) goes on as a future.
+            queued = plain
+                .into_iter()
+                .filter(|data| !data.is_empty())
+                .map(|data| Transmit {
+                    stream: id,
+                    data,
+                    fin: false,
+                    report_hash: false,
+                })
+                .collect();
         }
         self.writes.push(Box::pin(async move {
             let (ok, sidecar) = write_queued(&mut send, queued).await;

@@ -380,7 +380,7 @@ impl VmLoop {
         info: NodeInfo,
         limits: Limits,
     ) -> Result<Execution, StartError> {
-        let linked = Execution::link_cached(&self.engine, &self.store, &mut self.links, func)?;
+        let linked = self.links.get(&self.engine, &self.store, func)?;
         let io = (self.shared.io)();
         Execution::start_linked(&self.engine, &self.store, linked, args, info, limits, io)
     }

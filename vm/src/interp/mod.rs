@@ -56,7 +56,7 @@ use crate::native::{NativeCtx, NativeError, NodeInfo};
 use crate::portable::Portable;
 use crate::store::CodeStore;
 use crate::value::{Key, Value};
-use program::{LinkCache, LinkError, Linked, Program};
+use program::{LinkError, Linked, Program};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::rc::Rc;
@@ -499,20 +499,8 @@ impl Execution {
         Execution::start_linked(engine, store, linked, args, node, limits, io)
     }
 
-    /// The program of `func` from `cache` (linked and kept there if it is not yet): what
-    /// [`Execution::start_linked`] starts from. The cache must be used with this `store`
-    /// only, and cleared when a blob leaves it.
-    pub fn link_cached(
-        engine: &Engine,
-        store: &CodeStore,
-        cache: &mut LinkCache,
-        func: FunctionId,
-    ) -> Result<Linked, StartError> {
-        Ok(cache.get(store, &engine.natives, func)?)
-    }
-
     /// [`Execution::start`] from a program already linked (from `store`, with `engine`'s
-    /// natives), e.g. by [`Execution::link_cached`].
+    /// natives), e.g. by [`LinkCache::get`](program::LinkCache::get).
     pub fn start_linked(
         engine: &Engine,
         store: &CodeStore,

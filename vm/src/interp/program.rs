@@ -17,6 +17,7 @@
 //! - A cached program is used only with the store it was linked from, and only while no
 //!   blob has left that store (the host clears the cache when one does).
 
+use super::Engine;
 use crate::blob::{BlobHash, Const, FnRef, FunctionId};
 use crate::function::{HostNative, NativeImpl, RtFunction};
 use crate::store::CodeStore;
@@ -106,17 +107,20 @@ impl LinkCache {
         self.programs.is_empty()
     }
 
-    /// `id` linked from `store` (with `natives`), from the cache or linked now and kept.
+    /// `id` linked from `store` with `engine`'s natives, from the cache or linked now and
+    /// kept: what [`Execution::start_linked`](super::Execution::start_linked) starts from.
+    /// A cache must be used with one engine and one store only, and cleared when a blob
+    /// leaves the store.
     pub fn get(
         &mut self,
+        engine: &Engine,
         store: &CodeStore,
-        natives: &HashMap<String, HostNative>,
         id: FunctionId,
     ) -> Result<Linked, LinkError> {
         if let Some(linked) = self.programs.get(&id) {
             return Ok(linked.clone());
         }
-        let linked = Linked::link(store, natives, id)?;
+        let linked = Linked::link(store, &engine.natives, id)?;
         let size: usize = linked.program.funcs.iter().map(|f| f.code.len()).sum();
         if self.instructions + size > self.limit {
             self.clear();
