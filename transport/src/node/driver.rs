@@ -26,13 +26,18 @@ use skiff_wire::{
     CallError, CallId, CallOptions, CloseReason, Connection, ErrorKind, Event, RemoteError, Side,
     Stats, StreamId,
 };
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-/// Most queued inputs (or commands) the driver handles per wake-up before it flushes.
+/// Most queued inputs (or commands) the driver handles before it flushes.
 const BATCH: usize = 64;
+
+/// Most rounds (handle what is ready, flush) the driver runs per turn of its task.
+const ROUNDS: usize = 8;
 
 /// What the node asks of a connection's driver.
 pub(crate) enum DriverCmd {
@@ -169,51 +174,83 @@ async fn drive(
     let accept = acceptor.accept_bi();
     tokio::pin!(accept);
     let mut inputs = Vec::with_capacity(BATCH);
-    loop {
-        d.flush();
-        if d.closed {
-            break;
-        }
-        if let Some(at) = d.wire.poll_timeout() {
-            if armed_for.is_none_or(|armed| at < armed) {
-                sleep.as_mut().reset(at.into());
-                armed_for = Some(at);
+    std::future::poll_fn(|cx| {
+        // A wake-up does not say which source woke the task, so each is polled once; after
+        // that only a source whose state may have changed without a wake-up (it was ready,
+        // or the flush gave it new work) is polled again: one that returned `Pending` has
+        // registered the waker.
+        let mut poll_cmds = true;
+        let mut poll_streams = true;
+        let mut poll_accept = true;
+        let mut poll_timer = true;
+        for _ in 0..ROUNDS {
+            if std::mem::take(&mut poll_cmds) {
+                for _ in 0..BATCH {
+                    match cmds.poll_recv(cx) {
+                        Poll::Ready(Some(cmd)) => {
+                            d.command(cmd);
+                            poll_cmds = true;
+                        }
+                        Poll::Ready(None) => {
+                            d.wire.close(CloseReason::Local("node stopped".into()));
+                            break;
+                        }
+                        Poll::Pending => {
+                            poll_cmds = false;
+                            break;
+                        }
+                    }
+                }
             }
-        }
-        // What is already queued is handled before the next flush (up to `BATCH` items, so a
-        // busy peer cannot keep the driver from flushing and from its timer): a burst of
-        // chunks or commands costs one flush and one timer update, not one each.
-        tokio::select! {
-            () = std::future::poll_fn(|cx| d.streams.poll_inputs(cx, &mut inputs, BATCH)) => {
+            if std::mem::take(&mut poll_streams)
+                && d.streams.poll_inputs(cx, &mut inputs, BATCH).is_ready()
+            {
+                // Fewer than `BATCH` means every stream was polled to `Pending`.
+                poll_streams = inputs.len() >= BATCH;
                 let now = Instant::now();
                 for input in inputs.drain(..) {
                     d.input(input, now);
                 }
             }
-            cmd = cmds.recv() => match cmd {
-                Some(cmd) => {
-                    d.command(cmd);
-                    // A closed channel shows at the next `recv`, which then returns `None`.
-                    for _ in 1..BATCH {
-                        let Ok(cmd) = cmds.try_recv() else { break };
-                        d.command(cmd);
+            if std::mem::take(&mut poll_accept) {
+                if let Poll::Ready(stream) = accept.as_mut().poll(cx) {
+                    accept.set(acceptor.accept_bi());
+                    poll_accept = true;
+                    match stream {
+                        Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
+                        Err(e) => d.wire.handle_connection_lost(e.to_string()),
                     }
                 }
-                None => d.wire.close(CloseReason::Local("node stopped".into())),
-            },
-            stream = &mut accept => {
-                accept.set(acceptor.accept_bi());
-                match stream {
-                    Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
-                    Err(e) => d.wire.handle_connection_lost(e.to_string()),
-                }
             }
-            _ = &mut sleep, if armed_for.is_some() => {
+            if std::mem::take(&mut poll_timer)
+                && armed_for.is_some()
+                && sleep.as_mut().poll(cx).is_ready()
+            {
                 armed_for = None;
                 d.wire.handle_timeout(Instant::now());
             }
+            d.flush();
+            if d.closed {
+                return Poll::Ready(());
+            }
+            if let Some(at) = d.wire.poll_timeout() {
+                if armed_for.is_none_or(|armed| at < armed) {
+                    sleep.as_mut().reset(at.into());
+                    armed_for = Some(at);
+                    poll_timer = true;
+                }
+            }
+            poll_streams |= d.streams.take_unpolled();
+            if !(poll_cmds || poll_streams || poll_accept || poll_timer) {
+                return Poll::Pending;
+            }
         }
-    }
+        // Still busy after `ROUNDS` rounds: the rest waits for the task's next turn, so
+        // one busy connection does not hold the thread.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
     d.shared.forget_driver(&d.handle);
     let reason = d
         .wire

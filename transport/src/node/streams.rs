@@ -105,6 +105,9 @@ pub(super) struct Streams {
     /// What the first reads of streams adopted by [`Streams::add`] found already there
     /// (handed out by the next `poll_inputs`, before anything else).
     ready: Vec<Input>,
+    /// Something was queued since the last `poll_inputs` that must be polled before it can
+    /// wake the driver (a new read, write or open future, or `ready` inputs).
+    unpolled: bool,
 }
 
 impl Streams {
@@ -121,6 +124,7 @@ impl Streams {
             next_new: 0,
             spare_chunks: Vec::new(),
             ready: Vec::new(),
+            unpolled: false,
         }
     }
 
@@ -129,7 +133,14 @@ impl Streams {
     pub fn add(&mut self, id: StreamId, send: quinn::SendStream, recv: quinn::RecvStream) {
         let mut ready = std::mem::take(&mut self.ready);
         self.adopt(id, send, recv, &mut ready);
+        self.unpolled |= !ready.is_empty();
         self.ready = ready;
+    }
+
+    /// Whether [`Streams::poll_inputs`] has work it was not polled for yet (then it must be
+    /// polled again: nothing would wake the driver for it); clears the mark.
+    pub fn take_unpolled(&mut self) -> bool {
+        std::mem::take(&mut self.unpolled)
     }
 
     /// Starts reading stream `id` (what is already there goes to `out`) and makes it
@@ -209,6 +220,9 @@ impl Streams {
                 self.read_into(id, recv, chunks, out);
             }
         }
+        // Everything queued while polling was polled in turn (reads unless `max` stopped
+        // them, which the caller sees).
+        self.unpolled = false;
         if out.is_empty() {
             Poll::Pending
         } else {
@@ -235,6 +249,7 @@ impl Streams {
         if self.opening.is_none() {
             let conn = self.conn.clone();
             self.opening = Some(Box::pin(async move { (id, conn.open_bi().await) }));
+            self.unpolled = true;
         }
     }
 
@@ -316,6 +331,7 @@ impl Streams {
             let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
             (id, recv, chunks, result)
         }));
+        self.unpolled = true;
     }
 
     fn start_write(&mut self, id: StreamId) {
@@ -366,6 +382,7 @@ impl Streams {
                 })
                 .collect();
         }
+        self.unpolled = true;
         self.writes.push(Box::pin(async move {
             let (ok, sidecar) = write_queued(&mut send, queued).await;
             Written {
