@@ -780,6 +780,9 @@ impl Connection {
         mut body: Vec<u8>,
         pending: &mut Vec<SidecarHash>,
     ) -> Vec<OutFrame> {
+        if outs.is_empty() {
+            return vec![OutFrame::Whole(body.into())];
+        }
         let budget = self.peer.as_ref().map_or(0, |p| p.sidecar_retain);
         let mut frames = Vec::new();
         let mut holes = Vec::new();

@@ -33,6 +33,7 @@ use rmp::encode as enc;
 use rmp::Marker;
 use sha2::{Digest, Sha256};
 use skiff_vm::{BlobHash, FunctionId, Portable};
+use smallvec::SmallVec;
 use std::fmt;
 
 /// Ext type of a closure.
@@ -344,8 +345,8 @@ pub fn decode_value_at(
 /// against `max_depth` without recursion. Used to delimit serde-decoded message headers.
 pub fn object_len(buf: &[u8], max_depth: usize) -> Result<usize, ValueError> {
     let mut pos = 0usize;
-    // Items still to skip at each open container level.
-    let mut stack: Vec<u64> = Vec::new();
+    // Items still to skip at each open container level (headers nest a few levels).
+    let mut stack: SmallVec<[u64; 8]> = SmallVec::new();
     let mut pending: u64 = 1;
     loop {
         while pending == 0 {

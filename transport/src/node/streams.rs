@@ -5,8 +5,9 @@
 //! task of its own and a chunk no channel hop, and only the futures whose stream was woken
 //! are polled again. A write that fits quinn's buffers (most calls and responses) is made
 //! in place, and a read first takes what is already there. Each future owns its stream and
-//! hands it back when it completes. Opening a stream of ours is a future too, so a driver
-//! waiting for stream credit from the peer still reads the responses that free it.
+//! hands it back when it completes. A stream of ours opens at once while quinn has stream
+//! credit; else opening it is a future too, so a driver waiting for credit from the peer
+//! still reads the responses that free it.
 //!
 //! Invariants:
 //! - Streams of ours are opened one at a time, in the order the wire numbers them, so the
@@ -24,6 +25,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use skiff_wire::idmap::IdMap;
 use skiff_wire::{Side, SidecarHash, SidecarHasher, StreamId, Transmit};
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -185,10 +187,8 @@ impl Streams {
             return false;
         };
         outbox.fin = t.fin;
-        if !t.data.is_empty() {
-            outbox.queue.push_back(t);
-        }
-        self.start_write(id);
+        let next = (!t.data.is_empty()).then_some(t);
+        self.start_write(id, next);
         true
     }
 
@@ -206,6 +206,7 @@ impl Streams {
         {
             self.opening = None;
             self.opened(id, opened, out);
+            self.start_open();
         }
         while let Poll::Ready(Some(written)) = self.writes.poll_next_unpin(cx) {
             self.written(written, out);
@@ -241,19 +242,34 @@ impl Streams {
         }
     }
 
-    /// Starts opening the first stream in `unopened`, unless an open is under way.
+    /// Opens the streams that `unopened` waits for, in order, unless an open is under way:
+    /// at once while quinn has stream credit (what that gives is handed out by the next
+    /// `poll_inputs`), else through the `opening` future.
     fn start_open(&mut self) {
-        let Some(id) = self.unopened.front().map(|t| t.stream) else {
-            return;
-        };
-        if self.opening.is_none() {
-            let conn = self.conn.clone();
-            self.opening = Some(Box::pin(async move { (id, conn.open_bi().await) }));
-            self.unpolled = true;
+        while self.opening.is_none() {
+            let Some(id) = self.unopened.front().map(|t| t.stream) else {
+                return;
+            };
+            let mut cx = Context::from_waker(Waker::noop());
+            let polled = std::pin::pin!(self.conn.open_bi()).poll(&mut cx);
+            match polled {
+                Poll::Ready(opened) => {
+                    let mut ready = std::mem::take(&mut self.ready);
+                    self.opened(id, opened, &mut ready);
+                    self.unpolled |= !ready.is_empty();
+                    self.ready = ready;
+                }
+                Poll::Pending => {
+                    let conn = self.conn.clone();
+                    self.opening = Some(Box::pin(async move { (id, conn.open_bi().await) }));
+                    self.unpolled = true;
+                }
+            }
         }
     }
 
     /// Stream `id` of ours is open (or the connection is gone): writes what waited for it.
+    /// The next stream is the caller's to open.
     fn opened(&mut self, id: StreamId, opened: Opened, out: &mut Vec<Input>) {
         match opened {
             Ok((send, recv)) => {
@@ -265,7 +281,6 @@ impl Streams {
                         self.write(t);
                     }
                 }
-                self.start_open();
             }
             Err(e) => {
                 // Nothing more opens on a lost connection.
@@ -334,15 +349,18 @@ impl Streams {
         self.unpolled = true;
     }
 
-    fn start_write(&mut self, id: StreamId) {
+    /// Writes what is queued for stream `id`, then `next`, unless a write is in flight (then
+    /// `next` is queued: the write continues with the queue when done).
+    fn start_write(&mut self, id: StreamId, next: Option<Transmit>) {
         let Some(outbox) = self.outboxes.get_mut(&id) else {
             return;
         };
         let Some(mut send) = outbox.send.take() else {
-            return; // a write is in flight; it continues with the queue when done
+            outbox.queue.extend(next);
+            return;
         };
         let fin = outbox.fin;
-        if outbox.queue.is_empty() {
+        if outbox.queue.is_empty() && next.is_none() {
             if fin {
                 let _ = send.finish();
                 self.outboxes.remove(&id);
@@ -351,11 +369,11 @@ impl Streams {
             }
             return;
         }
-        let mut queued: Vec<Transmit> = outbox.queue.drain(..).collect();
-        if queued.iter().all(|t| !t.report_hash) {
+        let queued: Vec<Transmit> = if outbox.queue.iter().chain(&next).all(|t| !t.report_hash) {
             // Most writes (a call, a response) fit quinn's buffers at once: done here, with no
             // future to allocate and poll.
-            let mut plain: Vec<Bytes> = queued.drain(..).map(|t| t.data).collect();
+            let mut plain: SmallVec<[Bytes; 4]> =
+                outbox.queue.drain(..).chain(next).map(|t| t.data).collect();
             if let Some(ok) = write_now(&mut send, &mut plain) {
                 let written = Written {
                     id,
@@ -371,7 +389,7 @@ impl Streams {
                 return;
             }
             // What quinn did not take yet (written chunks are emptied) goes on as a future.
-            queued = plain
+            plain
                 .into_iter()
                 .filter(|data| !data.is_empty())
                 .map(|data| Transmit {
@@ -380,8 +398,10 @@ impl Streams {
                     fin: false,
                     report_hash: false,
                 })
-                .collect();
-        }
+                .collect()
+        } else {
+            outbox.queue.drain(..).chain(next).collect()
+        };
         self.unpolled = true;
         self.writes.push(Box::pin(async move {
             let (ok, sidecar) = write_queued(&mut send, queued).await;
@@ -420,7 +440,7 @@ impl Streams {
             }
             self.outboxes.remove(&w.id);
         } else {
-            self.start_write(w.id);
+            self.start_write(w.id, None);
         }
     }
 }

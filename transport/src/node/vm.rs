@@ -464,7 +464,8 @@ impl VmLoop {
     }
 
     fn incoming(&mut self, driver: DriverHandle, call: IncomingCall) {
-        let here = self.shared.name.clone();
+        let shared = self.shared.clone();
+        let here = shared.name.as_str();
         let caller = driver.peer.clone().unwrap_or_else(|| call.caller.clone());
         let perms = self.shared.permissions_for(driver.peer.as_deref());
         // Shutdown: only call-backs of executions still running here are served.
@@ -472,7 +473,7 @@ impl VmLoop {
             .shared
             .closing
             .load(std::sync::atomic::Ordering::SeqCst);
-        let call_back = call.hops.contains(&here) && !self.running.is_empty();
+        let call_back = call.hops.iter().any(|h| h == here) && !self.running.is_empty();
         if closing && !call_back {
             return Self::refuse(
                 &driver,
@@ -582,7 +583,7 @@ impl VmLoop {
                 self.push(exec, origin, nested, Some((caller, driver)), context);
             }
             Err(e) => {
-                let error = start_failure(&e, &here);
+                let error = start_failure(&e, here);
                 let message = e.to_string();
                 driver.send(DriverCmd::Respond {
                     id,
