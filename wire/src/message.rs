@@ -330,7 +330,7 @@ where
 }
 
 /// Wire form of [`Target`]: `[hash, member]` or a name string (borrowed when encoding).
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum TargetWire<'a> {
     Function(HashBin, u32),
     Name(Cow<'a, str>),
@@ -379,7 +379,7 @@ impl<'de> Deserialize<'de> for TargetWire<'_> {
 }
 
 /// A call's header: borrowed from the request when encoding, owned when decoded.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct CallHeader<'a> {
     call_id: u64,
     target: TargetWire<'a>,
@@ -396,7 +396,7 @@ fn is_false(b: &bool) -> bool {
     !b
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct ErrorHeader {
     kind: String,
     message: String,
@@ -404,7 +404,7 @@ struct ErrorHeader {
     trace: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct ResponseHeader {
     call_id: u64,
     error: Option<ErrorHeader>,
@@ -605,6 +605,145 @@ fn decode_header<'a, T: Deserialize<'a>>(
     Ok((value, n))
 }
 
+// ---------------------------------------------------------------------------------------
+// The two headers every call carries, in the encoding `encode_message` writes, are decoded
+// by hand (rmp-serde's generic path costs more than the rest of a small call's decoding).
+// Anything else — another valid encoding, an error response, a malformed header — returns
+// `None`, and the serde decoder, which accepts every encoding and words the errors, decides.
+// For what the hand decoders accept they give what the serde decoder gives (tested).
+
+/// A call header `[call_id, target, deadline_ms, caller, hops(, sealed)]` and its length.
+fn canonical_call_header<'a>(p: &'a [u8], limits: &Limits) -> Option<(CallHeader<'a>, usize)> {
+    // Containers nest two deep (target and hops inside the header); a lower limit is the
+    // serde path's to report.
+    if limits.max_depth < 2 {
+        return None;
+    }
+    let mut r = HeaderReader { buf: p, pos: 0 };
+    let fields = r.array_len()?;
+    if fields != 5 && fields != 6 {
+        return None;
+    }
+    let call_id = r.uint()?;
+    let target = if r.peek()? == 0x92 {
+        r.pos += 1;
+        let hash = r.hash()?;
+        TargetWire::Function(hash, u32::try_from(r.uint()?).ok()?)
+    } else {
+        TargetWire::Name(Cow::Borrowed(r.str()?))
+    };
+    let deadline_ms = r.nil_or(HeaderReader::uint)?;
+    let caller = Cow::Borrowed(r.str()?);
+    let hop_count = r.array_len()?;
+    if hop_count > limits.max_hops {
+        return None;
+    }
+    let mut hops = Vec::with_capacity(hop_count);
+    for _ in 0..hop_count {
+        hops.push(r.str()?.to_owned());
+    }
+    let sealed = fields == 6 && r.bool()?;
+    let header = CallHeader {
+        call_id,
+        target,
+        deadline_ms,
+        caller,
+        hops: Cow::Owned(hops),
+        sealed,
+    };
+    Some((header, r.pos))
+}
+
+/// A successful response's header `[call_id, nil]` and its length.
+fn canonical_ok_header(p: &[u8], limits: &Limits) -> Option<(ResponseHeader, usize)> {
+    if limits.max_depth < 1 {
+        return None;
+    }
+    let mut r = HeaderReader { buf: p, pos: 0 };
+    if r.array_len()? != 2 {
+        return None;
+    }
+    let call_id = r.uint()?;
+    if r.take(1)? != [0xc0] {
+        return None;
+    }
+    Some((
+        ResponseHeader {
+            call_id,
+            error: None,
+        },
+        r.pos,
+    ))
+}
+
+/// Reads the MessagePack forms the header encoder writes; `None` for any other.
+struct HeaderReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> HeaderReader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(bytes)
+    }
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(self.take(n)?.iter().fold(0, |acc, &b| acc << 8 | b as u64))
+    }
+    fn array_len(&mut self) -> Option<usize> {
+        match self.take(1)?[0] {
+            m @ 0x90..=0x9f => Some((m & 0x0f) as usize),
+            0xdc => Some(self.be(2)? as usize),
+            _ => None,
+        }
+    }
+    fn uint(&mut self) -> Option<u64> {
+        match self.take(1)?[0] {
+            m @ 0x00..=0x7f => Some(m as u64),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            _ => None,
+        }
+    }
+    fn str(&mut self) -> Option<&'a str> {
+        let len = match self.take(1)?[0] {
+            m @ 0xa0..=0xbf => (m & 0x1f) as usize,
+            0xd9 => self.be(1)? as usize,
+            0xda => self.be(2)? as usize,
+            0xdb => self.be(4)? as usize,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+    fn hash(&mut self) -> Option<HashBin> {
+        if self.take(2)? != [0xc4, 32] {
+            return None;
+        }
+        Some(HashBin(self.take(32)?.try_into().ok()?))
+    }
+    fn bool(&mut self) -> Option<bool> {
+        match self.take(1)?[0] {
+            0xc2 => Some(false),
+            0xc3 => Some(true),
+            _ => None,
+        }
+    }
+    /// `Some(None)` for nil, else what `read` makes of the value.
+    fn nil_or<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.peek()? == 0xc0 {
+            self.pos += 1;
+            return Some(None);
+        }
+        read(self).map(Some)
+    }
+}
+
 fn exact(ty: FrameType, payload: &[u8], used: usize) -> Result<(), MessageError> {
     match payload.len() - used {
         0 => Ok(()),
@@ -642,7 +781,10 @@ pub fn decode_message(
             Ok(Message::Hello(h))
         }
         FrameType::Call => {
-            let (h, n): (CallHeader<'_>, usize) = decode_header(fty, p, limits)?;
+            let (h, n): (CallHeader<'_>, usize) = match canonical_call_header(p, limits) {
+                Some(fast) => fast,
+                None => decode_header(fty, p, limits)?,
+            };
             check(Limit::MaxHops, limits.max_hops as u64, h.hops.len() as u64)?;
             let (context, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
                 .map_err(value_err)?;
@@ -670,7 +812,10 @@ pub fn decode_message(
             }))
         }
         FrameType::Response => {
-            let (h, n): (ResponseHeader, usize) = decode_header(fty, p, limits)?;
+            let (h, n): (ResponseHeader, usize) = match canonical_ok_header(p, limits) {
+                Some(fast) => fast,
+                None => decode_header(fty, p, limits)?,
+            };
             let (value, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
                 .map_err(value_err)?;
             exact(fty, p, n)?;
@@ -766,5 +911,110 @@ pub fn decode_frame_exact(frame: &Bytes, limits: &Limits) -> Result<Message, Mes
             }
             decode_message(ty, &frame.slice(payload), limits, &|_| None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encoded<T: Serialize>(header: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmp_serde::encode::write(&mut out, header).unwrap();
+        out
+    }
+
+    fn call_header() -> impl Strategy<Value = CallHeader<'static>> {
+        let target = prop_oneof![
+            (any::<[u8; 32]>(), any::<u32>())
+                .prop_map(|(h, m)| TargetWire::Function(HashBin(h), m)),
+            ".{0,40}".prop_map(|n| TargetWire::Name(Cow::Owned(n))),
+        ];
+        (
+            any::<u64>(),
+            target,
+            proptest::option::of(any::<u64>()),
+            ".{0,300}",
+            proptest::collection::vec(".{0,12}", 0..40),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(call_id, target, deadline_ms, caller, hops, sealed)| CallHeader {
+                    call_id,
+                    target,
+                    deadline_ms,
+                    caller: Cow::Owned(caller),
+                    hops: Cow::Owned(hops),
+                    sealed,
+                },
+            )
+    }
+
+    proptest! {
+        // What the encoder writes, the hand decoder reads as the serde decoder does.
+        #[test]
+        fn canonical_call_header_agrees(h in call_header(), extra in any::<u8>()) {
+            let limits = Limits::default();
+            let mut p = encoded(&h);
+            let n = p.len();
+            p.push(extra);
+            let serde: (CallHeader<'_>, usize) =
+                decode_header(FrameType::Call, &p, &limits).unwrap();
+            if h.hops.len() <= limits.max_hops {
+                prop_assert_eq!(canonical_call_header(&p, &limits), Some((h, n)));
+            }
+            prop_assert_eq!(serde.1, n);
+        }
+
+        // Whatever else the hand decoder accepts, it reads as the serde decoder does.
+        #[test]
+        fn hand_decoders_never_disagree(
+            h in call_header(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let limits = Limits::default();
+            let mut p = encoded(&h);
+            for (at, byte) in flips {
+                let i = at.index(p.len());
+                p[i] = byte;
+            }
+            if let Some(fast) = canonical_call_header(&p, &limits) {
+                let serde = decode_header(FrameType::Call, &p, &limits);
+                prop_assert_eq!(serde.ok(), Some(fast));
+            }
+            if let Some(fast) = canonical_ok_header(&p, &limits) {
+                let serde = decode_header(FrameType::Response, &p, &limits);
+                prop_assert_eq!(serde.ok(), Some(fast));
+            }
+        }
+
+        #[test]
+        fn canonical_ok_header_agrees(call_id in any::<u64>()) {
+            let limits = Limits::default();
+            let h = ResponseHeader { call_id, error: None };
+            let p = encoded(&h);
+            prop_assert_eq!(canonical_ok_header(&p, &limits), Some((h, p.len())));
+        }
+    }
+
+    #[test]
+    fn other_encodings_go_to_serde() {
+        let limits = Limits::default();
+        // An error response, and a call id written as a signed int: valid, not canonical.
+        let failed = ResponseHeader {
+            call_id: 7,
+            error: Some(ErrorHeader {
+                kind: "thrown".into(),
+                message: "no".into(),
+                trace: vec![],
+            }),
+        };
+        assert_eq!(canonical_ok_header(&encoded(&failed), &limits), None);
+        let signed = [0x92, 0xd0, 0x07, 0xc0];
+        assert_eq!(canonical_ok_header(&signed, &limits), None);
+        let serde: (ResponseHeader, usize) =
+            decode_header(FrameType::Response, &signed, &limits).unwrap();
+        assert_eq!(serde.0.call_id, 7);
     }
 }
