@@ -1,13 +1,23 @@
 //! One task per QUIC connection: moves bytes between quinn streams and one sans-IO
 //! [`skiff_wire::Connection`], and between that connection and the node.
 //!
-//! The driver owns the `Connection`; nothing else touches it. It also owns the connection's
-//! quinn streams and polls their reads and writes itself (`streams.rs`): no task per stream,
-//! and a slow stream still never blocks the driver or another call. Commands from the node
-//! (start a call, cancel it, respond to an incoming one) arrive on an unbounded channel; events
-//! go to the VM thread ([`VmMsg`]) or to the task waiting for an outgoing call's result.
+//! The driver's state owns the `Connection` and the connection's quinn streams, whose reads
+//! and writes the task polls itself (`streams.rs`): no task per stream, and a slow stream
+//! still never blocks the driver or another call. Commands from the node (start a call,
+//! cancel it, respond to an incoming one) arrive on an unbounded channel; events go to the
+//! VM thread ([`VmMsg`]) or to the task waiting for an outgoing call's result.
+//!
+//! The state sits behind a mutex that the task holds while it polls. A caller starting a
+//! call and the VM answering one take it only when it is free and no command waits in the
+//! channel; they then run the command and write its frames themselves (in the common case
+//! straight into quinn's buffers), and wake the task only for what needs it (a stream future
+//! to poll, an earlier timer, a close). A warm call and its answer thus cost no wake-up of
+//! either driver task, and with `Node::start` no hop between threads besides quinn's own.
 //!
 //! Invariants:
+//! - Nothing blocks on the state's mutex but the task itself: everyone else uses `try_lock`
+//!   and falls back to the channel. Commands run in the order they were sent: one runs in
+//!   place only when the channel is empty.
 //! - Locally opened quinn streams are opened in the order the wire numbers them, so the
 //!   stream ids both sides see agree (the client's first stream is the control stream);
 //!   opening one never blocks the driver (`streams.rs`), so waiting for the peer's stream
@@ -28,7 +38,7 @@ use skiff_wire::{
 };
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -72,6 +82,10 @@ pub(crate) struct DriverLink {
     pub tx: mpsc::UnboundedSender<DriverCmd>,
     pub stats: Mutex<Stats>,
     pub conn: quinn::Connection,
+    /// The driver's state. Its task holds the lock while it polls; a caller starting a call
+    /// and the VM answering one take it only if it is free (`try_lock`), and then do the
+    /// work themselves, so the task is not woken for it.
+    core: Mutex<Driver>,
 }
 
 impl std::ops::Deref for DriverHandle {
@@ -86,9 +100,51 @@ impl DriverHandle {
         self.conn.close_reason().is_none() && !self.tx.is_closed()
     }
 
+    /// Hands `cmd` to the driver. A call or an answer runs here, in place, when the driver's
+    /// state is free and nothing waits in the channel before it; otherwise, and for the
+    /// other commands (rare, and never waited on), it goes through the channel.
     pub fn send(&self, cmd: DriverCmd) {
+        let cmd = match cmd {
+            DriverCmd::Call { .. } | DriverCmd::Respond { .. } => match self.in_place(cmd) {
+                None => return,
+                Some(cmd) => cmd,
+            },
+            cmd => cmd,
+        };
         // A gone driver already failed every call it carried.
         let _ = self.tx.send(cmd);
+    }
+
+    /// Runs `cmd` on the driver's state and writes what it produced; gives `cmd` back if the
+    /// state is busy (its task is polling) or the channel holds commands not yet run.
+    fn in_place(&self, cmd: DriverCmd) -> Option<DriverCmd> {
+        let Ok(mut d) = self.core.try_lock() else {
+            return Some(cmd);
+        };
+        if d.closed || !d.cmds.is_empty() {
+            return Some(cmd);
+        }
+        d.command(cmd);
+        d.flush(self);
+        // A new stream future (a call's stream waiting for its answer) is polled here with
+        // the task's waker, so the task need not wake up just to poll it.
+        let mut more = false;
+        if let Some(waker) = d.waker.clone().filter(|_| d.streams.has_unpolled()) {
+            more = d.read_streams(&mut Context::from_waker(&waker), &mut Vec::new());
+            d.flush(self);
+        }
+        // What only the task can do: read on, poll what the flush queued, move its timer
+        // earlier, end after a close.
+        let timer = d
+            .wire
+            .poll_timeout()
+            .is_some_and(|at| d.armed_for.is_none_or(|armed| at < armed));
+        if more || timer || d.closed || d.streams.has_unpolled() {
+            if let Some(waker) = &d.waker {
+                waker.wake_by_ref();
+            }
+        }
+        None
     }
 }
 
@@ -108,12 +164,32 @@ pub(crate) fn spawn(
     peer: Option<String>,
 ) -> DriverHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let verifier: skiff_wire::Verifier = Arc::new(super::verify_blob);
+    let wire = Connection::new(
+        side,
+        shared.wire_config.clone(),
+        shared.store.clone(),
+        verifier,
+    );
+    let core = Driver {
+        shared: shared.clone(),
+        cmds: rx,
+        wire,
+        streams: Streams::new(conn.clone(), side),
+        pending: IdMap::default(),
+        tokens: IdMap::default(),
+        incoming: IdSet::default(),
+        closed: false,
+        armed_for: None,
+        waker: None,
+    };
     let handle = DriverHandle(Arc::new(DriverLink {
         id: conn.stable_id(),
         peer: peer.clone(),
         tx,
         stats: Mutex::new(Stats::default()),
         conn,
+        core: Mutex::new(core),
     }));
     let span = tracing::info_span!(
         "connection",
@@ -121,13 +197,14 @@ pub(crate) fn spawn(
         peer = peer.as_deref().unwrap_or("?"),
         id = handle.id,
     );
-    tokio::spawn(drive(shared.clone(), handle.clone(), side, rx).instrument(span));
+    tokio::spawn(drive(handle.clone(), side).instrument(span));
     handle
 }
 
 struct Driver {
     shared: Arc<Shared>,
-    handle: DriverHandle,
+    /// Commands that could not run in place ([`DriverHandle::send`]), in order.
+    cmds: mpsc::UnboundedReceiver<DriverCmd>,
     wire: Connection,
     streams: Streams,
     /// Outgoing calls: wire id → (token, waiter).
@@ -136,45 +213,30 @@ struct Driver {
     /// Incoming calls handed to the VM thread, not yet answered or cancelled.
     incoming: IdSet<CallId>,
     closed: bool,
+    /// When the task's timer fires (`None`: not armed).
+    armed_for: Option<Instant>,
+    /// The task's waker (once it has polled), for work done in place.
+    waker: Option<Waker>,
 }
 
-async fn drive(
-    shared: Arc<Shared>,
-    handle: DriverHandle,
-    side: Side,
-    mut cmds: mpsc::UnboundedReceiver<DriverCmd>,
-) {
-    let verifier: skiff_wire::Verifier = Arc::new(super::verify_blob);
-    let wire = Connection::new(
-        side,
-        shared.wire_config.clone(),
-        shared.store.clone(),
-        verifier,
-    );
+async fn drive(handle: DriverHandle, side: Side) {
     let conn = handle.conn.clone();
-    let mut d = Driver {
-        shared,
-        handle,
-        wire,
-        streams: Streams::new(conn.clone(), side),
-        pending: IdMap::default(),
-        tokens: IdMap::default(),
-        incoming: IdSet::default(),
-        closed: false,
-    };
     tracing::debug!("driver started");
     // One timer for the connection's whole life. It is moved only to an earlier instant: a
     // later `poll_timeout` (each new call's deadline is) leaves it where it is, and when it
     // fires early the wire finds nothing due and the loop sets it again.
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
-    let mut armed_for: Option<Instant> = None;
     // One accept future, replaced only when it completes.
     let acceptor = conn.clone();
     let accept = acceptor.accept_bi();
     tokio::pin!(accept);
     let mut inputs = Vec::with_capacity(BATCH);
     std::future::poll_fn(|cx| {
+        let mut d = handle.core.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            d.waker = Some(cx.waker().clone());
+        }
         // A wake-up does not say which source woke the task, so each is polled once; after
         // that only a source whose state may have changed without a wake-up (it was ready,
         // or the flush gave it new work) is polled again: one that returned `Pending` has
@@ -186,7 +248,7 @@ async fn drive(
         for _ in 0..ROUNDS {
             if std::mem::take(&mut poll_cmds) {
                 for _ in 0..BATCH {
-                    match cmds.poll_recv(cx) {
+                    match d.cmds.poll_recv(cx) {
                         Poll::Ready(Some(cmd)) => {
                             d.command(cmd);
                             poll_cmds = true;
@@ -202,15 +264,8 @@ async fn drive(
                     }
                 }
             }
-            if std::mem::take(&mut poll_streams)
-                && d.streams.poll_inputs(cx, &mut inputs, BATCH).is_ready()
-            {
-                // Fewer than `BATCH` means every stream was polled to `Pending`.
-                poll_streams = inputs.len() >= BATCH;
-                let now = Instant::now();
-                for input in inputs.drain(..) {
-                    d.input(input, now);
-                }
+            if std::mem::take(&mut poll_streams) {
+                poll_streams = d.read_streams(cx, &mut inputs);
             }
             if std::mem::take(&mut poll_accept) {
                 if let Poll::Ready(stream) = accept.as_mut().poll(cx) {
@@ -223,20 +278,20 @@ async fn drive(
                 }
             }
             if std::mem::take(&mut poll_timer)
-                && armed_for.is_some()
+                && d.armed_for.is_some()
                 && sleep.as_mut().poll(cx).is_ready()
             {
-                armed_for = None;
+                d.armed_for = None;
                 d.wire.handle_timeout(Instant::now());
             }
-            d.flush();
+            d.flush(&handle);
             if d.closed {
                 return Poll::Ready(());
             }
             if let Some(at) = d.wire.poll_timeout() {
-                if armed_for.is_none_or(|armed| at < armed) {
+                if d.armed_for.is_none_or(|armed| at < armed) {
                     sleep.as_mut().reset(at.into());
-                    armed_for = Some(at);
+                    d.armed_for = Some(at);
                     poll_timer = true;
                 }
             }
@@ -251,7 +306,8 @@ async fn drive(
         Poll::Pending
     })
     .await;
-    d.shared.forget_driver(&d.handle);
+    let mut d = handle.core.lock().unwrap_or_else(|e| e.into_inner());
+    d.shared.forget_driver(&handle);
     let reason = d
         .wire
         .close_reason()
@@ -259,14 +315,31 @@ async fn drive(
         .unwrap_or_default();
     tracing::debug!(%reason, "driver stopped");
     // The last frames (e.g. a final response) are written before the connection closes.
+    let streams = std::mem::replace(&mut d.streams, Streams::new(conn.clone(), side));
+    drop(d);
     tokio::spawn(async move {
-        d.streams.flush_writes().await;
+        streams.flush_writes().await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         conn.close(quinn::VarInt::from_u32(0), b"closed");
     });
 }
 
 impl Driver {
+    /// Polls the streams and handles what they gave (`inputs` is scratch space, left
+    /// empty); `true` if they may have more (`BATCH` was taken), else every stream was
+    /// polled to `Pending`.
+    fn read_streams(&mut self, cx: &mut Context<'_>, inputs: &mut Vec<Input>) -> bool {
+        if self.streams.poll_inputs(cx, inputs, BATCH).is_pending() {
+            return false;
+        }
+        let full = inputs.len() >= BATCH;
+        let now = Instant::now();
+        for input in inputs.drain(..) {
+            self.input(input, now);
+        }
+        full
+    }
+
     fn input(&mut self, input: Input, now: Instant) {
         match input {
             Input::Data(id, data) => self.wire.handle_stream_data(id, data, now),
@@ -316,7 +389,7 @@ impl Driver {
     }
 
     /// Writes every pending transmit and dispatches every event.
-    fn flush(&mut self) {
+    fn flush(&mut self, handle: &DriverHandle) {
         loop {
             let mut progress = false;
             while let Some(t) = self.wire.poll_transmit() {
@@ -328,25 +401,25 @@ impl Driver {
             }
             while let Some(event) = self.wire.poll_event() {
                 progress = true;
-                self.event(event);
+                self.event(event, handle);
             }
             if !progress {
                 break;
             }
         }
-        if let Ok(mut stats) = self.handle.stats.lock() {
+        if let Ok(mut stats) = handle.stats.lock() {
             *stats = self.wire.stats().clone();
         }
     }
 
-    fn event(&mut self, event: Event) {
+    fn event(&mut self, event: Event, handle: &DriverHandle) {
         match event {
             Event::Connected(info) => tracing::debug!(peer = %info.node, "hello exchanged"),
             Event::IncomingCall(call) => {
                 tracing::debug!(id = ?call.id, caller = %call.caller, "incoming call");
                 self.incoming.insert(call.id);
                 self.shared.to_vm(VmMsg::Incoming {
-                    driver: self.handle.clone(),
+                    driver: handle.clone(),
                     call: Box::new(call),
                 });
             }
@@ -360,7 +433,7 @@ impl Driver {
                 tracing::debug!(?id, reason = reason.as_str(), "incoming call cancelled");
                 if self.incoming.remove(&id) {
                     self.shared.to_vm(VmMsg::Cancelled {
-                        conn: self.handle.id,
+                        conn: handle.id,
                         id,
                     });
                 }
@@ -379,7 +452,7 @@ impl Driver {
                 }
                 for id in self.incoming.drain() {
                     self.shared.to_vm(VmMsg::Cancelled {
-                        conn: self.handle.id,
+                        conn: handle.id,
                         id,
                     });
                 }

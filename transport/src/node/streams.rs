@@ -140,7 +140,12 @@ impl Streams {
     }
 
     /// Whether [`Streams::poll_inputs`] has work it was not polled for yet (then it must be
-    /// polled again: nothing would wake the driver for it); clears the mark.
+    /// polled again: nothing would wake the driver for it).
+    pub fn has_unpolled(&self) -> bool {
+        self.unpolled
+    }
+
+    /// [`Streams::has_unpolled`], clearing the mark.
     pub fn take_unpolled(&mut self) -> bool {
         std::mem::take(&mut self.unpolled)
     }
