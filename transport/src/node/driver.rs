@@ -129,9 +129,11 @@ impl DriverHandle {
         // A new stream future (a call's stream waiting for its answer) is polled here with
         // the task's waker, so the task need not wake up just to poll it.
         let mut more = false;
-        if let Some(waker) = d.waker.clone().filter(|_| d.streams.has_unpolled()) {
-            more = d.read_streams(&mut Context::from_waker(&waker), &mut Vec::new());
-            d.flush(self);
+        if d.streams.has_unpolled() {
+            if let Some(waker) = d.waker.clone() {
+                more = d.read_streams(&mut Context::from_waker(&waker), &mut Vec::new());
+                d.flush(self);
+            }
         }
         // What only the task can do: read on, poll what the flush queued, move its timer
         // earlier, end after a close.
@@ -307,6 +309,11 @@ async fn drive(handle: DriverHandle, side: Side) {
     })
     .await;
     let mut d = handle.core.lock().unwrap_or_else(|e| e.into_inner());
+    // The receiver outlives the task (it is in the state): closed and emptied here, so a
+    // command sent from now on fails and one still queued is dropped, and their waiters see
+    // the connection gone.
+    d.cmds.close();
+    while d.cmds.try_recv().is_ok() {}
     d.shared.forget_driver(&handle);
     let reason = d
         .wire
