@@ -255,11 +255,9 @@ async fn drive(handle: DriverHandle, side: Side) {
                             d.command(cmd);
                             poll_cmds = true;
                         }
-                        Poll::Ready(None) => {
-                            d.wire.close(CloseReason::Local("node stopped".into()));
-                            break;
-                        }
-                        Poll::Pending => {
+                        // The channel closes only when this task ends (the link, which
+                        // the task holds, holds its sender).
+                        Poll::Ready(None) | Poll::Pending => {
                             poll_cmds = false;
                             break;
                         }
