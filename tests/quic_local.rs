@@ -45,6 +45,12 @@ fn local_nodes_hop_and_answer_without_a_thread_of_their_own() {
             .await
             .unwrap();
         assert_eq!(sum, Portable::Int(42));
+        // Every task of theirs (quinn's drivers included) is a task of the set, not of the
+        // runtime: on this thread, none wakes another through the runtime's scheduler.
+        let on_runtime = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(on_runtime, 0, "local nodes spawn no runtime task");
         if cfg!(target_os = "linux") {
             assert_eq!(vm_threads(), 0, "local nodes start no VM thread");
             // The same check sees the thread of a node started the default way.

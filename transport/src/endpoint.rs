@@ -131,6 +131,9 @@ pub struct EndpointConfig {
     pub default_trust: Option<Trust>,
     /// Connection-level options.
     pub options: TransportOptions,
+    /// Where quinn spawns the endpoint's and each connection's driver task; by default
+    /// (`quinn::TokioRuntime`) on the tokio runtime the endpoint is bound in.
+    pub runtime: Arc<dyn quinn::Runtime>,
 }
 
 impl EndpointConfig {
@@ -141,6 +144,7 @@ impl EndpointConfig {
             client_auth,
             default_trust: None,
             options: TransportOptions::default(),
+            runtime: Arc::new(quinn::TokioRuntime),
         }
     }
 }
@@ -174,9 +178,8 @@ impl Endpoint {
     /// accepts any certificate and `addr` is not a loopback address.
     pub fn bind(addr: SocketAddr, config: EndpointConfig) -> Result<Self, TransportError> {
         let socket = std::net::UdpSocket::bind(addr)?;
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket)?;
-        Self::with_socket(socket, runtime, config)
+        let socket = config.runtime.wrap_udp_socket(socket)?;
+        Self::with_socket(socket, config)
     }
 
     /// Like [`Endpoint::bind`], on a [`LossySocket`] dropping datagrams per `loss`. Returns
@@ -188,14 +191,13 @@ impl Endpoint {
     ) -> Result<(Self, Arc<LossStats>), TransportError> {
         let socket = LossySocket::bind(addr, loss)?;
         let stats = socket.stats();
-        let endpoint = Self::with_socket(socket, Arc::new(quinn::TokioRuntime), config)?;
+        let endpoint = Self::with_socket(socket, config)?;
         Ok((endpoint, stats))
     }
 
     /// Start an endpoint on any quinn socket abstraction.
     pub fn with_socket(
         socket: Arc<dyn quinn::AsyncUdpSocket>,
-        runtime: Arc<dyn quinn::Runtime>,
         config: EndpointConfig,
     ) -> Result<Self, TransportError> {
         let local = socket.local_addr()?;
@@ -222,7 +224,7 @@ impl Endpoint {
             quinn::EndpointConfig::default(),
             Some(server),
             socket,
-            runtime,
+            config.runtime,
         )?;
         if let Some(trust) = &config.default_trust {
             endpoint.set_default_client_config(build_client_config(&shared, trust)?);

@@ -199,7 +199,9 @@ pub(crate) fn spawn(
         peer = peer.as_deref().unwrap_or("?"),
         id = handle.id,
     );
-    tokio::spawn(drive(handle.clone(), side).instrument(span));
+    shared
+        .spawner
+        .spawn(drive(handle.clone(), side).instrument(span));
     handle
 }
 
@@ -321,8 +323,9 @@ async fn drive(handle: DriverHandle, side: Side) {
     tracing::debug!(%reason, "driver stopped");
     // The last frames (e.g. a final response) are written before the connection closes.
     let streams = std::mem::replace(&mut d.streams, Streams::new(conn.clone(), side));
+    let spawner = d.shared.spawner.clone();
     drop(d);
-    tokio::spawn(async move {
+    spawner.spawn(async move {
         streams.flush_writes().await;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         conn.close(quinn::VarInt::from_u32(0), b"closed");

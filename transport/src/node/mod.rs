@@ -11,6 +11,9 @@
 //!   task of the host's `LocalSet` ([`Node::start_local`]). VM values are `!Send`, so
 //!   executions never leave that thread; only `Portable` values cross.
 //!
+//! Where the tokio side's tasks run is the node's `Spawner` (`spawner.rs`): the runtime
+//! the node was started in, or, for [`Node::start_local`], the host's `LocalSet` too.
+//!
 //! ```text
 //!   quinn streams ⇄ driver task (wire::Connection) ──IncomingCall/Cancelled──▶ VM thread
 //!                         ▲                                                     │
@@ -36,6 +39,7 @@
 
 mod driver;
 mod hop;
+mod spawner;
 mod streams;
 mod vm;
 
@@ -51,6 +55,7 @@ use driver::DriverHandle;
 use skiff_vm::native::{NativeCtx, NativeError};
 use skiff_vm::{Blob, BlobHash, ExecError, ExecIo, FunctionId, Limits, Module, Portable, Value};
 use skiff_wire::{BlobSource, CallOptions, SharedStore, Side, Stats};
+use spawner::Spawner;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -277,7 +282,8 @@ pub(crate) struct Shared {
     io: SendIoFactory,
     default_permissions: Permissions,
     permissions: HashMap<String, Permissions>,
-    runtime: tokio::runtime::Handle,
+    /// Spawns the node's tasks: on the runtime it was started in, or on the host's `LocalSet`.
+    spawner: Spawner,
     /// Set when shutdown begins: new connections and calls are refused.
     closing: AtomicBool,
     next_token: AtomicU64,
@@ -431,7 +437,7 @@ impl Node {
     /// the node's thread, so scripts never hold up the runtime. See [`Node::start_local`]
     /// for a node whose VM shares the runtime's thread.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let bound = Self::bind(&config)?;
+        let bound = Self::bind(&config, Spawner::current())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -442,44 +448,48 @@ impl Node {
             .name(format!("skiff-vm-{}", config.name))
             .spawn(move || runtime.block_on(VmLoop::new(vm_shared, &natives, contexts).run(vm_rx)))
             .map_err(|e| NodeError::Start(e.to_string()))?;
+        let accept = tokio::spawn(accept_loop(bound.shared.clone(), bound.endpoint.clone()));
         Ok(Self::serve(
             &config,
-            bound.shared,
-            bound.endpoint,
-            bound.loss,
+            (bound.shared, bound.endpoint, bound.loss),
             VmPlacement::Thread(thread),
+            accept,
         ))
     }
 
-    /// Like [`Node::start`], but the VM loop is a task of `local` instead of a thread:
-    /// the node adds no thread of its own, and on a current-thread runtime driving
-    /// `local`, an incoming call goes from the QUIC packet to the execution and back
-    /// without a thread switch (the lowest round-trip latency; one core for everything).
+    /// Like [`Node::start`], but the VM loop is a task of `local` instead of a thread, and
+    /// so is every other task of the node: quinn's endpoint and connection drivers, the
+    /// node's connection drivers, handshakes and hop tasks. The node adds no thread of its
+    /// own, and on a current-thread runtime driving `local`, an incoming call goes from the
+    /// QUIC packet to the execution and back without a thread switch, every wake-up on the
+    /// way a local one (the lowest round-trip latency; one core for everything).
     ///
     /// The host must drive `local` (e.g. `local.run_until(..)` or awaiting it) for the node
-    /// to run anything. Executions run in slices between which the loop yields, but a
-    /// slice or a host native that blocks holds up every task of that thread.
+    /// to do anything, its own calls to other nodes included. Executions run in slices
+    /// between which the loop yields, but a slice or a host native that blocks holds up
+    /// every task of that thread.
     pub async fn start_local(config: NodeConfig, local: &LocalSet) -> Result<Node, NodeError> {
-        let bound = Self::bind(&config)?;
+        let bound = Self::bind(&config, Spawner::local(local))?;
         let vm = VmLoop::new(bound.shared.clone(), &config.natives, bound.contexts);
         local.spawn_local(vm.run(bound.vm_rx));
+        let accept = local.spawn_local(accept_loop(bound.shared.clone(), bound.endpoint.clone()));
         Ok(Self::serve(
             &config,
-            bound.shared,
-            bound.endpoint,
-            bound.loss,
+            (bound.shared, bound.endpoint, bound.loss),
             VmPlacement::Local,
+            accept,
         ))
     }
 
     /// Binds the endpoint and builds the state shared with the VM loop.
-    fn bind(config: &NodeConfig) -> Result<Bound, NodeError> {
+    fn bind(config: &NodeConfig, spawner: Spawner) -> Result<Bound, NodeError> {
         let client_auth = config
             .client_auth
             .clone()
             .unwrap_or_else(|| config.peers.client_auth());
         let mut endpoint_config = EndpointConfig::new(config.identity.clone(), client_auth);
         endpoint_config.options = config.transport.clone();
+        endpoint_config.runtime = spawner.quinn_runtime();
         let (endpoint, loss) = match config.loss {
             Some(loss) => {
                 let (endpoint, stats) = Endpoint::bind_lossy(config.listen, endpoint_config, loss)?;
@@ -523,7 +533,7 @@ impl Node {
             io: config.io.clone(),
             default_permissions: config.default_permissions.clone(),
             permissions: config.permissions.clone(),
-            runtime: tokio::runtime::Handle::current(),
+            spawner,
             closing: AtomicBool::new(false),
             next_token: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -541,15 +551,13 @@ impl Node {
         })
     }
 
-    /// Starts the accept loop of a node whose VM loop runs at `vm`.
+    /// The node whose VM loop runs at `vm` and whose accept loop is `accept`.
     fn serve(
         config: &NodeConfig,
-        shared: Arc<Shared>,
-        endpoint: Endpoint,
-        loss: Option<Arc<LossStats>>,
+        (shared, endpoint, loss): (Arc<Shared>, Endpoint, Option<Arc<LossStats>>),
         vm: VmPlacement,
+        accept: tokio::task::JoinHandle<()>,
     ) -> Node {
-        let accept = tokio::spawn(accept_loop(shared.clone(), endpoint.clone()));
         tracing::info!(node = %config.name, addr = ?endpoint.local_addr().ok(), "node started");
         Node {
             shared,
@@ -794,8 +802,9 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
             accepting.refuse();
             continue;
         }
+        let spawner = &shared.spawner;
         let shared = shared.clone();
-        tokio::spawn(async move {
+        spawner.spawn(async move {
             let from = accepting.remote_address();
             match accepting.establish().await {
                 Ok((conn, identity)) => {

@@ -768,7 +768,7 @@ impl VmLoop {
             back: r.back.clone(),
         };
         self.shared
-            .runtime
+            .spawner
             .spawn(run_hop(self.shared.clone(), job, cancel_rx));
     }
 
