@@ -27,10 +27,11 @@ use skiff_vm::hop::{
     body_failure, error_kind, hop_error, is_failover_kind, start_failure, BodyFailure, HopTarget,
     DEFAULT_CONTEXT,
 };
+use skiff_vm::interp::program::LinkCache;
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
     transitive_closure, BlobHash, CodeStore, Engine, ExecError, ExecIo, Execution, FunctionId,
-    Limits, Portable, RemoteFailure, RemoteRequest, Status,
+    Limits, Portable, RemoteFailure, RemoteRequest, StartError, Status,
 };
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -50,6 +51,10 @@ pub struct NodeStats {
 
 struct LocalNode {
     store: CodeStore,
+    /// Programs linked from `store`, by entry function; cleared whenever the host may have
+    /// changed the store ([`LocalCluster::store_mut`]). Blobs only ever join a node's store,
+    /// and a blob's content never changes, so nothing else makes a kept program stale.
+    links: LinkCache,
     stats: NodeStats,
     contexts: SharedContexts,
 }
@@ -100,6 +105,7 @@ impl LocalCluster {
                     n.clone(),
                     LocalNode {
                         store: CodeStore::new(),
+                        links: LinkCache::new(),
                         stats: NodeStats::default(),
                         contexts: Rc::new(RefCell::new(Contexts::default())),
                     },
@@ -118,7 +124,21 @@ impl LocalCluster {
 
     /// The blob store of `node`, e.g. to load a module into it.
     pub fn store_mut(&mut self, node: &str) -> Option<&mut CodeStore> {
-        self.nodes.get_mut(node).map(|n| &mut n.store)
+        self.nodes.get_mut(node).map(|n| {
+            n.links.clear();
+            &mut n.store
+        })
+    }
+
+    /// Back to how a new cluster with these stores starts: every node's contexts are an
+    /// empty `default` only. (Nothing is running between runs; the stats keep counting.)
+    pub fn reset_contexts(&mut self) {
+        for node in self.nodes.values() {
+            let mut contexts = node.contexts.borrow_mut();
+            if !contexts.is_fresh() {
+                *contexts = Contexts::default();
+            }
+        }
     }
 
     /// The hashes `node` holds.
@@ -183,22 +203,13 @@ impl LocalCluster {
         func: FunctionId,
         args: Vec<Portable>,
     ) -> Result<Portable, RunError> {
-        let store = &self
-            .nodes
-            .get(node)
-            .ok_or_else(|| RunError::UnknownNode(node.to_owned()))?
-            .store;
+        if !self.nodes.contains_key(node) {
+            return Err(RunError::UnknownNode(node.to_owned()));
+        }
         let info = self.node_info(node, None);
-        let exec = Execution::start(
-            &self.engine,
-            store,
-            func,
-            args,
-            info,
-            self.limits.clone(),
-            (self.io)(),
-        )
-        .map_err(|e| RunError::Start(e.to_string()))?;
+        let exec = self
+            .start(node, func, args, info, self.limits.clone())
+            .map_err(|e| RunError::Start(e.to_string()))?;
         self.running.push(Some(Running {
             node: node.to_owned(),
             exec,
@@ -386,18 +397,44 @@ impl LocalCluster {
             (a, b) => a.or(b),
         };
         let info = self.node_info(peer, Some(&caller_node));
-        let node = self.nodes.get_mut(peer).expect("checked above");
-        node.stats.calls_served += 1;
-        Execution::start(
-            &self.engine,
-            &node.store,
+        self.nodes
+            .get_mut(peer)
+            .expect("checked above")
+            .stats
+            .calls_served += 1;
+        self.start(
+            peer,
             hop.request.func,
             hop.request.args.clone(),
             info,
             limits,
-            (self.io)(),
         )
         .map_err(|e| start_failure(&e, peer))
+    }
+
+    /// Starts `func(args)` on `node` (which exists), its program linked once per function.
+    fn start(
+        &mut self,
+        node: &str,
+        func: FunctionId,
+        args: Vec<Portable>,
+        info: NodeInfo,
+        limits: Limits,
+    ) -> Result<Execution, StartError> {
+        let node = self
+            .nodes
+            .get_mut(node)
+            .expect("the caller checked the node");
+        let linked = node.links.get(&self.engine, &node.store, func)?;
+        Execution::start_linked(
+            &self.engine,
+            &node.store,
+            linked,
+            args,
+            info,
+            limits,
+            (self.io)(),
+        )
     }
 
     /// Copies the blobs of `needed` that `peer` lacks from `caller`'s store into `peer`'s.

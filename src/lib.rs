@@ -32,7 +32,7 @@ pub use skiff_vm::{ExecError, ExecIo, Limits, Module, Portable, Value};
 use cluster::{LocalCluster, RunError};
 use skiff_transport::context::CONTEXT_NATIVES;
 use skiff_vm::{Blob, BlobDebug, BlobHash, CodeStore};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 /// Why a compile, load or call through the facade failed.
@@ -67,6 +67,9 @@ pub struct Engine {
     /// The verified code of the module run last, so that calling into the same module again
     /// (the common case for a host) skips re-hashing and re-verifying its blobs.
     last_code: RefCell<Option<VerifiedModule>>,
+    /// How many modules `last_code` has held: tells a call whether it still holds the one
+    /// the call started with.
+    verified: Cell<u64>,
 }
 
 /// A module's blobs and debug info (the very `Arc`s, so a match means the same content) and
@@ -75,6 +78,11 @@ struct VerifiedModule {
     blobs: Vec<(BlobHash, Arc<Blob>)>,
     debug: Vec<(BlobHash, Arc<BlobDebug>)>,
     store: CodeStore,
+    /// Its number in [`Engine::verified`].
+    generation: u64,
+    /// The one-node cluster of the last [`Engine::call`] into this module, kept for the next
+    /// (with the programs it linked); `None` while a call runs.
+    cluster: Option<LocalCluster>,
 }
 
 impl VerifiedModule {
@@ -103,6 +111,7 @@ impl Engine {
             natives: Vec::new(),
             limits,
             last_code: RefCell::new(None),
+            verified: Cell::new(0),
         }
     }
 
@@ -135,6 +144,10 @@ impl Engine {
     ) {
         self.natives.push(name.to_owned());
         self.vm.register_native(name, f);
+        // A kept cluster has the natives it was made with.
+        if let Some(v) = self.last_code.get_mut() {
+            v.cluster = None;
+        }
     }
 
     /// The names of the registered host natives (what the compiler accepts besides builtins).
@@ -177,7 +190,7 @@ impl Engine {
             .exports
             .get(name)
             .ok_or_else(|| Error::NoSuchFunction(name.to_owned()))?;
-        let value = self.run_function(module, func, args.into_args(), &[])?;
+        let value = self.call_function(module, func, args.into_args())?;
         R::from_portable(value).map_err(Error::Result)
     }
 
@@ -193,6 +206,47 @@ impl Engine {
         args: Vec<Portable>,
         peers: &[String],
     ) -> Result<Portable, Error> {
+        let mut cluster = self.cluster(module, peers)?;
+        Ok(cluster.run("main", func, args)?)
+    }
+
+    /// Like [`Engine::run_function`] with no peers, on the cluster the last call into
+    /// `module` used: a host calling into one module again pays neither for a new cluster
+    /// nor for linking the function again. Each call still starts from fresh contexts, as
+    /// on a new cluster. (A call made while another runs, e.g. from a native, gets a
+    /// cluster of its own.)
+    fn call_function(
+        &self,
+        module: &Module,
+        func: skiff_vm::FunctionId,
+        args: Vec<Portable>,
+    ) -> Result<Portable, Error> {
+        let kept = self
+            .last_code
+            .borrow_mut()
+            .as_mut()
+            .filter(|v| v.is_of(module))
+            .and_then(|v| v.cluster.take());
+        let mut cluster = match kept {
+            Some(mut cluster) => {
+                cluster.reset_contexts();
+                cluster
+            }
+            None => self.cluster(module, &[])?,
+        };
+        // `last_code` holds this module now; a call from inside this one may replace it.
+        let generation = self.verified.get();
+        let result = cluster.run("main", func, args);
+        if let Some(v) = self.last_code.borrow_mut().as_mut() {
+            if v.generation == generation {
+                v.cluster = Some(cluster);
+            }
+        }
+        Ok(result?)
+    }
+
+    /// A new cluster of `main` (holding `module`) and `peers`.
+    fn cluster(&self, module: &Module, peers: &[String]) -> Result<LocalCluster, Error> {
         let mut names = vec!["main".to_owned()];
         names.extend(peers.iter().cloned());
         let io: cluster::IoFactory = Box::new(|| ExecIo {
@@ -201,7 +255,7 @@ impl Engine {
         });
         let mut cluster = LocalCluster::new(&self.vm, &names, self.limits.clone(), io);
         *cluster.store_mut("main").expect("main exists") = self.verified_code(module)?;
-        Ok(cluster.run("main", func, args)?)
+        Ok(cluster)
     }
 
     /// A code store holding `module`, verified: the one made for the last module if that is
@@ -214,10 +268,13 @@ impl Engine {
         store
             .add_module(module)
             .map_err(|e| Error::Host(e.to_string()))?;
+        self.verified.set(self.verified.get() + 1);
         *self.last_code.borrow_mut() = Some(VerifiedModule {
+            generation: self.verified.get(),
             blobs: module.blobs.iter().map(|(h, b)| (*h, b.clone())).collect(),
             debug: module.debug.iter().map(|(h, d)| (*h, d.clone())).collect(),
             store: store.clone(),
+            cluster: None,
         });
         Ok(store)
     }

@@ -125,6 +125,60 @@ fn repeated_calls_reuse_verified_code_but_never_trust_changed_blobs() {
 }
 
 #[test]
+fn each_call_starts_afresh_on_the_cluster_kept_between_calls() {
+    let mut engine = Engine::new(Limits::default());
+    let module = engine
+        .compile(
+            "fn bump() { let n = context_get(\"n\"); context_set(\"n\", if n == nil { 1 } else { n + 1 }); context_get(\"n\") }\nfn twice(x) { x * 2 }",
+            "t.skiff",
+        )
+        .unwrap();
+    // State a call leaves in its context is gone by the next call: each starts as on a new
+    // cluster, though the cluster (and the programs it linked) is kept.
+    for _ in 0..3 {
+        assert_eq!(engine.call::<i64>(&module, "bump", ()).unwrap(), 1);
+        assert_eq!(engine.call::<i64>(&module, "twice", (21,)).unwrap(), 42);
+    }
+    // A native registered after calls is there for the next call.
+    engine.register_fn("triple", |x: i64| x * 3);
+    let with_native = engine.compile("fn f(x) { triple(x) }", "n.skiff").unwrap();
+    assert_eq!(engine.call::<i64>(&with_native, "f", (5,)).unwrap(), 15);
+    assert_eq!(engine.call::<i64>(&module, "bump", ()).unwrap(), 1);
+}
+
+#[test]
+fn a_call_from_inside_a_call_runs_on_a_cluster_of_its_own() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    // The native calls back into the engine (through a shared handle) while the outer call
+    // runs: the inner call must not find the outer call's cluster in use.
+    type Callee = Option<(Rc<Engine>, skiff::Module)>;
+    let slot: Rc<RefCell<Callee>> = Rc::default();
+    let mut engine = Engine::new(Limits::default());
+    let inner = slot.clone();
+    engine.register_fn("inner", move |x: i64| {
+        let guard = inner.borrow();
+        let (engine, module) = guard.as_ref().expect("set before the call");
+        engine
+            .call::<i64>(module, "g", (x,))
+            .map_err(|e| e.to_string())
+    });
+    let module = engine
+        .compile(
+            "fn f(x) { inner(x) + 1 }\nfn g(x) { context_set(\"k\", x); x * 10 }",
+            "t.skiff",
+        )
+        .unwrap();
+    let engine = Rc::new(engine);
+    *slot.borrow_mut() = Some((engine.clone(), module.clone()));
+    for _ in 0..2 {
+        assert_eq!(engine.call::<i64>(&module, "f", (4,)).unwrap(), 41);
+        assert_eq!(engine.call::<i64>(&module, "g", (1,)).unwrap(), 10);
+    }
+    slot.borrow_mut().take();
+}
+
+#[test]
 fn executions_started_from_one_link_cache_stay_independent() {
     use skiff_vm::interp::program::LinkCache;
     use skiff_vm::interp::{Engine as VmEngine, ExecIo, Execution, Limits as VmLimits};

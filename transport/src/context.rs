@@ -91,6 +91,15 @@ fn has_function(value: &Portable) -> bool {
 }
 
 impl Contexts {
+    /// Whether these are as [`Contexts::default`] made them: only `default`, empty.
+    pub fn is_fresh(&self) -> bool {
+        self.states.len() == 1
+            && self
+                .states
+                .get(DEFAULT_CONTEXT)
+                .is_some_and(|state| state.is_empty())
+    }
+
     /// `default` plus empty contexts named `names` (duplicates and `default` are ignored).
     pub fn with_names<S: AsRef<str>>(names: &[S]) -> Result<Contexts, ContextError> {
         let mut contexts = Contexts::default();
