@@ -37,6 +37,14 @@
 //! [`Node::start_local`] (endpoint, drivers, VMs and caller on that one thread), the
 //! baselines' endpoints and server tasks on that runtime too.
 //!
+//! The peers of a group take turns ([`timed_in_turn`]): a sample of one peer runs a block of
+//! its iterations (64 calls, 16 × the in-flight level, or one transfer), timed, then a block
+//! of each other peer's, untimed, and so on. Each peer's time is its own calls only, but every
+//! peer's samples fall in the same stretches of time, so a slow stretch of this shared host
+//! cannot land on one peer's median alone. (Measured one after the other, the `rtt_local`
+//! ratio moved between 1.12 and 1.40 within one hour.) A group thus takes about as long as
+//! all its peers' iterations together.
+//!
 //! Every peer is checked once before timing: the echo must return the payload and the bulk
 //! sink must acknowledge every byte (for `skiff`: `size` returns the byte count).
 //!
@@ -499,6 +507,102 @@ async fn run_inflight(peer: Arc<dyn Peer>, payload: Bytes, calls: u64, inflight:
     }
 }
 
+/// What one iteration of a group is.
+#[derive(Clone, Copy)]
+enum Work {
+    /// One call, the next one started when it returns.
+    Call,
+    /// One call, with this many kept in flight (tasks of the 2-worker runtime).
+    InFlight(usize),
+    /// One bulk transfer.
+    Bulk,
+}
+
+impl Work {
+    /// Iterations of one peer between turns of the others: a few milliseconds of calls
+    /// (with `n` in flight, enough for the window to fill), or one transfer.
+    fn block(self) -> u64 {
+        match self {
+            Work::Call => 64,
+            Work::InFlight(n) => 16 * n as u64,
+            Work::Bulk => 1,
+        }
+    }
+
+    /// `iters` iterations of `peer`: calls carry `payload`, transfers copies of `chunk`.
+    async fn run(self, peer: &Arc<dyn Peer>, iters: u64, payload: &Bytes, chunk: &Bytes) {
+        match self {
+            Work::Call => {
+                for _ in 0..iters {
+                    peer.call(payload).await;
+                }
+            }
+            Work::InFlight(n) => run_inflight(peer.clone(), payload.clone(), iters, n).await,
+            Work::Bulk => {
+                for _ in 0..iters {
+                    peer.bulk(chunk, bulk_bytes() / BULK_CHUNK).await;
+                }
+            }
+        }
+    }
+}
+
+/// The time `iters` iterations of `peers[which]` take, measured in turns with the group's
+/// other peers: blocks of [`Work::block`] iterations of each peer in order, only
+/// `peers[which]`'s timed. This shared host's speed drifts over seconds (another tenant's
+/// load), and criterion measures one peer after the other; taking turns puts every peer's
+/// samples in the same stretches of time, so a slow stretch cannot land on one peer's
+/// median alone and skew the ratio.
+async fn timed_in_turn(
+    peers: Vec<Arc<dyn Peer>>,
+    which: usize,
+    work: Work,
+    iters: u64,
+) -> Duration {
+    let (payload, chunk) = (payload(), Bytes::from(vec![0xa5u8; BULK_CHUNK]));
+    let mut timed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(work.block());
+        for (i, peer) in peers.iter().enumerate() {
+            let start = Instant::now();
+            work.run(peer, n, &payload, &chunk).await;
+            if i == which {
+                timed += start.elapsed();
+            }
+        }
+        left -= n;
+    }
+    timed
+}
+
+/// Measures `work` for every peer of `peers` in group `g`, in turns ([`timed_in_turn`]), the
+/// timed loop a task of `rt` (as a node's caller would be: timing it from `block_on` on the
+/// bench thread would add a cross-thread wake-up per call).
+fn bench_in_turn(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    peers: &[Arc<dyn Peer>],
+    work: Work,
+) {
+    for (which, peer) in peers.iter().enumerate() {
+        let bench = |b: &mut criterion::Bencher<'_>| {
+            b.iter_custom(|iters| {
+                let peers = peers.to_vec();
+                rt.block_on(async move {
+                    tokio::spawn(timed_in_turn(peers, which, work, iters))
+                        .await
+                        .expect("timed task")
+                })
+            })
+        };
+        match work {
+            Work::InFlight(n) => g.bench_function(BenchmarkId::new(peer.name(), n), bench),
+            Work::Call | Work::Bulk => g.bench_function(peer.name(), bench),
+        };
+    }
+}
+
 fn transport(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -509,56 +613,34 @@ fn transport(c: &mut Criterion) {
     for peer in &peers {
         check(&rt, peer.as_ref());
     }
-    let p = payload();
 
     let mut g = c.benchmark_group("rtt");
     g.sample_size(30).measurement_time(Duration::from_secs(2));
-    for peer in &peers {
-        g.bench_function(peer.name(), |b| {
-            // The loop runs as a runtime task, like a node's caller would: timing it from
-            // `block_on` on the bench thread would add a cross-thread wake-up per call.
-            b.iter_custom(|iters| {
-                let (peer, p) = (peer.clone(), p.clone());
-                rt.block_on(async move {
-                    tokio::spawn(async move {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            peer.call(&p).await;
-                        }
-                        start.elapsed()
-                    })
-                    .await
-                    .expect("rtt task")
-                })
-            })
-        });
-    }
+    bench_in_turn(&mut g, &rt, &peers, Work::Call);
     g.finish();
 
     // The same round trip on one thread: the bench thread drives a current-thread runtime
-    // and, in it, the set holding the Skiff nodes' VM loops.
+    // and, in it, the set holding the Skiff nodes (all their tasks: `Node::start_local`).
     let local_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("local runtime");
     let local = LocalSet::new();
     let local_peers = local.block_on(&local_rt, start_peers(Some(&local)));
+    let p = payload();
     for peer in &local_peers {
         let echoed = local.block_on(&local_rt, peer.call(&p));
         assert_eq!(echoed, p.as_ref(), "{}: echo on one thread", peer.name());
     }
     let mut g = c.benchmark_group("rtt_local");
     g.sample_size(30).measurement_time(Duration::from_secs(2));
-    for peer in &local_peers {
-        g.bench_function(peer.name(), |b| {
+    for which in 0..local_peers.len() {
+        g.bench_function(local_peers[which].name(), |b| {
             b.iter_custom(|iters| {
-                local.block_on(&local_rt, async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        peer.call(&p).await;
-                    }
-                    start.elapsed()
-                })
+                local.block_on(
+                    &local_rt,
+                    timed_in_turn(local_peers.clone(), which, Work::Call, iters),
+                )
             })
         });
     }
@@ -570,29 +652,16 @@ fn transport(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .throughput(Throughput::Elements(1));
     for &n in &INFLIGHT {
-        for peer in &peers {
-            g.bench_with_input(BenchmarkId::new(peer.name(), n), &n, |b, &n| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    rt.block_on(run_inflight(peer.clone(), p.clone(), iters, n));
-                    start.elapsed()
-                })
-            });
-        }
+        bench_in_turn(&mut g, &rt, &peers, Work::InFlight(n));
     }
     g.finish();
 
-    let chunk = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
     let mut g = c.benchmark_group("bulk256m");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(bulk_bytes() as u64));
-    for peer in &peers {
-        g.bench_function(peer.name(), |b| {
-            b.iter(|| rt.block_on(peer.bulk(&chunk, bulk_bytes() / BULK_CHUNK)))
-        });
-    }
+    bench_in_turn(&mut g, &rt, &peers, Work::Bulk);
     g.finish();
 }
 
