@@ -160,10 +160,11 @@ pub struct IncomingCall {
 }
 
 impl IncomingCall {
-    /// The hop chain a nested call made while running this one should carry.
-    pub fn nested_hops(&self) -> Vec<String> {
-        let mut hops = self.hops.clone();
-        hops.push(self.caller.clone());
+    /// The hop chain a nested call made while running this one should carry: `hops`, then
+    /// `caller`, both moved out (left empty).
+    pub fn take_nested_hops(&mut self) -> Vec<String> {
+        let mut hops = std::mem::take(&mut self.hops);
+        hops.push(std::mem::take(&mut self.caller));
         hops
     }
 }
@@ -176,7 +177,7 @@ pub struct CallOptions {
     pub context: Portable,
     /// Relative deadline; the call fails with `deadline_exceeded` after it.
     pub deadline: Option<Duration>,
-    /// Hop chain (use [`IncomingCall::nested_hops`] for a call made inside a call).
+    /// Hop chain (use [`IncomingCall::take_nested_hops`] for a call made inside a call).
     pub hops: Vec<String>,
 }
 

@@ -213,11 +213,11 @@ fn call_back_through_the_callers_connection_and_hops() {
     let id = pair
         .client
         .call(CallOptions::function(entry, args()), pair.now);
-    let incoming = pair.run_until(|p| p.server.incoming());
+    let mut incoming = pair.run_until(|p| p.server.incoming());
     assert_eq!(incoming.caller, "client");
     assert_eq!(incoming.hops, Vec::<String>::new());
     let mut back = CallOptions::function(sentry, vec![Portable::Int(42)]);
-    back.hops = incoming.nested_hops();
+    back.hops = incoming.take_nested_hops();
     let back_id = pair.server.call(back, pair.now);
     assert_eq!(back_id.initiator(), Side::Server);
     let back_result = pair.run_until(|p| p.server.result(back_id));
@@ -247,10 +247,10 @@ fn nested_call_across_two_connections() {
     ab.client.source = set.clone();
     bc.client.source = set;
     let id = ab.client.call(CallOptions::function(entry, args()), ab.now);
-    let incoming = ab.run_until(|p| p.server.incoming());
+    let mut incoming = ab.run_until(|p| p.server.incoming());
     // B forwards the call (same function, which it now holds) to C.
     let mut fwd = CallOptions::function(entry, incoming.args.clone());
-    fwd.hops = incoming.nested_hops();
+    fwd.hops = incoming.take_nested_hops();
     let (r, rtt) = bc.client_call(fwd);
     assert_eq!(rtt, 2);
     let inner = bc.server.seen_incoming();

@@ -138,7 +138,7 @@ struct Running {
     wake_at: Option<Instant>,
     /// Hops in flight: request id → cancel handle (dropping it cancels the hop).
     hops: IdMap<u64, oneshot::Sender<()>>,
-    /// Hop chain for nested calls (`incoming.nested_hops()`), empty at the top level.
+    /// Hop chain for nested calls (`IncomingCall::take_nested_hops`), empty at the top level.
     nested_hops: Vec<String>,
     /// The connection the call came in on and the caller's name: `remote(caller())` uses it.
     back: Option<(String, DriverHandle)>,
@@ -161,6 +161,8 @@ pub(crate) struct VmLoop {
     links: LinkCache,
     running: IdMap<u64, Running>,
     by_call: IdMap<(usize, CallId), u64>,
+    /// Scratch space for `step_due`'s lists of executions (empty between turns).
+    picked: Vec<u64>,
     next_exec: u64,
     contexts: SharedContexts,
     context_natives: ContextNatives,
@@ -192,6 +194,7 @@ impl VmLoop {
             links: LinkCache::new(),
             running: IdMap::default(),
             by_call: IdMap::default(),
+            picked: Vec::new(),
             next_exec: 0,
             contexts: Rc::new(RefCell::new(contexts)),
             context_natives,
@@ -463,7 +466,7 @@ impl VmLoop {
         });
     }
 
-    fn incoming(&mut self, driver: DriverHandle, call: IncomingCall) {
+    fn incoming(&mut self, driver: DriverHandle, mut call: IncomingCall) {
         let shared = self.shared.clone();
         let here = shared.name.as_str();
         let caller = driver.peer.clone().unwrap_or_else(|| call.caller.clone());
@@ -566,7 +569,7 @@ impl VmLoop {
             None => call.deadline,
         });
         let info = self.node_info(Some(caller.clone()));
-        let nested = call.nested_hops();
+        let nested = call.take_nested_hops();
         let (id, deadline) = (call.id, call.deadline);
         let span = tracing::debug_span!("call", node = %here, caller = %caller, id = ?call.id);
         let _enter = span.enter();
@@ -676,27 +679,28 @@ impl VmLoop {
     }
 
     fn step_due(&mut self) {
-        let abandoned: Vec<u64> = self
-            .running
-            .iter()
-            .filter(
-                |(_, r)| matches!(&r.origin, Origin::SelfHop { reply, .. } if reply.is_closed()),
-            )
-            .map(|(id, _)| *id)
-            .collect();
-        for id in abandoned {
+        let mut picked = std::mem::take(&mut self.picked);
+        picked.extend(
+            self.running
+                .iter()
+                .filter(
+                    |(_, r)| matches!(&r.origin, Origin::SelfHop { reply, .. } if reply.is_closed()),
+                )
+                .map(|(id, _)| *id),
+        );
+        for id in picked.drain(..) {
             if let Some(mut r) = self.running.remove(&id) {
                 r.exec.cancel();
             }
         }
         let now = Instant::now();
-        let due: Vec<u64> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.runnable || r.wake_at.is_some_and(|w| w <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        picked.extend(
+            self.running
+                .iter()
+                .filter(|(_, r)| r.runnable || r.wake_at.is_some_and(|w| w <= now))
+                .map(|(id, _)| *id),
+        );
+        for &id in &picked {
             let Some(r) = self.running.get_mut(&id) else {
                 continue;
             };
@@ -732,6 +736,8 @@ impl VmLoop {
                 }
             }
         }
+        picked.clear();
+        self.picked = picked;
     }
 
     fn start_hop(&mut self, exec: u64, request: skiff_vm::RemoteRequest) {
