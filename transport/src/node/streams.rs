@@ -213,7 +213,12 @@ impl Streams {
             self.opened(id, opened, out);
             self.start_open();
         }
-        while let Poll::Ready(Some(written)) = self.writes.poll_next_unpin(cx) {
+        // Most writes complete in place, so this set is usually empty: skip it then (polling
+        // an empty set costs a waker registration).
+        while !self.writes.is_empty() {
+            let Poll::Ready(Some(written)) = self.writes.poll_next_unpin(cx) else {
+                break;
+            };
             self.written(written, out);
         }
         out.append(&mut self.ready);
