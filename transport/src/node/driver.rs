@@ -15,9 +15,10 @@
 //! either driver task, and with `Node::start` no hop between threads besides quinn's own.
 //!
 //! Invariants:
-//! - Nothing blocks on the state's mutex but the task itself: everyone else uses `try_lock`
-//!   and falls back to the channel. Commands run in the order they were sent: one runs in
-//!   place only when the channel is empty.
+//! - Nothing blocks on the state's mutex but the task itself and a host reading the wire's
+//!   counters ([`DriverHandle::stats`], which waits at most for one bounded turn of the
+//!   task): commands use `try_lock` and fall back to the channel. Commands run in the order
+//!   they were sent: one runs in place only when the channel is empty.
 //! - Locally opened quinn streams are opened in the order the wire numbers them, so the
 //!   stream ids both sides see agree (the client's first stream is the control stream);
 //!   opening one never blocks the driver (`streams.rs`), so waiting for the peer's stream
@@ -80,7 +81,6 @@ pub(crate) struct DriverLink {
     /// The authenticated peer name, or `None` for an unidentified (accept-any) client.
     pub peer: Option<String>,
     pub tx: mpsc::UnboundedSender<DriverCmd>,
-    pub stats: Mutex<Stats>,
     pub conn: quinn::Connection,
     /// The driver's state. Its task holds the lock while it polls; a caller starting a call
     /// and the VM answering one take it only if it is free (`try_lock`), and then do the
@@ -96,6 +96,12 @@ impl std::ops::Deref for DriverHandle {
 }
 
 impl DriverHandle {
+    /// The wire's counters now. Waits for the state while the task polls (one bounded turn).
+    pub fn stats(&self) -> Stats {
+        let d = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        d.wire.stats().clone()
+    }
+
     pub fn is_live(&self) -> bool {
         self.conn.close_reason().is_none() && !self.tx.is_closed()
     }
@@ -189,7 +195,6 @@ pub(crate) fn spawn(
         id: conn.stable_id(),
         peer: peer.clone(),
         tx,
-        stats: Mutex::new(Stats::default()),
         conn,
         core: Mutex::new(core),
     }));
@@ -414,9 +419,6 @@ impl Driver {
             if !progress {
                 break;
             }
-        }
-        if let Ok(mut stats) = handle.stats.lock() {
-            *stats = self.wire.stats().clone();
         }
     }
 

@@ -700,9 +700,9 @@ impl Node {
     /// Wire counters of the current connection to `peer`, if there is one.
     pub fn stats(&self, peer: &str) -> Option<Stats> {
         let drivers = self.shared.lock_drivers();
-        let h = drivers.by_name.get(peer)?;
-        let stats = h.stats.lock().ok()?.clone();
-        Some(stats)
+        let h = drivers.by_name.get(peer)?.clone();
+        drop(drivers);
+        Some(h.stats())
     }
 
     /// Counters of the lossy socket, when [`NodeConfig::loss`] was set.
