@@ -36,6 +36,7 @@ use skiff_vm::{
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Makes the output sinks of each new execution.
@@ -55,6 +56,8 @@ struct LocalNode {
     /// changed the store ([`LocalCluster::store_mut`]). Blobs only ever join a node's store,
     /// and a blob's content never changes, so nothing else makes a kept program stale.
     links: LinkCache,
+    /// The other nodes' names, sorted: what `peers()` returns on this node.
+    peers: Arc<[String]>,
     stats: NodeStats,
     contexts: SharedContexts,
 }
@@ -98,7 +101,7 @@ impl LocalCluster {
         let mut engine = engine.clone();
         let context_natives = ContextNatives::default();
         context_natives.install(&mut engine);
-        let nodes = names
+        let mut nodes: BTreeMap<String, LocalNode> = names
             .iter()
             .map(|n| {
                 (
@@ -106,12 +109,17 @@ impl LocalCluster {
                     LocalNode {
                         store: CodeStore::new(),
                         links: LinkCache::new(),
+                        peers: Arc::from([]),
                         stats: NodeStats::default(),
                         contexts: Rc::new(RefCell::new(Contexts::default())),
                     },
                 )
             })
             .collect();
+        let all: Vec<String> = nodes.keys().cloned().collect();
+        for (name, node) in &mut nodes {
+            node.peers = all.iter().filter(|p| *p != name).cloned().collect();
+        }
         LocalCluster {
             engine,
             context_natives,
@@ -186,13 +194,7 @@ impl LocalCluster {
         NodeInfo {
             here: here.to_owned(),
             caller: caller.map(str::to_owned),
-            peers: self
-                .nodes
-                .keys()
-                .filter(|n| *n != here)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into(),
+            peers: self.nodes[here].peers.clone(),
         }
     }
 
