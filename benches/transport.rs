@@ -508,37 +508,37 @@ async fn run_inflight(peer: Arc<dyn Peer>, payload: Bytes, calls: u64, inflight:
 }
 
 /// What one iteration of a group is.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Work {
     /// One call, the next one started when it returns.
     Call,
     /// One call, with this many kept in flight (tasks of the 2-worker runtime).
     InFlight(usize),
-    /// One bulk transfer.
-    Bulk,
+    /// One bulk transfer of copies of this chunk.
+    Bulk(Bytes),
 }
 
 impl Work {
     /// Iterations of one peer between turns of the others: a few milliseconds of calls
     /// (with `n` in flight, enough for the window to fill), or one transfer.
-    fn block(self) -> u64 {
+    fn block(&self) -> u64 {
         match self {
             Work::Call => 64,
-            Work::InFlight(n) => 16 * n as u64,
-            Work::Bulk => 1,
+            Work::InFlight(n) => 16 * *n as u64,
+            Work::Bulk(_) => 1,
         }
     }
 
-    /// `iters` iterations of `peer`: calls carry `payload`, transfers copies of `chunk`.
-    async fn run(self, peer: &Arc<dyn Peer>, iters: u64, payload: &Bytes, chunk: &Bytes) {
+    /// `iters` iterations of `peer` (calls carry `payload`).
+    async fn run(&self, peer: &Arc<dyn Peer>, iters: u64, payload: &Bytes) {
         match self {
             Work::Call => {
                 for _ in 0..iters {
                     peer.call(payload).await;
                 }
             }
-            Work::InFlight(n) => run_inflight(peer.clone(), payload.clone(), iters, n).await,
-            Work::Bulk => {
+            Work::InFlight(n) => run_inflight(peer.clone(), payload.clone(), iters, *n).await,
+            Work::Bulk(chunk) => {
                 for _ in 0..iters {
                     peer.bulk(chunk, bulk_bytes() / BULK_CHUNK).await;
                 }
@@ -559,14 +559,14 @@ async fn timed_in_turn(
     work: Work,
     iters: u64,
 ) -> Duration {
-    let (payload, chunk) = (payload(), Bytes::from(vec![0xa5u8; BULK_CHUNK]));
+    let payload = payload();
     let mut timed = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
         let n = left.min(work.block());
         for (i, peer) in peers.iter().enumerate() {
             let start = Instant::now();
-            work.run(peer, n, &payload, &chunk).await;
+            work.run(peer, n, &payload).await;
             if i == which {
                 timed += start.elapsed();
             }
@@ -588,7 +588,7 @@ fn bench_in_turn(
     for (which, peer) in peers.iter().enumerate() {
         let bench = |b: &mut criterion::Bencher<'_>| {
             b.iter_custom(|iters| {
-                let peers = peers.to_vec();
+                let (peers, work) = (peers.to_vec(), work.clone());
                 rt.block_on(async move {
                     tokio::spawn(timed_in_turn(peers, which, work, iters))
                         .await
@@ -596,9 +596,9 @@ fn bench_in_turn(
                 })
             })
         };
-        match work {
+        match &work {
             Work::InFlight(n) => g.bench_function(BenchmarkId::new(peer.name(), n), bench),
-            Work::Call | Work::Bulk => g.bench_function(peer.name(), bench),
+            Work::Call | Work::Bulk(_) => g.bench_function(peer.name(), bench),
         };
     }
 }
@@ -661,7 +661,8 @@ fn transport(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(bulk_bytes() as u64));
-    bench_in_turn(&mut g, &rt, &peers, Work::Bulk);
+    let chunk = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
+    bench_in_turn(&mut g, &rt, &peers, Work::Bulk(chunk));
     g.finish();
 }
 

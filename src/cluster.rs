@@ -34,7 +34,7 @@ use skiff_vm::{
     Limits, Portable, RemoteFailure, RemoteRequest, StartError, Status,
 };
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,25 +101,27 @@ impl LocalCluster {
         let mut engine = engine.clone();
         let context_natives = ContextNatives::default();
         context_natives.install(&mut engine);
-        let mut nodes: BTreeMap<String, LocalNode> = names
+        // Sorted and without duplicates, like the node map.
+        let all: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let nodes = all
             .iter()
-            .map(|n| {
+            .map(|&n| {
                 (
-                    n.clone(),
+                    n.to_owned(),
                     LocalNode {
                         store: CodeStore::new(),
                         links: LinkCache::new(),
-                        peers: Arc::from([]),
+                        peers: all
+                            .iter()
+                            .filter(|&&p| p != n)
+                            .map(|&p| p.to_owned())
+                            .collect(),
                         stats: NodeStats::default(),
                         contexts: Rc::new(RefCell::new(Contexts::default())),
                     },
                 )
             })
             .collect();
-        let all: Vec<String> = nodes.keys().cloned().collect();
-        for (name, node) in &mut nodes {
-            node.peers = all.iter().filter(|p| *p != name).cloned().collect();
-        }
         LocalCluster {
             engine,
             context_natives,

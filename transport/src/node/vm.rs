@@ -161,7 +161,7 @@ pub(crate) struct VmLoop {
     links: LinkCache,
     running: IdMap<u64, Running>,
     by_call: IdMap<(usize, CallId), u64>,
-    /// Scratch space for `step_due`'s lists of executions (empty between turns).
+    /// Scratch space for `step_due`'s list of due executions (empty between turns).
     picked: Vec<u64>,
     next_exec: u64,
     contexts: SharedContexts,
@@ -679,21 +679,16 @@ impl VmLoop {
     }
 
     fn step_due(&mut self) {
-        let mut picked = std::mem::take(&mut self.picked);
-        picked.extend(
-            self.running
-                .iter()
-                .filter(
-                    |(_, r)| matches!(&r.origin, Origin::SelfHop { reply, .. } if reply.is_closed()),
-                )
-                .map(|(id, _)| *id),
-        );
-        for id in picked.drain(..) {
-            if let Some(mut r) = self.running.remove(&id) {
+        // A self-hop whose caller is gone is cancelled.
+        self.running.retain(|_, r| {
+            let abandoned = matches!(&r.origin, Origin::SelfHop { reply, .. } if reply.is_closed());
+            if abandoned {
                 r.exec.cancel();
             }
-        }
+            !abandoned
+        });
         let now = Instant::now();
+        let mut picked = std::mem::take(&mut self.picked);
         picked.extend(
             self.running
                 .iter()
