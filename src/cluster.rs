@@ -51,6 +51,8 @@ pub struct NodeStats {
 }
 
 struct LocalNode {
+    /// Its name, shared with every execution on it (`here()`, a hop's `caller()`).
+    name: Arc<str>,
     store: CodeStore,
     /// Programs linked from `store`, by entry function; cleared whenever the host may have
     /// changed the store ([`LocalCluster::store_mut`]). Blobs only ever join a node's store,
@@ -109,6 +111,7 @@ impl LocalCluster {
                 (
                     n.to_owned(),
                     LocalNode {
+                        name: n.into(),
                         store: CodeStore::new(),
                         links: LinkCache::new(),
                         peers: all
@@ -193,10 +196,11 @@ impl LocalCluster {
     }
 
     fn node_info(&self, here: &str, caller: Option<&str>) -> NodeInfo {
+        let node = &self.nodes[here];
         NodeInfo {
-            here: here.to_owned(),
-            caller: caller.map(str::to_owned),
-            peers: self.nodes[here].peers.clone(),
+            here: node.name.clone(),
+            caller: caller.map(|c| self.nodes[c].name.clone()),
+            peers: node.peers.clone(),
         }
     }
 

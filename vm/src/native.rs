@@ -11,8 +11,9 @@ use std::sync::Arc;
 /// Who is running: what `here()`, `caller()` and `peers()` report.
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
-    pub here: String,
-    pub caller: Option<String>,
+    /// Shared: a node hands its name to every execution.
+    pub here: Arc<str>,
+    pub caller: Option<Arc<str>>,
     /// Sorted, without `here`; shared, since a node hands the same list to every execution.
     pub peers: Arc<[String]>,
 }

@@ -25,11 +25,12 @@
 //! - An unknown or malformed message is answered with an error reply on its stream; it
 //!   never closes the connection.
 
+use crate::arena::FrameArena;
 use crate::frame::{decode_frame, FrameStatus, FrameType, HEADER_LEN};
 use crate::idmap::IdMap;
 use crate::limits::{check, Config, Limit, LimitExceeded};
 use crate::message::{
-    decode_message, encode_message, encode_message_unhashed, sidecar_frame_head, CallRequest,
+    decode_message, encode_message, encode_message_unhashed_into, sidecar_frame_head, CallRequest,
     CallResponse, ErrorKind, ErrorReply, Hello, Message, MessageError, RemoteError, Target,
     PROTOCOL_VERSION, SIDECAR_HEADER_LEN, SIDECAR_TRAILER_LEN,
 };
@@ -38,6 +39,7 @@ use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, V
 use crate::value::{fill_refs, SidecarHash, SidecarHasher, UnhashedSidecar};
 use bytes::{Bytes, BytesMut};
 use skiff_vm::{BlobHash, FunctionId, Portable};
+use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -127,6 +129,9 @@ enum OutFrame {
         holes: Vec<(Vec<usize>, HashCell)>,
     },
 }
+
+/// The frames of one message, or of a call's first flight: usually one.
+type FrameList = SmallVec<[OutFrame; 1]>;
 
 /// A stream whose sidecar data the transport is hashing as it sends it: the frames behind the
 /// data wait for the hash (in order, with their `fin`).
@@ -418,7 +423,7 @@ struct OutCall {
     sent: HashSet<BlobHash>,
     deadline: Option<Instant>,
     /// Frames held back until the hello exchange completes.
-    queued: Vec<OutFrame>,
+    queued: FrameList,
     /// Sidecars sent with the retain flag, awaiting evidence of receipt.
     retained_pending: Vec<SidecarHash>,
     want_rounds: u32,
@@ -426,7 +431,7 @@ struct OutCall {
     sealed: bool,
     /// For a sealed call that has not moved: its sidecar frames and request, to send again
     /// on a new stream if the callee lacks blobs (`move_sealed_call`). Empty otherwise.
-    resend: Vec<OutFrame>,
+    resend: FrameList,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
@@ -508,6 +513,8 @@ pub struct Connection {
     offences: u32,
     closed: Option<CloseReason>,
     transmits: VecDeque<Transmit>,
+    /// Where outgoing frames are encoded and kept.
+    arena: FrameArena,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -561,6 +568,7 @@ impl Connection {
             offences: 0,
             closed: None,
             transmits: VecDeque::new(),
+            arena: FrameArena::default(),
             events: VecDeque::new(),
             stats: Stats::default(),
         };
@@ -656,7 +664,8 @@ impl Connection {
     }
 
     fn emit(&mut self, stream: StreamId, data: Vec<u8>, fin: bool) {
-        self.emit_frame(stream, OutFrame::Whole(data.into()), fin);
+        let data = self.arena.freeze(data);
+        self.emit_frame(stream, OutFrame::Whole(data), fin);
     }
 
     fn emit_frame(&mut self, stream: StreamId, frame: OutFrame, fin: bool) {
@@ -771,8 +780,8 @@ impl Connection {
         self.peer.as_ref().map_or(u32::MAX, |p| p.max_frame) as u64
     }
 
-    /// The frames of a Call or Response (`body`) whose values the encoder took `outs` out of:
-    /// the sidecar frames, then the body. Sidecars the peer holds are skipped; the retain
+    /// Appends to `frames` those of a Call or Response (`body`) whose values the encoder took
+    /// `outs` out of: the sidecar frames, then the body. Sidecars the peer holds are skipped; the retain
     /// flag is set while the peer's announced budget allows; a large sidecar nothing needs
     /// the hash of first is hashed while it is sent ([`HASH_WHILE_SENDING`]), the others now.
     fn sidecar_frames(
@@ -780,12 +789,13 @@ impl Connection {
         outs: Vec<UnhashedSidecar>,
         mut body: Vec<u8>,
         pending: &mut Vec<SidecarHash>,
-    ) -> Vec<OutFrame> {
+        frames: &mut FrameList,
+    ) {
         if outs.is_empty() {
-            return vec![OutFrame::Whole(body.into())];
+            frames.push(OutFrame::Whole(self.arena.freeze(body)));
+            return;
         }
         let budget = self.peer.as_ref().map_or(0, |p| p.sidecar_retain);
-        let mut frames = Vec::new();
         let mut holes = Vec::new();
         let mut hashed_now = HashSet::new();
         let mut same_len: HashMap<usize, usize> = HashMap::new();
@@ -832,11 +842,10 @@ impl Connection {
             });
         }
         frames.push(if holes.is_empty() {
-            OutFrame::Whole(body.into())
+            OutFrame::Whole(self.arena.freeze(body))
         } else {
             OutFrame::Body { frame: body, holes }
         });
-        frames
     }
 
     // -----------------------------------------------------------------------------------
@@ -874,7 +883,7 @@ impl Connection {
         }
 
         // Negotiation: known-held → nothing; small unknown → eager push; rest → offered.
-        let mut frames: Vec<OutFrame> = Vec::new();
+        let mut frames = FrameList::new();
         let mut offered = Vec::new();
         let mut sent = HashSet::new();
         let mut eager_total = 0usize;
@@ -891,7 +900,7 @@ impl Connection {
             {
                 eager_total += b.len();
                 sent.insert(*h);
-                frames.push(OutFrame::Whole(self.push_frame(*h, b.clone()).into()));
+                frames.push(OutFrame::Whole(self.push_frame(*h, b.clone())));
             } else {
                 offered.push(*h);
             }
@@ -925,10 +934,12 @@ impl Connection {
             sealed,
         };
         let mut outs = Vec::new();
-        let call_frame = encode_message_unhashed(
+        let mut call_frame = self.arena.buffer();
+        encode_message_unhashed_into(
             &Message::Call(req),
             self.config.sidecar_threshold,
             &mut outs,
+            &mut call_frame,
         );
         check(
             Limit::MaxFrame,
@@ -936,12 +947,16 @@ impl Connection {
             (call_frame.len() - HEADER_LEN) as u64,
         )?;
         let mut pending = Vec::new();
-        let request = self.sidecar_frames(outs, call_frame, &mut pending);
+        let first = frames.len();
+        self.sidecar_frames(outs, call_frame, &mut pending, &mut frames);
         // A sealed request's frames are kept (shared, not copied) in case the callee lacks
         // blobs our record says it holds: the call then moves to a new stream
         // (`move_sealed_call`).
-        let resend = if sealed { request.clone() } else { Vec::new() };
-        frames.extend(request);
+        let resend = if sealed {
+            frames[first..].iter().cloned().collect()
+        } else {
+            FrameList::new()
+        };
 
         self.next_call_id += 1;
         let stream = StreamId::new(self.side, self.next_local);
@@ -955,7 +970,7 @@ impl Connection {
             offered: offered_set,
             sent,
             deadline: opts.deadline.map(|d| now + d),
-            queued: Vec::new(),
+            queued: FrameList::new(),
             retained_pending: pending,
             want_rounds: 0,
             sealed,
@@ -975,7 +990,7 @@ impl Connection {
 
     /// Writes `frames` on `stream`; the last one finishes the stream if `fin` (a sealed
     /// request, a response).
-    fn emit_frames(&mut self, stream: StreamId, frames: Vec<OutFrame>, fin: bool) {
+    fn emit_frames(&mut self, stream: StreamId, frames: FrameList, fin: bool) {
         let last = frames.len().saturating_sub(1);
         for (i, f) in frames.into_iter().enumerate() {
             self.emit_frame(stream, f, fin && i == last);
@@ -997,7 +1012,7 @@ impl Connection {
             return;
         }
         self.close_recv(stream);
-        let mut frames = Vec::new();
+        let mut frames = FrameList::new();
         for h in wanted {
             self.peer_blobs.remove(h);
             let Some(_) = call.bytes.get(h) else { continue };
@@ -1006,12 +1021,12 @@ impl Connection {
                 if call.sent.insert(x) {
                     self.peer_blobs.remove(&x);
                     if let Some(b) = call.bytes.get(&x) {
-                        frames.push(OutFrame::Whole(self.push_frame(x, b.clone()).into()));
+                        frames.push(OutFrame::Whole(self.push_frame(x, b.clone())));
                     }
                 }
             }
         }
-        frames.append(&mut call.resend);
+        frames.extend(std::mem::take(&mut call.resend));
         call.want_rounds += 1;
         let moved = StreamId::new(self.side, self.next_local);
         self.next_local += 1;
@@ -1031,14 +1046,15 @@ impl Connection {
         Some(call)
     }
 
-    fn push_frame(&mut self, hash: BlobHash, blob: Bytes) -> Vec<u8> {
+    fn push_frame(&mut self, hash: BlobHash, blob: Bytes) -> Bytes {
         self.stats.blobs_sent += 1;
         self.stats.blob_bytes_sent += blob.len() as u64;
-        encode_message(
+        let frame = encode_message(
             &Message::BlobPush { hash, blob },
             usize::MAX,
             &mut Vec::new(),
-        )
+        );
+        self.arena.freeze(frame)
     }
 
     /// Cancels an outgoing call: sends `Cancel`, and reports `CallResult(cancelled)`.
@@ -1093,10 +1109,12 @@ impl Connection {
         let call_id = call.call_id;
         self.release_pins(id);
         let mut outs = Vec::new();
-        let mut frame = encode_message_unhashed(
+        let mut frame = self.arena.buffer();
+        encode_message_unhashed_into(
             &Message::Response(CallResponse { call_id, result }),
             self.config.sidecar_threshold,
             &mut outs,
+            &mut frame,
         );
         if let Err(e) = check(
             Limit::MaxFrame,
@@ -1114,7 +1132,8 @@ impl Connection {
             );
         }
         let mut pending = Vec::new();
-        let frames = self.sidecar_frames(outs, frame, &mut pending);
+        let mut frames = FrameList::new();
+        self.sidecar_frames(outs, frame, &mut pending, &mut frames);
         self.emit_frames(id, frames, true);
         let caller_finished = self.incoming.get(&id).is_some_and(|c| c.caller_finished);
         if pending.is_empty() || caller_finished {
@@ -1722,7 +1741,7 @@ impl Connection {
                 for (h, b) in pushes {
                     self.peer_blobs.remove(&h);
                     let f = self.push_frame(h, b);
-                    self.emit(stream, f, false);
+                    self.emit_frame(stream, OutFrame::Whole(f), false);
                 }
             }
             Message::Sidecar { hash, retain, data } => {

@@ -84,6 +84,7 @@
 //! assert_eq!(result.unwrap().unwrap(), Portable::List(vec![Portable::Int(1)]));
 //! ```
 
+mod arena;
 pub mod connection;
 pub mod frame;
 pub mod fuzz;

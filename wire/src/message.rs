@@ -17,6 +17,7 @@
 //!   recurses deeply nor trusts a hostile length; sequences are pre-allocated at most
 //!   [`PREALLOC_CAP`] elements.
 
+use crate::arena::FRAME_START_CAPACITY;
 use crate::frame::{put_header, FrameType, HEADER_LEN};
 use crate::limits::{check, Limit, LimitExceeded, Limits};
 use crate::value::{
@@ -437,30 +438,27 @@ struct CancelHeader {
 // ---------------------------------------------------------------------------------------
 // Encoding
 
-/// Room a frame starts with: a small message is written without the buffer growing.
-const FRAME_START_CAPACITY: usize = 256;
-
-/// A frame of type `ty` whose payload starts with `header` (a struct: rmp-serde writes it as
-/// an array); more of the payload may follow, then [`end_frame`] fills in its length.
-fn begin_frame<T: Serialize>(ty: FrameType, header: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRAME_START_CAPACITY);
-    put_header(&mut out, ty as u8, 0);
+/// Starts a frame of type `ty` in `out` (emptied first) whose payload starts with `header`
+/// (a struct: rmp-serde writes it as an array); more of the payload may follow, then
+/// [`end_frame`] fills in its length.
+fn begin_frame<T: Serialize>(out: &mut Vec<u8>, ty: FrameType, header: &T) {
+    out.clear();
+    put_header(out, ty as u8, 0);
     // Writing into a Vec cannot fail.
-    let _ = rmp_serde::encode::write(&mut out, header);
-    out
+    let _ = rmp_serde::encode::write(out, header);
 }
 
 /// Sets the length in the header [`begin_frame`] wrote to the payload that follows it.
-fn end_frame(mut out: Vec<u8>) -> Vec<u8> {
+fn end_frame(out: &mut [u8]) {
     let len = out.len() - HEADER_LEN;
     let len = u32::try_from(len).expect("frame payload longer than u32::MAX");
     out[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-    out
 }
 
-/// A frame that is nothing but `header`.
-fn header_frame<T: Serialize>(ty: FrameType, header: &T) -> Vec<u8> {
-    end_frame(begin_frame(ty, header))
+/// A frame in `out` that is nothing but `header`.
+fn header_frame<T: Serialize>(out: &mut Vec<u8>, ty: FrameType, header: &T) {
+    begin_frame(out, ty, header);
+    end_frame(out);
 }
 
 /// Encodes a message as one complete frame. Bytes values of at least `sidecar_threshold`
@@ -486,10 +484,23 @@ pub fn encode_message_unhashed(
     sidecar_threshold: usize,
     sidecars: &mut Vec<UnhashedSidecar>,
 ) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_START_CAPACITY);
+    encode_message_unhashed_into(msg, sidecar_threshold, sidecars, &mut out);
+    out
+}
+
+/// [`encode_message_unhashed`] into `out` (emptied first), so that a buffer can be reused.
+pub fn encode_message_unhashed_into(
+    msg: &Message,
+    sidecar_threshold: usize,
+    sidecars: &mut Vec<UnhashedSidecar>,
+    out: &mut Vec<u8>,
+) {
     match msg {
-        Message::Hello(h) => header_frame(FrameType::Hello, h),
+        Message::Hello(h) => header_frame(out, FrameType::Hello, h),
         Message::Call(c) => {
-            let mut p = begin_frame(
+            begin_frame(
+                out,
                 FrameType::Call,
                 &CallHeader {
                     call_id: c.call_id,
@@ -503,13 +514,13 @@ pub fn encode_message_unhashed(
                     sealed: c.sealed,
                 },
             );
-            encode_value_unhashed(&c.context, &mut p, sidecar_threshold, sidecars);
+            encode_value_unhashed(&c.context, out, sidecar_threshold, sidecars);
             // The args array is written directly (no intermediate Portable::List clone).
-            let _ = rmp::encode::write_array_len(&mut p, c.args.len() as u32);
+            let _ = rmp::encode::write_array_len(out, c.args.len() as u32);
             for a in &c.args {
-                encode_value_unhashed(a, &mut p, sidecar_threshold, sidecars);
+                encode_value_unhashed(a, out, sidecar_threshold, sidecars);
             }
-            end_frame(p)
+            end_frame(out)
         }
         Message::Response(r) => {
             let (error, value) = match &r.result {
@@ -523,15 +534,16 @@ pub fn encode_message_unhashed(
                     &e.value,
                 ),
             };
-            let mut p = begin_frame(
+            begin_frame(
+                out,
                 FrameType::Response,
                 &ResponseHeader {
                     call_id: r.call_id,
                     error,
                 },
             );
-            encode_value_unhashed(value, &mut p, sidecar_threshold, sidecars);
-            end_frame(p)
+            encode_value_unhashed(value, out, sidecar_threshold, sidecars);
+            end_frame(out)
         }
         Message::BlobQuery(hs) | Message::BlobWant(hs) => {
             let ty = if matches!(msg, Message::BlobQuery(_)) {
@@ -542,20 +554,23 @@ pub fn encode_message_unhashed(
             let list = HashList {
                 hashes: hs.iter().map(|h| HashBin(h.0)).collect(),
             };
-            header_frame(ty, &list)
+            header_frame(out, ty, &list)
         }
         Message::BlobPush { hash, blob } => header_frame(
+            out,
             FrameType::BlobPush,
             &PushHeader {
                 hash: HashBin(hash.0),
                 blob: BorrowedBin(blob),
             },
         ),
-        Message::Sidecar { hash, retain, data } => encode_sidecar(*hash, *retain, data),
-        Message::Cancel { call_id } => {
-            header_frame(FrameType::Cancel, &CancelHeader { call_id: *call_id })
+        Message::Sidecar { hash, retain, data } => {
+            *out = encode_sidecar(*hash, *retain, data);
         }
-        Message::Error(e) => header_frame(FrameType::Error, e),
+        Message::Cancel { call_id } => {
+            header_frame(out, FrameType::Cancel, &CancelHeader { call_id: *call_id })
+        }
+        Message::Error(e) => header_frame(out, FrameType::Error, e),
     }
 }
 

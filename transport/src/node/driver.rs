@@ -79,7 +79,7 @@ pub(crate) struct DriverLink {
     /// quinn's stable id of the connection.
     pub id: usize,
     /// The authenticated peer name, or `None` for an unidentified (accept-any) client.
-    pub peer: Option<String>,
+    pub peer: Option<Arc<str>>,
     pub tx: mpsc::UnboundedSender<DriverCmd>,
     pub conn: quinn::Connection,
     /// The driver's state. Its task holds the lock while it polls; a caller starting a call
@@ -169,7 +169,7 @@ pub(crate) fn spawn(
     shared: &Arc<Shared>,
     conn: quinn::Connection,
     side: Side,
-    peer: Option<String>,
+    peer: Option<Arc<str>>,
 ) -> DriverHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let verifier: skiff_wire::Verifier = Arc::new(super::verify_blob);

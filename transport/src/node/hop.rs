@@ -32,7 +32,7 @@ pub(crate) struct HopJob {
     pub args: Vec<Portable>,
     pub plan: HopTarget,
     pub hops: Vec<String>,
-    pub back: Option<(String, DriverHandle)>,
+    pub back: Option<(Arc<str>, DriverHandle)>,
 }
 
 pub(crate) async fn run_hop(shared: Arc<Shared>, job: HopJob, cancel: oneshot::Receiver<()>) {
@@ -62,7 +62,7 @@ async fn attempt_all(shared: &Arc<Shared>, job: HopJob) -> Result<Portable, Remo
     for peer in &job.plan.peers {
         // `timeout_ms` bounds each attempt (dial included), as in the in-process cluster.
         let deadline = job.plan.timeout.map(|t| Instant::now() + t);
-        if *peer == shared.name {
+        if **peer == *shared.name {
             match self_hop(shared, &job, deadline).await {
                 Ok(v) => return Ok(v),
                 Err(f) => {
@@ -159,7 +159,7 @@ pub(crate) async fn call_peer(
     shared: &Arc<Shared>,
     peer: &str,
     mut opts: CallOptions,
-    back: Option<&(String, DriverHandle)>,
+    back: Option<&(Arc<str>, DriverHandle)>,
     deadline: Option<Instant>,
 ) -> Result<Portable, RemoteFailure> {
     let timeout = || {
@@ -170,7 +170,7 @@ pub(crate) async fn call_peer(
         ))
     };
     let driver = match back {
-        Some((name, d)) if name == peer && d.is_live() => d.clone(),
+        Some((name, d)) if **name == *peer && d.is_live() => d.clone(),
         _ => {
             let dial = shared.driver_for(peer);
             let dialled = match deadline {

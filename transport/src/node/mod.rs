@@ -271,7 +271,8 @@ pub struct ShutdownReport {
 
 /// State shared by the tokio side and the VM thread.
 pub(crate) struct Shared {
-    name: String,
+    /// Shared with every execution (`here()`).
+    name: Arc<str>,
     manager: ConnectionManager,
     wire_config: skiff_wire::Config,
     store: SharedStore,
@@ -331,7 +332,7 @@ impl Shared {
             .peers()
             .iter()
             .map(|p| p.name.clone())
-            .filter(|n| *n != self.name)
+            .filter(|n| **n != *self.name)
             .collect();
         names.sort();
         let names: Arc<[String]> = names.into();
@@ -353,8 +354,8 @@ impl Shared {
         let mut d = self.lock_drivers();
         d.by_id.remove(&handle.id);
         if let Some(name) = &handle.peer {
-            if d.by_name.get(name).is_some_and(|h| h.id == handle.id) {
-                d.by_name.remove(name);
+            if d.by_name.get(&**name).is_some_and(|h| h.id == handle.id) {
+                d.by_name.remove(&**name);
             }
         }
     }
@@ -364,7 +365,7 @@ impl Shared {
         self: &Arc<Self>,
         conn: quinn::Connection,
         side: Side,
-        peer: Option<String>,
+        peer: Option<Arc<str>>,
     ) -> DriverHandle {
         let mut d = self.lock_drivers();
         if let Some(h) = d.by_id.get(&conn.stable_id()) {
@@ -373,9 +374,9 @@ impl Shared {
         let handle = driver::spawn(self, conn, side, peer.clone());
         d.by_id.insert(handle.id, handle.clone());
         if let Some(name) = peer {
-            let replace = d.by_name.get(&name).is_none_or(|h| !h.is_live());
+            let replace = d.by_name.get(&*name).is_none_or(|h| !h.is_live());
             if replace {
-                d.by_name.insert(name, handle.clone());
+                d.by_name.insert(name.to_string(), handle.clone());
             }
         }
         handle
@@ -389,7 +390,7 @@ impl Shared {
             }
         }
         let conn = self.manager.connection(peer).await?;
-        Ok(self.register(conn, Side::Client, Some(peer.to_owned())))
+        Ok(self.register(conn, Side::Client, Some(peer.into())))
     }
 }
 
@@ -522,7 +523,7 @@ impl Node {
             }
         };
         let shared = Arc::new(Shared {
-            name: config.name.clone(),
+            name: config.name.as_str().into(),
             manager,
             wire_config,
             store: store.shared(),
@@ -809,7 +810,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
             match accepting.establish().await {
                 Ok((conn, identity)) => {
                     let peers = shared.manager.peers();
-                    let name = peers.identify(&identity).map(str::to_owned);
+                    let name: Option<Arc<str>> = peers.identify(&identity).map(Arc::from);
                     tracing::debug!(node = %shared.name, %from, peer = ?name, "accepted");
                     if let Some(n) = &name {
                         // Calls to `n` reuse this connection (reach back to a caller that

@@ -141,7 +141,7 @@ struct Running {
     /// Hop chain for nested calls (`IncomingCall::take_nested_hops`), empty at the top level.
     nested_hops: Vec<String>,
     /// The connection the call came in on and the caller's name: `remote(caller())` uses it.
-    back: Option<(String, DriverHandle)>,
+    back: Option<(Arc<str>, DriverHandle)>,
     /// The context the execution runs in.
     context: Rc<str>,
 }
@@ -308,7 +308,7 @@ impl VmLoop {
                 match self.start(func, args, info, limits) {
                     Ok(exec) => {
                         let mut nested = hops;
-                        nested.push(here);
+                        nested.push(here.to_string());
                         let origin = Origin::SelfHop { reply, deadline };
                         self.push(exec, origin, nested, None, Rc::from(context));
                     }
@@ -388,7 +388,7 @@ impl VmLoop {
         Execution::start_linked(&self.engine, &self.store, linked, args, info, limits, io)
     }
 
-    fn node_info(&self, caller: Option<String>) -> NodeInfo {
+    fn node_info(&self, caller: Option<Arc<str>>) -> NodeInfo {
         NodeInfo {
             here: self.shared.name.clone(),
             caller,
@@ -401,7 +401,7 @@ impl VmLoop {
         exec: Execution,
         origin: Origin,
         nested_hops: Vec<String>,
-        back: Option<(String, DriverHandle)>,
+        back: Option<(Arc<str>, DriverHandle)>,
         context: Rc<str>,
     ) -> u64 {
         let id = self.next_exec;
@@ -468,8 +468,11 @@ impl VmLoop {
 
     fn incoming(&mut self, driver: DriverHandle, mut call: IncomingCall) {
         let shared = self.shared.clone();
-        let here = shared.name.as_str();
-        let caller = driver.peer.clone().unwrap_or_else(|| call.caller.clone());
+        let here = &*shared.name;
+        let caller = driver
+            .peer
+            .clone()
+            .unwrap_or_else(|| call.caller.as_str().into());
         let perms = self.shared.permissions_for(driver.peer.as_deref());
         // Shutdown: only call-backs of executions still running here are served.
         let closing = self

@@ -72,7 +72,7 @@ pub fn now_ms(_: &mut NativeCtx<'_>, args: &[Value]) -> Result<Value, NativeErro
 /// `here()`: this node's name.
 pub fn here(ctx: &mut NativeCtx<'_>, args: &[Value]) -> Result<Value, NativeError> {
     arity("here", args, 0)?;
-    Ok(Value::str(ctx.node.here.as_str()))
+    Ok(Value::str(&*ctx.node.here))
 }
 
 /// `caller()`: the name of the peer that sent this hop, or `nil` at the top level.

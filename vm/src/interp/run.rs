@@ -198,7 +198,7 @@ fn overflow(op: &str) -> Raise {
 
 /// The stack trace of `frames`, innermost first.
 pub(crate) fn trace(prog: &Program, frames: &[Frame], node: &NodeInfo) -> Vec<TraceFrame> {
-    let peer = node.caller.as_ref().map(|_| node.here.clone());
+    let peer = node.caller.as_ref().map(|_| node.here.to_string());
     frames
         .iter()
         .rev()
