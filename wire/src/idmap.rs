@@ -5,11 +5,14 @@
 //! A keyed hash exists to stop a peer from choosing keys that collide; none of these keys is
 //! chosen by a peer (a QUIC peer can only open the next stream id its credit allows), so it
 //! bought nothing, and on a warm call SipHash was about a tenth of the driver's work: some
-//! 45 map operations per call at ~150 instructions each. Maps keyed by content hashes,
-//! names or anything else a peer picks keep the standard hasher.
+//! 45 map operations per call at ~150 instructions each. The same goes for names this node
+//! chose itself ([`NameMap`]: its peers, their permissions, the exports of its modules): a
+//! peer may look one up, but never adds one. Maps keyed by content hashes or anything else
+//! a peer picks keep the standard hasher.
 //!
-//! Invariant: only ids allocated in sequence (by this process or within QUIC's stream
-//! limits) are keys of an [`IdMap`] / [`IdSet`].
+//! Invariants: only ids allocated in sequence (by this process or within QUIC's stream
+//! limits) are keys of an [`IdMap`] / [`IdSet`]; only names from this node's own
+//! configuration or loaded code are keys of a [`NameMap`].
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -18,6 +21,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 /// A set of sequentially allocated ids.
 pub type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+/// A map keyed by names this node chose (see the module doc).
+pub type NameMap<V> = HashMap<String, V, BuildHasherDefault<IdHasher>>;
 
 /// Multiplicative (Fibonacci) hashing. A product's high bits mix every key bit below them,
 /// its low bits only the key's low bits (and stream ids step by 4), so `finish` rotates
@@ -78,5 +83,13 @@ mod tests {
         assert_eq!(m.get(&(8, 999)), None);
         let s: IdSet<u64> = (0..100).collect();
         assert!(s.contains(&42) && !s.contains(&100));
+        let n: NameMap<usize> = ["worker", "worker2", "w", ""]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_string(), i))
+            .collect();
+        assert_eq!(n.get("worker2"), Some(&1));
+        assert_eq!(n.get(""), Some(&3));
+        assert_eq!(n.get("worker3"), None);
     }
 }

@@ -471,7 +471,8 @@ impl<'a> Reader<'a> {
         max_depth: usize,
         sidecars: SidecarLookup<'_>,
     ) -> Result<Portable, ValueError> {
-        let mut stack: Vec<Open> = Vec::new();
+        // Open containers, innermost last; shallow values need no allocation for it.
+        let mut stack: SmallVec<[Open; 4]> = SmallVec::new();
         loop {
             let at = self.pos;
             let mut v = match self.item(sidecars)? {

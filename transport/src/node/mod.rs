@@ -54,6 +54,7 @@ use bytes::Bytes;
 use driver::DriverHandle;
 use skiff_vm::native::{NativeCtx, NativeError};
 use skiff_vm::{Blob, BlobHash, ExecError, ExecIo, FunctionId, Limits, Module, Portable, Value};
+use skiff_wire::idmap::NameMap;
 use skiff_wire::{BlobSource, CallOptions, SharedStore, Side, Stats};
 use spawner::Spawner;
 use std::collections::{BTreeMap, HashMap};
@@ -242,7 +243,7 @@ impl BlobSource for CodeMap {
 
 #[derive(Default)]
 struct Drivers {
-    by_name: HashMap<String, DriverHandle>,
+    by_name: NameMap<DriverHandle>,
     by_id: HashMap<usize, DriverHandle>,
 }
 
@@ -282,7 +283,7 @@ pub(crate) struct Shared {
     limits: Limits,
     io: SendIoFactory,
     default_permissions: Permissions,
-    permissions: HashMap<String, Permissions>,
+    permissions: NameMap<Permissions>,
     /// Spawns the node's tasks: on the runtime it was started in, or on the host's `LocalSet`.
     spawner: Spawner,
     /// Set when shutdown begins: new connections and calls are refused.
@@ -340,10 +341,9 @@ impl Shared {
         names
     }
 
-    fn permissions_for(&self, peer: Option<&str>) -> Permissions {
+    fn permissions_for(&self, peer: Option<&str>) -> &Permissions {
         peer.and_then(|p| self.permissions.get(p))
             .unwrap_or(&self.default_permissions)
-            .clone()
     }
 
     fn lock_drivers(&self) -> std::sync::MutexGuard<'_, Drivers> {
@@ -533,7 +533,11 @@ impl Node {
             limits: config.limits.clone(),
             io: config.io.clone(),
             default_permissions: config.default_permissions.clone(),
-            permissions: config.permissions.clone(),
+            permissions: config
+                .permissions
+                .iter()
+                .map(|(name, p)| (name.clone(), p.clone()))
+                .collect(),
             spawner,
             closing: AtomicBool::new(false),
             next_token: AtomicU64::new(0),

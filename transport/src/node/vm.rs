@@ -42,10 +42,10 @@ use skiff_vm::{
     BlobHash, CodeStore, Engine, ExecError, Execution, FunctionId, Limits, Module, Portable,
     RemoteFailure, StartError, Status,
 };
-use skiff_wire::idmap::IdMap;
+use skiff_wire::idmap::{IdMap, NameMap};
 use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,7 +156,7 @@ pub(crate) struct VmLoop {
     /// (every stored blob not in `local` was received, and is kept while the wire store
     /// holds it).
     seen_evictions: u64,
-    exports: HashMap<String, FunctionId>,
+    exports: NameMap<FunctionId>,
     /// Linked programs of the functions executions started with, from `store`.
     links: LinkCache,
     running: IdMap<u64, Running>,
@@ -190,7 +190,7 @@ impl VmLoop {
             store: CodeStore::new(),
             local: HashSet::new(),
             seen_evictions: 0,
-            exports: HashMap::new(),
+            exports: NameMap::default(),
             links: LinkCache::new(),
             running: IdMap::default(),
             by_call: IdMap::default(),
@@ -473,7 +473,7 @@ impl VmLoop {
             .peer
             .clone()
             .unwrap_or_else(|| call.caller.as_str().into());
-        let perms = self.shared.permissions_for(driver.peer.as_deref());
+        let perms = shared.permissions_for(driver.peer.as_deref());
         // Shutdown: only call-backs of executions still running here are served.
         let closing = self
             .shared

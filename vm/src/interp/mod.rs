@@ -393,13 +393,12 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// A task whose bottom frame runs `func` with `callee` below its arguments.
-    fn new(program: &Program, func: u32, callee: Value, args: Vec<Value>) -> Task {
+    /// A task whose bottom frame runs `func` with `callee` below its `argc` arguments, which
+    /// are `nil` until the caller stores them (`stack[1..=argc]`).
+    fn new(program: &Program, func: u32, callee: Value, argc: usize) -> Task {
         let size = program.get(func).map_or(0, |f| f.frame_size());
-        let mut stack = Vec::with_capacity(1 + size.max(args.len()) + 8);
+        let mut stack = Vec::with_capacity(1 + size.max(argc) + 8);
         stack.push(callee);
-        let argc = args.len();
-        stack.extend(args);
         stack.resize(1 + size.max(argc), Value::Nil);
         let entry = program.get(func);
         let locals = entry.map_or(0, |f| f.locals as usize);
@@ -525,25 +524,23 @@ impl Execution {
                 got: args.len(),
             });
         }
-        let mut values = Vec::with_capacity(args.len());
+        let mut task = Task::new(&program, index, Value::Nil, args.len());
         {
             let mut linker = convert::Linker {
                 program: &mut program,
                 store,
                 natives: &engine.natives,
             };
-            for a in &args {
-                let v = convert::import(a, &mut linker).map_err(|e| {
+            for (slot, a) in task.stack[1..].iter_mut().zip(&args) {
+                *slot = convert::import(a, &mut linker).map_err(|e| {
                     StartError::Import(
                         error_parts(&e)
                             .map(|(_, m)| m)
                             .unwrap_or_else(|| "bad value".into()),
                     )
                 })?;
-                values.push(v);
             }
         }
-        let task = Task::new(&program, index, Value::Nil, values);
         Ok(Execution {
             program,
             engine: engine.clone(),
