@@ -389,7 +389,9 @@ impl Shared {
                 return Ok(h.clone());
             }
         }
-        let conn = self.manager.connection(peer).await?;
+        // Boxed: a dial is rare, and its future would otherwise make every call's future
+        // (moved on each call) a few times larger.
+        let conn = Box::pin(self.manager.connection(peer)).await?;
         Ok(self.register(conn, Side::Client, Some(peer.into())))
     }
 }

@@ -393,14 +393,21 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// A task whose bottom frame runs `func` with `callee` below its `argc` arguments, which
-    /// are `nil` until the caller stores them (`stack[1..=argc]`).
-    fn new(program: &Program, func: u32, callee: Value, argc: usize) -> Task {
+    /// The value stack for a task running `func`: `callee`, then `argc` slots for the
+    /// arguments (`nil` until the caller stores them), then the function's other locals.
+    fn stack(program: &Program, func: u32, callee: Value, argc: usize) -> Vec<Value> {
         let size = program.get(func).map_or(0, |f| f.frame_size());
         let mut stack = Vec::with_capacity(1 + size.max(argc) + 8);
         stack.push(callee);
         stack.resize(1 + size.max(argc), Value::Nil);
+        stack
+    }
+
+    /// A task whose bottom frame runs `func` on `stack` (from [`Task::stack`]). Made once
+    /// `program` is final for now: the frame points at the function's ops in it.
+    fn new(program: &Program, func: u32, stack: Vec<Value>) -> Task {
         let entry = program.get(func);
+        let size = entry.map_or(0, |f| f.frame_size());
         let locals = entry.map_or(0, |f| f.locals as usize);
         // An unknown `func` gets no ops: the general loop finds no function and ends the task.
         let ops = entry.map_or(&[][..], |f| &f.ops);
@@ -524,14 +531,15 @@ impl Execution {
                 got: args.len(),
             });
         }
-        let mut task = Task::new(&program, index, Value::Nil, args.len());
+        let mut stack = Task::stack(&program, index, Value::Nil, args.len());
         {
+            // Importing may link functions into `program` (a copy of it, if it was shared).
             let mut linker = convert::Linker {
                 program: &mut program,
                 store,
                 natives: &engine.natives,
             };
-            for (slot, a) in task.stack[1..].iter_mut().zip(&args) {
+            for (slot, a) in stack[1..].iter_mut().zip(&args) {
                 *slot = convert::import(a, &mut linker).map_err(|e| {
                     StartError::Import(
                         error_parts(&e)
@@ -541,6 +549,7 @@ impl Execution {
                 })?;
             }
         }
+        let task = Task::new(&program, index, stack);
         Ok(Execution {
             program,
             engine: engine.clone(),
