@@ -7,16 +7,17 @@
 //! - A frame handed out ([`FrameArena::freeze`]) is never written again: it is split off
 //!   the chunk, which only ever grows past it.
 //! - Only frames of at most [`SHARED_MAX`] bytes share a chunk, so a frame kept alive (a
-//!   sealed call's copy for a resend) holds at most one chunk of [`CHUNK`] bytes; larger
-//!   frames keep the buffer they were encoded in.
+//!   sealed call's copy for a resend, until its answer) holds at most one chunk of
+//!   [`CHUNK`] bytes alive; larger frames keep the buffer they were encoded in.
 
 use bytes::{Bytes, BytesMut};
 
-/// Bytes a chunk holds; a new one is allocated when the current one is full.
-const CHUNK: usize = 16 << 10;
+/// Bytes a chunk holds (a few dozen calls or responses); a new one is allocated when the
+/// current one is full and frames cut from it are still alive.
+const CHUNK: usize = 4 << 10;
 
 /// Largest frame copied into a chunk.
-const SHARED_MAX: usize = 1 << 10;
+const SHARED_MAX: usize = 512;
 
 /// Room the encoding buffer starts with: a small message is written without it growing.
 pub(crate) const FRAME_START_CAPACITY: usize = 256;
@@ -72,7 +73,7 @@ mod tests {
         for (i, f) in frames.iter().enumerate() {
             assert_eq!(&f[..], &[i as u8; 100][..]);
         }
-        // 100 frames of 100 bytes fit one 16 KiB chunk: consecutive frames are adjacent.
+        // Consecutive frames that fit one chunk are adjacent in it.
         assert_eq!(frames[1].as_ptr(), frames[0].as_ptr().wrapping_add(100));
     }
 

@@ -781,9 +781,10 @@ impl Connection {
     }
 
     /// Appends to `frames` those of a Call or Response (`body`) whose values the encoder took
-    /// `outs` out of: the sidecar frames, then the body. Sidecars the peer holds are skipped; the retain
-    /// flag is set while the peer's announced budget allows; a large sidecar nothing needs
-    /// the hash of first is hashed while it is sent ([`HASH_WHILE_SENDING`]), the others now.
+    /// `outs` out of: the sidecar frames, then the body. Sidecars the peer holds are skipped;
+    /// the retain flag is set while the peer's announced budget allows; a large sidecar
+    /// nothing needs the hash of first is hashed while it is sent ([`HASH_WHILE_SENDING`]),
+    /// the others now.
     fn sidecar_frames(
         &mut self,
         outs: Vec<UnhashedSidecar>,
