@@ -3,7 +3,9 @@
 
 Reads every `<target>/criterion/**/new/benchmark.json` + `estimates.json` left by
 `cargo bench`, and prints a Markdown table: for each benchmark, Skiff's median, each peer's
-median, and the ratio Skiff ÷ peer (time; below 1 means Skiff is faster), plus throughput
+median, and the ratio Skiff ÷ peer (time; below 1 means Skiff is faster; for rows whose
+peers took turns, the paired ratio from `<target>/criterion/paired/*.json`, see
+benches/transport.rs, with the ratio of the medians beside it), plus throughput
 where the benchmark declares one, the design bar where there is one, the machine and the
 command. With `--write` it replaces the block between the `results:begin` / `results:end`
 markers in benches/README.md instead of printing; rows of groups with no results in the target
@@ -82,6 +84,16 @@ def load(criterion_dir):
     return results
 
 
+def load_paired(criterion_dir):
+    """{(row, peer): paired ratio} for the rows whose peers took turns."""
+    paired = {}
+    for f in criterion_dir.glob("paired/*.json"):
+        data = json.loads(f.read_text())
+        for peer, ratio in data["ratios"].items():
+            paired[(data["row"], peer)] = ratio
+    return paired
+
+
 def fmt_time(ns):
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
         if ns >= scale:
@@ -142,7 +154,7 @@ def machine():
     return f"{model}, {cores} cores, {platform.system()} {platform.machine()}, {rustc}"
 
 
-def table(results, command):
+def table(results, paired, command):
     rows = sorted({row for row, _ in results}, key=row_key)
     lines = [
         f"Machine: {machine()}.  ",
@@ -151,7 +163,10 @@ def table(results, command):
         f"Command: `{command}`",
         "",
         "Times are criterion medians per iteration; the ratio is Skiff's time ÷ the peer's "
-        "(below 1: Skiff is faster). Throughput in parentheses where a benchmark declares one.",
+        "(below 1: Skiff is faster). Throughput in parentheses where a benchmark declares one. "
+        "Where the peers took turns (transport), the ratio is the paired one, the median over "
+        "rounds of Skiff's time ÷ the peer's in the same round, and the bar is judged by it; "
+        "the ratio of the two medians follows in parentheses.",
         "",
         "| benchmark | Skiff | peer | peer median | Skiff ÷ peer | bar | meets bar |",
         "|---|---|---|---|---|---|---|",
@@ -166,12 +181,18 @@ def table(results, command):
         for peer in engines:
             p = results.get((row, peer)) if peer else None
             p_cell = fmt_time(p[0]) + fmt_throughput(p[0], p[1]) if p else "—"
-            ratio = f"{subject[0] / p[0]:.2f}" if subject and p else "—"
+            judged = None
+            ratio = "—"
+            if subject and p:
+                judged = paired.get((row, peer), subject[0] / p[0])
+                ratio = f"{judged:.2f}"
+                if (row, peer) in paired:
+                    ratio += f" ({subject[0] / p[0]:.2f})"
             bar = BARS.get((row, peer)) or BARS.get((group_of(row), peer))
             bar_cell = bar[0] if bar else ""
             meets = ""
-            if bar and subject and p:
-                meets = "yes" if subject[0] / p[0] <= bar[1] else "**no**"
+            if bar and judged is not None:
+                meets = "yes" if judged <= bar[1] else "**no**"
             lines.append(f"| {row} | {s_cell} | {peer or '—'} | {p_cell} | {ratio} | {bar_cell} | {meets} |")
     return "\n".join(lines)
 
@@ -214,7 +235,7 @@ def main():
     results = load(criterion_dir)
     if not results:
         sys.exit(f"no criterion results under {criterion_dir}; run the benches first")
-    text = table(results, args.command)
+    text = table(results, load_paired(criterion_dir), args.command)
     if not args.write:
         print(text)
         return

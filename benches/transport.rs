@@ -37,13 +37,17 @@
 //! [`Node::start_local`] (endpoint, drivers, VMs and caller on that one thread), the
 //! baselines' endpoints and server tasks on that runtime too.
 //!
-//! The peers of a group take turns ([`timed_in_turn`]): a sample of one peer runs a block of
-//! its iterations (64 calls, 16 × the in-flight level, or one transfer), timed, then a block
-//! of each other peer's, untimed, and so on. Each peer's time is its own calls only, but every
-//! peer's samples fall in the same stretches of time, so a slow stretch of this shared host
-//! cannot land on one peer's median alone. (Measured one after the other, the `rtt_local`
-//! ratio moved between 1.12 and 1.40 within one hour.) A group thus takes about as long as
-//! all its peers' iterations together.
+//! The peers of a row take turns ([`timed_in_turn`]): a sample of one peer runs a block of
+//! its iterations (64 calls, 16 × the in-flight level, or one transfer), then a block of each
+//! other peer's, and so on; criterion gets the first peer's time, and every round's times,
+//! all peers', are kept ([`Rounds`]). Criterion still measures the peers one after the other,
+//! seconds apart, and this shared host's speed drifts over seconds, so the ratio of two
+//! criterion medians moved by a fifth and more between runs of the same code (`rtt_local`
+//! 0.94–1.40 in one hour). The rounds give the paired ratio: the median over rounds of
+//! Skiff's time ÷ the peer's in the same round, milliseconds apart
+//! (`<criterion home>/paired/<row>.json`, which `benches/report.py` reports beside the
+//! ratio of medians, and judges the bars by). A row thus takes about as long as all its
+//! peers' iterations together.
 //!
 //! Every peer is checked once before timing: the echo must return the payload and the bulk
 //! sink must acknowledge every byte (for `skiff`: `size` returns the byte count).
@@ -75,7 +79,7 @@ const CALL_BYTES: usize = 64;
 /// Bulk transfer size: 256 MiB, or 4 MiB under `cargo test --benches` (no `--bench` flag, as
 /// in CI), where each benchmark runs once as a check in a debug build.
 fn bulk_bytes() -> usize {
-    if std::env::args().any(|a| a == "--bench") {
+    if measuring() {
         256 << 20
     } else {
         4 << 20
@@ -548,32 +552,105 @@ impl Work {
 }
 
 /// The time `iters` iterations of `peers[which]` take, measured in turns with the group's
-/// other peers: blocks of [`Work::block`] iterations of each peer in order, only
-/// `peers[which]`'s timed. This shared host's speed drifts over seconds (another tenant's
-/// load), and criterion measures one peer after the other; taking turns puts every peer's
-/// samples in the same stretches of time, so a slow stretch cannot land on one peer's
-/// median alone and skew the ratio.
+/// other peers: rounds of [`Work::block`] iterations of each peer in order, only
+/// `peers[which]`'s counted for criterion. Every round's times, all peers', go to `rounds`.
 async fn timed_in_turn(
     peers: Vec<Arc<dyn Peer>>,
     which: usize,
     work: Work,
     iters: u64,
+    rounds: Arc<Rounds>,
 ) -> Duration {
     let payload = payload();
     let mut timed = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
         let n = left.min(work.block());
+        let mut round = Vec::with_capacity(peers.len());
         for (i, peer) in peers.iter().enumerate() {
             let start = Instant::now();
             work.run(peer, n, &payload).await;
+            let took = start.elapsed();
             if i == which {
-                timed += start.elapsed();
+                timed += took;
             }
+            round.push(took.as_secs_f64() / n as f64);
         }
+        rounds.record(round);
         left -= n;
     }
     timed
+}
+
+/// The per-iteration times of every peer in each round of turns of one row (one block of each
+/// peer, back to back), from criterion's warm-up and measurement of every peer of the row.
+///
+/// Criterion measures the peers of a row one after the other, seconds apart, and this shared
+/// host's speed drifts over seconds (another tenant's load): the ratio of two medians taken
+/// in different stretches moved by a fifth and more from run to run. The peers of one round
+/// ran within milliseconds of each other, so Skiff's time ÷ a peer's in the same round cancels
+/// the drift; the median of that over all rounds is the row's paired ratio.
+#[derive(Default)]
+struct Rounds(Mutex<Vec<Vec<f64>>>);
+
+impl Rounds {
+    fn record(&self, round: Vec<f64>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(round);
+    }
+
+    /// Writes `<criterion home>/paired/<row>.json` (`/` in `row` as `_`): the number of
+    /// rounds and, for each peer, the median over rounds of Skiff's time ÷ the peer's.
+    /// `benches/report.py` reads it. Nothing is written when criterion only checks the
+    /// benchmarks (`cargo test --benches`).
+    fn write(&self, row: &str, peers: &[Arc<dyn Peer>]) {
+        if !measuring() {
+            return;
+        }
+        let rounds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(skiff) = peers.iter().position(|p| p.name() == "skiff") else {
+            return;
+        };
+        let ratios: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != skiff)
+            .map(|(i, peer)| {
+                let mut r: Vec<f64> = rounds.iter().map(|t| t[skiff] / t[i]).collect();
+                r.sort_by(f64::total_cmp);
+                let median = r.get(r.len() / 2).copied().unwrap_or(f64::NAN);
+                format!("\"{}\": {median:.4}", peer.name())
+            })
+            .collect();
+        let json = format!(
+            "{{\"row\": \"{row}\", \"rounds\": {}, \"ratios\": {{{}}}}}\n",
+            rounds.len(),
+            ratios.join(", ")
+        );
+        let dir = criterion_home().join("paired");
+        let path = dir.join(format!("{}.json", row.replace('/', "_")));
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, json)) {
+            eprintln!(
+                "!!! {row}: paired ratios not written to {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Where criterion keeps its results (as criterion finds it).
+fn criterion_home() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "target".into())
+        .join("criterion")
+}
+
+/// Whether this is a measuring run (`cargo bench`), not criterion's one-pass check.
+fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
 }
 
 /// Measures `work` for every peer of `peers` in group `g`, in turns ([`timed_in_turn`]), the
@@ -581,16 +658,18 @@ async fn timed_in_turn(
 /// bench thread would add a cross-thread wake-up per call).
 fn bench_in_turn(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    row: &str,
     rt: &Runtime,
     peers: &[Arc<dyn Peer>],
     work: Work,
 ) {
+    let rounds = Arc::new(Rounds::default());
     for (which, peer) in peers.iter().enumerate() {
         let bench = |b: &mut criterion::Bencher<'_>| {
             b.iter_custom(|iters| {
-                let (peers, work) = (peers.to_vec(), work.clone());
+                let (peers, work, rounds) = (peers.to_vec(), work.clone(), rounds.clone());
                 rt.block_on(async move {
-                    tokio::spawn(timed_in_turn(peers, which, work, iters))
+                    tokio::spawn(timed_in_turn(peers, which, work, iters, rounds))
                         .await
                         .expect("timed task")
                 })
@@ -601,6 +680,7 @@ fn bench_in_turn(
             Work::Call | Work::Bulk(_) => g.bench_function(peer.name(), bench),
         };
     }
+    rounds.write(row, peers);
 }
 
 fn transport(c: &mut Criterion) {
@@ -616,7 +696,7 @@ fn transport(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("rtt");
     g.sample_size(30).measurement_time(Duration::from_secs(2));
-    bench_in_turn(&mut g, &rt, &peers, Work::Call);
+    bench_in_turn(&mut g, "rtt", &rt, &peers, Work::Call);
     g.finish();
 
     // The same round trip on one thread: the bench thread drives a current-thread runtime
@@ -634,16 +714,22 @@ fn transport(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("rtt_local");
     g.sample_size(30).measurement_time(Duration::from_secs(2));
+    let rounds = Arc::new(Rounds::default());
     for which in 0..local_peers.len() {
         g.bench_function(local_peers[which].name(), |b| {
             b.iter_custom(|iters| {
-                local.block_on(
-                    &local_rt,
-                    timed_in_turn(local_peers.clone(), which, Work::Call, iters),
-                )
+                let run = timed_in_turn(
+                    local_peers.clone(),
+                    which,
+                    Work::Call,
+                    iters,
+                    rounds.clone(),
+                );
+                local.block_on(&local_rt, run)
             })
         });
     }
+    rounds.write("rtt_local", &local_peers);
     g.finish();
     drop(local_peers);
 
@@ -652,7 +738,8 @@ fn transport(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .throughput(Throughput::Elements(1));
     for &n in &INFLIGHT {
-        bench_in_turn(&mut g, &rt, &peers, Work::InFlight(n));
+        let row = format!("calls_inflight/{n}");
+        bench_in_turn(&mut g, &row, &rt, &peers, Work::InFlight(n));
     }
     g.finish();
 
@@ -662,7 +749,7 @@ fn transport(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(bulk_bytes() as u64));
     let chunk = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
-    bench_in_turn(&mut g, &rt, &peers, Work::Bulk(chunk));
+    bench_in_turn(&mut g, "bulk256m", &rt, &peers, Work::Bulk(chunk));
     g.finish();
 }
 
