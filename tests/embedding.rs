@@ -179,6 +179,54 @@ fn a_call_from_inside_a_call_runs_on_a_cluster_of_its_own() {
 }
 
 #[test]
+fn a_finished_execution_answers_the_same_when_run_again() {
+    use skiff_vm::interp::{Engine as VmEngine, ExecIo, Execution, Limits as VmLimits};
+    use skiff_vm::native::NodeInfo;
+    use skiff_vm::{CodeStore, Status};
+    let source = "fn pairs(n) {\n  let l = []\n  for i in 0..n { push(l, [i, str(i)]) }\n  l\n}\n\
+                  fn boom() { throw {\"kind\": \"Boom\", \"message\": \"no\"} }";
+    let out = skiff_compiler::compile(source, "t.skiff", &Default::default());
+    let module = out.module.expect("compiles");
+    let mut store = CodeStore::new();
+    store.add_module(&module).unwrap();
+    let engine = VmEngine::new();
+    let start = |f: &str, args: Vec<Portable>| {
+        Execution::start(
+            &engine,
+            &store,
+            module.exports[f],
+            args,
+            NodeInfo::default(),
+            VmLimits::default(),
+            ExecIo::null(),
+        )
+        .expect("starts")
+    };
+    let now = std::time::Instant::now;
+    let mut exec = start("pairs", vec![Portable::Int(3)]);
+    let first = exec.run(now());
+    let Status::Done(Portable::List(items)) = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(items.len(), 3);
+    assert_eq!(
+        items[2],
+        Portable::List(vec![Portable::Int(2), Portable::Str("2".into())])
+    );
+    assert_eq!(exec.run(now()), first);
+    // Cancelling a finished execution changes nothing.
+    exec.cancel();
+    assert_eq!(exec.run(now()), first);
+
+    let mut exec = start("boom", vec![]);
+    let Status::Failed(e) = exec.run(now()) else {
+        panic!("boom returned")
+    };
+    assert_eq!((e.kind.as_str(), e.message.as_str()), ("Boom", "no"));
+    assert_eq!(exec.run(now()), Status::Failed(e));
+}
+
+#[test]
 fn executions_started_from_one_link_cache_stay_independent() {
     use skiff_vm::interp::program::LinkCache;
     use skiff_vm::interp::{Engine as VmEngine, ExecIo, Execution, Limits as VmLimits};

@@ -453,7 +453,17 @@ pub struct Execution {
     heap_limit: Option<usize>,
     slice: u64,
     io: ExecIo,
-    finished: Option<Status>,
+    finished: Option<Ended>,
+}
+
+/// How an execution ended, kept so that [`Execution::run`] answers the same when called
+/// again.
+enum Ended {
+    /// The first task's value, as a VM value: exported for each answer. (Keeping the
+    /// exported copy instead cost a deep copy of every result, a fifth of a call that
+    /// returns a large list.)
+    Value(Value),
+    Failed(ExecError),
 }
 
 impl std::fmt::Debug for Execution {
@@ -698,7 +708,7 @@ impl Execution {
         self.pending.clear();
         self.requests.clear();
         if self.finished.is_none() {
-            self.finished = Some(Status::Failed(ExecError {
+            self.finished = Some(Ended::Failed(ExecError {
                 error: error_portable("Cancelled", "the execution was cancelled"),
                 kind: "Cancelled".into(),
                 message: "the execution was cancelled".into(),
@@ -710,8 +720,8 @@ impl Execution {
 
     /// Runs until the execution is done, fails, blocks, or has used a slice of instructions.
     pub fn run(&mut self, now: Instant) -> Status {
-        if let Some(done) = &self.finished {
-            return done.clone();
+        if let Some(ended) = &self.finished {
+            return self.status_of(ended);
         }
         let _heap_guard = self.heap_limit.map(HeapGuard::install);
         let mut slice_left = self.slice;
@@ -849,7 +859,7 @@ impl Execution {
         }
         if wake.is_none() && !waiting_remote && self.requests.is_empty() {
             let e = self.deadlock_error();
-            self.end(Status::Failed(e.clone()));
+            self.end(Ended::Failed(e.clone()));
             return Status::Failed(e);
         }
         if let Some(d) = self.limits.deadline {
@@ -890,35 +900,26 @@ impl Execution {
         };
         self.tasks.clear();
         self.queue.clear();
-        let status = Status::Failed(err);
-        self.end(status.clone());
-        status
+        self.end(Ended::Failed(err.clone()));
+        Status::Failed(err)
     }
 
-    fn end(&mut self, status: Status) {
+    fn end(&mut self, ended: Ended) {
         self.tasks.clear();
         self.queue.clear();
         self.pending.clear();
-        self.finished = Some(status);
+        self.finished = Some(ended);
     }
 
     /// The first task finished: report unawaited task errors, cancel the rest.
     fn finish(&mut self) -> Status {
         let tasks = std::mem::take(&mut self.tasks);
-        let mut status = Status::Done(Portable::Nil);
+        let mut ended = Ended::Value(Value::Nil);
         for (id, task) in tasks.into_iter().enumerate() {
             let Some(task) = task else { continue };
             match (id, task.result) {
-                (0, Some(Ok(v))) => {
-                    status = match convert::export(&v) {
-                        Ok(p) => Status::Done(p),
-                        Err(e) => Status::Failed(self.exec_error(Raised {
-                            value: e,
-                            trace: Vec::new(),
-                        })),
-                    }
-                }
-                (0, Some(Err(r))) => status = Status::Failed(self.exec_error(r)),
+                (0, Some(Ok(v))) => ended = Ended::Value(v),
+                (0, Some(Err(r))) => ended = Ended::Failed(self.exec_error(r)),
                 (_, Some(Err(r))) if !task.awaited => {
                     let e = self.exec_error(r);
                     let _ = writeln!(self.io.err, "warning: a task nobody awaited failed: {e}");
@@ -926,8 +927,24 @@ impl Execution {
                 _ => {}
             }
         }
-        self.end(status.clone());
+        let status = self.status_of(&ended);
+        self.end(ended);
         status
+    }
+
+    /// What `run` answers once the execution ended `ended`: the first task's value exported
+    /// (or why it cannot be), or the error.
+    fn status_of(&self, ended: &Ended) -> Status {
+        match ended {
+            Ended::Value(v) => match convert::export(v) {
+                Ok(p) => Status::Done(p),
+                Err(e) => Status::Failed(self.exec_error(Raised {
+                    value: e,
+                    trace: Vec::new(),
+                })),
+            },
+            Ended::Failed(e) => Status::Failed(e.clone()),
+        }
     }
 
     fn exec_error(&self, raised: Raised) -> ExecError {
