@@ -115,7 +115,8 @@ async fn failover_skips_a_dead_peer_and_else_runs_when_all_fail() {
     let v = run(
         &nodes[0],
         r#"
-        let first = remote(["dead", "a"]) [] { here() }
+        let xs = [1, [2, "three"]]
+        let first = remote(["dead", "a"]) [xs] { [here(), xs] }
         let second = remote(["dead", "nobody"]) [] { here() } else { "fallback" }
         let third = try { remote("nobody") [] { 1 } } catch e { [e.kind, e.peer] }
         [first, second, third]
@@ -126,7 +127,14 @@ async fn failover_skips_a_dead_peer_and_else_runs_when_all_fail() {
     assert_eq!(
         v,
         list(vec![
-            s("a"),
+            // The captured list reaches the peer after a failed attempt, whole.
+            list(vec![
+                s("a"),
+                list(vec![
+                    Portable::Int(1),
+                    list(vec![Portable::Int(2), s("three")])
+                ])
+            ]),
             s("fallback"),
             list(vec![s("Unreachable"), s("nobody")])
         ])

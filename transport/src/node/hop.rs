@@ -52,14 +52,15 @@ fn failure(error: Portable) -> RemoteFailure {
     }
 }
 
-async fn attempt_all(shared: &Arc<Shared>, job: HopJob) -> Result<Portable, RemoteFailure> {
+async fn attempt_all(shared: &Arc<Shared>, mut job: HopJob) -> Result<Portable, RemoteFailure> {
     let context = if job.plan.context == skiff_vm::hop::DEFAULT_CONTEXT {
         Portable::Nil
     } else {
         Portable::Str(job.plan.context.clone())
     };
     let mut last = None;
-    for peer in &job.plan.peers {
+    let peers = std::mem::take(&mut job.plan.peers);
+    for (i, peer) in peers.iter().enumerate() {
         // `timeout_ms` bounds each attempt (dial included), as in the in-process cluster.
         let deadline = job.plan.timeout.map(|t| Instant::now() + t);
         if **peer == *shared.name {
@@ -75,9 +76,16 @@ async fn attempt_all(shared: &Arc<Shared>, job: HopJob) -> Result<Portable, Remo
                 }
             }
         }
+        // The last peer to try takes the arguments (which may be large); an earlier one, which
+        // a failover may follow, gets a copy.
+        let args = if i + 1 == peers.len() {
+            std::mem::take(&mut job.args)
+        } else {
+            job.args.clone()
+        };
         let opts = CallOptions {
             target: Target::Function(job.func),
-            args: job.args.clone(),
+            args,
             context: context.clone(),
             deadline: None,
             hops: job.hops.clone(),
