@@ -474,6 +474,15 @@ impl<'a> Reader<'a> {
         // Open containers, innermost last; shallow values need no allocation for it.
         let mut stack: SmallVec<[Open; 4]> = SmallVec::new();
         loop {
+            // Inside a list, plain scalars (most of a large list) are read in a tight loop;
+            // the list's last item, and anything else, takes the general path below.
+            if let Some(Open::List { items, left }) = stack.last_mut() {
+                while *left > 1 {
+                    let Some(v) = self.scalar() else { break };
+                    items.push(v);
+                    *left -= 1;
+                }
+            }
             let at = self.pos;
             let mut v = match self.item(sidecars)? {
                 Item::Value(v) => v,
@@ -584,6 +593,36 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+    }
+
+    /// The next item if it is `nil`, a boolean, an integer of at most 32 bits or a float,
+    /// complete before `end`; `None`, with nothing read, for anything else (which
+    /// [`Reader::item`] reads, or reports).
+    fn scalar(&mut self) -> Option<Portable> {
+        let rest = self.buf.get(self.pos..self.end)?;
+        let (&m, data) = rest.split_first()?;
+        let be = |n: usize| -> Option<u64> {
+            let bytes = data.get(..n)?;
+            Some(bytes.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64))
+        };
+        let (value, len) = match m {
+            0x00..=0x7f => (Portable::Int(m as i64), 0),
+            0xe0..=0xff => (Portable::Int(m as i8 as i64), 0),
+            0xc0 => (Portable::Nil, 0),
+            0xc2 => (Portable::Bool(false), 0),
+            0xc3 => (Portable::Bool(true), 0),
+            0xcc => (Portable::Int(be(1)? as i64), 1),
+            0xcd => (Portable::Int(be(2)? as i64), 2),
+            0xce => (Portable::Int(be(4)? as i64), 4),
+            0xd0 => (Portable::Int(be(1)? as u8 as i8 as i64), 1),
+            0xd1 => (Portable::Int(be(2)? as u16 as i16 as i64), 2),
+            0xd2 => (Portable::Int(be(4)? as u32 as i32 as i64), 4),
+            0xca => (Portable::Float(f32::from_bits(be(4)? as u32) as f64), 4),
+            0xcb => (Portable::Float(f64::from_bits(be(8)?)), 8),
+            _ => return None,
+        };
+        self.pos += 1 + len;
+        Some(value)
     }
 
     /// Reads one item: a complete scalar, or the header of a container.

@@ -145,3 +145,53 @@ fn foreign_encodings_are_accepted() {
         );
     }
 }
+
+#[test]
+fn scalars_inside_a_list_decode_as_alone() {
+    // Inside a list all items but the last are read by a fast path for plain scalars; the
+    // last, and a scalar alone, by the general one. Each form, non-minimal ones included,
+    // must decode the same either way.
+    let forms: Vec<Vec<u8>> = vec![
+        vec![0x00],
+        vec![0x7f],
+        vec![0xe0],
+        vec![0xff],
+        vec![0xc0],
+        vec![0xc2],
+        vec![0xc3],
+        vec![0xcc, 0xff],
+        vec![0xcd, 0xff, 0xfe],
+        vec![0xce, 0xff, 0xff, 0xff, 0xfe],
+        vec![0xcf, 0, 0, 0, 1, 0, 0, 0, 0],
+        vec![0xd0, 0x80],
+        vec![0xd1, 0x80, 0x00],
+        vec![0xd2, 0x80, 0, 0, 0],
+        vec![0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0],
+        vec![0xca, 0x3f, 0xc0, 0, 0],
+        vec![0xcb, 0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18],
+    ];
+    for form in &forms {
+        let alone = decode_value(&Bytes::from(form.clone()), 64).unwrap();
+        let mut list = vec![0x93];
+        for _ in 0..3 {
+            list.extend_from_slice(form);
+        }
+        assert_eq!(
+            decode_value(&Bytes::from(list), 64).unwrap(),
+            Portable::List(vec![alone.clone(), alone.clone(), alone]),
+            "{form:02x?}"
+        );
+    }
+    // A scalar cut short inside a list is an error, wherever it is.
+    for form in forms.iter().filter(|f| f.len() > 1) {
+        let mut list = vec![0x93, 0x01];
+        list.extend_from_slice(&form[..form.len() - 1]);
+        assert!(
+            matches!(
+                decode_value(&Bytes::from(list), 64),
+                Err(skiff_wire::ValueError::Truncated(_))
+            ),
+            "{form:02x?}"
+        );
+    }
+}
