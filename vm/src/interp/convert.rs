@@ -51,8 +51,9 @@ fn export_in(value: &Value, path: &mut Vec<*const ()>) -> Result<Portable, Value
                 return Err(type_error("cannot send a cyclic value"));
             }
             path.push(ptr);
-            let items: Vec<Value> = l.items().clone();
-            let out = items
+            // Exporting reads and never mutates, so the list stays borrowed throughout.
+            let out = l
+                .items()
                 .iter()
                 .map(|v| export_in(v, path))
                 .collect::<Result<Vec<_>, _>>();
@@ -65,14 +66,12 @@ fn export_in(value: &Value, path: &mut Vec<*const ()>) -> Result<Portable, Value
                 return Err(type_error("cannot send a cyclic value"));
             }
             path.push(ptr);
-            let entries: Vec<(Value, Value)> = m
-                .entries()
-                .iter()
-                .map(|(k, v)| (k.to_value(), v.clone()))
-                .collect();
+            // Exporting reads and never mutates, so the map stays borrowed throughout.
+            let entries = m.entries();
             let mut out = Vec::with_capacity(entries.len());
-            for (k, v) in &entries {
-                let pair = export_in(k, path).and_then(|k| Ok((k, export_in(v, path)?)));
+            for (k, v) in entries.iter() {
+                let pair =
+                    export_in(&k.to_value(), path).and_then(|k| Ok((k, export_in(v, path)?)));
                 match pair {
                     Ok(p) => out.push(p),
                     Err(e) => {
