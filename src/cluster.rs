@@ -199,7 +199,12 @@ impl LocalCluster {
         let node = &self.nodes[here];
         NodeInfo {
             here: node.name.clone(),
-            caller: caller.map(|c| self.nodes[c].name.clone()),
+            // A caller is a node of the cluster; its shared name is handed out when found.
+            caller: caller.map(|c| {
+                self.nodes
+                    .get(c)
+                    .map_or_else(|| c.into(), |n| n.name.clone())
+            }),
             peers: node.peers.clone(),
         }
     }

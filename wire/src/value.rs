@@ -474,8 +474,9 @@ impl<'a> Reader<'a> {
         // Open containers, innermost last; shallow values need no allocation for it.
         let mut stack: SmallVec<[Open; 4]> = SmallVec::new();
         loop {
-            // Inside a list, plain scalars (most of a large list) are read in a tight loop;
-            // the list's last item, and anything else, takes the general path below.
+            // Inside a list, plain scalars (most of a large list) are read in a tight loop,
+            // without the item and container bookkeeping; the list's last item, and anything
+            // else, takes the general path below.
             if let Some(Open::List { items, left }) = stack.last_mut() {
                 while *left > 1 {
                     let Some(v) = self.scalar() else { break };
@@ -595,9 +596,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The next item if it is `nil`, a boolean, an integer of at most 32 bits or a float,
-    /// complete before `end`; `None`, with nothing read, for anything else (which
-    /// [`Reader::item`] reads, or reports).
+    /// The next item if it is `nil`, a boolean, an integer that fits an `i64` by its marker
+    /// (all but `uint64`) or a float, complete before `end`; `None`, with nothing read, for
+    /// anything else (which [`Reader::item`] reads, or reports). The one place these forms
+    /// are decoded.
+    // Inlined into both callers: as a call, the list loop paid ~20 instructions more per
+    // item (a 100k-int list: 71.2M -> 73.2M instructions per hop).
+    #[inline(always)]
     fn scalar(&mut self) -> Option<Portable> {
         let rest = self.buf.get(self.pos..self.end)?;
         let (&m, data) = rest.split_first()?;
@@ -617,6 +622,7 @@ impl<'a> Reader<'a> {
             0xd0 => (Portable::Int(be(1)? as u8 as i8 as i64), 1),
             0xd1 => (Portable::Int(be(2)? as u16 as i16 as i64), 2),
             0xd2 => (Portable::Int(be(4)? as u32 as i32 as i64), 4),
+            0xd3 => (Portable::Int(be(8)? as i64), 8),
             0xca => (Portable::Float(f32::from_bits(be(4)? as u32) as f64), 4),
             0xcb => (Portable::Float(f64::from_bits(be(8)?)), 8),
             _ => return None,
@@ -627,27 +633,31 @@ impl<'a> Reader<'a> {
 
     /// Reads one item: a complete scalar, or the header of a container.
     fn item(&mut self, sidecars: SidecarLookup<'_>) -> Result<Item, ValueError> {
+        if let Some(v) = self.scalar() {
+            return Ok(Item::Value(v));
+        }
         let at = self.pos;
         let m = self.uint(1)? as u8;
         let v = match Marker::from_u8(m) {
-            Marker::Null => Portable::Nil,
-            Marker::True => Portable::Bool(true),
-            Marker::False => Portable::Bool(false),
-            Marker::FixPos(n) => Portable::Int(n as i64),
-            Marker::FixNeg(n) => Portable::Int(n as i64),
-            Marker::U8 => Portable::Int(self.uint(1)? as i64),
-            Marker::U16 => Portable::Int(self.uint(2)? as i64),
-            Marker::U32 => Portable::Int(self.uint(4)? as i64),
+            // What `scalar` reads: here only when the value is cut short.
+            Marker::Null
+            | Marker::True
+            | Marker::False
+            | Marker::FixPos(_)
+            | Marker::FixNeg(_)
+            | Marker::U8
+            | Marker::U16
+            | Marker::U32
+            | Marker::I8
+            | Marker::I16
+            | Marker::I32
+            | Marker::I64
+            | Marker::F32
+            | Marker::F64 => return Err(ValueError::Truncated(self.pos)),
             Marker::U64 => {
                 let v = self.uint(8)?;
                 Portable::Int(i64::try_from(v).map_err(|_| ValueError::IntOutOfRange(at))?)
             }
-            Marker::I8 => Portable::Int(self.uint(1)? as u8 as i8 as i64),
-            Marker::I16 => Portable::Int(self.uint(2)? as u16 as i16 as i64),
-            Marker::I32 => Portable::Int(self.uint(4)? as u32 as i32 as i64),
-            Marker::I64 => Portable::Int(self.uint(8)? as i64),
-            Marker::F32 => Portable::Float(f32::from_bits(self.uint(4)? as u32) as f64),
-            Marker::F64 => Portable::Float(f64::from_bits(self.uint(8)?)),
             Marker::FixStr(n) => self.string(Len::Fixed(n as u64))?,
             Marker::Str8 => self.string(Len::Prefix(1))?,
             Marker::Str16 => self.string(Len::Prefix(2))?,
