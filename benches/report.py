@@ -85,13 +85,52 @@ def load(criterion_dir):
 
 
 def load_paired(criterion_dir):
-    """{(row, peer): paired ratio} for the rows whose peers took turns."""
-    paired = {}
-    for f in criterion_dir.glob("paired/*.json"):
-        data = json.loads(f.read_text())
-        for peer, ratio in data["ratios"].items():
-            paired[(data["row"], peer)] = ratio
-    return paired
+    """The rows whose peers took turns: {row: data of `paired/<row>.json`}."""
+    return {data["row"]: data
+            for data in (json.loads(f.read_text()) for f in criterion_dir.glob("paired/*.json"))}
+
+
+def paired_ratios(paired):
+    """{(row, peer): paired ratio}."""
+    return {(row, peer): ratio
+            for row, data in paired.items() for peer, ratio in data["ratios"].items()}
+
+
+def fmt_cpu(seconds):
+    return fmt_time(seconds * 1e9)
+
+
+def cpu_notes(paired):
+    """Lines on the CPU each peer of a paired row used per iteration and the cores it kept
+    busy, and for a bulk row the floor its hashing sets; empty when no row recorded CPU."""
+    lines = []
+    for row in sorted(paired, key=row_key):
+        data = paired[row]
+        cpu = data.get("cpu", {})
+        if SUBJECT not in cpu:
+            continue
+        s = cpu[SUBJECT]
+        peers = sorted((p for p in cpu if p != SUBJECT), key=order_key(PEER_ORDER))
+        parts = [f"Skiff {fmt_cpu(s['per_iter'])} ({s['cores']:.2f} cores)"]
+        for peer in peers:
+            p = cpu[peer]
+            parts.append(f"{peer} {fmt_cpu(p['per_iter'])} ({p['cores']:.2f} cores; Skiff uses "
+                         f"{s['per_iter'] / p['per_iter']:.2f}× its CPU at "
+                         f"{s['cores'] / p['cores']:.2f}× its cores busy)")
+        lines.append(f"- {row}: " + ", ".join(parts) + ".")
+        hash_s = data.get("hash_per_iter")
+        if hash_s and "quinn" in cpu:
+            q = cpu["quinn"]
+            floor = 1 + 2 * hash_s / q["per_iter"]
+            lines.append(
+                f"  One core hashes the transfer's bytes in {fmt_cpu(hash_s)}; Skiff hashes them "
+                f"twice (sender, receiver). quinn's CPU plus those two passes, with quinn's cores "
+                f"busy, would take 1 + 2 × {fmt_cpu(hash_s)} ÷ {fmt_cpu(q['per_iter'])} = "
+                f"{floor:.2f}× quinn's time: this machine's floor for the row.")
+    if not lines:
+        return []
+    return ["", "CPU per iteration, all threads of the bench process, summed over the rounds "
+                "of turns (time ÷ time = CPU ratio ÷ cores ratio):", ""] + lines
 
 
 def fmt_time(ns):
@@ -235,9 +274,11 @@ def main():
     results = load(criterion_dir)
     if not results:
         sys.exit(f"no criterion results under {criterion_dir}; run the benches first")
-    text = table(results, load_paired(criterion_dir), args.command)
+    paired = load_paired(criterion_dir)
+    text = table(results, paired_ratios(paired), args.command)
+    notes_cpu = cpu_notes(paired)
     if not args.write:
-        print(text)
+        print("\n".join([text] + notes_cpu))
         return
     readme = Path(__file__).resolve().parent / "README.md"
     old = readme.read_text()
@@ -253,6 +294,7 @@ def main():
         name = lambda l: l.split("|")[1].strip().rstrip(" †")
         lines[start:] = sorted(lines[start:] + kept, key=lambda l: row_key(name(l)))
         text = "\n".join(lines + [""] + notes)
+    text = "\n".join([text] + notes_cpu)
     readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
     print(f"updated {readme}")
 

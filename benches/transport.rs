@@ -47,7 +47,10 @@
 //! Skiff's time ÷ the peer's in the same round, milliseconds apart
 //! (`<criterion home>/paired/<row>.json`, which `benches/report.py` reports beside the
 //! ratio of medians, and judges the bars by). A row thus takes about as long as all its
-//! peers' iterations together.
+//! peers' iterations together. Each block also records the process's CPU time, so the file
+//! gives every peer's CPU per iteration and the cores it kept busy (their ratio is the time
+//! ratio), and the bulk row the time one core takes to hash its bytes: together they say
+//! whether a gap is work (CPU) or waiting (cores idle).
 //!
 //! Every peer is checked once before timing: the echo must return the payload and the bulk
 //! sink must acknowledge every byte (for `skiff`: `size` returns the byte count).
@@ -568,18 +571,57 @@ async fn timed_in_turn(
         let n = left.min(work.block());
         let mut round = Vec::with_capacity(peers.len());
         for (i, peer) in peers.iter().enumerate() {
+            let cpu_before = process_cpu();
             let start = Instant::now();
             work.run(peer, n, &payload).await;
             let took = start.elapsed();
+            let cpu = process_cpu()
+                .zip(cpu_before)
+                .map(|(after, before)| after.saturating_sub(before));
             if i == which {
                 timed += took;
             }
-            round.push(took.as_secs_f64() / n as f64);
+            round.push(Turn {
+                iters: n,
+                wall: took,
+                cpu,
+            });
         }
         rounds.record(round);
         left -= n;
     }
     timed
+}
+
+/// One peer's block in a round of turns.
+struct Turn {
+    iters: u64,
+    wall: Duration,
+    /// CPU time of the whole process (every thread: both nodes, the runtime's workers, the
+    /// VM threads) during the block; `None` where it cannot be read.
+    cpu: Option<Duration>,
+}
+
+impl Turn {
+    fn per_iter(&self) -> f64 {
+        self.wall.as_secs_f64() / self.iters as f64
+    }
+}
+
+/// CPU time this process has used so far, all threads (Linux: `utime + stime` of
+/// `/proc/self/stat`, in the kernel's fixed 100 Hz clock ticks; summed over a row's rounds
+/// the tick is fine enough). `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: state is the
+    // 3rd field of the line, utime the 14th, stime the 15th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
 }
 
 /// The per-iteration times of every peer in each round of turns of one row (one block of each
@@ -590,23 +632,38 @@ async fn timed_in_turn(
 /// in different stretches moved by a fifth and more from run to run. The peers of one round
 /// ran within milliseconds of each other, so Skiff's time ÷ a peer's in the same round cancels
 /// the drift; the median of that over all rounds is the row's paired ratio.
+///
+/// Each round also holds the process's CPU time during every block, so a row reports how much
+/// CPU an iteration of each peer took and how many cores it kept busy (`cpu` in the JSON):
+/// the ratio of times is the ratio of CPU times ÷ the ratio of cores busy.
 #[derive(Default)]
-struct Rounds(Mutex<Vec<Vec<f64>>>);
+struct Rounds(Mutex<Vec<Vec<Turn>>>);
 
 impl Rounds {
-    fn record(&self, round: Vec<f64>) {
+    fn record(&self, round: Vec<Turn>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(round);
     }
 
     /// Writes `<criterion home>/paired/<row>.json` (`/` in `row` as `_`): the number of
-    /// rounds and, for each peer, the median over rounds of Skiff's time ÷ the peer's.
+    /// rounds; for each peer, the median over rounds of Skiff's time ÷ the peer's; for each
+    /// peer, its CPU time per iteration and the cores it kept busy (sums over all rounds);
+    /// for a bulk row, the time one core takes to hash the transfer's bytes with the wire's
+    /// sidecar hasher (`hash_per_iter`; Skiff hashes them twice, sender and receiver).
     /// `benches/report.py` reads it. Nothing is written when criterion only checks the
-    /// benchmarks (`cargo test --benches`).
-    fn write(&self, row: &str, peers: &[Arc<dyn Peer>]) {
+    /// benchmarks (`cargo test --benches`) or when its filter left the row out.
+    fn write(&self, row: &str, peers: &[Arc<dyn Peer>], work: &Work) {
         if !measuring() {
             return;
         }
+        let extra = match work {
+            Work::Bulk(chunk) => format!(", \"hash_per_iter\": {:.6}", hash_time(chunk)),
+            Work::Call | Work::InFlight(_) => String::new(),
+        };
         let rounds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if rounds.is_empty() {
+            // Criterion's filter left the row out: keep what an earlier run wrote.
+            return;
+        }
         let Some(skiff) = peers.iter().position(|p| p.name() == "skiff") else {
             return;
         };
@@ -615,16 +672,39 @@ impl Rounds {
             .enumerate()
             .filter(|&(i, _)| i != skiff)
             .map(|(i, peer)| {
-                let mut r: Vec<f64> = rounds.iter().map(|t| t[skiff] / t[i]).collect();
+                let mut r: Vec<f64> = rounds
+                    .iter()
+                    .map(|t| t[skiff].per_iter() / t[i].per_iter())
+                    .collect();
                 r.sort_by(f64::total_cmp);
                 let median = r.get(r.len() / 2).copied().unwrap_or(f64::NAN);
                 format!("\"{}\": {median:.4}", peer.name())
             })
             .collect();
+        let cpu: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, peer)| {
+                let (mut iters, mut wall, mut cpu) = (0, Duration::ZERO, Duration::ZERO);
+                for turn in rounds.iter().map(|t| &t[i]) {
+                    iters += turn.iters;
+                    wall += turn.wall;
+                    cpu += turn.cpu?;
+                }
+                Some(format!(
+                    "\"{}\": {{\"per_iter\": {:.9}, \"cores\": {:.3}}}",
+                    peer.name(),
+                    cpu.as_secs_f64() / iters.max(1) as f64,
+                    cpu.as_secs_f64() / wall.as_secs_f64().max(f64::MIN_POSITIVE)
+                ))
+            })
+            .collect();
         let json = format!(
-            "{{\"row\": \"{row}\", \"rounds\": {}, \"ratios\": {{{}}}}}\n",
+            "{{\"row\": \"{row}\", \"rounds\": {}, \"ratios\": {{{}}}, \"cpu\": {{{}}}{}}}\n",
             rounds.len(),
-            ratios.join(", ")
+            ratios.join(", "),
+            cpu.join(", "),
+            extra
         );
         let dir = criterion_home().join("paired");
         let path = dir.join(format!("{}.json", row.replace('/', "_")));
@@ -635,6 +715,22 @@ impl Rounds {
             );
         }
     }
+}
+
+/// Seconds one core takes to hash a bulk transfer's bytes (copies of `chunk`) with the
+/// wire's sidecar hasher: the best of three, as for any pure computation on a shared host.
+fn hash_time(chunk: &Bytes) -> f64 {
+    (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let mut hasher = skiff_wire::value::SidecarHasher::new();
+            for _ in 0..bulk_bytes() / BULK_CHUNK {
+                hasher.update(chunk);
+            }
+            std::hint::black_box(hasher.finish());
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Where criterion keeps its results (as criterion finds it).
@@ -680,7 +776,7 @@ fn bench_in_turn(
             Work::Call | Work::Bulk(_) => g.bench_function(peer.name(), bench),
         };
     }
-    rounds.write(row, peers);
+    rounds.write(row, peers, &work);
 }
 
 fn transport(c: &mut Criterion) {
@@ -729,7 +825,7 @@ fn transport(c: &mut Criterion) {
             })
         });
     }
-    rounds.write("rtt_local", &local_peers);
+    rounds.write("rtt_local", &local_peers, &Work::Call);
     g.finish();
     drop(local_peers);
 
