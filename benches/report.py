@@ -124,9 +124,10 @@ def cpu_notes(paired):
             floor = 1 + 2 * hash_s / q["per_iter"]
             lines.append(
                 f"  One core hashes the transfer's bytes in {fmt_cpu(hash_s)}; Skiff hashes them "
-                f"twice (sender, receiver). quinn's CPU plus those two passes, with quinn's cores "
-                f"busy, would take 1 + 2 × {fmt_cpu(hash_s)} ÷ {fmt_cpu(q['per_iter'])} = "
-                f"{floor:.2f}× quinn's time: this machine's floor for the row.")
+                f"twice (sender, receiver). A transfer costing exactly quinn's CPU plus those two "
+                f"passes, with as many cores busy as quinn's, would take 1 + 2 × "
+                f"{fmt_cpu(hash_s)} ÷ {fmt_cpu(q['per_iter'])} = {floor:.2f}× quinn's time; "
+                f"below that only by keeping more cores busy than quinn does.")
     if not lines:
         return []
     return ["", "CPU per iteration, all threads of the bench process, summed over the rounds "
