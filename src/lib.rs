@@ -76,6 +76,7 @@ pub struct Engine {
 /// the code store made from them.
 struct VerifiedModule {
     blobs: Vec<(BlobHash, Arc<Blob>)>,
+    /// Sorted by hash.
     debug: Vec<(BlobHash, Arc<BlobDebug>)>,
     store: CodeStore,
     /// Its number in [`Engine::verified`].
@@ -94,11 +95,14 @@ impl VerifiedModule {
                 .iter()
                 .zip(&module.blobs)
                 .all(|((h, b), (mh, mb))| h == mh && Arc::ptr_eq(b, mb));
+        // `self.debug` is sorted by hash: found by search, not by hashing into the module's
+        // map (a host calls into one module over and over; this runs on every call).
         let same_debug = self.debug.len() == module.debug.len()
-            && self
-                .debug
-                .iter()
-                .all(|(h, d)| module.debug.get(h).is_some_and(|md| Arc::ptr_eq(d, md)));
+            && module.debug.iter().all(|(h, md)| {
+                self.debug
+                    .binary_search_by_key(h, |(k, _)| *k)
+                    .is_ok_and(|i| Arc::ptr_eq(&self.debug[i].1, md))
+            });
         same_blobs && same_debug
     }
 }
@@ -272,7 +276,11 @@ impl Engine {
         *self.last_code.borrow_mut() = Some(VerifiedModule {
             generation: self.verified.get(),
             blobs: module.blobs.iter().map(|(h, b)| (*h, b.clone())).collect(),
-            debug: module.debug.iter().map(|(h, d)| (*h, d.clone())).collect(),
+            debug: {
+                let mut debug: Vec<_> = module.debug.iter().map(|(h, d)| (*h, d.clone())).collect();
+                debug.sort_unstable_by_key(|(h, _)| *h);
+                debug
+            },
             store: store.clone(),
             cluster: None,
         });

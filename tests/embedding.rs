@@ -292,4 +292,11 @@ fn executions_started_from_one_link_cache_stay_independent() {
         Ok(Portable::Int(8))
     );
     assert!(tiny.is_empty());
+    // Cleared after its blob left the store, the cache links again, and so fails: it keeps
+    // nothing of the program it last handed out.
+    let apply = module.exports["apply"];
+    assert!(cache.get(&engine, &store, apply).is_ok());
+    store.remove_with_dependents(&std::iter::once(apply.blob).collect());
+    cache.clear();
+    assert!(cache.get(&engine, &store, apply).is_err());
 }

@@ -93,11 +93,12 @@ fn has_function(value: &Portable) -> bool {
 impl Contexts {
     /// Whether these are as [`Contexts::default`] made them: only `default`, empty.
     pub fn is_fresh(&self) -> bool {
-        self.states.len() == 1
-            && self
-                .states
-                .get(DEFAULT_CONTEXT)
-                .is_some_and(|state| state.is_empty())
+        // The one entry, read without hashing its name: a host's every call asks this.
+        let mut states = self.states.iter();
+        matches!(
+            (states.next(), states.next()),
+            (Some((name, state)), None) if name.as_str() == DEFAULT_CONTEXT && state.is_empty()
+        )
     }
 
     /// `default` plus empty contexts named `names` (duplicates and `default` are ignored).

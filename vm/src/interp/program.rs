@@ -67,6 +67,9 @@ impl Linked {
 #[derive(Debug)]
 pub struct LinkCache {
     programs: HashMap<FunctionId, Linked>,
+    /// The entry last found or kept, also in `programs`: a host calling one function over
+    /// and over finds it without hashing its id.
+    last: Option<(FunctionId, Linked)>,
     /// Instructions in the programs kept (each program counts all of its functions).
     instructions: usize,
     /// Most instructions kept; past this the cache starts over.
@@ -93,6 +96,7 @@ impl LinkCache {
     pub fn with_limit(instructions: usize) -> LinkCache {
         LinkCache {
             programs: HashMap::new(),
+            last: None,
             instructions: 0,
             limit: instructions,
         }
@@ -117,7 +121,13 @@ impl LinkCache {
         store: &CodeStore,
         id: FunctionId,
     ) -> Result<Linked, LinkError> {
+        if let Some((last, linked)) = &self.last {
+            if *last == id {
+                return Ok(linked.clone());
+            }
+        }
         if let Some(linked) = self.programs.get(&id) {
+            self.last = Some((id, linked.clone()));
             return Ok(linked.clone());
         }
         let linked = Linked::link(store, &engine.natives, id)?;
@@ -128,6 +138,7 @@ impl LinkCache {
         if size <= self.limit {
             self.instructions += size;
             self.programs.insert(id, linked.clone());
+            self.last = Some((id, linked.clone()));
         }
         Ok(linked)
     }
@@ -135,6 +146,7 @@ impl LinkCache {
     /// Forgets every program: call it when a blob leaves the store (or the natives change).
     pub fn clear(&mut self) {
         self.programs.clear();
+        self.last = None;
         self.instructions = 0;
     }
 }
