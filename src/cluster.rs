@@ -74,7 +74,8 @@ struct Hop {
 }
 
 struct Running {
-    node: String,
+    /// The node's name (its [`LocalNode::name`]).
+    node: Arc<str>,
     exec: Execution,
     /// `None` for the top level; otherwise the hop this execution is serving.
     hop: Option<Hop>,
@@ -93,6 +94,8 @@ pub struct LocalCluster {
     limits: Limits,
     io: IoFactory,
     running: Vec<Option<Running>>,
+    /// The default context's name, shared by every top-level execution.
+    default_context: Rc<str>,
 }
 
 impl LocalCluster {
@@ -132,6 +135,7 @@ impl LocalCluster {
             limits,
             io,
             running: Vec::new(),
+            default_context: Rc::from(DEFAULT_CONTEXT),
         }
     }
 
@@ -224,12 +228,12 @@ impl LocalCluster {
             .start(node, func, args, info, self.limits.clone())
             .map_err(|e| RunError::Start(e.to_string()))?;
         self.running.push(Some(Running {
-            node: node.to_owned(),
+            node: self.nodes[node].name.clone(),
             exec,
             hop: None,
             runnable: true,
             wake_at: None,
-            context: Rc::from(DEFAULT_CONTEXT),
+            context: self.default_context.clone(),
         }));
         let top = self.running.len() - 1;
         loop {
@@ -275,7 +279,7 @@ impl LocalCluster {
     fn step(&mut self, id: usize, now: Instant) -> Option<Result<Portable, ExecError>> {
         let running = self.running[id].as_mut()?;
         let status = {
-            let contexts = &self.nodes.get(&running.node)?.contexts;
+            let contexts = &self.nodes.get(&*running.node)?.contexts;
             let _in = self.context_natives.enter(contexts, &running.context);
             running.exec.run(now)
         };
@@ -341,7 +345,7 @@ impl LocalCluster {
                 Ok(exec) => {
                     let context = Rc::from(hop.plan.context.as_str());
                     self.running.push(Some(Running {
-                        node: peer,
+                        node: self.nodes[&peer].name.clone(),
                         exec,
                         hop: Some(hop),
                         runnable: true,
@@ -399,7 +403,7 @@ impl LocalCluster {
             .args
             .iter()
             .for_each(|a| a.functions(&mut roots));
-        let store = &self.nodes[&caller_node].store;
+        let store = &self.nodes[&*caller_node].store;
         let needed =
             transitive_closure(roots.iter().map(|f| f.blob), |h| store.get(h).map(|b| &**b))
                 .map_err(|e| hop_error("Refused", e.to_string(), peer))?;

@@ -253,10 +253,7 @@ impl Engine {
     fn cluster(&self, module: &Module, peers: &[String]) -> Result<LocalCluster, Error> {
         let mut names = vec!["main".to_owned()];
         names.extend(peers.iter().cloned());
-        let io: cluster::IoFactory = Box::new(|| ExecIo {
-            out: Box::new(std::io::stdout()),
-            err: Box::new(std::io::stderr()),
-        });
+        let io: cluster::IoFactory = Box::new(ExecIo::stdio);
         let mut cluster = LocalCluster::new(&self.vm, &names, self.limits.clone(), io);
         *cluster.store_mut("main").expect("main exists") = self.verified_code(module)?;
         Ok(cluster)

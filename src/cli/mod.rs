@@ -158,10 +158,7 @@ fn run(args: RunArgs) -> Result<i32> {
     let limits = args.limits();
     let engine = Engine::new(limits.clone());
     let names = node_names("--local-peers", &args.local_peers)?;
-    let io: skiff::cluster::IoFactory = Box::new(|| ExecIo {
-        out: Box::new(std::io::stdout()),
-        err: Box::new(std::io::stderr()),
-    });
+    let io: skiff::cluster::IoFactory = Box::new(ExecIo::stdio);
     let mut cluster = LocalCluster::new(engine.vm(), &names, limits, io);
     cluster
         .store_mut("main")

@@ -149,6 +149,41 @@ pub struct ExecIo {
     pub err: Box<dyn Write>,
 }
 
+/// Writes to the process's stdout. Zero-sized, unlike `std::io::Stdout`, so that boxing it
+/// allocates nothing.
+struct ProcessStdout;
+
+/// Writes to the process's stderr (zero-sized, as [`ProcessStdout`]).
+struct ProcessStderr;
+
+impl Write for ProcessStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout().write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::stdout().write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+impl Write for ProcessStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::stderr().write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 impl std::fmt::Debug for ExecIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ExecIo")
@@ -156,11 +191,12 @@ impl std::fmt::Debug for ExecIo {
 }
 
 impl ExecIo {
-    /// The process's stdout and stderr.
+    /// The process's stdout and stderr. Building one allocates nothing (a host's every
+    /// call builds one).
     pub fn stdio() -> ExecIo {
         ExecIo {
-            out: Box::new(std::io::stdout()),
-            err: Box::new(std::io::stderr()),
+            out: Box::new(ProcessStdout),
+            err: Box::new(ProcessStderr),
         }
     }
 
