@@ -304,12 +304,14 @@ struct RecvState {
     closed: bool,
 }
 
-/// A frame of at least this many bytes is received without regrowing a buffer: its chunks are
-/// kept as they arrive until half of it is there, then copied into a buffer of its exact size
-/// (reused from the config's [`BufferPool`] when one fits), which the rest is copied into
-/// directly; so every byte is copied once and the allocation is never more than twice the
-/// bytes received (a declared length alone allocates nothing). A sidecar's data is hashed as
-/// it arrives. Smaller frames grow a buffer geometrically.
+/// A frame of at least this many bytes is received without regrowing a buffer. If the
+/// config's [`BufferPool`] holds an idle buffer that fits, every chunk is copied into it as it
+/// arrives. Otherwise the chunks are kept as they arrive until half of the frame is there,
+/// then copied into a new buffer of its exact size, which the rest is copied into directly.
+/// Either way every byte is copied once and a new allocation is never more than twice the
+/// bytes received (a declared length alone allocates nothing: at most it takes an idle
+/// buffer from the pool). A sidecar's data is hashed as it arrives. Smaller frames grow a
+/// buffer geometrically.
 const LARGE_FRAME: usize = 1 << 20;
 
 /// Where a sidecar's data starts in its frame: frame header, then hash and flags.
@@ -355,6 +357,14 @@ impl RecvState {
                 let mut digest = SidecarHasher::new();
                 digest.update(self.sidecar_data_in(0, &self.buf));
                 self.digest = Some(digest);
+            }
+            // An idle buffer of the pool is already memory of this process: taken now, each
+            // chunk is copied while it is fresh in the cache, instead of keeping the chunks
+            // (and quinn's datagram buffers under them) until half the frame is there.
+            if let Some(mut whole) = pool.take_idle(self.need) {
+                whole.extend_from_slice(&self.buf);
+                self.buf = BytesMut::new();
+                self.whole = whole;
             }
         }
         if self.digest.is_some() {

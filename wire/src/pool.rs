@@ -5,7 +5,8 @@
 //! and a page of zeroes for every 4 KiB of it, which for a 256 MiB sidecar is a larger share
 //! of the receiver's CPU than the copy itself. The buffer is handed to the node inside the
 //! frame's [`Bytes`]; when the last reference to it is dropped (on whatever thread), it comes
-//! back here cleared and is reused for the next large frame of a similar size.
+//! back here cleared and is reused for the next large frame of a similar size, which takes it
+//! as soon as its header is read and copies each chunk into it as the chunk arrives.
 //!
 //! Invariants:
 //! - The idle buffers' capacities sum to at most the pool's bound; a buffer that would
@@ -53,19 +54,21 @@ impl BufferPool {
     /// An empty buffer with room for at least `len` bytes: the newest idle one that fits
     /// (and is at most twice `len`), else a new allocation.
     pub fn take(&self, len: usize) -> Vec<u8> {
+        self.take_idle(len)
+            .unwrap_or_else(|| Vec::with_capacity(len))
+    }
+
+    /// The newest idle buffer that fits `len` (and is at most twice `len`), if any: never a
+    /// new allocation.
+    pub fn take_idle(&self, len: usize) -> Option<Vec<u8>> {
         let mut idle = self.lock();
-        let fit = idle
+        let i = idle
             .buffers
             .iter()
-            .rposition(|b| b.capacity() >= len && b.capacity() / 2 <= len);
-        match fit {
-            Some(i) => {
-                let buf = idle.buffers.remove(i);
-                idle.bytes -= buf.capacity();
-                buf
-            }
-            None => Vec::with_capacity(len),
-        }
+            .rposition(|b| b.capacity() >= len && b.capacity() / 2 <= len)?;
+        let buf = idle.buffers.remove(i);
+        idle.bytes -= buf.capacity();
+        Some(buf)
     }
 
     /// `buf` as [`Bytes`] that give the buffer back to this pool when the last reference to

@@ -987,6 +987,46 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
 }
 
 #[test]
+fn a_large_frame_takes_an_idle_pooled_buffer_as_soon_as_its_header_is_read() {
+    let now = std::time::Instant::now();
+    let config = Config::new("server");
+    let pool = config.recv_buffers.clone();
+    let mut server = lone_connection(Side::Server, config);
+    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
+    let data: Vec<u8> = (0..2 * (1 << 20) + 3).map(|i: u32| (i * 7) as u8).collect();
+    let (call, sidecars) = call_with_bytes(&data);
+    let mut wire = encode_sidecar(sidecars[0].hash, false, &data);
+    wire.extend_from_slice(&call);
+    let wire = Bytes::from(wire);
+    let call_arrived = |server: &mut skiff_wire::Connection| {
+        std::iter::from_fn(|| server.poll_event()).find_map(|e| match e {
+            Event::IncomingCall(c) => Some(c),
+            _ => None,
+        })
+    };
+    let deliver = |server: &mut skiff_wire::Connection, stream: StreamId, from: usize| {
+        for at in (from..wire.len()).step_by(65_536) {
+            server.handle_stream_data(stream, wire.slice(at..(at + 65_536).min(wire.len())), now);
+        }
+    };
+    // The first frame, arriving in pieces, fills a new buffer, which returns to the pool
+    // with the value.
+    deliver(&mut server, StreamId::new(Side::Client, 1), 0);
+    drop(call_arrived(&mut server).expect("the first call arrived"));
+    let idle = pool.idle_bytes();
+    assert!(idle > data.len(), "{idle}");
+    // The second takes that buffer with its first chunk, long before half of it is there.
+    let stream = StreamId::new(Side::Client, 2);
+    server.handle_stream_data(stream, wire.slice(..4096), now);
+    assert_eq!(pool.idle_bytes(), 0);
+    deliver(&mut server, stream, 4096);
+    let inc = call_arrived(&mut server).expect("the second call arrived");
+    assert_eq!(inc.args, vec![Portable::Bytes(Bytes::from(data))]);
+    drop(inc);
+    assert_eq!(pool.idle_bytes(), idle);
+}
+
+#[test]
 fn sidecar_bytes_are_sent_without_a_copy() {
     let now = std::time::Instant::now();
     let mut client = lone_connection(Side::Client, Config::new("client"));
