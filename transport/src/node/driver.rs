@@ -8,11 +8,12 @@
 //! VM thread ([`VmMsg`]) or to the task waiting for an outgoing call's result.
 //!
 //! The state sits behind a mutex that the task holds while it polls. A caller starting a
-//! call and the VM answering one take it only when it is free and no command waits in the
-//! channel; they then run the command and write its frames themselves (in the common case
-//! straight into quinn's buffers), and wake the task only for what needs it (a stream future
-//! to poll, an earlier timer, a close). A warm call and its answer thus cost no wake-up of
-//! either driver task, and with `Node::start` no hop between threads besides quinn's own.
+//! call, and a VM answering one on the connections' thread, take it only when it is free and
+//! no command waits in the channel; they then run the command and write its frames
+//! themselves (in the common case straight into quinn's buffers), and wake the task only for
+//! what needs it (a stream future to poll, an earlier timer, a close). A warm call thus costs
+//! no wake-up of the caller's driver task. A VM on a thread of its own queues its answers
+//! for the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
 //!
 //! Invariants:
 //! - Nothing blocks on the state's mutex but the task itself and a host reading the wire's
@@ -117,6 +118,11 @@ impl DriverHandle {
             },
             cmd => cmd,
         };
+        self.queue(cmd);
+    }
+
+    /// Hands `cmd` to the driver's task, never running it here.
+    pub fn queue(&self, cmd: DriverCmd) {
         // A gone driver already failed every call it carried.
         let _ = self.tx.send(cmd);
     }

@@ -449,7 +449,9 @@ impl Node {
         let (contexts, vm_rx) = (bound.contexts, bound.vm_rx);
         let thread = std::thread::Builder::new()
             .name(format!("skiff-vm-{}", config.name))
-            .spawn(move || runtime.block_on(VmLoop::new(vm_shared, &natives, contexts).run(vm_rx)))
+            .spawn(move || {
+                runtime.block_on(VmLoop::new(vm_shared, &natives, contexts, true).run(vm_rx))
+            })
             .map_err(|e| NodeError::Start(e.to_string()))?;
         let accept = tokio::spawn(accept_loop(bound.shared.clone(), bound.endpoint.clone()));
         Ok(Self::serve(
@@ -473,7 +475,7 @@ impl Node {
     /// every task of that thread.
     pub async fn start_local(config: NodeConfig, local: &LocalSet) -> Result<Node, NodeError> {
         let bound = Self::bind(&config, Spawner::local(local))?;
-        let vm = VmLoop::new(bound.shared.clone(), &config.natives, bound.contexts);
+        let vm = VmLoop::new(bound.shared.clone(), &config.natives, bound.contexts, false);
         local.spawn_local(vm.run(bound.vm_rx));
         let accept = local.spawn_local(accept_loop(bound.shared.clone(), bound.endpoint.clone()));
         Ok(Self::serve(

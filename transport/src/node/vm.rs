@@ -169,13 +169,19 @@ pub(crate) struct VmLoop {
     default_context: Rc<str>,
     /// Shutdown waiters, answered when `running` is empty.
     drain: Vec<oneshot::Sender<()>>,
+    /// Answers go through the driver's channel instead of being written in place (see
+    /// [`VmLoop::answer`]).
+    queue_answers: bool,
 }
 
 impl VmLoop {
+    /// A loop for a node's VM; `own_thread` when it runs on a thread of its own
+    /// ([`super::Node::start`]) rather than beside the connections.
     pub fn new(
         shared: Arc<Shared>,
         natives: &[(String, super::SendNative)],
         contexts: Contexts,
+        own_thread: bool,
     ) -> VmLoop {
         let mut engine = Engine::new();
         for (name, f) in natives {
@@ -200,6 +206,23 @@ impl VmLoop {
             context_natives,
             default_context: Rc::from(DEFAULT_CONTEXT),
             drain: Vec::new(),
+            queue_answers: own_thread,
+        }
+    }
+
+    /// Answers incoming call `id` on `driver`. Beside the connections, the answer is written
+    /// in place when the driver is free (no task wakes up for it). On a thread of its own,
+    /// it goes to the driver's task instead: written from here, it would wake quinn's
+    /// connection task across threads, and often twice (the woken worker preempts this
+    /// thread between the data and the stream's end), where the driver's task, woken once,
+    /// writes both on the runtime. Measured: `rtt`'s paired ratio 1.93 and 1.97 in place,
+    /// 1.79 and 1.79 queued (benches/README.md, ninth session).
+    fn answer(&self, driver: &DriverHandle, id: CallId, result: Result<Portable, RemoteError>) {
+        let cmd = DriverCmd::Respond { id, result };
+        if self.queue_answers {
+            driver.queue(cmd);
+        } else {
+            driver.send(cmd);
         }
     }
 
@@ -433,8 +456,9 @@ impl VmLoop {
     /// a local run `NodeError::Stopped`.
     fn cancel_all(&mut self, reason: &str) -> usize {
         let here = self.shared.name.clone();
-        let n = self.running.len();
-        for (_, mut r) in self.running.drain() {
+        let running = std::mem::take(&mut self.running);
+        let n = running.len();
+        for (_, mut r) in running {
             r.exec.cancel();
             match r.origin {
                 Origin::Local(_) => {}
@@ -447,10 +471,11 @@ impl VmLoop {
                 Origin::Remote { driver, id, .. } => {
                     self.shared.note_cancelled();
                     tracing::debug!(node = %here, ?id, "execution cut at shutdown");
-                    driver.send(DriverCmd::Respond {
+                    self.answer(
+                        &driver,
                         id,
-                        result: Err(RemoteError::new(ErrorKind::ConnectionLost, reason)),
-                    });
+                        Err(RemoteError::new(ErrorKind::ConnectionLost, reason)),
+                    );
                 }
             }
         }
@@ -458,12 +483,9 @@ impl VmLoop {
         n
     }
 
-    fn refuse(driver: &DriverHandle, id: CallId, kind: ErrorKind, message: String) {
+    fn refuse(&self, driver: &DriverHandle, id: CallId, kind: ErrorKind, message: String) {
         tracing::debug!(?id, %message, "call refused");
-        driver.send(DriverCmd::Respond {
-            id,
-            result: Err(RemoteError::new(kind, message)),
-        });
+        self.answer(driver, id, Err(RemoteError::new(kind, message)));
     }
 
     fn incoming(&mut self, driver: DriverHandle, mut call: IncomingCall) {
@@ -481,7 +503,7 @@ impl VmLoop {
             .load(std::sync::atomic::Ordering::SeqCst);
         let call_back = call.hops.iter().any(|h| h == here) && !self.running.is_empty();
         if closing && !call_back {
-            return Self::refuse(
+            return self.refuse(
                 &driver,
                 call.id,
                 ErrorKind::Refused,
@@ -497,7 +519,7 @@ impl VmLoop {
                     Portable::Str(c) => c.clone(),
                     _ => "<not a name>".into(),
                 };
-                return Self::refuse(
+                return self.refuse(
                     &driver,
                     call.id,
                     ErrorKind::Refused,
@@ -509,7 +531,7 @@ impl VmLoop {
         let func = match &call.target {
             Target::Name(name) => {
                 if !perms.call_exported {
-                    return Self::refuse(
+                    return self.refuse(
                         &driver,
                         call.id,
                         ErrorKind::Refused,
@@ -519,7 +541,7 @@ impl VmLoop {
                 match self.exports.get(name) {
                     Some(f) => *f,
                     None => {
-                        return Self::refuse(
+                        return self.refuse(
                             &driver,
                             call.id,
                             ErrorKind::NotFound,
@@ -530,7 +552,7 @@ impl VmLoop {
             }
             Target::Function(f) => {
                 if !perms.ship_code {
-                    return Self::refuse(
+                    return self.refuse(
                         &driver,
                         call.id,
                         ErrorKind::Refused,
@@ -542,7 +564,7 @@ impl VmLoop {
         };
         // Code: the call's closure, dependencies first, from the wire store into the VM's.
         if let Err(message) = self.adopt_blobs(&call.blobs) {
-            return Self::refuse(&driver, call.id, ErrorKind::VerifyFailed, message);
+            return self.refuse(&driver, call.id, ErrorKind::VerifyFailed, message);
         }
         if let Some(allowed) = &perms.natives {
             for h in &call.blobs {
@@ -552,7 +574,7 @@ impl VmLoop {
                 for f in &blob.functions {
                     for n in &f.natives {
                         if self.engine.has_native(n) && !allowed.contains(n) {
-                            return Self::refuse(
+                            return self.refuse(
                                 &driver,
                                 call.id,
                                 ErrorKind::Refused,
@@ -591,15 +613,16 @@ impl VmLoop {
             Err(e) => {
                 let error = start_failure(&e, here);
                 let message = e.to_string();
-                driver.send(DriverCmd::Respond {
+                self.answer(
+                    &driver,
                     id,
-                    result: Err(RemoteError {
+                    Err(RemoteError {
                         kind: ErrorKind::Runtime,
                         message,
                         trace: Vec::new(),
                         value: error,
                     }),
-                });
+                );
             }
         }
     }
@@ -820,7 +843,7 @@ impl VmLoop {
                         })
                     }
                 };
-                driver.send(DriverCmd::Respond { id, result });
+                self.answer(&driver, id, result);
             }
         }
     }
