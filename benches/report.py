@@ -127,7 +127,8 @@ def cpu_notes(paired):
                 f"twice (sender, receiver). A transfer costing exactly quinn's CPU plus those two "
                 f"passes, with as many cores busy as quinn's, would take 1 + 2 × "
                 f"{fmt_cpu(hash_s)} ÷ {fmt_cpu(q['per_iter'])} = {floor:.2f}× quinn's time; "
-                f"below that only by keeping more cores busy than quinn does.")
+                f"below that only with more cores busy than quinn keeps, or a transfer cheaper than "
+                f"quinn's own.")
     if not lines:
         return []
     return ["", "CPU per iteration, all threads of the bench process, summed over the rounds "
