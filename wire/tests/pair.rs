@@ -916,12 +916,7 @@ fn received_sidecars_are_slices_of_the_received_buffer() {
     let wire = Bytes::from(wire);
     let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
     server.handle_stream_data(StreamId::new(Side::Client, 1), wire.clone(), now);
-    let inc = std::iter::from_fn(|| server.poll_event())
-        .find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c),
-            _ => None,
-        })
-        .unwrap();
+    let inc = next_incoming_call(&mut server).unwrap();
     match &inc.args[0] {
         Portable::Bytes(b) => {
             assert_eq!(&b[..], &data[..]);
@@ -962,12 +957,7 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
         }
     };
     deliver(&mut server, StreamId::new(Side::Client, 1), &data);
-    let inc = std::iter::from_fn(|| server.poll_event())
-        .find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c),
-            _ => None,
-        })
-        .expect("the call arrived");
+    let inc = next_incoming_call(&mut server).expect("the call arrived");
     assert_eq!(inc.args, vec![Portable::Bytes(Bytes::from(data.clone()))]);
     // The frame's buffer goes back to the pool once the value received in it is dropped.
     assert_eq!(pool.idle_bytes(), 0);
@@ -998,12 +988,6 @@ fn a_large_frame_takes_an_idle_pooled_buffer_as_soon_as_its_header_is_read() {
     let mut wire = encode_sidecar(sidecars[0].hash, false, &data);
     wire.extend_from_slice(&call);
     let wire = Bytes::from(wire);
-    let call_arrived = |server: &mut skiff_wire::Connection| {
-        std::iter::from_fn(|| server.poll_event()).find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c),
-            _ => None,
-        })
-    };
     let deliver = |server: &mut skiff_wire::Connection, stream: StreamId, from: usize| {
         for at in (from..wire.len()).step_by(65_536) {
             server.handle_stream_data(stream, wire.slice(at..(at + 65_536).min(wire.len())), now);
@@ -1012,7 +996,7 @@ fn a_large_frame_takes_an_idle_pooled_buffer_as_soon_as_its_header_is_read() {
     // The first frame, arriving in pieces, fills a new buffer, which returns to the pool
     // with the value.
     deliver(&mut server, StreamId::new(Side::Client, 1), 0);
-    drop(call_arrived(&mut server).expect("the first call arrived"));
+    drop(next_incoming_call(&mut server).expect("the first call arrived"));
     let idle = pool.idle_bytes();
     assert!(idle > data.len(), "{idle}");
     // The second takes that buffer with its first chunk, long before half of it is there.
@@ -1020,7 +1004,7 @@ fn a_large_frame_takes_an_idle_pooled_buffer_as_soon_as_its_header_is_read() {
     server.handle_stream_data(stream, wire.slice(..4096), now);
     assert_eq!(pool.idle_bytes(), 0);
     deliver(&mut server, stream, 4096);
-    let inc = call_arrived(&mut server).expect("the second call arrived");
+    let inc = next_incoming_call(&mut server).expect("the second call arrived");
     assert_eq!(inc.args, vec![Portable::Bytes(Bytes::from(data))]);
     drop(inc);
     assert_eq!(pool.idle_bytes(), idle);
@@ -1121,12 +1105,7 @@ fn a_large_sidecar_is_hashed_while_it_is_sent() {
     let mut server = lone_connection(Side::Server, Config::new("server"));
     server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
     server.handle_stream_data(stream, Bytes::from(wire.clone()), now);
-    let inc = std::iter::from_fn(|| server.poll_event())
-        .find_map(|e| match e {
-            Event::IncomingCall(c) => Some(c),
-            _ => None,
-        })
-        .expect("the call arrived");
+    let inc = next_incoming_call(&mut server).expect("the call arrived");
     assert_eq!(
         inc.args,
         vec![Portable::Bytes(data.clone()), Portable::Int(7)]

@@ -149,38 +149,22 @@ pub struct ExecIo {
     pub err: Box<dyn Write>,
 }
 
-/// Writes to the process's stdout. Zero-sized, unlike `std::io::Stdout`, so that boxing it
+/// A writer that fetches its target anew for each operation (`std::io::stdout`, say).
+/// For a function item it is zero-sized, unlike the handle `Stdout` itself, so boxing it
 /// allocates nothing.
-struct ProcessStdout;
+struct Forward<F>(F);
 
-/// Writes to the process's stderr (zero-sized, as [`ProcessStdout`]).
-struct ProcessStderr;
-
-impl Write for ProcessStdout {
+impl<W: Write, F: Fn() -> W> Write for Forward<F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stdout().write(buf)
+        (self.0)().write(buf)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        std::io::stdout().write_all(buf)
+        (self.0)().write_all(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
-    }
-}
-
-impl Write for ProcessStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stderr().write(buf)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        std::io::stderr().write_all(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        (self.0)().flush()
     }
 }
 
@@ -195,8 +179,8 @@ impl ExecIo {
     /// call builds one).
     pub fn stdio() -> ExecIo {
         ExecIo {
-            out: Box::new(ProcessStdout),
-            err: Box::new(ProcessStderr),
+            out: Box::new(Forward(std::io::stdout)),
+            err: Box::new(Forward(std::io::stderr)),
         }
     }
 

@@ -64,6 +64,14 @@ pub fn lone_connection(side: Side, config: Config) -> Connection {
     Connection::new(side, config, BlobStore::new(1 << 20).shared(), accept_all())
 }
 
+/// The next call `conn` received, skipping its other events.
+pub fn next_incoming_call(conn: &mut Connection) -> Option<IncomingCall> {
+    std::iter::from_fn(|| conn.poll_event()).find_map(|e| match e {
+        Event::IncomingCall(c) => Some(c),
+        _ => None,
+    })
+}
+
 /// The hello frame of a peer named `node` speaking protocol `version`.
 pub fn hello_frame(version: u32, node: &str) -> Bytes {
     Bytes::from(encode_plain(&Message::Hello(Hello {
