@@ -931,10 +931,7 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
     // Above the size where the receiver collects a frame's chunks and copies them once; the
     // header arrives split, and the call frame shares the sidecar's last chunk.
     let now = std::time::Instant::now();
-    let config = Config::new("server");
-    let pool = config.recv_buffers.clone();
-    let mut server = lone_connection(Side::Server, config);
-    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
+    let (mut server, pool) = server_past_hello(now);
     let data: Vec<u8> = (0..3 * (1 << 20) + 7)
         .map(|i: u32| (i * 31) as u8)
         .collect();
@@ -979,10 +976,7 @@ fn a_large_sidecar_split_anywhere_arrives_whole() {
 #[test]
 fn a_large_frame_takes_an_idle_pooled_buffer_as_soon_as_its_header_is_read() {
     let now = std::time::Instant::now();
-    let config = Config::new("server");
-    let pool = config.recv_buffers.clone();
-    let mut server = lone_connection(Side::Server, config);
-    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
+    let (mut server, pool) = server_past_hello(now);
     let data: Vec<u8> = (0..2 * (1 << 20) + 3).map(|i: u32| (i * 7) as u8).collect();
     let (call, sidecars) = call_with_bytes(&data);
     let mut wire = encode_sidecar(sidecars[0].hash, false, &data);

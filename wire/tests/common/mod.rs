@@ -64,6 +64,19 @@ pub fn lone_connection(side: Side, config: Config) -> Connection {
     Connection::new(side, config, BlobStore::new(1 << 20).shared(), accept_all())
 }
 
+/// A lone server connection that has read the client's hello, and its receive-buffer pool.
+pub fn server_past_hello(now: Instant) -> (Connection, skiff_wire::pool::BufferPool) {
+    let config = Config::new("server");
+    let pool = config.recv_buffers.clone();
+    let mut server = lone_connection(Side::Server, config);
+    server.handle_stream_data(
+        skiff_wire::StreamId(0),
+        hello_frame(skiff_wire::PROTOCOL_VERSION, "client"),
+        now,
+    );
+    (server, pool)
+}
+
 /// The next call `conn` received, skipping its other events.
 pub fn next_incoming_call(conn: &mut Connection) -> Option<IncomingCall> {
     std::iter::from_fn(|| conn.poll_event()).find_map(|e| match e {
