@@ -14,6 +14,12 @@
 //! | `binarytrees12`| binary-trees (depth 12, lists as nodes): allocation and recursion     |
 //! | `host_call`    | host→VM call of a trivial function (`add1(41)`), per call             |
 //!
+//! Skiff and Lua (the bars' peer) take turns, iteration by iteration (`host_call`: blocks
+//! of 1,000), and each row's paired ratio goes to `<criterion home>/paired/<group>.json`
+//! (`paired.rs`): measured one after the other, seconds apart, the two medians' ratio moved
+//! with this host's stretches (`fib30` 0.62 in one run, 0.93 in another). rhai, 10–40×
+//! slower, is measured on its own as before.
+//!
 //! Before anything is timed, each engine runs each workload once and its result is compared
 //! with the value computed in Rust: a broken engine cannot look fast. An engine that fails
 //! that check (or fails to compile its program) is reported loudly on stderr and left out of
@@ -35,6 +41,10 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
+
+#[path = "paired.rs"]
+mod paired;
+use paired::{Rounds, TurnStart};
 
 /// One workload, written for every engine.
 struct Workload {
@@ -394,15 +404,20 @@ fn trees(maxd) {
     ]
 }
 
-/// Reports an engine that cannot run a workload correctly; it is left out of the group.
-fn broken(engine: &str, w: &Workload, why: String) {
+/// Reports an engine that cannot run a workload correctly; it is left out of the group
+/// (the caller returns what this returns: nothing, or no runner).
+fn broken<T: Default>(engine: &str, w: &Workload, why: String) -> T {
     eprintln!(
         "\n!!! {engine} FAILED the correctness check for `{}` and is NOT measured: {why}\n",
         w.group
     );
+    T::default()
 }
 
-fn bench_skiff(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
+/// One iteration of a workload in one engine, its result checked once before timing.
+type Runner = Box<dyn FnMut()>;
+
+fn skiff_runner(w: &Workload) -> Option<Runner> {
     let engine = skiff::Engine::new(skiff::Limits::default());
     let module = match engine.compile(w.skiff, &format!("{}.skiff", w.group)) {
         Ok(m) => m,
@@ -413,16 +428,15 @@ fn bench_skiff(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
         Ok(v) => return broken("skiff", w, format!("got {v}, want {}", w.expected)),
         Err(e) => return broken("skiff", w, format!("run: {e}")),
     }
-    g.bench_function("skiff", |b| {
-        b.iter(|| {
-            engine
-                .call::<i64>(&module, w.entry, (black_box(w.arg),))
-                .unwrap()
-        })
-    });
+    let (entry, arg) = (w.entry, w.arg);
+    Some(Box::new(move || {
+        engine
+            .call::<i64>(&module, entry, (black_box(arg),))
+            .unwrap();
+    }))
 }
 
-fn bench_lua(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
+fn lua_runner(w: &Workload) -> Option<Runner> {
     let lua = mlua::Lua::new();
     let f: mlua::Function = match lua.load(w.lua).set_name(w.group).eval() {
         Ok(f) => f,
@@ -433,9 +447,54 @@ fn bench_lua(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
         Ok(v) => return broken("lua54", w, format!("got {v}, want {}", w.expected)),
         Err(e) => return broken("lua54", w, format!("run: {e}")),
     }
-    g.bench_function("lua54", |b| {
-        b.iter(|| f.call::<i64>(black_box(w.arg)).unwrap())
-    });
+    let arg = w.arg;
+    Some(Box::new(move || {
+        // The state lives as long as the function that runs in it.
+        let _state = &lua;
+        f.call::<i64>(black_box(arg)).unwrap();
+    }))
+}
+
+/// Skiff and Lua take turns (`paired.rs`): every sample of either runs rounds of one block
+/// of Skiff's iterations and one of Lua's; criterion gets the measured engine's time, the
+/// rounds give the paired ratio. A block is one iteration, or 1,000 of `host_call`'s (its
+/// iterations are too short to time one by one).
+fn bench_in_turn(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
+    let mut runners: Vec<(&str, Runner)> = [("skiff", skiff_runner(w)), ("lua54", lua_runner(w))]
+        .into_iter()
+        .filter_map(|(name, runner)| Some((name, runner?)))
+        .collect();
+    let block = if w.group == "host_call" { 1000 } else { 1 };
+    let rounds = Rounds::default();
+    for which in 0..runners.len() {
+        let name = runners[which].0;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(block);
+                    let mut round = Vec::with_capacity(runners.len());
+                    for (i, (_, run)) in runners.iter_mut().enumerate() {
+                        let start = TurnStart::now();
+                        for _ in 0..n {
+                            run();
+                        }
+                        let turn = start.finish(n);
+                        if i == which {
+                            timed += turn.wall();
+                        }
+                        round.push(turn);
+                    }
+                    rounds.record(round);
+                    left -= n;
+                }
+                timed
+            })
+        });
+    }
+    let names: Vec<&str> = runners.iter().map(|(name, _)| *name).collect();
+    rounds.write(w.group, &names, String::new);
 }
 
 fn bench_rhai(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
@@ -463,8 +522,7 @@ fn interpreters(c: &mut Criterion) {
             // Microsecond-scale: more samples are cheap.
             g.sample_size(50).measurement_time(Duration::from_secs(2));
         }
-        bench_skiff(&mut g, &w);
-        bench_lua(&mut g, &w);
+        bench_in_turn(&mut g, &w);
         bench_rhai(&mut g, &w);
         g.finish();
     }

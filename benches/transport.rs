@@ -40,7 +40,7 @@
 //! The peers of a row take turns ([`timed_in_turn`]): a sample of one peer runs a block of
 //! its iterations (64 calls, 16 × the in-flight level, or one transfer), then a block of each
 //! other peer's, and so on; criterion gets the first peer's time, and every round's times,
-//! all peers', are kept ([`Rounds`]). Criterion still measures the peers one after the other,
+//! all peers', are kept ([`Rounds`], `paired.rs`). Criterion still measures the peers one after the other,
 //! seconds apart, and this shared host's speed drifts over seconds, so the ratio of two
 //! criterion medians moved by a fifth and more between runs of the same code (`rtt_local`
 //! 0.94–1.40 in one hour). The rounds give the paired ratio: the median over rounds of
@@ -76,6 +76,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::LocalSet;
+
+#[path = "paired.rs"]
+mod paired;
+use paired::{measuring, Rounds, TurnStart};
 
 /// Size of one call's payload (a small call request).
 const CALL_BYTES: usize = 64;
@@ -571,150 +575,18 @@ async fn timed_in_turn(
         let n = left.min(work.block());
         let mut round = Vec::with_capacity(peers.len());
         for (i, peer) in peers.iter().enumerate() {
-            let cpu_before = process_cpu();
-            let start = Instant::now();
+            let start = TurnStart::now();
             work.run(peer, n, &payload).await;
-            let took = start.elapsed();
-            let cpu = process_cpu()
-                .zip(cpu_before)
-                .map(|(after, before)| after.saturating_sub(before));
+            let turn = start.finish(n);
             if i == which {
-                timed += took;
+                timed += turn.wall();
             }
-            round.push(Turn {
-                iters: n,
-                wall: took,
-                cpu,
-            });
+            round.push(turn);
         }
         rounds.record(round);
         left -= n;
     }
     timed
-}
-
-/// One peer's block in a round of turns.
-struct Turn {
-    iters: u64,
-    wall: Duration,
-    /// CPU time of the whole process (every thread: both nodes, the runtime's workers, the
-    /// VM threads) during the block; `None` where it cannot be read.
-    cpu: Option<Duration>,
-}
-
-impl Turn {
-    fn per_iter(&self) -> f64 {
-        self.wall.as_secs_f64() / self.iters as f64
-    }
-}
-
-/// CPU time this process has used so far, all threads (Linux: `utime + stime` of
-/// `/proc/self/stat`, in the kernel's fixed 100 Hz clock ticks; summed over a row's rounds
-/// the tick is fine enough). `None` elsewhere.
-fn process_cpu() -> Option<Duration> {
-    const TICKS_PER_SECOND: u64 = 100;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses: state is the
-    // 3rd field of the line, utime the 14th, stime the 15th.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis(
-        (utime + stime) * 1000 / TICKS_PER_SECOND,
-    ))
-}
-
-/// The per-iteration times of every peer in each round of turns of one row (one block of each
-/// peer, back to back), from criterion's warm-up and measurement of every peer of the row.
-///
-/// Criterion measures the peers of a row one after the other, seconds apart, and this shared
-/// host's speed drifts over seconds (another tenant's load): the ratio of two medians taken
-/// in different stretches moved by a fifth and more from run to run. The peers of one round
-/// ran within milliseconds of each other, so Skiff's time ÷ a peer's in the same round cancels
-/// the drift; the median of that over all rounds is the row's paired ratio.
-///
-/// Each round also holds the process's CPU time during every block, so a row reports how much
-/// CPU an iteration of each peer took and how many cores it kept busy (`cpu` in the JSON):
-/// the ratio of times is the ratio of CPU times ÷ the ratio of cores busy.
-#[derive(Default)]
-struct Rounds(Mutex<Vec<Vec<Turn>>>);
-
-impl Rounds {
-    fn record(&self, round: Vec<Turn>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(round);
-    }
-
-    /// Writes `<criterion home>/paired/<row>.json` (`/` in `row` as `_`): the number of
-    /// rounds; for each peer, the median over rounds of Skiff's time ÷ the peer's; for each
-    /// peer, its CPU time per iteration and the cores it kept busy (sums over all rounds);
-    /// for a bulk row, the time one core takes to hash the transfer's bytes with the wire's
-    /// sidecar hasher (`hash_per_iter`; Skiff hashes them twice, sender and receiver).
-    /// `benches/report.py` reads it. Nothing is written when criterion only checks the
-    /// benchmarks (`cargo test --benches`) or when its filter left the row out.
-    fn write(&self, row: &str, peers: &[Arc<dyn Peer>], work: &Work) {
-        if !measuring() {
-            return;
-        }
-        let extra = match work {
-            Work::Bulk(chunk) => format!(", \"hash_per_iter\": {:.6}", hash_time(chunk)),
-            Work::Call | Work::InFlight(_) => String::new(),
-        };
-        let rounds = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if rounds.is_empty() {
-            // Criterion's filter left the row out: keep what an earlier run wrote.
-            return;
-        }
-        let Some(skiff) = peers.iter().position(|p| p.name() == "skiff") else {
-            return;
-        };
-        let ratios: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != skiff)
-            .map(|(i, peer)| {
-                let mut r: Vec<f64> = rounds
-                    .iter()
-                    .map(|t| t[skiff].per_iter() / t[i].per_iter())
-                    .collect();
-                r.sort_by(f64::total_cmp);
-                let median = r.get(r.len() / 2).copied().unwrap_or(f64::NAN);
-                format!("\"{}\": {median:.4}", peer.name())
-            })
-            .collect();
-        let cpu: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, peer)| {
-                let (mut iters, mut wall, mut cpu) = (0, Duration::ZERO, Duration::ZERO);
-                for turn in rounds.iter().map(|t| &t[i]) {
-                    iters += turn.iters;
-                    wall += turn.wall;
-                    cpu += turn.cpu?;
-                }
-                Some(format!(
-                    "\"{}\": {{\"per_iter\": {:.9}, \"cores\": {:.3}}}",
-                    peer.name(),
-                    cpu.as_secs_f64() / iters.max(1) as f64,
-                    cpu.as_secs_f64() / wall.as_secs_f64().max(f64::MIN_POSITIVE)
-                ))
-            })
-            .collect();
-        let json = format!(
-            "{{\"row\": \"{row}\", \"rounds\": {}, \"ratios\": {{{}}}, \"cpu\": {{{}}}{}}}\n",
-            rounds.len(),
-            ratios.join(", "),
-            cpu.join(", "),
-            extra
-        );
-        let dir = criterion_home().join("paired");
-        let path = dir.join(format!("{}.json", row.replace('/', "_")));
-        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, json)) {
-            eprintln!(
-                "!!! {row}: paired ratios not written to {}: {e}",
-                path.display()
-            );
-        }
-    }
 }
 
 /// Seconds one core takes to hash a bulk transfer's bytes (copies of `chunk`) with the
@@ -731,22 +603,6 @@ fn hash_time(chunk: &Bytes) -> f64 {
             start.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min)
-}
-
-/// Where criterion keeps its results (as criterion finds it).
-fn criterion_home() -> std::path::PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return home.into();
-    }
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "target".into())
-        .join("criterion")
-}
-
-/// Whether this is a measuring run (`cargo bench`), not criterion's one-pass check.
-fn measuring() -> bool {
-    std::env::args().any(|a| a == "--bench")
 }
 
 /// Measures `work` for every peer of `peers` in group `g`, in turns ([`timed_in_turn`]), the
@@ -776,7 +632,12 @@ fn bench_in_turn(
             Work::Call | Work::Bulk(_) => g.bench_function(peer.name(), bench),
         };
     }
-    rounds.write(row, peers, &work);
+    let names: Vec<&str> = peers.iter().map(|p| p.name()).collect();
+    rounds.write(row, &names, || match &work {
+        // Skiff hashes a bulk transfer's bytes twice (sender, receiver): what one pass costs.
+        Work::Bulk(chunk) => format!(", \"hash_per_iter\": {:.6}", hash_time(chunk)),
+        Work::Call | Work::InFlight(_) => String::new(),
+    });
 }
 
 fn transport(c: &mut Criterion) {
@@ -825,7 +686,8 @@ fn transport(c: &mut Criterion) {
             })
         });
     }
-    rounds.write("rtt_local", &local_peers, &Work::Call);
+    let names: Vec<&str> = local_peers.iter().map(|p| p.name()).collect();
+    rounds.write("rtt_local", &names, String::new);
     g.finish();
     drop(local_peers);
 

@@ -1,0 +1,178 @@
+//! Peers taking turns, and the paired ratio: shared by the bench files that compare Skiff
+//! with a peer (`#[path = "paired.rs"] mod paired;`).
+//!
+//! Criterion measures the peers of a row one after the other, seconds apart, and this shared
+//! host's speed drifts over seconds (another tenant's load): the ratio of two criterion
+//! medians taken in different stretches moved by a fifth and more from run to run. So the
+//! peers of a row take turns: every sample of every peer runs rounds of one block of each
+//! peer's iterations, back to back, and every round's times are kept ([`Rounds`]). Skiff's
+//! time ÷ a peer's in the same round cancels the drift; the median of that over all rounds is
+//! the row's paired ratio, which `benches/report.py` reports and judges the bars by.
+//!
+//! Each block also records the process's CPU time, so a row reports how much CPU an
+//! iteration of each peer took and how many cores it kept busy: the ratio of times is the
+//! ratio of CPU times ÷ the ratio of cores busy.
+//!
+//! Invariant: every round holds one [`Turn`] per peer, in the order of the names given to
+//! [`Rounds::write`].
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The subject every peer is compared with.
+const SUBJECT: &str = "skiff";
+
+/// One peer's block in a round of turns.
+pub struct Turn {
+    iters: u64,
+    wall: Duration,
+    /// CPU time of the whole process (every thread) during the block; `None` where it cannot
+    /// be read.
+    cpu: Option<Duration>,
+}
+
+impl Turn {
+    fn per_iter(&self) -> f64 {
+        self.wall.as_secs_f64() / self.iters as f64
+    }
+}
+
+/// A block being measured: [`TurnStart::now`] before it, [`TurnStart::finish`] after.
+pub struct TurnStart {
+    at: Instant,
+    cpu: Option<Duration>,
+}
+
+impl TurnStart {
+    pub fn now() -> TurnStart {
+        let cpu = process_cpu();
+        TurnStart {
+            at: Instant::now(),
+            cpu,
+        }
+    }
+
+    /// The block that started here ended now, after `iters` iterations.
+    pub fn finish(self, iters: u64) -> Turn {
+        let wall = self.at.elapsed();
+        let cpu = process_cpu()
+            .zip(self.cpu)
+            .map(|(after, before)| after.saturating_sub(before));
+        Turn { iters, wall, cpu }
+    }
+}
+
+impl Turn {
+    /// The block's wall time.
+    pub fn wall(&self) -> Duration {
+        self.wall
+    }
+}
+
+/// CPU time this process has used so far, all threads (Linux: `utime + stime` of
+/// `/proc/self/stat`, in the kernel's fixed 100 Hz clock ticks; summed over a row's rounds
+/// the tick is fine enough). `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: state is the
+    // 3rd field of the line, utime the 14th, stime the 15th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
+}
+
+/// The rounds of turns of one row, from criterion's warm-up and measurement of every peer.
+#[derive(Default)]
+pub struct Rounds(Mutex<Vec<Vec<Turn>>>);
+
+impl Rounds {
+    pub fn record(&self, round: Vec<Turn>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(round);
+    }
+
+    /// Writes `<criterion home>/paired/<row>.json` (`/` in `row` as `_`): the number of
+    /// rounds; for each peer, the median over rounds of Skiff's time ÷ the peer's; for each
+    /// peer, its CPU time per iteration and the cores it kept busy (sums over all rounds);
+    /// then `extra` (more fields, each starting with `, `). `peers` names the turns of each
+    /// round in order. `benches/report.py` reads it. Nothing is written when criterion only
+    /// checks the benchmarks (`cargo test --benches`) or when its filter left the row out.
+    pub fn write(&self, row: &str, peers: &[&str], extra: impl FnOnce() -> String) {
+        if !measuring() {
+            return;
+        }
+        let rounds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if rounds.is_empty() {
+            // Criterion's filter left the row out: keep what an earlier run wrote.
+            return;
+        }
+        let Some(skiff) = peers.iter().position(|&p| p == SUBJECT) else {
+            return;
+        };
+        let ratios: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != skiff)
+            .map(|(i, peer)| {
+                let mut r: Vec<f64> = rounds
+                    .iter()
+                    .map(|t| t[skiff].per_iter() / t[i].per_iter())
+                    .collect();
+                r.sort_by(f64::total_cmp);
+                let median = r.get(r.len() / 2).copied().unwrap_or(f64::NAN);
+                format!("\"{peer}\": {median:.4}")
+            })
+            .collect();
+        let cpu: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, peer)| {
+                let (mut iters, mut wall, mut cpu) = (0, Duration::ZERO, Duration::ZERO);
+                for turn in rounds.iter().map(|t| &t[i]) {
+                    iters += turn.iters;
+                    wall += turn.wall;
+                    cpu += turn.cpu?;
+                }
+                Some(format!(
+                    "\"{peer}\": {{\"per_iter\": {:.9}, \"cores\": {:.3}}}",
+                    cpu.as_secs_f64() / iters.max(1) as f64,
+                    cpu.as_secs_f64() / wall.as_secs_f64().max(f64::MIN_POSITIVE)
+                ))
+            })
+            .collect();
+        let json = format!(
+            "{{\"row\": \"{row}\", \"rounds\": {}, \"ratios\": {{{}}}, \"cpu\": {{{}}}{}}}\n",
+            rounds.len(),
+            ratios.join(", "),
+            cpu.join(", "),
+            extra()
+        );
+        let dir = criterion_home().join("paired");
+        let path = dir.join(format!("{}.json", row.replace('/', "_")));
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, json)) {
+            eprintln!(
+                "!!! {row}: paired ratios not written to {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Where criterion keeps its results (as criterion finds it).
+fn criterion_home() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "target".into())
+        .join("criterion")
+}
+
+/// Whether this is a measuring run (`cargo bench`), not criterion's one-pass check.
+pub fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
