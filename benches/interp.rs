@@ -44,7 +44,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Crit
 
 #[path = "paired.rs"]
 mod paired;
-use paired::{Rounds, TurnStart};
+use paired::{blocks, Rounds, TurnStart};
 
 /// One workload, written for every engine.
 struct Workload {
@@ -471,23 +471,14 @@ fn bench_in_turn(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut timed = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(block);
+                for n in blocks(iters, block) {
                     let mut round = Vec::with_capacity(runners.len());
-                    for (i, (_, run)) in runners.iter_mut().enumerate() {
+                    for (_, run) in runners.iter_mut() {
                         let start = TurnStart::now();
-                        for _ in 0..n {
-                            run();
-                        }
-                        let turn = start.finish(n);
-                        if i == which {
-                            timed += turn.wall();
-                        }
-                        round.push(turn);
+                        (0..n).for_each(|_| run());
+                        round.push(start.finish(n));
                     }
-                    rounds.record(round);
-                    left -= n;
+                    timed += rounds.record(round, which);
                 }
                 timed
             })

@@ -67,13 +67,6 @@ impl TurnStart {
     }
 }
 
-impl Turn {
-    /// The block's wall time.
-    pub fn wall(&self) -> Duration {
-        self.wall
-    }
-}
-
 /// CPU time this process has used so far, all threads (Linux: `utime + stime` of
 /// `/proc/self/stat`, in the kernel's fixed 100 Hz clock ticks; summed over a row's rounds
 /// the tick is fine enough). `None` elsewhere.
@@ -94,9 +87,19 @@ fn process_cpu() -> Option<Duration> {
 #[derive(Default)]
 pub struct Rounds(Mutex<Vec<Vec<Turn>>>);
 
+/// The sizes of the blocks `iters` iterations take turns in: `block` each, the last the rest.
+pub fn blocks(iters: u64, block: u64) -> impl Iterator<Item = u64> {
+    let block = block.max(1);
+    (0..iters.div_ceil(block)).map(move |i| block.min(iters - i * block))
+}
+
 impl Rounds {
-    pub fn record(&self, round: Vec<Turn>) {
+    /// Keeps a round (one turn per peer); returns the wall time of peer `which`'s turn, the
+    /// time criterion is measuring.
+    pub fn record(&self, round: Vec<Turn>, which: usize) -> Duration {
+        let timed = round[which].wall;
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(round);
+        timed
     }
 
     /// Writes `<criterion home>/paired/<row>.json` (`/` in `row` as `_`): the number of

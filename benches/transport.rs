@@ -79,7 +79,7 @@ use tokio::task::LocalSet;
 
 #[path = "paired.rs"]
 mod paired;
-use paired::{measuring, Rounds, TurnStart};
+use paired::{blocks, measuring, Rounds, TurnStart};
 
 /// Size of one call's payload (a small call request).
 const CALL_BYTES: usize = 64;
@@ -570,21 +570,14 @@ async fn timed_in_turn(
 ) -> Duration {
     let payload = payload();
     let mut timed = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(work.block());
+    for n in blocks(iters, work.block()) {
         let mut round = Vec::with_capacity(peers.len());
-        for (i, peer) in peers.iter().enumerate() {
+        for peer in &peers {
             let start = TurnStart::now();
             work.run(peer, n, &payload).await;
-            let turn = start.finish(n);
-            if i == which {
-                timed += turn.wall();
-            }
-            round.push(turn);
+            round.push(start.finish(n));
         }
-        rounds.record(round);
-        left -= n;
+        timed += rounds.record(round, which);
     }
     timed
 }
