@@ -16,9 +16,9 @@
 //!
 //! Skiff and Lua (the bars' peer) take turns, iteration by iteration (`host_call`: blocks
 //! of 1,000), and each row's paired ratio goes to `<criterion home>/paired/<group>.json`
-//! (`paired.rs`): measured one after the other, seconds apart, the two medians' ratio moved
-//! with this host's stretches (`fib30` 0.62 in one run, 0.93 in another). rhai, 10–40×
-//! slower, is measured on its own as before.
+//! (`support/paired.rs`): measured one after the other, seconds apart, the two medians'
+//! ratio moved with this host's stretches (`fib30` 0.62 in one run, 0.93 in another).
+//! rhai, 10–40× slower, is measured on its own as before.
 //!
 //! Before anything is timed, each engine runs each workload once and its result is compared
 //! with the value computed in Rust: a broken engine cannot look fast. An engine that fails
@@ -42,7 +42,7 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
 
-#[path = "paired.rs"]
+#[path = "support/paired.rs"]
 mod paired;
 use paired::{blocks, Rounds, TurnStart};
 
@@ -455,9 +455,9 @@ fn lua_runner(w: &Workload) -> Option<Runner> {
     }))
 }
 
-/// Skiff and Lua take turns (`paired.rs`): every sample of either runs rounds of one block
-/// of Skiff's iterations and one of Lua's; criterion gets the measured engine's time, the
-/// rounds give the paired ratio. A block is one iteration, or 1,000 of `host_call`'s (its
+/// Skiff and Lua take turns (`support/paired.rs`): every sample of either runs rounds of one
+/// block of Skiff's iterations and one of Lua's; criterion gets the measured engine's time,
+/// the rounds give the paired ratio. A block is one iteration, or 1,000 of `host_call`'s (its
 /// iterations are too short to time one by one).
 fn bench_in_turn(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
     let mut runners: Vec<(&str, Runner)> = [("skiff", skiff_runner(w)), ("lua54", lua_runner(w))]

@@ -40,8 +40,8 @@
 //! The peers of a row take turns ([`timed_in_turn`]): a sample of one peer runs a block of
 //! its iterations (64 calls, 16 × the in-flight level, or one transfer), then a block of each
 //! other peer's, and so on; criterion gets the first peer's time, and every round's times,
-//! all peers', are kept ([`Rounds`], `paired.rs`). Criterion still measures the peers one after the other,
-//! seconds apart, and this shared host's speed drifts over seconds, so the ratio of two
+//! all peers', are kept ([`Rounds`], `support/paired.rs`). Criterion still measures the
+//! peers one after the other, seconds apart, and this shared host's speed drifts over seconds, so the ratio of two
 //! criterion medians moved by a fifth and more between runs of the same code (`rtt_local`
 //! 0.94–1.40 in one hour). The rounds give the paired ratio: the median over rounds of
 //! Skiff's time ÷ the peer's in the same round, milliseconds apart
@@ -77,7 +77,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::LocalSet;
 
-#[path = "paired.rs"]
+#[path = "support/paired.rs"]
 mod paired;
 use paired::{blocks, measuring, Rounds, TurnStart};
 

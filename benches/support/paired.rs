@@ -1,5 +1,6 @@
 //! Peers taking turns, and the paired ratio: shared by the bench files that compare Skiff
-//! with a peer (`#[path = "paired.rs"] mod paired;`).
+//! with a peer (`#[path = "support/paired.rs"] mod paired;`). Under `support/`, so that cargo
+//! does not take it for a bench target of its own.
 //!
 //! Criterion measures the peers of a row one after the other, seconds apart, and this shared
 //! host's speed drifts over seconds (another tenant's load): the ratio of two criterion
