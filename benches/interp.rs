@@ -68,7 +68,7 @@ const CLOSURE_ROUNDS: i64 = 10;
 /// `cargo test --benches` (CI) runs each benchmark once without `--bench`: then the
 /// workloads shrink so the correctness checks stay quick in a debug build.
 fn quick() -> bool {
-    !std::env::args().any(|a| a == "--bench")
+    !paired::measuring()
 }
 
 /// Workload sizes: the real ones, or the quick ones under `cargo test`.

@@ -5,7 +5,7 @@ Reads every `<target>/criterion/**/new/benchmark.json` + `estimates.json` left b
 `cargo bench`, and prints a Markdown table: for each benchmark, Skiff's median, each peer's
 median, and the ratio Skiff ÷ peer (time; below 1 means Skiff is faster; for rows whose
 peers took turns, the paired ratio from `<target>/criterion/paired/*.json`, see
-benches/transport.rs, with the ratio of the medians beside it), plus throughput
+benches/support/paired.rs, with the ratio of the medians beside it), plus throughput
 where the benchmark declares one, the design bar where there is one, the machine and the
 command. With `--write` it replaces the block between the `results:begin` / `results:end`
 markers in benches/README.md instead of printing; rows of groups with no results in the target
@@ -114,12 +114,14 @@ def cpu_notes(paired):
         parts = [f"Skiff {fmt_cpu(s['per_iter'])} ({s['cores']:.2f} cores)"]
         for peer in peers:
             p = cpu[peer]
+            if not (p["per_iter"] and p["cores"]):
+                continue  # too little CPU to read in the kernel's ticks
             parts.append(f"{peer} {fmt_cpu(p['per_iter'])} ({p['cores']:.2f} cores; Skiff uses "
                          f"{s['per_iter'] / p['per_iter']:.2f}× its CPU at "
                          f"{s['cores'] / p['cores']:.2f}× its cores busy)")
         lines.append(f"- {row}: " + ", ".join(parts) + ".")
         hash_s = data.get("hash_per_iter")
-        if hash_s and "quinn" in cpu:
+        if hash_s and cpu.get("quinn", {}).get("per_iter"):
             q = cpu["quinn"]
             floor = 1 + 2 * hash_s / q["per_iter"]
             lines.append(
@@ -205,7 +207,8 @@ def table(results, paired, command):
         "",
         "Times are criterion medians per iteration; the ratio is Skiff's time ÷ the peer's "
         "(below 1: Skiff is faster). Throughput in parentheses where a benchmark declares one. "
-        "Where the peers took turns (transport), the ratio is the paired one, the median over "
+        "Where the peers took turns (transport; interpreter with Lua), the ratio is the paired "
+        "one, the median over "
         "rounds of Skiff's time ÷ the peer's in the same round, and the bar is judged by it; "
         "the ratio of the two medians follows in parentheses.",
         "",

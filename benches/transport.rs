@@ -37,20 +37,15 @@
 //! [`Node::start_local`] (endpoint, drivers, VMs and caller on that one thread), the
 //! baselines' endpoints and server tasks on that runtime too.
 //!
-//! The peers of a row take turns ([`timed_in_turn`]): a sample of one peer runs a block of
-//! its iterations (64 calls, 16 × the in-flight level, or one transfer), then a block of each
-//! other peer's, and so on; criterion gets the first peer's time, and every round's times,
-//! all peers', are kept ([`Rounds`], `support/paired.rs`). Criterion still measures the
-//! peers one after the other, seconds apart, and this shared host's speed drifts over seconds, so the ratio of two
-//! criterion medians moved by a fifth and more between runs of the same code (`rtt_local`
-//! 0.94–1.40 in one hour). The rounds give the paired ratio: the median over rounds of
-//! Skiff's time ÷ the peer's in the same round, milliseconds apart
-//! (`<criterion home>/paired/<row>.json`, which `benches/report.py` reports beside the
-//! ratio of medians, and judges the bars by). A row thus takes about as long as all its
-//! peers' iterations together. Each block also records the process's CPU time, so the file
-//! gives every peer's CPU per iteration and the cores it kept busy (their ratio is the time
-//! ratio), and the bulk row the time one core takes to hash its bytes: together they say
-//! whether a gap is work (CPU) or waiting (cores idle).
+//! The peers of a row take turns ([`timed_in_turn`], `support/paired.rs`): a sample of one
+//! peer runs a block of its iterations (64 calls, 16 × the in-flight level, or one
+//! transfer), then a block of each other peer's, and so on; every round's times, all
+//! peers', are kept, and give the row's paired ratio (`<criterion home>/paired/<row>.json`;
+//! measured one after the other, the ratio of two criterion medians moved by a fifth and
+//! more between runs of the same code, `rtt_local` 0.94–1.40 in one hour). A row thus takes
+//! about as long as all its peers' iterations together. The file also gives every peer's
+//! CPU per iteration and the cores it kept busy, and the bulk row the time one core takes
+//! to hash its bytes: together they say whether a gap is work (CPU) or waiting (cores idle).
 //!
 //! Every peer is checked once before timing: the echo must return the payload and the bulk
 //! sink must acknowledge every byte (for `skiff`: `size` returns the byte count).
