@@ -169,6 +169,28 @@ fn disasm_lists_hashes_dependencies_natives_and_code() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A prelude function's instructions quote the prelude's lines, not the script's lines of
+/// the same numbers.
+#[test]
+fn disasm_quotes_prelude_functions_from_the_prelude() {
+    let dir = scratch("disasm-prelude");
+    let script = "// line one of the script\n".repeat(12) + "print(map([1, 2], fn(x) { x + 1 }))\n";
+    let file = write(&dir, "p.skiff", &script);
+    let out = skiff(&["disasm", &file]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("fn map in <prelude>")
+        .unwrap_or_else(|| panic!("no prelude map:\n{text}"));
+    let map = &text[start
+        ..text[start..]
+            .find("\nblob ")
+            .map_or(text.len(), |e| start + e)];
+    assert!(map.contains("push(out, f(x))"), "{map}");
+    assert!(!map.contains("line one of the script"), "{map}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A peer name that repeats `main` or another peer is a usage error, for both hosts.
 #[test]
 fn repeated_node_names_are_refused() {

@@ -2,7 +2,9 @@
 //! hash, dependencies, natives and code (annotated with source lines when debug info exists:
 //! always for a script, and for a directory when `skiff compile` wrote `HASH.debug` files).
 //!
-//! Invariant: a blob file whose bytes do not hash to its name is refused, not disassembled.
+//! Invariants: a blob file whose bytes do not hash to its name is refused, not disassembled;
+//! an instruction's source line is quoted from the file its function's debug info names
+//! (the script, or the prelude for `map`, `filter`, ...), never from another file.
 
 use anyhow::{bail, Context, Result};
 use skiff_vm::module::transitive_closure;
@@ -66,7 +68,7 @@ fn directory(dir: &Path, out: &mut dyn Write) -> Result<i32> {
         }
     }
     for hash in transitive_closure(blobs.keys().copied(), |h| blobs.get(h))? {
-        print_blob(out, &hash, &blobs[&hash], debug.get(&hash), None)?;
+        print_blob(out, &hash, &blobs[&hash], debug.get(&hash), &[])?;
     }
     Ok(0)
 }
@@ -77,20 +79,26 @@ fn script(path: &Path, out: &mut dyn Write) -> Result<i32> {
     let Some(module) = super::load(path)? else {
         return Ok(2);
     };
+    let name = path.display().to_string();
+    let sources = [
+        (name.as_str(), source.as_str()),
+        (skiff_compiler::PRELUDE_FILE, skiff_compiler::PRELUDE),
+    ];
     let roots = std::iter::once(module.entry.blob).chain(module.exports.values().map(|f| f.blob));
     for hash in transitive_closure(roots, |h| module.blobs.get(h).map(|b| &**b))? {
         let debug = module.debug.get(&hash).map(|d| &**d);
-        print_blob(out, &hash, &module.blobs[&hash], debug, Some(&source))?;
+        print_blob(out, &hash, &module.blobs[&hash], debug, &sources)?;
     }
     Ok(0)
 }
 
+/// Prints one blob; `sources` pairs file names with their text, for quoting source lines.
 fn print_blob(
     out: &mut dyn Write,
     hash: &BlobHash,
     blob: &Blob,
     debug: Option<&BlobDebug>,
-    source: Option<&str>,
+    sources: &[(&str, &str)],
 ) -> io::Result<()> {
     let plural = if blob.functions.len() == 1 { "" } else { "s" };
     writeln!(
@@ -101,9 +109,12 @@ fn print_blob(
     for dep in blob.dependencies() {
         writeln!(out, "  depends on {dep}")?;
     }
-    let lines: Vec<&str> = source.map(|s| s.lines().collect()).unwrap_or_default();
     for (member, f) in blob.functions.iter().enumerate() {
         let fdebug = debug.and_then(|d| d.functions.get(member));
+        let lines: Vec<&str> = fdebug
+            .and_then(|d| sources.iter().find(|(file, _)| *file == d.file))
+            .map(|(_, text)| text.lines().collect())
+            .unwrap_or_default();
         let name = fdebug
             .and_then(|d| d.name.clone())
             .unwrap_or_else(|| "<anonymous>".into());
