@@ -286,6 +286,9 @@ pub enum Op {
     /// `GetLocal list; GetLocal value; CallNative push (as [`Op::Push`]); Pop`: the statement
     /// `push(list, value)` on two locals.
     LocalsPush { list: u16, value: u16 },
+    /// `GetLocal callee; GetLocal arg; Call 1`: `f(x)` with the function value and its one
+    /// argument in locals (as [`Op::CallValue`]), the call a `map` or `filter` makes per item.
+    CallLocal { callee: u16, arg: u16 },
 }
 
 impl Op {
@@ -319,6 +322,7 @@ impl Op {
             | Op::ArithLI { .. }
             | Op::ArithLL { .. }
             | Op::AddIntSet { .. }
+            | Op::CallLocal { .. }
             | Op::GetLocalJumpReturn { .. } => 3,
             Op::LoopIter { .. } => 3,
             Op::LoopLL { .. } | Op::LoopLI { .. } | Op::LocalsPush { .. } => 4,
@@ -392,6 +396,8 @@ fn fuse(
                 Op::ArithLL { op, a, b }
             } else if push(pc + 2) && at(3) == Some(I::Pop {}) {
                 Op::LocalsPush { list: a, value: b }
+            } else if at(2) == Some(I::Call { argc: 1 }) {
+                Op::CallLocal { callee: a, arg: b }
             } else {
                 one()
             }
@@ -723,6 +729,24 @@ mod tests {
         assert_eq!(ops[6], Op::Push);
         assert_eq!(ops[8], Op::I(push[8]));
         assert_eq!(ops[9], Op::I(push[9]));
+        // `f(x)` on two locals; with two arguments, or a third local pushed first, the
+        // function value is not the first local, or the call not a one-argument one
+        let call_local = [
+            I::GetLocal { slot: 1 },
+            I::GetLocal { slot: 2 },
+            I::Call { argc: 1 },
+            I::GetLocal { slot: 3 },
+            I::GetLocal { slot: 1 },
+            I::GetLocal { slot: 2 },
+            I::Call { argc: 2 },
+        ];
+        let ops = translate(&call_local, &[], |_| None, |_| false);
+        assert_eq!(ops[0], Op::CallLocal { callee: 1, arg: 2 });
+        assert_eq!(ops[0].covers(), 3);
+        assert_eq!(ops[1], Op::GetLocal { slot: 2 });
+        assert_eq!(ops[2], Op::CallValue { argc: 1 });
+        assert_eq!(ops[4], Op::GetLocal { slot: 1 });
+        assert_eq!(ops[6], Op::CallValue { argc: 2 });
         // `for i in xs { ... }`: the back edge runs the next `IterNext; SetLocal`
         let for_loop = [
             I::IterNext { target: 4 },

@@ -55,14 +55,26 @@ use std::time::{Duration, Instant};
 /// Total value-stack slots one task may use (64 MiB of values); beyond is `StackOverflow`.
 const MAX_STACK_SLOTS: usize = 1 << 22;
 
-/// Stores `v` in `slot`, dropping the old value out of line only if it owns heap memory.
+/// Stores `v` in `slot`, dropping the old value ([`release`]) only if it owns heap memory.
 #[inline(always)]
 fn put(slot: &mut Value, v: Value) {
     // Test the tag in place (a one-byte load) rather than moving the old value out first.
     if is_scalar(slot) {
         overwrite(slot, v);
     } else {
-        drop_cold(std::mem::replace(slot, v));
+        release(std::mem::replace(slot, v));
+    }
+}
+
+/// Drops `v`, a heap value. A list or function that is still shared elsewhere (the common
+/// case for the copies calls and loops make: the list a loop appends to, the closure
+/// `map` calls) only loses a reference here, inline; anything else is dropped out of line.
+#[inline(always)]
+fn release(v: Value) {
+    match v {
+        Value::List(l) if Rc::strong_count(&l) > 1 => drop(l),
+        Value::Function(c) if Rc::strong_count(&c) > 1 => drop(c),
+        v => drop_cold(v),
     }
 }
 
@@ -96,13 +108,15 @@ fn overwrite(slot: &mut Value, v: Value) {
     std::mem::forget(std::mem::replace(slot, v));
 }
 
-/// `v.clone()`, with scalars copied inline (no call, no reference count).
+/// `v.clone()`, inline for integers (a copy) and for lists and functions (a reference count
+/// raised), the values hot loops copy most; other values out of line.
 #[inline(always)]
 fn fast_clone(v: &Value) -> Value {
-    if let Value::Int(i) = v {
-        Value::Int(*i)
-    } else {
-        clone_cold(v)
+    match v {
+        Value::Int(i) => Value::Int(*i),
+        Value::List(l) => Value::List(Rc::clone(l)),
+        Value::Function(c) => Value::Function(Rc::clone(c)),
+        v => clone_cold(v),
     }
 }
 
@@ -380,23 +394,29 @@ fn fast<'p>(
         };
     }
     // The `IterNext` step over a list or a range (iterable and cursor on top of the stack):
-    // `(cursor, next cursor, Some(item) | None at the end)`; any other case leaves `fast`.
+    // runs `$item` with the cursor `$i`, the next cursor `$next` and the item `$v` bound, or
+    // `$end` when the iterable is exhausted; any other case leaves `fast`. The item is made
+    // in the arm that uses it (no `Option<Value>` to carry out of a match).
     macro_rules! iter_next {
-        () => {{
-            let Some(i) = int!(top!(1)).filter(|&i| i >= 0) else {
+        (|$i:ident, $next:ident, $v:ident| $item:block else $end:block) => {{
+            let Some($i) = int!(top!(1)).filter(|&i| i >= 0) else {
                 break;
             };
-            let Some(next_i) = i.checked_add(1) else {
+            let Some($next) = $i.checked_add(1) else {
                 break;
             };
-            let item = match &*top!(2) {
-                Value::Range(r) => {
-                    ((i as u64) < r.len()).then(|| Value::Int(r.start.wrapping_add(i)))
+            match &*top!(2) {
+                Value::Range(r) if ($i as u64) < r.len() => {
+                    let $v = Value::Int(r.start.wrapping_add($i));
+                    $item
                 }
-                Value::List(l) => l.get(i as usize),
+                Value::List(l) if ($i as usize) < l.len() => {
+                    let $v = fast_clone(&l.items()[$i as usize]);
+                    $item
+                }
+                Value::Range(_) | Value::List(_) => $end,
                 _ => break,
-            };
-            (i, next_i, item)
+            }
         }};
     }
     // Charges `$n` instructions, or stops at this op if the budget does not cover them.
@@ -650,21 +670,17 @@ fn fast<'p>(
                 if left < 3 {
                     break;
                 }
-                let (_, next_i, item) = iter_next!();
-                match item {
-                    Some(v) => {
-                        left -= 3;
-                        overwrite(top!(1), Value::Int(next_i));
-                        put(loc!(slot), v);
-                        pc = head as usize + 2;
-                    }
-                    None => {
-                        left -= 2;
-                        sp = sp.wrapping_sub(2);
-                        put(top!(0), Value::Nil);
-                        pc = exit as usize;
-                    }
-                }
+                iter_next!(|_i, next_i, v| {
+                    left -= 3;
+                    overwrite(top!(1), Value::Int(next_i));
+                    put(loc!(slot), v);
+                    pc = head as usize + 2;
+                } else {
+                    left -= 2;
+                    sp = sp.wrapping_sub(2);
+                    put(top!(0), Value::Nil);
+                    pc = exit as usize;
+                })
             }
             Op::ArithLI { op, a, value } => {
                 let Some(x) = int!(loc!(a)) else {
@@ -795,6 +811,29 @@ fn fast<'p>(
                 charge!(1);
                 call!(callee, g, fpos.wrapping_add(1), fpos);
             }
+            Op::CallLocal { callee: f, arg } => {
+                // `GetLocal f; GetLocal arg; Call 1`: the function value and the argument
+                // are pushed (slots `sp` and `sp + 1`, within the operand stack the verifier
+                // checked those two pushes against) and the callee entered as by `CallValue`.
+                let Value::Function(c) = &*loc!(f) else {
+                    break;
+                };
+                let callee = c.index;
+                let Some(g) = funcs.get(callee as usize) else {
+                    break;
+                };
+                let nb = sp.wrapping_add(1);
+                if g.arity != 1 || !can_call!(g, nb) {
+                    break;
+                }
+                charge!(3);
+                let function = Value::Function(Rc::clone(c));
+                overwrite(top!(0), function);
+                overwrite(slot!(nb), fast_clone(&*loc!(arg)));
+                sp = sp.wrapping_add(2);
+                pc += 2;
+                call!(callee, g, nb, nb.wrapping_sub(1));
+            }
             Op::GetUpval { index } => {
                 // The running closure sits just below the frame (`function` invariant).
                 let closure = (fp > st_start).then(|| &*slot!(fp.wrapping_sub(1)));
@@ -838,25 +877,25 @@ fn fast<'p>(
                 pc += 1;
             }
             Op::IterNext { pair, target } => {
-                let (i, next_i, item) = iter_next!();
-                charge!(1);
-                match item {
-                    Some(v) => {
-                        overwrite(top!(1), Value::Int(next_i));
-                        if pair {
-                            overwrite(top!(0), Value::Int(i));
-                            sp = sp.wrapping_add(1);
-                        }
-                        overwrite(top!(0), v);
-                        sp = sp.wrapping_add(1);
-                        pc += 1;
-                    }
-                    None => {
-                        sp = sp.wrapping_sub(2);
-                        put(top!(0), Value::Nil);
-                        pc = target as usize;
-                    }
+                if left == 0 {
+                    break;
                 }
+                iter_next!(|i, next_i, v| {
+                    left -= 1;
+                    overwrite(top!(1), Value::Int(next_i));
+                    if pair {
+                        overwrite(top!(0), Value::Int(i));
+                        sp = sp.wrapping_add(1);
+                    }
+                    overwrite(top!(0), v);
+                    sp = sp.wrapping_add(1);
+                    pc += 1;
+                } else {
+                    left -= 1;
+                    sp = sp.wrapping_sub(2);
+                    put(top!(0), Value::Nil);
+                    pc = target as usize;
+                })
             }
             // `push(list, v)` where the list has room: the builtin's work (`ListObj::mutate`
             // with the capacity, so the heap charge, unchanged) and its nil result. Anything
