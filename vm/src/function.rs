@@ -729,8 +729,7 @@ mod tests {
         assert_eq!(ops[6], Op::Push);
         assert_eq!(ops[8], Op::I(push[8]));
         assert_eq!(ops[9], Op::I(push[9]));
-        // `f(x)` on two locals; with two arguments, or a third local pushed first, the
-        // function value is not the first local, or the call not a one-argument one
+        // `f(x)` on two locals is one op; `f(a, b)` (two arguments after the function) is not
         let call_local = [
             I::GetLocal { slot: 1 },
             I::GetLocal { slot: 2 },

@@ -14,7 +14,7 @@
 //! Dispatch is on the function's internal ops (`function::Op`, made at link time), not on
 //! the blob's instructions: an op either is one instruction or fuses a few (compare-and-branch
 //! on locals, a loop's back edge with its condition, local-operand arithmetic, `GetLocal` +
-//! `Return`, a call whose argument is `local + const`, ...). A fused op runs in `fast` only
+//! `Return`, a call whose argument is `local + const`, `f(x)` on two locals, ...). A fused op runs in `fast` only
 //! when every covered instruction would take its integer fast path and the budget covers all
 //! of them; otherwise `fast` stops and the general loop runs `code[pc]` alone, exactly as
 //! unfused code would. Budget is a countdown of instructions (not ops): each op charges the
