@@ -286,6 +286,9 @@ pub enum Op {
     /// `GetLocal list; GetLocal value; CallNative push (as [`Op::Push`]); Pop`: the statement
     /// `push(list, value)` on two locals.
     LocalsPush { list: u16, value: u16 },
+    /// `CallNative push (as [`Op::Push`]); Pop`: `push(list, value)` as a statement, its
+    /// operands computed on the stack.
+    PushPop,
     /// `GetLocal callee; GetLocal arg; Call 1`: `f(x)` with the function value and its one
     /// argument in locals (as [`Op::CallValue`]), the call a `map` or `filter` makes per item.
     CallLocal { callee: u16, arg: u16 },
@@ -316,6 +319,7 @@ impl Op {
             Op::ArithSet { .. }
             | Op::ArithReturn { .. }
             | Op::LocalAddInt { .. }
+            | Op::PushPop
             | Op::JumpReturn { .. } => 2,
             Op::JumpIfNotLL { .. }
             | Op::JumpIfNotLI { .. }
@@ -433,6 +437,7 @@ fn fuse(
         (instr, Some(I::Return {})) if Arith::of(instr).is_some() => Op::ArithReturn {
             op: Arith::of(instr).unwrap_or(Arith::Add),
         },
+        (I::CallNative { .. }, Some(I::Pop {})) if push(pc) => Op::PushPop,
         (I::Jump { target }, _) if returns(code, target) => Op::JumpReturn { target },
         (I::Jump { target: head }, _) => back_edge(code, head).unwrap_or_else(one),
         _ => one(),
@@ -724,7 +729,8 @@ mod tests {
         let ops = translate(&push, &[], |_| None, |n| n == 0);
         assert_eq!(ops[0], Op::LocalsPush { list: 1, value: 2 });
         assert_eq!(ops[1], Op::GetLocal { slot: 2 });
-        assert_eq!(ops[2], Op::Push);
+        assert_eq!(ops[2], Op::PushPop);
+        assert_eq!(ops[2].covers(), 2);
         assert_eq!(ops[4], Op::GetLocal { slot: 1 });
         assert_eq!(ops[6], Op::Push);
         assert_eq!(ops[8], Op::I(push[8]));

@@ -839,7 +839,7 @@ fn fast<'p>(
                 let closure = (fp > st_start).then(|| &*slot!(fp.wrapping_sub(1)));
                 let v = match closure {
                     Some(Value::Function(c)) => match c.upvals.get(index as usize) {
-                        Some(u) => u.value.borrow().clone(),
+                        Some(u) => fast_clone(&u.value.borrow()),
                         None => Value::Nil,
                     },
                     _ => Value::Nil,
@@ -919,6 +919,24 @@ fn fast<'p>(
                 put(top!(0), Value::Nil);
                 put(top!(1), Value::Nil);
                 pc += 1;
+            }
+            // `push(list, v)` as a statement (`Push; Pop`): as `Op::Push`, with the item moved
+            // off the stack (it goes back if the list cannot take it) and both slots cleared.
+            Op::PushPop => {
+                if left < 2 || !heap_ok {
+                    break;
+                }
+                let Value::List(l) = &*top!(2) else {
+                    break;
+                };
+                if let Err(v) = l.push_in_place(std::mem::take(top!(1))) {
+                    overwrite(top!(1), v);
+                    break;
+                }
+                left -= 2;
+                sp = sp.wrapping_sub(2);
+                put(top!(0), Value::Nil);
+                pc += 2;
             }
             Op::LocalsPush { list, value } => {
                 if left < 4 || !heap_ok {
