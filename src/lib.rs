@@ -31,7 +31,8 @@ pub use skiff_vm::{ExecError, ExecIo, Limits, Module, Portable, Value};
 
 use cluster::{LocalCluster, RunError};
 use skiff_transport::context::CONTEXT_NATIVES;
-use skiff_vm::{Blob, BlobDebug, BlobHash, CodeStore};
+use skiff_vm::module::transitive_closure;
+use skiff_vm::{Blob, BlobDebug, BlobHash, CodeStore, FunctionId};
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ pub struct Engine {
 /// A module's blobs and debug info (the very `Arc`s, so a match means the same content) and
 /// the code store made from them.
 struct VerifiedModule {
+    /// Sorted by hash.
     blobs: Vec<(BlobHash, Arc<Blob>)>,
     /// Sorted by hash.
     debug: Vec<(BlobHash, Arc<BlobDebug>)>,
@@ -84,7 +86,14 @@ struct VerifiedModule {
     /// The one-node cluster of the last [`Engine::call`] into this module, kept for the next
     /// (with the programs it linked); `None` while a call runs.
     cluster: Option<LocalCluster>,
+    /// The [`Reach`] of each blob a call has started from (its function's, or an argument
+    /// function's), made on first use; sorted by that blob's hash.
+    reach: Vec<(BlobHash, Reach)>,
 }
+
+/// The blobs a call starting in one blob can run (the blob's transitive closure), each with
+/// its debug info: what a module must still hold for a kept cluster to serve the call.
+type Reach = Vec<(BlobHash, Arc<Blob>, Option<Arc<BlobDebug>>)>;
 
 impl VerifiedModule {
     /// Whether `module` holds exactly these blobs and debug info (same allocations).
@@ -105,6 +114,79 @@ impl VerifiedModule {
             });
         same_blobs && same_debug
     }
+
+    /// Whether the kept cluster may serve a call of `func` with `args` into `module`: every
+    /// blob the call can run (the closures of `func` and of the functions in `args`) is in
+    /// `module`, with its debug info, as the very one verified here. Blobs the call cannot
+    /// reach do not run, so they are not compared: the check costs the call's reach, not
+    /// the module's size (a host calling into a large module over and over pays for what
+    /// it calls).
+    fn serves(&mut self, module: &Module, func: FunctionId, args: &[Portable]) -> bool {
+        let mut arg_functions = Vec::new();
+        for a in args {
+            a.functions(&mut arg_functions);
+        }
+        std::iter::once(func).chain(arg_functions).all(|f| {
+            self.reach(f.blob)
+                .is_some_and(|reach| reached_same(reach, module))
+        })
+    }
+
+    /// The kept cluster (taken), if there is one and it [serves](Self::serves) this call.
+    fn kept_for(
+        &mut self,
+        module: &Module,
+        func: FunctionId,
+        args: &[Portable],
+    ) -> Option<LocalCluster> {
+        if self.cluster.is_some() && self.serves(module, func, args) {
+            self.cluster.take()
+        } else {
+            None
+        }
+    }
+
+    /// The [`Reach`] of `root`, or `None` if the verified module lacks a blob of it.
+    fn reach(&mut self, root: BlobHash) -> Option<&Reach> {
+        let at = match self.reach.binary_search_by(|(h, _)| h.cmp(&root)) {
+            Ok(at) => at,
+            Err(at) => {
+                let blob = |h: &BlobHash| {
+                    self.blobs
+                        .binary_search_by(|(k, _)| k.cmp(h))
+                        .ok()
+                        .map(|i| &self.blobs[i].1)
+                };
+                let closure = transitive_closure([root], |h| blob(h).map(|b| &**b)).ok()?;
+                let reach = closure
+                    .into_iter()
+                    .filter_map(|h| {
+                        let debug = self
+                            .debug
+                            .binary_search_by(|(k, _)| k.cmp(&h))
+                            .ok()
+                            .map(|i| self.debug[i].1.clone());
+                        blob(&h).map(|b| (h, b.clone(), debug))
+                    })
+                    .collect();
+                self.reach.insert(at, (root, reach));
+                at
+            }
+        };
+        Some(&self.reach[at].1)
+    }
+}
+
+/// Whether `module` holds each blob of `reach`, and its debug info, as the very `Arc`s.
+fn reached_same(reach: &Reach, module: &Module) -> bool {
+    reach.iter().all(|(hash, blob, debug)| {
+        module.blobs.get(hash).is_some_and(|b| Arc::ptr_eq(b, blob))
+            && match (debug, module.debug.get(hash)) {
+                (None, None) => true,
+                (Some(d), Some(md)) => Arc::ptr_eq(d, md),
+                _ => false,
+            }
+    })
 }
 
 impl Engine {
@@ -216,7 +298,8 @@ impl Engine {
 
     /// Like [`Engine::run_function`] with no peers, on the cluster the last call into
     /// `module` used: a host calling into one module again pays neither for a new cluster
-    /// nor for linking the function again. Each call still starts from fresh contexts, as
+    /// nor for linking the function again, and checks only the blobs this call can run are
+    /// still the verified ones ([`VerifiedModule::serves`]). Each call still starts from fresh contexts, as
     /// on a new cluster. (A call made while another runs, e.g. from a native, gets a
     /// cluster of its own.)
     fn call_function(
@@ -229,8 +312,7 @@ impl Engine {
             .last_code
             .borrow_mut()
             .as_mut()
-            .filter(|v| v.is_of(module))
-            .and_then(|v| v.cluster.take());
+            .and_then(|v| v.kept_for(module, func, &args));
         let mut cluster = match kept {
             Some(mut cluster) => {
                 cluster.reset_contexts();
@@ -280,6 +362,7 @@ impl Engine {
             },
             store: store.clone(),
             cluster: None,
+            reach: Vec::new(),
         });
         Ok(store)
     }

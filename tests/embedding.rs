@@ -100,10 +100,17 @@ fn repeated_calls_reuse_verified_code_but_never_trust_changed_blobs() {
     }
     // A module whose blob no longer matches its hash is refused, even right after the
     // genuine module ran (its verified code is not reused for a different blob).
-    let mut tampered = a.clone();
-    let (&hash, blob) = tampered.blobs.iter().next().unwrap();
-    let mut changed = (**blob).clone();
-    // Still valid code (`x + 2`), so only the content address can tell.
+    let tampered = with_add_int_bumped(&a, a.exports["f"].blob);
+    assert_eq!(engine.call::<i64>(&a, "f", (1,)).unwrap(), 2);
+    let err = engine.call::<i64>(&tampered, "f", (1,)).unwrap_err();
+    assert!(matches!(err, Error::Host(_)), "{err}");
+    assert_eq!(engine.call::<i64>(&a, "f", (2,)).unwrap(), 3);
+}
+
+/// `module` with blob `hash` replaced by a copy whose one `AddInt` adds one more: still
+/// valid code (`x + 1` becomes `x + 2`), so only the content address can tell.
+fn with_add_int_bumped(module: &skiff::Module, hash: skiff_vm::BlobHash) -> skiff::Module {
+    let mut changed = (*module.blobs[&hash]).clone();
     let mut edited = 0;
     for function in &mut changed.functions {
         for instr in &mut function.code {
@@ -113,15 +120,43 @@ fn repeated_calls_reuse_verified_code_but_never_trust_changed_blobs() {
             }
         }
     }
-    assert_eq!(
-        edited, 1,
-        "the test expects `x + 1` to compile to one AddInt"
-    );
+    assert_eq!(edited, 1, "the test expects one AddInt in the blob");
+    let mut tampered = module.clone();
     tampered.blobs.insert(hash, std::sync::Arc::new(changed));
-    assert_eq!(engine.call::<i64>(&a, "f", (1,)).unwrap(), 2);
+    tampered
+}
+
+/// A repeated call checks the blobs it can run, not the whole module, but all of those: a
+/// changed blob that the called function calls, or that an argument's function runs, is
+/// refused even right after genuine calls.
+#[test]
+fn repeated_calls_check_every_blob_they_reach() {
+    let engine = Engine::new(Limits::default());
+    let module = engine
+        .compile(
+            "fn g(x) { x + 1 }\nfn f(x) { g(x) * 2 }\nfn apply(h, x) { h(x) }",
+            "r.skiff",
+        )
+        .unwrap();
+    let g = module.exports["g"];
+    let g_value = || Portable::Function {
+        func: g,
+        captures: vec![],
+    };
+    let apply_g = || vec![g_value(), Portable::Int(1)];
+    assert_eq!(engine.call::<i64>(&module, "f", (1,)).unwrap(), 4);
+    assert_eq!(engine.call::<i64>(&module, "apply", apply_g()).unwrap(), 2);
+    let tampered = with_add_int_bumped(&module, g.blob);
+    // `f`'s own blob is unchanged; the `g` it calls is not.
     let err = engine.call::<i64>(&tampered, "f", (1,)).unwrap_err();
     assert!(matches!(err, Error::Host(_)), "{err}");
-    assert_eq!(engine.call::<i64>(&a, "f", (2,)).unwrap(), 3);
+    assert_eq!(engine.call::<i64>(&module, "apply", apply_g()).unwrap(), 2);
+    // `apply` never names `g`; its argument does.
+    let err = engine
+        .call::<i64>(&tampered, "apply", apply_g())
+        .unwrap_err();
+    assert!(matches!(err, Error::Host(_)), "{err}");
+    assert_eq!(engine.call::<i64>(&module, "f", (1,)).unwrap(), 4);
 }
 
 #[test]
