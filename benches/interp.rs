@@ -13,8 +13,9 @@
 //! | `closures`     | closure-heavy `map`/`filter` over a 100,000-element list, 10 rounds   |
 //! | `binarytrees12`| binary-trees (depth 12, lists as nodes): allocation and recursion     |
 //! | `host_call`    | host→VM call of a trivial function (`add1(41)`), per call             |
+//! | `host_call_2k` | the same call into a module with 2,000 other functions                |
 //!
-//! Skiff and Lua (the bars' peer) take turns, iteration by iteration (`host_call`: blocks
+//! Skiff and Lua (the bars' peer) take turns, iteration by iteration (the `host_call` rows: blocks
 //! of 1,000), and each row's paired ratio goes to `<criterion home>/paired/<group>.json`
 //! (`support/paired.rs`): measured one after the other, seconds apart, the two medians'
 //! ratio moved with this host's stretches (`fib30` 0.62 in one run, 0.93 in another).
@@ -78,6 +79,8 @@ struct Sizes {
     build: i64,
     closures: i64,
     trees: i64,
+    /// Functions besides `add1` in `host_call_2k`'s module.
+    other_functions: usize,
 }
 
 fn sizes() -> Sizes {
@@ -88,6 +91,7 @@ fn sizes() -> Sizes {
             build: 10_000,
             closures: 1_000,
             trees: 6,
+            other_functions: 100,
         }
     } else {
         Sizes {
@@ -96,6 +100,7 @@ fn sizes() -> Sizes {
             build: 1_000_000,
             closures: 100_000,
             trees: 12,
+            other_functions: 2_000,
         }
     }
 }
@@ -133,8 +138,29 @@ fn trees_expected(maxd: i64) -> i64 {
     total + nodes(maxd)
 }
 
+/// `add1` after `n` other functions, in each engine's syntax (Skiff, Lua, rhai): a host
+/// calling into a large module. Built once per run and leaked, to sit beside the other
+/// workloads' static sources.
+fn many_functions(n: usize) -> [&'static str; 3] {
+    let (mut skiff, mut lua, mut rhai) = (
+        String::new(),
+        String::from("local fs = {}\n"),
+        String::new(),
+    );
+    for i in 0..n {
+        skiff.push_str(&format!("fn f{i}(x) {{ x * {i} + 1 }}\n"));
+        lua.push_str(&format!("fs[{i}] = function(x) return x * {i} + 1 end\n"));
+        rhai.push_str(&format!("fn f{i}(x) {{ x * {i} + 1 }}\n"));
+    }
+    skiff.push_str("fn add1(x) { x + 1 }\n");
+    lua.push_str("local function add1(x) return x + 1 end\nreturn add1\n");
+    rhai.push_str("fn add1(x) { x + 1 }\n");
+    [skiff, lua, rhai].map(|s| &*Box::leak(s.into_boxed_str()))
+}
+
 fn workloads() -> Vec<Workload> {
     let n = sizes();
+    let [skiff_2k, lua_2k, rhai_2k] = many_functions(n.other_functions);
     vec![
         Workload {
             group: "fib30",
@@ -401,6 +427,15 @@ fn trees(maxd) {
             arg: 41,
             expected: 42,
         },
+        Workload {
+            group: "host_call_2k",
+            skiff: skiff_2k,
+            lua: lua_2k,
+            rhai: rhai_2k,
+            entry: "add1",
+            arg: 41,
+            expected: 42,
+        },
     ]
 }
 
@@ -464,7 +499,11 @@ fn bench_in_turn(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
         .into_iter()
         .filter_map(|(name, runner)| Some((name, runner?)))
         .collect();
-    let block = if w.group == "host_call" { 1000 } else { 1 };
+    let block = if w.group.starts_with("host_call") {
+        1000
+    } else {
+        1
+    };
     let rounds = Rounds::default();
     for which in 0..runners.len() {
         let name = runners[which].0;
@@ -509,7 +548,7 @@ fn bench_rhai(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
 fn interpreters(c: &mut Criterion) {
     for w in workloads() {
         let mut g = c.benchmark_group(w.group);
-        if w.group == "host_call" {
+        if w.group.starts_with("host_call") {
             // Microsecond-scale: more samples are cheap.
             g.sample_size(50).measurement_time(Duration::from_secs(2));
         }
