@@ -87,9 +87,16 @@ struct VerifiedModule {
     /// (with the programs it linked); `None` while a call runs.
     cluster: Option<LocalCluster>,
     /// The [`Reach`] of each blob a call has started from (its function's, or an argument
-    /// function's), made on first use; sorted by that blob's hash.
+    /// function's), made on first use; sorted by that blob's hash. Emptied when it would hold
+    /// more than [`REACH_CACHE_ENTRIES`] per blob of the module, so that calling many
+    /// functions with large reaches keeps memory linear in the module.
     reach: Vec<(BlobHash, Reach)>,
+    /// Entries of all the reaches in `reach`.
+    reach_entries: usize,
 }
+
+/// See [`VerifiedModule::reach`].
+const REACH_CACHE_ENTRIES: usize = 4;
 
 /// The blobs a call starting in one blob can run (the blob's transitive closure), each with
 /// its debug info: what a module must still hold for a kept cluster to serve the call.
@@ -150,7 +157,7 @@ impl VerifiedModule {
     fn reach(&mut self, root: BlobHash) -> Option<&Reach> {
         let at = match self.reach.binary_search_by(|(h, _)| h.cmp(&root)) {
             Ok(at) => at,
-            Err(at) => {
+            Err(_) => {
                 let blob = |h: &BlobHash| {
                     self.blobs
                         .binary_search_by(|(k, _)| k.cmp(h))
@@ -168,7 +175,17 @@ impl VerifiedModule {
                             .map(|i| self.debug[i].1.clone());
                         blob(&h).map(|b| (h, b.clone(), debug))
                     })
-                    .collect();
+                    .collect::<Reach>();
+                let limit = REACH_CACHE_ENTRIES * self.blobs.len().max(16);
+                if self.reach_entries + reach.len() > limit {
+                    self.reach.clear();
+                    self.reach_entries = 0;
+                }
+                self.reach_entries += reach.len();
+                let at = self
+                    .reach
+                    .binary_search_by(|(h, _)| h.cmp(&root))
+                    .unwrap_or_else(|at| at);
                 self.reach.insert(at, (root, reach));
                 at
             }
@@ -298,10 +315,10 @@ impl Engine {
 
     /// Like [`Engine::run_function`] with no peers, on the cluster the last call into
     /// `module` used: a host calling into one module again pays neither for a new cluster
-    /// nor for linking the function again, and checks only the blobs this call can run are
-    /// still the verified ones ([`VerifiedModule::serves`]). Each call still starts from fresh contexts, as
-    /// on a new cluster. (A call made while another runs, e.g. from a native, gets a
-    /// cluster of its own.)
+    /// nor for linking the function again, and checks only that the blobs this call can run
+    /// are still the verified ones ([`VerifiedModule::serves`]). Each call still starts from
+    /// fresh contexts, as on a new cluster. (A call made while another runs, e.g. from a
+    /// native, gets a cluster of its own.)
     fn call_function(
         &self,
         module: &Module,
@@ -363,6 +380,7 @@ impl Engine {
             store: store.clone(),
             cluster: None,
             reach: Vec::new(),
+            reach_entries: 0,
         });
         Ok(store)
     }

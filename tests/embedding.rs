@@ -159,6 +159,31 @@ fn repeated_calls_check_every_blob_they_reach() {
     assert_eq!(engine.call::<i64>(&module, "f", (1,)).unwrap(), 4);
 }
 
+/// Calling many functions whose reaches are long (each calls the one before) fills and
+/// empties the engine's cache of reaches; results stay right, and a changed blob at the
+/// bottom of the chain is still refused from its top.
+#[test]
+fn many_long_reaches_keep_calls_checked() {
+    let engine = Engine::new(Limits::default());
+    let mut source = String::from("fn f0(x) { x + 1 }\n");
+    for i in 1..40 {
+        source.push_str(&format!("fn f{i}(x) {{ f{}(x) + 1 }}\n", i - 1));
+    }
+    let module = engine.compile(&source, "chain.skiff").unwrap();
+    for round in 0..2 {
+        for i in (0..40).rev().chain(0..40) {
+            let got = engine
+                .call::<i64>(&module, &format!("f{i}"), (round,))
+                .unwrap();
+            assert_eq!(got, round + i + 1);
+        }
+    }
+    let tampered = with_add_int_bumped(&module, module.exports["f0"].blob);
+    let err = engine.call::<i64>(&tampered, "f39", (0,)).unwrap_err();
+    assert!(matches!(err, Error::Host(_)), "{err}");
+    assert_eq!(engine.call::<i64>(&module, "f39", (0,)).unwrap(), 40);
+}
+
 #[test]
 fn each_call_starts_afresh_on_the_cluster_kept_between_calls() {
     let mut engine = Engine::new(Limits::default());

@@ -14,10 +14,10 @@
 //! Dispatch is on the function's internal ops (`function::Op`, made at link time), not on
 //! the blob's instructions: an op either is one instruction or fuses a few (compare-and-branch
 //! on locals, a loop's back edge with its condition, local-operand arithmetic, `GetLocal` +
-//! `Return`, a call whose argument is `local + const`, `f(x)` on two locals, ...). A fused op runs in `fast` only
-//! when every covered instruction would take its integer fast path and the budget covers all
-//! of them; otherwise `fast` stops and the general loop runs `code[pc]` alone, exactly as
-//! unfused code would. Budget is a countdown of instructions (not ops): each op charges the
+//! `Return`, a call whose argument is `local + const`, `f(x)` on two locals, a statement
+//! `push`, ...). A fused op runs in `fast` only when every covered instruction would take its
+//! integer fast path and the budget covers all of them; otherwise `fast` stops and the
+//! general loop runs `code[pc]` alone, exactly as unfused code would. Budget is a countdown of instructions (not ops): each op charges the
 //! instructions it covers, so fuel and slices stay exact.
 //!
 //! Invariants (on top of the module invariants in `interp`):
@@ -31,8 +31,9 @@
 //!   frame that has handlers, nor from the bottom frame ([`return_floor`]).
 //! - `fast` does nothing the general loop owns: stack growth, errors, natives, suspension. It
 //!   leaves `pc` at an op whose instruction has not run and has not been charged. The one
-//!   native it runs is the builtin `push` into a list with room (`Op::Push`), which allocates
-//!   nothing and cannot fail; any other case of it is left to the general loop's call.
+//!   native it runs is the builtin `push` into a list with room (`Op::Push`, `Op::PushPop`,
+//!   `Op::LocalsPush`), which allocates nothing and cannot fail; any other case of it is left
+//!   to the general loop's call.
 
 use super::convert;
 use super::program::Program;
