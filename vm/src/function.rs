@@ -106,6 +106,19 @@ impl Cmp {
         (self as u8 >> outcome) & 1 != 0
     }
 
+    /// The comparison of `Lt` ... `Ne`.
+    fn of(instr: Instr) -> Option<Cmp> {
+        Some(match instr {
+            Instr::Lt {} => Cmp::Lt,
+            Instr::Le {} => Cmp::Le,
+            Instr::Gt {} => Cmp::Gt,
+            Instr::Ge {} => Cmp::Ge,
+            Instr::Eq {} => Cmp::Eq,
+            Instr::Ne {} => Cmp::Ne,
+            _ => return None,
+        })
+    }
+
     fn of_jump(instr: Instr) -> Option<(Cmp, u32)> {
         Some(match instr {
             Instr::JumpIfNotLt { target } => (Cmp::Lt, target),
@@ -286,6 +299,9 @@ pub enum Op {
     /// `GetLocal list; GetLocal value; CallNative push (as [`Op::Push`]); Pop`: the statement
     /// `push(list, value)` on two locals.
     LocalsPush { list: u16, value: u16 },
+    /// `Int value; Lt`/`Le`/`Gt`/`Ge`/`Eq`/`Ne`: the top of the stack compared with a
+    /// constant (fast when it is an integer), e.g. `x % 2 == 0`.
+    CompareI { cmp: Cmp, value: i32 },
     /// `CallNative push (as [`Op::Push`]); Pop`: `push(list, value)` as a statement, its
     /// operands computed on the stack.
     PushPop,
@@ -320,6 +336,7 @@ impl Op {
             | Op::ArithReturn { .. }
             | Op::LocalAddInt { .. }
             | Op::PushPop
+            | Op::CompareI { .. }
             | Op::JumpReturn { .. } => 2,
             Op::JumpIfNotLL { .. }
             | Op::JumpIfNotLI { .. }
@@ -438,6 +455,10 @@ fn fuse(
             op: Arith::of(instr).unwrap_or(Arith::Add),
         },
         (I::CallNative { .. }, Some(I::Pop {})) if push(pc) => Op::PushPop,
+        (I::Int { value }, Some(instr)) if Cmp::of(instr).is_some() => Op::CompareI {
+            cmp: Cmp::of(instr).unwrap_or(Cmp::Eq),
+            value,
+        },
         (I::Jump { target }, _) if returns(code, target) => Op::JumpReturn { target },
         (I::Jump { target: head }, _) => back_edge(code, head).unwrap_or_else(one),
         _ => one(),
@@ -528,12 +549,6 @@ fn single(
             when: false,
             target,
         },
-        Instr::Lt {} => Op::Compare { cmp: Cmp::Lt },
-        Instr::Le {} => Op::Compare { cmp: Cmp::Le },
-        Instr::Gt {} => Op::Compare { cmp: Cmp::Gt },
-        Instr::Ge {} => Op::Compare { cmp: Cmp::Ge },
-        Instr::Eq {} => Op::Compare { cmp: Cmp::Eq },
-        Instr::Ne {} => Op::Compare { cmp: Cmp::Ne },
         Instr::IterNext { target } => Op::IterNext {
             pair: false,
             target,
@@ -549,6 +564,8 @@ fn single(
         instr => {
             if let Some(op) = Arith::of(instr) {
                 Op::Arith { op }
+            } else if let Some(cmp) = Cmp::of(instr) {
+                Op::Compare { cmp }
             } else if let Some((cmp, target)) = Cmp::of_jump(instr) {
                 Op::JumpIfNot { cmp, target }
             } else {
@@ -752,6 +769,25 @@ mod tests {
         assert_eq!(ops[2], Op::CallValue { argc: 1 });
         assert_eq!(ops[4], Op::GetLocal { slot: 1 });
         assert_eq!(ops[6], Op::CallValue { argc: 2 });
+        // `x % 2 == 0`: the remainder, then a comparison with a constant
+        let predicate = [
+            I::GetLocal { slot: 0 },
+            I::Int { value: 2 },
+            I::Rem {},
+            I::Int { value: 0 },
+            I::Eq {},
+            I::Return {},
+        ];
+        let ops = translate(&predicate, &[], |_| None, |_| false);
+        assert_eq!(
+            ops[3],
+            Op::CompareI {
+                cmp: Cmp::Eq,
+                value: 0
+            }
+        );
+        assert_eq!(ops[3].covers(), 2);
+        assert_eq!(ops[4], Op::Compare { cmp: Cmp::Eq });
         // `for i in xs { ... }`: the back edge runs the next `IterNext; SetLocal`
         let for_loop = [
             I::IterNext { target: 4 },

@@ -877,6 +877,14 @@ fn fast<'p>(
                 overwrite(top!(1), Value::Bool(cmp.holds(x, y)));
                 pc += 1;
             }
+            Op::CompareI { cmp, value } => {
+                let Some(x) = int!(top!(1)) else {
+                    break;
+                };
+                charge!(2);
+                overwrite(top!(1), Value::Bool(cmp.holds(x, i64::from(value))));
+                pc += 2;
+            }
             Op::IterNext { pair, target } => {
                 if left == 0 {
                     break;
