@@ -979,25 +979,7 @@ fn builtin_push_fast_path_is_exact() {
     let used = big - exec.fuel_left().unwrap();
     // set-up, 20 turns of 7, the last `IterNext`, the rest
     assert_eq!(used, 6 + 20 * 7 + 1 + 9);
-    let mut exec = s.start_limited(with_fuel(used));
-    assert_eq!(run_to_end(&mut exec), done);
-    let mut exec = s.start_limited(with_fuel(used - 1));
-    assert_eq!(
-        failed(run_to_end(&mut exec)).limit,
-        Some(LimitKind::OutOfFuel)
-    );
-    for slice in 1..=9 {
-        let mut exec = s.start_limited(with_fuel(big));
-        exec.set_slice(slice);
-        let status = loop {
-            match exec.run(Instant::now()) {
-                Status::Yielded => {}
-                other => break other,
-            }
-        };
-        assert_eq!(status, done, "slice {slice}");
-        assert_eq!(big - exec.fuel_left().unwrap(), used, "slice {slice}");
-    }
+    assert_fuel_exact(&s, &done, used, 1..=9);
     // a host native registered as `push` shadows the builtin, fast path or not
     let mut s = setup(push_shapes());
     s.engine
@@ -1014,6 +996,90 @@ fn builtin_push_fast_path_is_exact() {
     code[0].code[0] = I::Int { value: 5 };
     let e = failed(setup(code).run(0, vec![]));
     assert_eq!(e.kind, "TypeError");
+}
+
+/// main(): `let f = fn(x) { x % 2 == 0 }; let n = 0; for i in 0..10 { if f(i) { n += 1 } };
+/// n` in the compiler's shape: `f(i)` on two locals, `== 0` after the remainder.
+fn local_call_shapes() -> Vec<FunctionCode> {
+    let mut main = f(
+        0,
+        3,
+        vec![
+            I::Closure {
+                func: 0,
+                captures: 0,
+            },
+            I::SetLocal { slot: 0 },
+            I::Int { value: 0 },
+            I::SetLocal { slot: 1 },
+            I::Int { value: 0 },
+            I::Int { value: 10 },
+            I::Range {},
+            I::IterStart {},
+            I::IterNext { target: 18 },
+            I::SetLocal { slot: 2 },
+            I::GetLocal { slot: 0 },
+            I::GetLocal { slot: 2 },
+            I::Call { argc: 1 },
+            I::JumpIfFalse { target: 17 },
+            I::GetLocal { slot: 1 },
+            I::AddInt { value: 1 },
+            I::SetLocal { slot: 1 },
+            I::Jump { target: 8 },
+            I::GetLocal { slot: 1 },
+            I::Return {},
+        ],
+    );
+    main.refs = vec![FnRef::Local(1)];
+    let even = f(
+        1,
+        1,
+        vec![
+            I::GetLocal { slot: 0 },
+            I::Int { value: 2 },
+            I::Rem {},
+            I::Int { value: 0 },
+            I::Eq {},
+            I::Return {},
+        ],
+    );
+    vec![main, even]
+}
+
+/// Runs `s`'s function 0 with exactly `used` fuel (it must end as `done`), one less (it must
+/// run out), and in every slice size of `slices` (each must end as `done` using `used`).
+fn assert_fuel_exact(s: &Setup, done: &Status, used: u64, slices: std::ops::RangeInclusive<u64>) {
+    let mut exec = s.start_limited(with_fuel(used));
+    assert_eq!(&run_to_end(&mut exec), done);
+    let mut exec = s.start_limited(with_fuel(used - 1));
+    assert_eq!(
+        failed(run_to_end(&mut exec)).limit,
+        Some(LimitKind::OutOfFuel)
+    );
+    let big = 1u64 << 40;
+    for slice in slices {
+        let mut exec = s.start_limited(with_fuel(big));
+        exec.set_slice(slice);
+        assert_eq!(&run_to_end(&mut exec), done, "slice {slice}");
+        assert_eq!(big - exec.fuel_left().unwrap(), used, "slice {slice}");
+    }
+}
+
+#[test]
+fn local_calls_and_constant_compares_are_exact() {
+    let s = setup(local_call_shapes());
+    let mut exec = s.start_limited(with_fuel(1 << 40));
+    let done = run_to_end(&mut exec);
+    assert_eq!(done, Status::Done(Portable::Int(5)));
+    // set-up 8; the loop's steps (2, then 3 with the back edge) for 10 items; per item the
+    // call (3), the body (6) and the test (1); 5 increments of 3; the end (2) and `n` (2)
+    let used = 8 + (2 + 9 * 3) + 10 * 10 + 5 * 3 + 2 + 2;
+    assert_eq!((1u64 << 40) - exec.fuel_left().unwrap(), used);
+    assert_fuel_exact(&s, &done, used, 1..=12);
+    // a local that is not a function raises as an unfused call does
+    let mut code = local_call_shapes();
+    code[0].code[0] = I::Int { value: 3 };
+    assert_eq!(failed(setup(code).run(0, vec![])).kind, "TypeError");
 }
 
 #[test]
