@@ -769,25 +769,26 @@ mod tests {
         assert_eq!(ops[2], Op::CallValue { argc: 1 });
         assert_eq!(ops[4], Op::GetLocal { slot: 1 });
         assert_eq!(ops[6], Op::CallValue { argc: 2 });
-        // `x % 2 == 0`: the remainder, then a comparison with a constant
-        let predicate = [
-            I::GetLocal { slot: 0 },
-            I::Int { value: 2 },
-            I::Rem {},
-            I::Int { value: 0 },
-            I::Eq {},
-            I::Return {},
-        ];
-        let ops = translate(&predicate, &[], |_| None, |_| false);
+        // a comparison with a constant (`... == 0`, `... < 5`); a jump into its second
+        // instruction finds the comparison alone
+        let compares = [I::Int { value: 0 }, I::Eq {}, I::Int { value: 5 }, I::Lt {}];
+        let ops = translate(&compares, &[], |_| None, |_| false);
         assert_eq!(
-            ops[3],
+            ops[0],
             Op::CompareI {
                 cmp: Cmp::Eq,
                 value: 0
             }
         );
-        assert_eq!(ops[3].covers(), 2);
-        assert_eq!(ops[4], Op::Compare { cmp: Cmp::Eq });
+        assert_eq!(ops[0].covers(), 2);
+        assert_eq!(ops[1], Op::Compare { cmp: Cmp::Eq });
+        assert_eq!(
+            ops[2],
+            Op::CompareI {
+                cmp: Cmp::Lt,
+                value: 5
+            }
+        );
         // `for i in xs { ... }`: the back edge runs the next `IterNext; SetLocal`
         let for_loop = [
             I::IterNext { target: 4 },
