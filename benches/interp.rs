@@ -15,8 +15,8 @@
 //! | `host_call`    | host→VM call of a trivial function (`add1(41)`), per call             |
 //! | `host_call_2k` | the same call into a module with 2,000 other functions                |
 //!
-//! Skiff and Lua (the bars' peer) take turns, iteration by iteration (the `host_call` rows: blocks
-//! of 1,000), and each row's paired ratio goes to `<criterion home>/paired/<group>.json`
+//! Skiff and Lua (the bars' peer) take turns, iteration by iteration (the `host_call` rows:
+//! blocks of 1,000), and each row's paired ratio goes to `<criterion home>/paired/<group>.json`
 //! (`support/paired.rs`): measured one after the other, seconds apart, the two medians'
 //! ratio moved with this host's stretches (`fib30` 0.62 in one run, 0.93 in another).
 //! rhai, 10–40× slower, is measured on its own as before.
