@@ -224,18 +224,31 @@ impl LocalCluster {
             return Err(RunError::UnknownNode(node.to_owned()));
         }
         let info = self.node_info(node, None);
-        let exec = self
+        let mut exec = self
             .start(node, func, args, info, self.limits.clone())
             .map_err(|e| RunError::Start(e.to_string()))?;
+        // Its first slice runs before it is registered: most calls end in it, without a hop
+        // or a sleep to serve, and then nothing of the loop below is needed.
+        let status = {
+            let contexts = &self.nodes[node].contexts;
+            let _in = self.context_natives.enter(contexts, &self.default_context);
+            exec.run(Instant::now())
+        };
+        match status {
+            Status::Done(value) => return Ok(value),
+            Status::Failed(error) => return Err(RunError::Failed(Box::new(error))),
+            Status::Blocked { .. } | Status::Yielded => {}
+        }
         self.running.push(Some(Running {
             node: self.nodes[node].name.clone(),
             exec,
             hop: None,
-            runnable: true,
+            runnable: false,
             wake_at: None,
             context: self.default_context.clone(),
         }));
         let top = self.running.len() - 1;
+        self.settle(top, status);
         loop {
             let now = Instant::now();
             self.expire_hops(now);
@@ -283,6 +296,13 @@ impl LocalCluster {
             let _in = self.context_natives.enter(contexts, &running.context);
             running.exec.run(now)
         };
+        self.settle(id, status)
+    }
+
+    /// Acts on what running `id` answered: its result if it ended; else when it is due
+    /// again, and the hops it asked for are started.
+    fn settle(&mut self, id: usize, status: Status) -> Option<Result<Portable, ExecError>> {
+        let running = self.running[id].as_mut()?;
         let requests = running.exec.take_requests();
         running.runnable = false;
         running.wake_at = None;
