@@ -30,7 +30,8 @@
 //! `join`s them (Lua: table + `table.concat`; rhai, whose strings are mutable and which has no
 //! `join`, appends with `+=`). rhai arrays are values, so `t[0]` in binary-trees copies the
 //! subtree — that is rhai's semantics and part of its cost. Lua has no built-in `map`/`filter`,
-//! so they are written in Lua (Skiff's and rhai's are natives calling back into closures).
+//! so they are written in Lua, as Skiff's are written in Skiff (its prelude); rhai's are
+//! natives calling back into closures.
 //!
 //! Under `cargo test --benches` (no `--bench` flag) the sizes shrink (e.g. `fib(15)`) so CI
 //! checks every engine's correctness quickly in a debug build.
