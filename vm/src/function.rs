@@ -299,6 +299,11 @@ pub enum Op {
     /// `GetLocal list; GetLocal value; CallNative push (as [`Op::Push`]); Pop`: the statement
     /// `push(list, value)` on two locals.
     LocalsPush { list: u16, value: u16 },
+    /// `GetIndex` (fast on a list and an integer in range).
+    GetIndex,
+    /// `CallNative` of the builtin `len` with one argument (resolved at link time, as
+    /// [`Op::Push`]); fast on a list.
+    Len,
     /// `Int value; Lt`/`Le`/`Gt`/`Ge`/`Eq`/`Ne`: the top of the stack compared with a
     /// constant (fast when it is an integer), e.g. `x % 2 == 0`.
     CompareI { cmp: Cmp, value: i32 },
@@ -330,6 +335,8 @@ impl Op {
             | Op::IterNext { .. }
             | Op::CallValue { .. }
             | Op::GetUpval { .. }
+            | Op::GetIndex
+            | Op::Len
             | Op::Push => 1,
             Op::LocalAddIntCall { .. } => 3,
             Op::ArithSet { .. }
@@ -356,12 +363,13 @@ impl Op {
 /// Translates verified code into the internal form: one op per instruction (see [`Op`]).
 /// `refs` is the function's reference table, resolved to function-table indices, and
 /// `arity` gives the arity of a function by index (`None`: unknown, the call is not fused);
-/// `is_push` whether an entry of the function's native table resolved to the builtin `push`.
+/// `is_builtin(n, name)` whether entry `n` of the function's native table resolved to the
+/// builtin `name` (not a host native of that name).
 pub fn translate(
     code: &[Instr],
     refs: &[u32],
     arity: impl Fn(u32) -> Option<u16>,
-    is_push: impl Fn(u16) -> bool,
+    is_builtin: impl Fn(u16, &str) -> bool,
 ) -> Box<[Op]> {
     // A `CallFunction` at `pc` as a resolved callee, if its argument count is right.
     let call = |pc: usize| match code.get(pc) {
@@ -372,10 +380,14 @@ pub fn translate(
             .map(|callee| (callee, argc)),
         _ => None,
     };
-    // A `CallNative` at `pc` of the builtin `push` with two arguments.
-    let push = |pc: usize| matches!(code.get(pc), Some(&Instr::CallNative { native, argc: 2 }) if is_push(native));
+    // A `CallNative` at `pc` of the builtin `push` with two arguments, `len` with one.
+    let push = |pc: usize| matches!(code.get(pc), Some(&Instr::CallNative { native, argc: 2 }) if is_builtin(native, "push"));
+    let len = |pc: usize| matches!(code.get(pc), Some(&Instr::CallNative { native, argc: 1 }) if is_builtin(native, "len"));
     (0..code.len())
-        .map(|pc| fuse(code, pc, call, push))
+        .map(|pc| match fuse(code, pc, call, push) {
+            Op::I(_) if len(pc) => Op::Len,
+            op => op,
+        })
         .collect()
 }
 
@@ -556,6 +568,7 @@ fn single(
         Instr::IterNext2 { target } => Op::IterNext { pair: true, target },
         Instr::Call { argc } => Op::CallValue { argc },
         Instr::GetUpval { index } => Op::GetUpval { index },
+        Instr::GetIndex {} => Op::GetIndex,
         Instr::CallFunction { .. } => match call(pc) {
             Some((callee, argc)) => Op::Call { callee, argc },
             None => Op::I(instr),
@@ -621,7 +634,7 @@ mod tests {
             I::Add {},
             I::Return {},
         ];
-        let ops = translate(&code, &[7], |f| (f == 7).then_some(1), |_| false);
+        let ops = translate(&code, &[7], |f| (f == 7).then_some(1), |_, _| false);
         assert_eq!(ops.len(), code.len());
         assert_eq!(
             ops[0],
@@ -672,7 +685,7 @@ mod tests {
             I::GetLocal { slot: 2 },
             I::Return {},
         ];
-        let ops = translate(&loop_body, &[], |_| None, |_| false);
+        let ops = translate(&loop_body, &[], |_| None, |_, _| false);
         assert!(matches!(ops[0], Op::JumpIfNotLL { cmp: Cmp::Lt, .. }));
         assert_eq!(ops[1], Op::GetLocal { slot: 0 });
         assert_eq!(
@@ -721,16 +734,17 @@ mod tests {
         assert_eq!(ops.iter().map(Op::covers).max(), Some(7));
         // anything without a fast path stays as it is
         assert_eq!(
-            translate(&[I::Nil {}], &[], |_| None, |_| false),
+            translate(&[I::Nil {}], &[], |_| None, |_, _| false),
             vec![Op::I(I::Nil {})].into()
         );
         // a call with the wrong argument count is left to the general loop (it raises)
         let call = [I::CallFunction { func: 0, argc: 2 }];
         assert_eq!(
-            translate(&call, &[3], |_| Some(1), |_| false)[0],
+            translate(&call, &[3], |_| Some(1), |_, _| false)[0],
             Op::I(call[0])
         );
-        // `push(xs, i)` as a statement, when native 0 is the builtin `push`
+        // `push(xs, i)` as a statement, when native 0 is the builtin `push` (and native 1 the
+        // builtin `len`; each fast only with its own argument count)
         let push = [
             I::GetLocal { slot: 1 },
             I::GetLocal { slot: 2 },
@@ -742,8 +756,14 @@ mod tests {
             I::Return {},
             I::CallNative { native: 1, argc: 2 },
             I::CallNative { native: 0, argc: 1 },
+            I::CallNative { native: 1, argc: 1 },
         ];
-        let ops = translate(&push, &[], |_| None, |n| n == 0);
+        let ops = translate(
+            &push,
+            &[],
+            |_| None,
+            |n, name| (n == 0 && name == "push") || (n == 1 && name == "len"),
+        );
         assert_eq!(ops[0], Op::LocalsPush { list: 1, value: 2 });
         assert_eq!(ops[1], Op::GetLocal { slot: 2 });
         assert_eq!(ops[2], Op::PushPop);
@@ -752,6 +772,7 @@ mod tests {
         assert_eq!(ops[6], Op::Push);
         assert_eq!(ops[8], Op::I(push[8]));
         assert_eq!(ops[9], Op::I(push[9]));
+        assert_eq!(ops[10], Op::Len);
         // `f(x)` on two locals is one op; `f(a, b)` (two arguments after the function) is not
         let call_local = [
             I::GetLocal { slot: 1 },
@@ -762,7 +783,7 @@ mod tests {
             I::GetLocal { slot: 2 },
             I::Call { argc: 2 },
         ];
-        let ops = translate(&call_local, &[], |_| None, |_| false);
+        let ops = translate(&call_local, &[], |_| None, |_, _| false);
         assert_eq!(ops[0], Op::CallLocal { callee: 1, arg: 2 });
         assert_eq!(ops[0].covers(), 3);
         assert_eq!(ops[1], Op::GetLocal { slot: 2 });
@@ -772,7 +793,7 @@ mod tests {
         // a comparison with a constant (`... == 0`, `... < 5`); a jump into its second
         // instruction finds the comparison alone
         let compares = [I::Int { value: 0 }, I::Eq {}, I::Int { value: 5 }, I::Lt {}];
-        let ops = translate(&compares, &[], |_| None, |_| false);
+        let ops = translate(&compares, &[], |_| None, |_, _| false);
         assert_eq!(
             ops[0],
             Op::CompareI {
@@ -797,7 +818,7 @@ mod tests {
             I::Jump { target: 0 },
             I::Return {},
         ];
-        let ops = translate(&for_loop, &[], |_| None, |_| false);
+        let ops = translate(&for_loop, &[], |_| None, |_, _| false);
         assert_eq!(
             ops[3],
             Op::LoopIter {
@@ -808,7 +829,7 @@ mod tests {
         );
         assert_eq!(ops[3].covers(), 3);
         // a host native named `push` is not the builtin: nothing is specialised
-        let ops = translate(&push, &[], |_| None, |_| false);
+        let ops = translate(&push, &[], |_| None, |_, _| false);
         assert_eq!(ops[0], Op::GetLocal { slot: 1 });
         assert_eq!(ops[2], Op::I(push[2]));
     }

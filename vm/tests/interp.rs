@@ -1082,6 +1082,65 @@ fn local_calls_and_constant_compares_are_exact() {
     assert_eq!(failed(setup(code).run(0, vec![])).kind, "TypeError");
 }
 
+/// main(): `let xs = [5, 6, 7]; let t = 0; let i = 0; while i < len(xs) { t += xs[i]; i += 1 }; t`
+/// in the compiler's shape: the builtin `len` of a list and `xs[i]` in the loop.
+fn index_shapes() -> Vec<FunctionCode> {
+    let mut main = f(
+        0,
+        3,
+        vec![
+            I::Int { value: 5 },
+            I::Int { value: 6 },
+            I::Int { value: 7 },
+            I::List { len: 3 },
+            I::SetLocal { slot: 0 },
+            I::Int { value: 0 },
+            I::SetLocal { slot: 1 },
+            I::Int { value: 0 },
+            I::SetLocal { slot: 2 },
+            I::GetLocal { slot: 2 },
+            I::GetLocal { slot: 0 },
+            I::CallNative { native: 0, argc: 1 },
+            I::JumpIfNotLt { target: 23 },
+            I::GetLocal { slot: 1 },
+            I::GetLocal { slot: 0 },
+            I::GetLocal { slot: 2 },
+            I::GetIndex {},
+            I::Add {},
+            I::SetLocal { slot: 1 },
+            I::GetLocal { slot: 2 },
+            I::AddInt { value: 1 },
+            I::SetLocal { slot: 2 },
+            I::Jump { target: 9 },
+            I::GetLocal { slot: 1 },
+            I::Return {},
+        ],
+    );
+    main.natives = vec!["len".into()];
+    vec![main]
+}
+
+#[test]
+fn builtin_len_and_list_index_are_exact() {
+    let s = setup(index_shapes());
+    let mut exec = s.start_limited(with_fuel(1 << 40));
+    let done = run_to_end(&mut exec);
+    assert_eq!(done, Status::Done(Portable::Int(18)));
+    // set-up 9; 3 turns of 14; the last test (4) and `t` (2)
+    let used = 9 + 3 * 14 + 4 + 2;
+    assert_eq!((1u64 << 40) - exec.fuel_left().unwrap(), used);
+    assert_fuel_exact(&s, &done, used, 1..=14);
+    // past the end, and `len` of something else, raise as the unfused instructions do
+    let mut code = index_shapes();
+    code[0].code[15] = I::Int { value: 3 };
+    assert_eq!(failed(setup(code).run(0, vec![])).kind, "IndexError");
+    // `xs` an integer (`-(5 + 6)`, `Neg` for `List`): `len` raises
+    let mut code = index_shapes();
+    code[0].code[2] = I::Add {};
+    code[0].code[3] = I::Neg {};
+    assert_eq!(failed(setup(code).run(0, vec![])).kind, "TypeError");
+}
+
 #[test]
 fn limits_are_not_catchable() {
     // try { loop forever } catch e { return "caught" }

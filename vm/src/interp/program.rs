@@ -262,15 +262,13 @@ impl Program {
         let ops: Vec<_> = built
             .iter()
             .map(|f| {
-                // The builtin `push`: a `Builtin` entry is only made by `builtins::lookup` of
+                // A builtin by name: a `Builtin` entry is only made by `builtins::lookup` of
                 // its own name, and a host native of the same name resolves to `Host`.
-                let is_push = |n: u16| {
+                let is_builtin = |n: u16, name: &str| {
                     matches!(f.natives.get(n as usize), Some(NativeImpl::Builtin(_)))
-                        && f.native_names
-                            .get(n as usize)
-                            .is_some_and(|s| &**s == "push")
+                        && f.native_names.get(n as usize).is_some_and(|s| &**s == name)
                 };
-                crate::function::translate(&f.code, &f.refs, arity, is_push)
+                crate::function::translate(&f.code, &f.refs, arity, is_builtin)
             })
             .collect();
         for (f, ops) in built.iter_mut().zip(ops) {

@@ -30,10 +30,11 @@
 //!   handler drops the frames above the one that installed it. `fast` never returns from a
 //!   frame that has handlers, nor from the bottom frame ([`return_floor`]).
 //! - `fast` does nothing the general loop owns: stack growth, errors, natives, suspension. It
-//!   leaves `pc` at an op whose instruction has not run and has not been charged. The one
-//!   native it runs is the builtin `push` into a list with room (`Op::Push`, `Op::PushPop`,
-//!   `Op::LocalsPush`), which allocates nothing and cannot fail; any other case of it is left
-//!   to the general loop's call.
+//!   leaves `pc` at an op whose instruction has not run and has not been charged. The
+//!   natives it runs are the builtin `push` into a list with room (`Op::Push`,
+//!   `Op::PushPop`, `Op::LocalsPush`) and the builtin `len` of a list (`Op::Len`), which
+//!   allocate nothing and cannot fail; any other case of them is left to the general loop's
+//!   call.
 
 use super::convert;
 use super::program::Program;
@@ -875,6 +876,40 @@ fn fast<'p>(
                 charge!(1);
                 sp = sp.wrapping_sub(1);
                 overwrite(top!(1), Value::Bool(cmp.holds(x, y)));
+                pc += 1;
+            }
+            // `list[i]` with `0 <= i < len`: the item; anything else (a map, a range, an index
+            // out of range, which raises) is left to the general loop.
+            Op::GetIndex => {
+                if left == 0 {
+                    break;
+                }
+                let Some(i) = int!(top!(1)).filter(|&i| i >= 0) else {
+                    break;
+                };
+                let Value::List(l) = &*top!(2) else {
+                    break;
+                };
+                let Some(v) = l.items().get(i as usize).map(fast_clone) else {
+                    break;
+                };
+                left -= 1;
+                sp = sp.wrapping_sub(1);
+                put(top!(1), v);
+                pc += 1;
+            }
+            // `len(list)` of the builtin: the list's length (it allocates nothing and cannot
+            // fail); any other argument is left to the general loop's call.
+            Op::Len => {
+                if left == 0 {
+                    break;
+                }
+                let Value::List(l) = &*top!(1) else {
+                    break;
+                };
+                let n = l.len() as i64;
+                left -= 1;
+                put(top!(1), Value::Int(n));
                 pc += 1;
             }
             Op::CompareI { cmp, value } => {
