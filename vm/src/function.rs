@@ -380,14 +380,17 @@ pub fn translate(
             .map(|callee| (callee, argc)),
         _ => None,
     };
-    // A `CallNative` at `pc` of the builtin `push` with two arguments, `len` with one.
-    let push = |pc: usize| matches!(code.get(pc), Some(&Instr::CallNative { native, argc: 2 }) if is_builtin(native, "push"));
-    let len = |pc: usize| matches!(code.get(pc), Some(&Instr::CallNative { native, argc: 1 }) if is_builtin(native, "len"));
+    // The op of a `CallNative` at `pc` that `fast` runs: the builtin `push` with two
+    // arguments, `len` with one.
+    let native_op = |pc: usize| match code.get(pc) {
+        Some(&Instr::CallNative { native, argc: 2 }) if is_builtin(native, "push") => {
+            Some(Op::Push)
+        }
+        Some(&Instr::CallNative { native, argc: 1 }) if is_builtin(native, "len") => Some(Op::Len),
+        _ => None,
+    };
     (0..code.len())
-        .map(|pc| match fuse(code, pc, call, push) {
-            Op::I(_) if len(pc) => Op::Len,
-            op => op,
-        })
+        .map(|pc| fuse(code, pc, call, native_op))
         .collect()
 }
 
@@ -396,11 +399,12 @@ fn fuse(
     code: &[Instr],
     pc: usize,
     call: impl Fn(usize) -> Option<(u32, u8)>,
-    push: impl Fn(usize) -> bool,
+    native_op: impl Fn(usize) -> Option<Op>,
 ) -> Op {
     use Instr as I;
     let at = |k: usize| code.get(pc + k).copied();
-    let one = || single(code, pc, &call, &push);
+    let push = |pc: usize| native_op(pc) == Some(Op::Push);
+    let one = || single(code, pc, &call, &native_op);
     let jump = at(2).and_then(Cmp::of_jump);
     let arith = at(2).and_then(Arith::of);
     match (code[pc], at(1)) {
@@ -545,7 +549,7 @@ fn single(
     code: &[Instr],
     pc: usize,
     call: impl Fn(usize) -> Option<(u32, u8)>,
-    push: impl Fn(usize) -> bool,
+    native_op: impl Fn(usize) -> Option<Op>,
 ) -> Op {
     let instr = code[pc];
     match instr {
@@ -573,7 +577,7 @@ fn single(
             Some((callee, argc)) => Op::Call { callee, argc },
             None => Op::I(instr),
         },
-        Instr::CallNative { .. } if push(pc) => Op::Push,
+        Instr::CallNative { .. } => native_op(pc).unwrap_or(Op::I(instr)),
         instr => {
             if let Some(op) = Arith::of(instr) {
                 Op::Arith { op }
