@@ -229,11 +229,12 @@ impl LocalCluster {
             .map_err(|e| RunError::Start(e.to_string()))?;
         // Its first slice runs before it is registered: most calls end in it, without a hop
         // or a sleep to serve, and then nothing of the loop below is needed.
-        let status = {
-            let contexts = &self.nodes[node].contexts;
-            let _in = self.context_natives.enter(contexts, &self.default_context);
-            exec.run(Instant::now())
-        };
+        let status = self.context_natives.run(
+            &self.nodes[node].contexts,
+            &self.default_context,
+            &mut exec,
+            Instant::now(),
+        );
         match status {
             Status::Done(value) => return Ok(value),
             Status::Failed(error) => return Err(RunError::Failed(Box::new(error))),
@@ -291,11 +292,10 @@ impl LocalCluster {
     /// Runs one slice of execution `id`; `Some` when it ended.
     fn step(&mut self, id: usize, now: Instant) -> Option<Result<Portable, ExecError>> {
         let running = self.running[id].as_mut()?;
-        let status = {
-            let contexts = &self.nodes.get(&*running.node)?.contexts;
-            let _in = self.context_natives.enter(contexts, &running.context);
-            running.exec.run(now)
-        };
+        let contexts = &self.nodes.get(&*running.node)?.contexts;
+        let status = self
+            .context_natives
+            .run(contexts, &running.context, &mut running.exec, now);
         self.settle(id, status)
     }
 

@@ -27,12 +27,14 @@
 //!   not exist, they raise a catchable error.
 
 use skiff_vm::hop::DEFAULT_CONTEXT;
+use skiff_vm::interp::{Execution, Status};
 use skiff_vm::native::{NativeCtx, NativeError};
 use skiff_vm::{Engine, Portable, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// `context_get(key)`: the value stored under `key` (a string) in the execution's context,
 /// or nil.
@@ -303,9 +305,21 @@ impl ContextNatives {
         }
     }
 
-    /// Points the natives at `name` in `contexts` until the returned guard is dropped. Wrap
-    /// each `Execution::run` of an execution running in that context with it.
-    pub fn enter(&self, contexts: &SharedContexts, name: &Rc<str>) -> Entered<'_> {
+    /// Runs one slice of `exec` ([`Execution::run`]), an execution running in context `name`
+    /// of `contexts`, with the natives pointed at that context.
+    pub fn run(
+        &self,
+        contexts: &SharedContexts,
+        name: &Rc<str>,
+        exec: &mut Execution,
+        now: Instant,
+    ) -> Status {
+        let _in = self.enter(contexts, name);
+        exec.run(now)
+    }
+
+    /// Points the natives at `name` in `contexts` until the returned guard is dropped.
+    fn enter(&self, contexts: &SharedContexts, name: &Rc<str>) -> Entered<'_> {
         if let Ok(mut slot) = self.active.try_borrow_mut() {
             *slot = Some(Active {
                 contexts: contexts.clone(),

@@ -725,10 +725,9 @@ impl VmLoop {
             let Some(r) = self.running.get_mut(&id) else {
                 continue;
             };
-            let status = {
-                let _in = self.context_natives.enter(&self.contexts, &r.context);
-                r.exec.run(Instant::now())
-            };
+            let status =
+                self.context_natives
+                    .run(&self.contexts, &r.context, &mut r.exec, Instant::now());
             let requests = r.exec.take_requests();
             r.runnable = false;
             r.wake_at = None;
