@@ -105,20 +105,19 @@ type Reach = Vec<(BlobHash, Arc<Blob>, Option<Arc<BlobDebug>>)>;
 impl VerifiedModule {
     /// Whether `module` holds exactly these blobs and debug info (same allocations).
     fn is_of(&self, module: &Module) -> bool {
+        // Both sides are sorted by hash: compared in step, not looked up.
         let same_blobs = self.blobs.len() == module.blobs.len()
             && self
                 .blobs
                 .iter()
                 .zip(&module.blobs)
                 .all(|((h, b), (mh, mb))| h == mh && Arc::ptr_eq(b, mb));
-        // `self.debug` is sorted by hash: found by search, not by hashing into the module's
-        // map (a host calls into one module over and over; this runs on every call).
         let same_debug = self.debug.len() == module.debug.len()
-            && module.debug.iter().all(|(h, md)| {
-                self.debug
-                    .binary_search_by_key(h, |(k, _)| *k)
-                    .is_ok_and(|i| Arc::ptr_eq(&self.debug[i].1, md))
-            });
+            && self
+                .debug
+                .iter()
+                .zip(&module.debug)
+                .all(|((h, d), (mh, md))| h == mh && Arc::ptr_eq(d, md));
         same_blobs && same_debug
     }
 
@@ -372,11 +371,7 @@ impl Engine {
         *self.last_code.borrow_mut() = Some(VerifiedModule {
             generation: self.verified.get(),
             blobs: module.blobs.iter().map(|(h, b)| (*h, b.clone())).collect(),
-            debug: {
-                let mut debug: Vec<_> = module.debug.iter().map(|(h, d)| (*h, d.clone())).collect();
-                debug.sort_unstable_by_key(|(h, _)| *h);
-                debug
-            },
+            debug: module.debug.iter().map(|(h, d)| (*h, d.clone())).collect(),
             store: store.clone(),
             cluster: None,
             reach: Vec::new(),

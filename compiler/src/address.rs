@@ -25,7 +25,7 @@ use crate::codegen::Protos;
 use crate::resolve::Globals;
 use skiff_vm::blob::{Blob, BlobDebug, BlobHash, FnRef, FunctionId};
 use skiff_vm::Module;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Strongly connected components of the graph `edges` restricted to `nodes`, each sorted
@@ -155,7 +155,7 @@ pub fn build_module(protos: Protos, globals: &Globals) -> Module {
 
     let mut ids: Vec<Option<FunctionId>> = vec![None; protos.fns.len()];
     let mut blobs = BTreeMap::new();
-    let mut debug = HashMap::new();
+    let mut debug = BTreeMap::new();
     for comp in &comps {
         let in_comp = |t: usize| comp.binary_search(&t).is_ok();
         let refs_with = |m: usize, local: &dyn Fn(usize) -> u32| -> Vec<FnRef> {

@@ -10,14 +10,16 @@
 //!   the blob first references them: same roots, same blobs → same order on every machine.
 
 use crate::blob::{Blob, BlobDebug, BlobHash, FunctionId};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 /// A compiled script: its blobs, their debug info, its exports and its entry function.
 #[derive(Clone, Debug)]
 pub struct Module {
     pub blobs: BTreeMap<BlobHash, Arc<Blob>>,
-    pub debug: HashMap<BlobHash, Arc<BlobDebug>>,
+    /// Debug info by blob, ordered like `blobs` (a lookup compares hashes, it does not
+    /// hash them).
+    pub debug: BTreeMap<BlobHash, Arc<BlobDebug>>,
     /// Top-level functions by name.
     pub exports: BTreeMap<String, FunctionId>,
     /// The function holding the script's top-level statements (arity 0).
