@@ -1,14 +1,17 @@
 //! Property tests: random well-formed programs compile, check, round-trip and run without a
-//! panic (fuel bounds their loops; runtime errors are outcomes like any other); compiling is
+//! panic (fuel bounds their loops; runtime errors are outcomes like any other), and run the
+//! same with the interpreter's fused ops as one instruction at a time; compiling is
 //! deterministic.
 
 mod common;
 use common::*;
 use proptest::prelude::*;
 use skiff_compiler::{compile, fuzz_compile, CompileOptions};
+use skiff_vm::fuzz::check_fused_ops;
 use skiff_vm::interp::{CallError, Engine, ExecIo, Execution, Limits};
 use skiff_vm::store::CodeStore;
 use skiff_vm::Blob;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Fuel each generated program may use when it runs.
 const RUN_FUEL: u64 = 200_000;
@@ -404,6 +407,17 @@ fn run_program(m: &skiff_vm::Module, src: &str) {
     match Execution::call(&Engine::new(), &store, m.entry, vec![], limits, io) {
         Ok(_) | Err(CallError::Failed(_)) => {}
         Err(other) => panic!("could not start: {other}\n{src}"),
+    }
+    // And the interpreter's fused ops do what the instructions do one at a time, with
+    // slices ending anywhere (a slice size from the program's length).
+    let slice = 1 + src.len() as u64 % 61;
+    let checked = catch_unwind(AssertUnwindSafe(|| {
+        check_fused_ops(&store, m.entry, vec![], RUN_FUEL, slice)
+    }));
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("could not link: {e}\n{src}"),
+        Err(_) => panic!("fused ops disagree with single instructions on:\n{src}"),
     }
 }
 

@@ -2,10 +2,13 @@
 //! over the saved corpus in `vm/fuzz-corpus/` and a bounded seeded loop; an external fuzzer
 //! can call them too.
 //!
-//! Invariant: for any input, a target returns normally — decoding, verifying and running
+//! Invariants: for any input, a target returns normally — decoding, verifying and running
 //! hostile bytes never panics, and running is bounded by small fuel, heap and depth limits.
+//! [`fuzz_fused_ops`] panics only on a finding: the interpreter's fused ops and fast paths
+//! did something the same instructions run one at a time would not.
 
 use crate::blob::{Blob, FunctionId};
+use crate::interp::program::{LinkCache, LinkError, Linked};
 use crate::interp::{Engine, ExecIo, Execution, Limits, RemoteFailure, Status};
 use crate::native::NodeInfo;
 use crate::portable::Portable;
@@ -13,9 +16,75 @@ use crate::store::CodeStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Fuel of each run of a fuzz target.
+const FUZZ_FUEL: u64 = 20_000;
+
 /// Decodes `bytes` as a blob, verifies it and, if it verifies, runs every member with `nil`
 /// arguments under small limits.
 pub fn fuzz_blob(bytes: &[u8]) {
+    for_each_member(bytes, |engine, store, linked, arity| {
+        let args = vec![Portable::Nil; arity as usize];
+        run(engine, store, linked, args, FUZZ_FUEL, None);
+    });
+}
+
+/// Like [`fuzz_blob`], but runs each member as [`check_fused_ops`] does, with a slice size
+/// taken from the input.
+pub fn fuzz_fused_ops(bytes: &[u8]) {
+    let slice = 1 + bytes
+        .iter()
+        .fold(0u64, |h, &b| h.wrapping_mul(31) ^ u64::from(b))
+        % 64;
+    for_each_member(bytes, |engine, store, linked, arity| {
+        let args = vec![Portable::Nil; arity as usize];
+        compare_fused(engine, store, linked, args, FUZZ_FUEL, slice);
+    });
+}
+
+/// Runs `func(args)` from `store` twice, with at most `fuel` instructions in slices of
+/// `slice`: as the interpreter links it (fused ops, fast paths) and with every instruction
+/// run alone by the general loop. Panics if the two differ in anything observable: a status
+/// [`Execution::run`] returned (values, errors with their traces), what was printed, or
+/// the fuel left. A small `slice` puts slice boundaries inside fused ops too.
+pub fn check_fused_ops(
+    store: &CodeStore,
+    func: FunctionId,
+    args: Vec<Portable>,
+    fuel: u64,
+    slice: u64,
+) -> Result<(), LinkError> {
+    let engine = Engine::new();
+    let linked = LinkCache::new().get(&engine, store, func)?;
+    compare_fused(&engine, store, linked, args, fuel, slice);
+    Ok(())
+}
+
+fn compare_fused(
+    engine: &Engine,
+    store: &CodeStore,
+    linked: Linked,
+    args: Vec<Portable>,
+    fuel: u64,
+    slice: u64,
+) {
+    let fused = run(
+        engine,
+        store,
+        linked.clone(),
+        args.clone(),
+        fuel,
+        Some(slice),
+    );
+    let alone = run(engine, store, linked.unfused(), args, fuel, Some(slice));
+    assert_eq!(
+        fused, alone,
+        "fused ops and single instructions disagree (slice {slice})"
+    );
+}
+
+/// Calls `each` with every member (the first eight) of the blob `bytes` decodes to, if it
+/// verifies, linked from a store holding it.
+fn for_each_member(bytes: &[u8], mut each: impl FnMut(&Engine, &CodeStore, Linked, u16)) {
     let Ok(blob) = Blob::decode(bytes, 1 << 16) else {
         return;
     };
@@ -25,41 +94,83 @@ pub fn fuzz_blob(bytes: &[u8]) {
         return;
     };
     let engine = Engine::new();
+    let mut links = LinkCache::new();
     for (member, &arity) in arities.iter().enumerate().take(8) {
-        let limits = Limits {
-            fuel: Some(20_000),
-            max_depth: 64,
-            max_heap: Some(1 << 20),
-            deadline: None,
-        };
-        let args = vec![Portable::Nil; arity as usize];
         let func = FunctionId {
             blob: hash,
             member: member as u32,
         };
-        let Ok(mut exec) = Execution::start(
-            &engine,
-            &store,
-            func,
-            args,
-            NodeInfo::default(),
-            limits,
-            ExecIo::null(),
-        ) else {
-            continue;
-        };
-        let mut now = Instant::now();
-        for _ in 0..64 {
-            match exec.run(now) {
-                Status::Done(_) | Status::Failed(_) => break,
-                Status::Yielded => {}
-                Status::Blocked { .. } => {
-                    for r in exec.take_requests() {
-                        exec.resolve(r.id, Err(RemoteFailure::new("Unreachable", "fuzz")));
-                    }
-                    now += Duration::from_secs(3600);
+        if let Ok(linked) = links.get(&engine, &store, func) {
+            each(&engine, &store, linked, arity);
+        }
+    }
+}
+
+/// What one run showed: each status but `Yielded` in order (with the yields before it
+/// counted), then the output and the fuel left.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    statuses: Vec<String>,
+    output: String,
+    fuel_left: Option<u64>,
+}
+
+/// Runs `linked` with `args` under small depth and heap limits until it ends, for at most
+/// as many slices as its fuel allows (64 more for sleeps and remote calls); a remote
+/// request fails as unreachable, and a sleep is over at the next slice.
+fn run(
+    engine: &Engine,
+    store: &CodeStore,
+    linked: Linked,
+    args: Vec<Portable>,
+    fuel: u64,
+    slice: Option<u64>,
+) -> Option<Observed> {
+    let limits = Limits {
+        fuel: Some(fuel),
+        max_depth: 64,
+        max_heap: Some(1 << 20),
+        deadline: None,
+    };
+    let (io, out, err) = ExecIo::capture();
+    let mut exec =
+        Execution::start_linked(engine, store, linked, args, NodeInfo::default(), limits, io)
+            .ok()?;
+    let mut slices = 64;
+    if let Some(slice) = slice {
+        exec.set_slice(slice);
+        slices += fuel / slice;
+    }
+    // One clock for every run, so statuses that carry a wake time compare equal.
+    let start = Instant::now();
+    let mut now = start;
+    let mut statuses = Vec::new();
+    let mut yields = 0u64;
+    for _ in 0..slices {
+        let status = exec.run(now);
+        // `Debug`, not `==`: a NaN result must equal itself.
+        match &status {
+            Status::Yielded => yields += 1,
+            Status::Blocked { wake_at } => statuses.push(format!(
+                "{yields} yields, blocked until {:?}",
+                wake_at.map(|w| w.duration_since(start))
+            )),
+            ended => statuses.push(format!("{yields} yields, {ended:?}")),
+        }
+        match status {
+            Status::Done(_) | Status::Failed(_) => break,
+            Status::Yielded => {}
+            Status::Blocked { .. } => {
+                for r in exec.take_requests() {
+                    exec.resolve(r.id, Err(RemoteFailure::new("Unreachable", "fuzz")));
                 }
+                now += Duration::from_secs(3600);
             }
         }
     }
+    Some(Observed {
+        statuses,
+        output: out.text() + &err.text(),
+        fuel_left: exec.fuel_left(),
+    })
 }

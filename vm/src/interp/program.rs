@@ -19,7 +19,7 @@
 
 use super::Engine;
 use crate::blob::{BlobHash, Const, FnRef, FunctionId};
-use crate::function::{HostNative, NativeImpl, RtFunction};
+use crate::function::{HostNative, NativeImpl, Op, RtFunction};
 use crate::store::CodeStore;
 use crate::value::Value;
 use std::collections::HashMap;
@@ -60,6 +60,16 @@ impl Linked {
         let mut program = Program::default();
         let entry = program.link(store, natives, id)?;
         Ok(Linked { program, entry })
+    }
+
+    /// The same program with every op replaced by its own instruction run alone (`Op::I`),
+    /// no fused op and no fast-path op left: what the fused program must match in every
+    /// observable effect, fuel included. The reference of [`crate::fuzz::fuzz_fused_ops`].
+    pub(crate) fn unfused(mut self) -> Linked {
+        for f in Rc::make_mut(&mut self.program.funcs) {
+            f.ops = f.code.iter().map(|&instr| Op::I(instr)).collect();
+        }
+        self
     }
 }
 
