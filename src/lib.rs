@@ -84,8 +84,9 @@ struct VerifiedModule {
     /// Its number in [`Engine::verified`].
     generation: u64,
     /// The one-node cluster of the last [`Engine::call`] into this module, kept for the next
-    /// (with the programs it linked); `None` while a call runs.
-    cluster: Option<LocalCluster>,
+    /// (with the programs it linked); `None` while a call runs. Boxed: a call moves it out
+    /// and back.
+    cluster: Option<Box<LocalCluster>>,
     /// The [`Reach`] of each blob a call has started from (its function's, or an argument
     /// function's), made on first use; sorted by that blob's hash. Emptied when it would hold
     /// more than [`REACH_CACHE_ENTRIES`] per blob of the module, so that calling many
@@ -144,7 +145,7 @@ impl VerifiedModule {
         module: &Module,
         func: FunctionId,
         args: &[Portable],
-    ) -> Option<LocalCluster> {
+    ) -> Option<Box<LocalCluster>> {
         if self.cluster.is_some() && self.serves(module, func, args) {
             self.cluster.take()
         } else {
@@ -334,7 +335,7 @@ impl Engine {
                 cluster.reset_contexts();
                 cluster
             }
-            None => self.cluster(module, &[])?,
+            None => Box::new(self.cluster(module, &[])?),
         };
         // `last_code` holds this module now; a call from inside this one may replace it.
         let generation = self.verified.get();

@@ -57,6 +57,7 @@ use crate::portable::Portable;
 use crate::store::CodeStore;
 use crate::value::{Key, Value};
 use program::{LinkError, Linked, Program};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::rc::Rc;
@@ -114,6 +115,66 @@ pub struct Engine {
     /// Shared by every execution started from this engine (cloned with it, copied only
     /// when a native is registered while executions hold it).
     natives: Rc<HashMap<String, HostNative>>,
+    /// Buffers of finished tasks, for the next executions of this engine (and its clones)
+    /// to start on.
+    spare: Rc<RefCell<SpareBuffers>>,
+}
+
+/// The buffers of ended executions, emptied: their tasks' value stacks and frame lists,
+/// their task tables and run queues. Most executions are short calls, and allocating and
+/// freeing these was a tenth of a host call. At most [`SpareBuffers::KEPT`] of each are
+/// kept, none larger than a few KiB, so a deep recursion or a swarm of tasks does not pin
+/// its memory.
+#[derive(Default)]
+struct SpareBuffers {
+    stacks: Vec<Vec<Value>>,
+    frames: Vec<Vec<Frame>>,
+    tasks: Vec<Vec<Option<Task>>>,
+    queues: Vec<VecDeque<u32>>,
+}
+
+impl SpareBuffers {
+    const KEPT: usize = 8;
+
+    /// An empty value stack and frame list, kept ones if there are.
+    fn task(&mut self) -> (Vec<Value>, Vec<Frame>) {
+        (
+            self.stacks.pop().unwrap_or_default(),
+            self.frames.pop().unwrap_or_default(),
+        )
+    }
+
+    /// An empty task table and run queue, kept ones if there are.
+    fn execution(&mut self) -> (Vec<Option<Task>>, VecDeque<u32>) {
+        (
+            self.tasks.pop().unwrap_or_default(),
+            self.queues.pop().unwrap_or_default(),
+        )
+    }
+
+    /// Keeps a finished task's `stack` and `frames`.
+    fn keep_task(&mut self, stack: Vec<Value>, frames: Vec<Frame>) {
+        keep(&mut self.stacks, stack, 256);
+        keep(&mut self.frames, frames, 64);
+    }
+
+    /// Keeps an ended execution's task table and run queue.
+    fn keep_execution(&mut self, tasks: Vec<Option<Task>>, mut queue: VecDeque<u32>) {
+        keep(&mut self.tasks, tasks, 16);
+        if self.queues.len() < Self::KEPT && queue.capacity() <= 64 {
+            queue.clear();
+            self.queues.push(queue);
+        }
+    }
+}
+
+/// Adds `buffer`, emptied, to `kept` if `kept` has room and `buffer` holds at most
+/// `max_capacity` items.
+fn keep<T>(kept: &mut Vec<Vec<T>>, mut buffer: Vec<T>, max_capacity: usize) {
+    if kept.len() < SpareBuffers::KEPT && buffer.capacity() <= max_capacity {
+        buffer.clear();
+        kept.push(buffer);
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -413,28 +474,37 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// The value stack for a task running `func`: `callee`, then `argc` slots for the
-    /// arguments (`nil` until the caller stores them), then the function's other locals.
-    fn stack(program: &Program, func: u32, callee: Value, argc: usize) -> Vec<Value> {
+    /// The value stack for a task running `func`, made in `stack` (empty): `callee`, then
+    /// `argc` slots for the arguments (`nil` until the caller stores them), then the
+    /// function's other locals.
+    fn stack(
+        mut stack: Vec<Value>,
+        program: &Program,
+        func: u32,
+        callee: Value,
+        argc: usize,
+    ) -> Vec<Value> {
         let size = program.get(func).map_or(0, |f| f.frame_size());
-        let mut stack = Vec::with_capacity(1 + size.max(argc) + 8);
+        stack.reserve(1 + size.max(argc) + 8);
         stack.push(callee);
         stack.resize(1 + size.max(argc), Value::Nil);
         stack
     }
 
-    /// A task whose bottom frame runs `func` on `stack` (from [`Task::stack`]). Made once
-    /// `program` is final for now: the frame points at the function's ops in it.
-    fn new(program: &Program, func: u32, stack: Vec<Value>) -> Task {
+    /// A task whose bottom frame runs `func` on `stack` (from [`Task::stack`]), its frames
+    /// kept in `frames` (empty). Made once `program` is final for now: the frame points at
+    /// the function's ops in it.
+    fn new(program: &Program, func: u32, stack: Vec<Value>, mut frames: Vec<Frame>) -> Task {
         let entry = program.get(func);
         let size = entry.map_or(0, |f| f.frame_size());
         let locals = entry.map_or(0, |f| f.locals as usize);
         // An unknown `func` gets no ops: the general loop finds no function and ends the task.
         let ops = entry.map_or(&[][..], |f| &f.ops);
+        frames.push(Frame::new(func, ops, 1, 0));
         Task {
             stack,
             sp: 1 + locals,
-            frames: vec![Frame::new(func, ops, 1, 0)],
+            frames,
             handlers: Vec::new(),
             state: TaskState::Ready,
             resume: None,
@@ -561,7 +631,8 @@ impl Execution {
                 got: args.len(),
             });
         }
-        let mut stack = Task::stack(&program, index, Value::Nil, args.len());
+        let (stack, frames) = engine.spare.borrow_mut().task();
+        let mut stack = Task::stack(stack, &program, index, Value::Nil, args.len());
         {
             // Importing may link functions into `program` (a copy of it, if it was shared).
             let mut linker = convert::Linker {
@@ -579,13 +650,16 @@ impl Execution {
                 })?;
             }
         }
-        let task = Task::new(&program, index, stack);
+        let task = Task::new(&program, index, stack, frames);
+        let (mut tasks, mut queue) = engine.spare.borrow_mut().execution();
+        tasks.push(Some(task));
+        queue.push_back(0);
         Ok(Execution {
             program,
             engine: engine.clone(),
             store: store.clone(),
-            tasks: vec![Some(task)],
-            queue: VecDeque::from([0]),
+            tasks,
+            queue,
             requests: Vec::new(),
             pending: HashMap::new(),
             next_request: 1,
@@ -842,9 +916,12 @@ impl Execution {
                 }
                 run::Exit::Finished(result) => {
                     task.state = TaskState::Done;
-                    task.stack = Vec::new();
+                    // Its values are dropped before the pool is borrowed.
+                    let mut stack = std::mem::take(&mut task.stack);
+                    stack.clear();
+                    let frames = std::mem::take(&mut task.frames);
+                    self.engine.spare.borrow_mut().keep_task(stack, frames);
                     task.charge.resize(task_bytes(0));
-                    task.frames = Vec::new();
                     task.handlers = Vec::new();
                     for w in std::mem::take(&mut task.waiters) {
                         if let Some(Some(waiter)) = self.tasks.get_mut(w as usize) {
@@ -925,19 +1002,25 @@ impl Execution {
     }
 
     fn end(&mut self, ended: Ended) {
+        // Emptied before the pool is borrowed (dropping a task drops its values).
         self.tasks.clear();
         self.queue.clear();
+        let (tasks, queue) = (
+            std::mem::take(&mut self.tasks),
+            std::mem::take(&mut self.queue),
+        );
+        self.engine.spare.borrow_mut().keep_execution(tasks, queue);
         self.pending.clear();
         self.finished = Some(ended);
     }
 
     /// The first task finished: report unawaited task errors, cancel the rest.
     fn finish(&mut self) -> Status {
-        let tasks = std::mem::take(&mut self.tasks);
+        let mut tasks = std::mem::take(&mut self.tasks);
         let mut ended = Ended::Value(Value::Nil);
-        for (id, task) in tasks.into_iter().enumerate() {
+        for (id, task) in tasks.iter_mut().enumerate() {
             let Some(task) = task else { continue };
-            match (id, task.result) {
+            match (id, task.result.take()) {
                 (0, Some(Ok(v))) => ended = Ended::Value(v),
                 (0, Some(Err(r))) => ended = Ended::Failed(self.exec_error(r)),
                 (_, Some(Err(r))) if !task.awaited => {
@@ -947,6 +1030,7 @@ impl Execution {
                 _ => {}
             }
         }
+        self.tasks = tasks;
         let status = self.status_of(&ended);
         self.end(ended);
         status

@@ -1809,8 +1809,12 @@ pub(crate) fn run_task(
                         _ => break err("ArityError", "spawn needs a function of no arguments"),
                     }
                     let id = ctx.tasks.len() as u32;
-                    ctx.tasks
-                        .push(Some(Task::new(prog, idx, Task::stack(prog, idx, fv, 0))));
+                    ctx.tasks.push(Some(Task::new(
+                        prog,
+                        idx,
+                        Task::stack(Vec::new(), prog, idx, fv, 0),
+                        Vec::new(),
+                    )));
                     ctx.queue.push_back(id);
                     push!(task_value(id));
                     heap_check!();
