@@ -419,14 +419,28 @@ impl VmLoop {
         }
     }
 
+    /// Runs `exec`'s first slice and, unless that ended it, registers it for the scheduling
+    /// loop and starts the hops it asked for.
     fn push(
         &mut self,
-        exec: Execution,
+        mut exec: Execution,
         origin: Origin,
         nested_hops: Vec<String>,
         back: Option<(Arc<str>, DriverHandle)>,
         context: Rc<str>,
-    ) -> u64 {
+    ) {
+        // Its first slice runs before it is registered: most calls end in it, and then
+        // neither the tables nor the scheduling loop are needed.
+        let status = self
+            .context_natives
+            .run(&self.contexts, &context, &mut exec, Instant::now());
+        let (runnable, wake_at) = match status {
+            Status::Done(v) => return self.finish(origin, Ok(v)),
+            Status::Failed(e) => return self.finish(origin, Err(e)),
+            Status::Blocked { wake_at } => (false, wake_at),
+            Status::Yielded => (true, None),
+        };
+        let requests = exec.take_requests();
         let id = self.next_exec;
         self.next_exec += 1;
         if let Origin::Remote {
@@ -440,15 +454,17 @@ impl VmLoop {
             Running {
                 exec,
                 origin,
-                runnable: true,
-                wake_at: None,
+                runnable,
+                wake_at,
                 hops: IdMap::default(),
                 nested_hops,
                 back,
                 context,
             },
         );
-        id
+        for request in requests {
+            self.start_hop(id, request);
+        }
     }
 
     /// Cancels every execution (the hops it waits on with it) and tells each caller why:
@@ -745,8 +761,9 @@ impl VmLoop {
             };
             match ended {
                 Some(result) => {
+                    // Dropping `r.hops` cancels every hop still in flight.
                     if let Some(r) = self.running.remove(&id) {
-                        self.finish(r, result);
+                        self.finish(r.origin, result);
                     }
                 }
                 None => {
@@ -798,9 +815,8 @@ impl VmLoop {
             .spawn(run_hop(self.shared.clone(), job, cancel_rx));
     }
 
-    fn finish(&mut self, r: Running, result: Result<Portable, ExecError>) {
-        // Dropping `r.hops` cancels every hop still in flight.
-        match r.origin {
+    fn finish(&mut self, origin: Origin, result: Result<Portable, ExecError>) {
+        match origin {
             Origin::Local(reply) => {
                 let _ = reply.send(result.map_err(|e| RunFailure::Failed(Box::new(e))));
             }
