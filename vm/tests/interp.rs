@@ -1235,6 +1235,85 @@ fn allocation_bomb_hits_memory_limit() {
 }
 
 #[test]
+fn an_engine_keeps_no_values_of_ended_executions() {
+    // fn hoard() { x = nil; i = 0; while i < 1000 { x = [x, x, x, x]; i = i + 1 }; sleep(1e6) }
+    // main: spawn(hoard); sleep(1); return 7
+    // The first task ends while `hoard` still sleeps holding its chain of lists: ending
+    // the execution cancels it, and the engine keeps the emptied task table for the next
+    // execution, never the task and the values on its stack.
+    let hoard = FunctionCode {
+        natives: vec!["sleep".into()],
+        ..f(
+            0,
+            2,
+            vec![
+                I::Nil {},
+                I::SetLocal { slot: 0 },
+                I::Int { value: 0 },
+                I::SetLocal { slot: 1 },
+                I::GetLocal { slot: 1 },
+                I::Int { value: 1000 },
+                I::JumpIfNotLt { target: 17 },
+                I::GetLocal { slot: 0 },
+                I::GetLocal { slot: 0 },
+                I::GetLocal { slot: 0 },
+                I::GetLocal { slot: 0 },
+                I::List { len: 4 },
+                I::SetLocal { slot: 0 },
+                I::GetLocal { slot: 1 },
+                I::AddInt { value: 1 },
+                I::SetLocal { slot: 1 },
+                I::Jump { target: 4 },
+                I::Int { value: 1_000_000 },
+                I::CallNative { native: 0, argc: 1 },
+                I::Return {},
+            ],
+        )
+    };
+    let main = FunctionCode {
+        natives: vec!["sleep".into()],
+        refs: vec![FnRef::Local(1)],
+        ..f(
+            0,
+            0,
+            vec![
+                I::Closure {
+                    func: 0,
+                    captures: 0,
+                },
+                I::Spawn {},
+                I::Pop {},
+                I::Int { value: 1 },
+                I::CallNative { native: 0, argc: 1 },
+                I::Pop {},
+                I::Int { value: 7 },
+                I::Return {},
+            ],
+        )
+    };
+    let s = setup(vec![main, hoard]);
+    let before = skiff_vm::heap::live();
+    for _ in 0..3 {
+        let mut exec = s.start_limited(Limits::default());
+        let mut now = Instant::now();
+        let status = loop {
+            match exec.run(now) {
+                Status::Yielded => {}
+                Status::Blocked { .. } => now += std::time::Duration::from_millis(10),
+                other => break other,
+            }
+        };
+        assert_eq!(status, Status::Done(Portable::Int(7)));
+        drop(exec);
+        assert!(
+            skiff_vm::heap::live() <= before + 4096,
+            "the lists were released ({} bytes live, {before} before)",
+            skiff_vm::heap::live()
+        );
+    }
+}
+
+#[test]
 fn iteration_over_list_map_range() {
     // sum = 0; for x in c { sum = sum + x }; for strings: TypeError
     let main = f(

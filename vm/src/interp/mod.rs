@@ -45,6 +45,9 @@
 //!   the spawner keeps running until it suspends. When the first task finishes the execution is
 //!   done, unfinished tasks are cancelled and errors of tasks nobody awaited are written as
 //!   warnings to the error sink.
+//! - An engine (with its clones) keeps the emptied buffers of a few ended executions for the
+//!   next to start on: no value survives in them, and what is kept is bounded (8 of each
+//!   kind, a few KiB each).
 
 pub mod convert;
 pub mod program;
