@@ -7,7 +7,7 @@
 //!    components in emission order means every external reference is already hashed.
 //! 3. Within a component, order members canonically: by the SHA-256 of the member encoded
 //!    alone with every intra-component reference blanked to `Local(u32::MAX)`, refined by
-//!    the keys of the members it references (see [`refine`]), ties broken by proto order
+//!    the keys of the members it references (see `refine`), ties broken by proto order
 //!    (source order). Then rewrite intra-component references (self included)
 //!    to `FnRef::Local(member)` and others to `FnRef::External(id)`, encode the component as
 //!    one [`Blob`] and hash it.

@@ -8,8 +8,8 @@
 //! [`ContextNatives::install`] registers on the node's engine.
 //!
 //! The natives are ordinary host natives, so they cannot see which execution called them.
-//! The host loop tells them: it steps one execution at a time on one thread, and wraps each
-//! `Execution::run` in [`ContextNatives::enter`] naming that execution's context.
+//! The host loop tells them: it steps one execution at a time on one thread, each slice
+//! through [`ContextNatives::run`] naming that execution's context.
 //!
 //! Forking is copy-on-fork: a store is an `Arc`, [`Contexts::fork`] clones the `Arc`, and the
 //! first write to either side copies it (`Arc::make_mut`). Reading a state from the host
@@ -23,7 +23,7 @@
 //!   change the stored copy, and two `context_get`s return two independent copies.
 //! - A store holds data only: a value containing a function (closure) is refused with a
 //!   `TypeError` (from a script) or [`ContextError::Function`] (from the host).
-//! - The natives never panic: outside [`ContextNatives::enter`], or in a context that does
+//! - The natives never panic: outside [`ContextNatives::run`], or in a context that does
 //!   not exist, they raise a catchable error.
 
 use skiff_vm::hop::DEFAULT_CONTEXT;
