@@ -60,6 +60,7 @@ use crate::portable::Portable;
 use crate::store::CodeStore;
 use crate::value::{Key, Value};
 use program::{LinkError, Linked, Program};
+use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -536,8 +537,12 @@ pub struct Execution {
     store: CodeStore,
     tasks: Vec<Option<Task>>,
     queue: VecDeque<u32>,
+    /// The tasks that are sleeping, in the order they fell asleep: the scheduler looks at
+    /// these, not at every task the execution ever spawned (finished ones stay in `tasks`).
+    sleepers: Vec<u32>,
     requests: Vec<RemoteRequest>,
-    /// Pending remote call id → (task, fallback pc of `RemoteElse`).
+    /// Pending remote call id → (task, fallback pc of `RemoteElse`): exactly the tasks that
+    /// await a remote call.
     pending: HashMap<u64, (u32, Option<u32>)>,
     next_request: u64,
     node: NodeInfo,
@@ -663,6 +668,7 @@ impl Execution {
             store: store.clone(),
             tasks,
             queue,
+            sleepers: Vec::new(),
             requests: Vec::new(),
             pending: HashMap::new(),
             next_request: 1,
@@ -803,6 +809,7 @@ impl Execution {
         self.tasks.clear();
         self.queue.clear();
         self.pending.clear();
+        self.sleepers.clear();
         self.requests.clear();
         if self.finished.is_none() {
             self.finished = Some(Ended::Failed(ExecError {
@@ -830,18 +837,7 @@ impl Execution {
             {
                 return self.fail_limit(LimitKind::Deadline, None);
             }
-            // Wake sleepers whose time has come.
-            for (id, slot) in self.tasks.iter_mut().enumerate() {
-                if let Some(task) = slot {
-                    if let TaskState::Sleeping(t) = task.state {
-                        if t <= now {
-                            task.state = TaskState::Ready;
-                            task.resume = Some(Resume::Push(Value::Nil));
-                            self.queue.push_back(id as u32);
-                        }
-                    }
-                }
-            }
+            self.wake_sleepers(now);
             let Some(task_id) = self.queue.pop_front() else {
                 return self.blocked_status();
             };
@@ -881,6 +877,7 @@ impl Execution {
                         max_depth: self.limits.max_depth,
                         check_heap: self.heap_limit.is_some(),
                         self_id: task_id,
+                        spare: &self.engine.spare,
                     };
                     run::run_task(&self.program, &mut task, &mut ctx, &mut budget)
                 };
@@ -907,8 +904,10 @@ impl Execution {
                     return Status::Yielded;
                 }
                 run::Exit::Suspend => {
-                    if task.state == TaskState::Ready {
-                        self.queue.push_back(task_id);
+                    match task.state {
+                        TaskState::Ready => self.queue.push_back(task_id),
+                        TaskState::Sleeping(_) => self.sleepers.push(task_id),
+                        _ => {}
                     }
                     self.tasks[task_id as usize] = Some(task);
                 }
@@ -947,16 +946,42 @@ impl Execution {
         }
     }
 
+    /// Makes the sleepers whose time has come ready, in task order.
+    fn wake_sleepers(&mut self, now: Instant) {
+        if self.sleepers.is_empty() {
+            return;
+        }
+        let mut woken: SmallVec<[u32; 4]> = SmallVec::new();
+        let tasks = &mut self.tasks;
+        self.sleepers.retain(|&id| {
+            let Some(Some(task)) = tasks.get_mut(id as usize) else {
+                return false;
+            };
+            match task.state {
+                TaskState::Sleeping(t) if t > now => true,
+                TaskState::Sleeping(_) => {
+                    task.state = TaskState::Ready;
+                    task.resume = Some(Resume::Push(Value::Nil));
+                    woken.push(id);
+                    false
+                }
+                _ => false,
+            }
+        });
+        woken.sort_unstable();
+        self.queue.extend(woken);
+    }
+
     fn blocked_status(&mut self) -> Status {
         let mut wake: Option<Instant> = None;
-        let mut waiting_remote = false;
-        for task in self.tasks.iter().flatten() {
-            match task.state {
-                TaskState::Sleeping(t) => wake = Some(wake.map_or(t, |w| w.min(t))),
-                TaskState::AwaitRemote(_) => waiting_remote = true,
-                _ => {}
+        for &id in &self.sleepers {
+            if let Some(Some(task)) = self.tasks.get(id as usize) {
+                if let TaskState::Sleeping(t) = task.state {
+                    wake = Some(wake.map_or(t, |w| w.min(t)));
+                }
             }
         }
+        let waiting_remote = !self.pending.is_empty();
         if wake.is_none() && !waiting_remote && self.requests.is_empty() {
             let e = self.deadlock_error();
             self.end(Ended::Failed(e.clone()));
@@ -1014,6 +1039,7 @@ impl Execution {
         );
         self.engine.spare.borrow_mut().keep_execution(tasks, queue);
         self.pending.clear();
+        self.sleepers.clear();
         self.finished = Some(ended);
     }
 

@@ -39,8 +39,8 @@
 use super::convert;
 use super::program::Program;
 use super::{
-    task_value, Frame, Handler, LimitKind, Raised, RemoteRequest, Resume, Task, TaskState,
-    TraceFrame,
+    task_value, Frame, Handler, LimitKind, Raised, RemoteRequest, Resume, SpareBuffers, Task,
+    TaskState, TraceFrame,
 };
 use crate::function::{Closure, NativeImpl, Op, RtFunction};
 use crate::heap::Charge;
@@ -48,6 +48,7 @@ use crate::native::{NativeCtx, NativeError, NodeInfo};
 use crate::opcodes::Instr;
 use crate::ops;
 use crate::value::{CellObj, Entries, Key, Value};
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -152,6 +153,8 @@ pub(crate) struct Ctx<'a> {
     pub max_depth: usize,
     pub check_heap: bool,
     pub self_id: u32,
+    /// The engine's kept buffers, for the tasks `spawn` makes.
+    pub spare: &'a RefCell<SpareBuffers>,
 }
 
 enum Raise {
@@ -1809,12 +1812,9 @@ pub(crate) fn run_task(
                         _ => break err("ArityError", "spawn needs a function of no arguments"),
                     }
                     let id = ctx.tasks.len() as u32;
-                    ctx.tasks.push(Some(Task::new(
-                        prog,
-                        idx,
-                        Task::stack(Vec::new(), prog, idx, fv, 0),
-                        Vec::new(),
-                    )));
+                    let (stack, frames) = ctx.spare.borrow_mut().task();
+                    let stack = Task::stack(stack, prog, idx, fv, 0);
+                    ctx.tasks.push(Some(Task::new(prog, idx, stack, frames)));
                     ctx.queue.push_back(id);
                     push!(task_value(id));
                     heap_check!();
