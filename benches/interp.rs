@@ -14,6 +14,7 @@
 //! | `binarytrees12`| binary-trees (depth 12, lists as nodes): allocation and recursion     |
 //! | `host_call`    | host→VM call of a trivial function (`add1(41)`), per call             |
 //! | `host_call_2k` | the same call into a module with 2,000 other functions                |
+//! | `tasks`        | 20,000 rounds of 8 tasks spawned, then awaited in order               |
 //!
 //! Skiff and Lua (the bars' peer) take turns, iteration by iteration (the `host_call` rows:
 //! blocks of 1,000), and each row's paired ratio goes to `<criterion home>/paired/<group>.json`
@@ -31,7 +32,9 @@
 //! `join`, appends with `+=`). rhai arrays are values, so `t[0]` in binary-trees copies the
 //! subtree — that is rhai's semantics and part of its cost. Lua has no built-in `map`/`filter`,
 //! so they are written in Lua, as Skiff's are written in Skiff (its prelude); rhai's are
-//! natives calling back into closures.
+//! natives calling back into closures. `tasks`: Lua's nearest equivalent of a task is a
+//! coroutine (created per task, resumed once to get its value); rhai has none, so the row
+//! has no rhai.
 //!
 //! Under `cargo test --benches` (no `--bench` flag) the sizes shrink (e.g. `fib(15)`) so CI
 //! checks every engine's correctness quickly in a debug build.
@@ -56,8 +59,8 @@ struct Workload {
     skiff: &'static str,
     /// Lua chunk whose value is the entry function.
     lua: &'static str,
-    /// rhai script defining `entry`.
-    rhai: &'static str,
+    /// rhai script defining `entry` (`None`: rhai has no equivalent, the row has no rhai).
+    rhai: Option<&'static str>,
     entry: &'static str,
     arg: i64,
     /// The correct result, computed in Rust.
@@ -80,6 +83,8 @@ struct Sizes {
     build: i64,
     closures: i64,
     trees: i64,
+    /// Rounds of `tasks` (8 tasks each).
+    task_rounds: i64,
     /// Functions besides `add1` in `host_call_2k`'s module.
     other_functions: usize,
 }
@@ -92,6 +97,7 @@ fn sizes() -> Sizes {
             build: 10_000,
             closures: 1_000,
             trees: 6,
+            task_rounds: 100,
             other_functions: 100,
         }
     } else {
@@ -101,6 +107,7 @@ fn sizes() -> Sizes {
             build: 1_000_000,
             closures: 100_000,
             trees: 12,
+            task_rounds: 20_000,
             other_functions: 2_000,
         }
     }
@@ -175,9 +182,11 @@ local function fib(n)
 end
 return fib
 "#,
-            rhai: r#"
+            rhai: Some(
+                r#"
 fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
 "#,
+            ),
             entry: "fib",
             arg: n.fib,
             expected: fib(n.fib),
@@ -207,7 +216,8 @@ local function spin(n)
 end
 return spin
 "#,
-            rhai: r#"
+            rhai: Some(
+                r#"
 fn spin(n) {
   let i = 0;
   let s = 0;
@@ -218,6 +228,7 @@ fn spin(n) {
   s
 }
 "#,
+            ),
             entry: "spin",
             arg: n.spin,
             expected: loop_expected(n.spin),
@@ -239,13 +250,15 @@ local function build(n)
 end
 return build
 "#,
-            rhai: r#"
+            rhai: Some(
+                r#"
 fn build(n) {
   let s = "";
   for i in 0..n { s += i.to_string(); }
   s.len()
 }
 "#,
+            ),
             entry: "build",
             arg: n.build,
             expected: string_expected(n.build),
@@ -267,13 +280,15 @@ local function build(n)
 end
 return build
 "#,
-            rhai: r#"
+            rhai: Some(
+                r#"
 fn build(n) {
   let xs = [];
   for i in 0..n { xs.push(i); }
   xs.len() + xs[n - 1]
 }
 "#,
+            ),
             entry: "build",
             arg: n.build,
             expected: n.build + n.build - 1,
@@ -323,7 +338,8 @@ local function closures(n)
 end
 return closures
 "#,
-            rhai: r#"
+            rhai: Some(
+                r#"
 fn closures(n) {
   let xs = [];
   for i in 0..n { xs.push(i); }
@@ -337,6 +353,7 @@ fn closures(n) {
   total
 }
 "#,
+            ),
             entry: "closures",
             arg: n.closures,
             expected: closures_expected(n.closures, CLOSURE_ROUNDS),
@@ -393,7 +410,8 @@ local function trees(maxd)
 end
 return trees
 "#,
-            rhai: r#"
+            rhai: Some(
+                r#"
 fn make(d) { if d == 0 { [] } else { [make(d - 1), make(d - 1)] } }
 fn check(t) { if t.len() == 0 { 1 } else { 1 + check(t[0]) + check(t[1]) } }
 fn pow2(e) {
@@ -415,6 +433,7 @@ fn trees(maxd) {
   total + check(long)
 }
 "#,
+            ),
             entry: "trees",
             arg: n.trees,
             expected: trees_expected(n.trees),
@@ -423,7 +442,7 @@ fn trees(maxd) {
             group: "host_call",
             skiff: "fn add1(x) { x + 1 }\n",
             lua: "local function add1(x) return x + 1 end\nreturn add1\n",
-            rhai: "fn add1(x) { x + 1 }\n",
+            rhai: Some("fn add1(x) { x + 1 }\n"),
             entry: "add1",
             arg: 41,
             expected: 42,
@@ -432,10 +451,43 @@ fn trees(maxd) {
             group: "host_call_2k",
             skiff: skiff_2k,
             lua: lua_2k,
-            rhai: rhai_2k,
+            rhai: Some(rhai_2k),
             entry: "add1",
             arg: 41,
             expected: 42,
+        },
+        Workload {
+            group: "tasks",
+            skiff: r#"
+fn tasks(rounds) {
+  let total = 0
+  for r in 0..rounds {
+    let ts = []
+    for i in 0..8 { push(ts, spawn { i * r }) }
+    for t in ts { total += await t }
+  }
+  total
+}
+"#,
+            lua: r#"
+local function tasks(rounds)
+  local total = 0
+  for r = 0, rounds - 1 do
+    local ts = {}
+    for i = 0, 7 do ts[i + 1] = coroutine.create(function() return i * r end) end
+    for k = 1, 8 do
+      local _, v = coroutine.resume(ts[k])
+      total = total + v
+    end
+  end
+  return total
+end
+return tasks
+"#,
+            rhai: None,
+            entry: "tasks",
+            arg: n.task_rounds,
+            expected: 28 * n.task_rounds * (n.task_rounds - 1) / 2,
         },
     ]
 }
@@ -532,7 +584,10 @@ fn bench_rhai(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
     let mut engine = rhai::Engine::new();
     // rhai's release default; debug builds of rhai default to 8, too shallow for fib.
     engine.set_max_call_levels(64);
-    let ast = match engine.compile(w.rhai) {
+    let Some(source) = w.rhai else {
+        return;
+    };
+    let ast = match engine.compile(source) {
         Ok(a) => a,
         Err(e) => return broken("rhai", w, format!("compile: {e}")),
     };

@@ -34,7 +34,7 @@ PEER_ORDER = ["lua54", "rhai", "rmp_serde", "memcpy", "sha256", "quinn", "tcp"]
 # Report order for groups; anything else found comes after, alphabetically.
 GROUP_ORDER = [
     "fib30", "loop10m", "string1m", "list1m", "closures", "binarytrees12",
-    "host_call", "host_call_2k",
+    "host_call", "host_call_2k", "tasks",
     "compile5k", "hash5k",
     "wire_small_encode", "wire_small_decode", "wire_1mib_encode", "wire_1mib_decode",
     "rtt", "rtt_local", "calls_inflight", "bulk256m",
