@@ -1235,6 +1235,64 @@ fn allocation_bomb_hits_memory_limit() {
 }
 
 #[test]
+fn sleepers_due_together_wake_in_deadline_order() {
+    // main: a = spawn { sleep(20); print("a") }; b = spawn { sleep(10); print("b") };
+    //       await a; await b
+    // The host comes back only after both deadlines: `b`, whose deadline is earlier, runs
+    // first although `a` was spawned (and fell asleep) first.
+    let sleeper = |ms: i32, text: u32| FunctionCode {
+        natives: vec!["sleep".into(), "print".into()],
+        consts: vec![Const::Str("a".into()), Const::Str("b".into())],
+        ..f(
+            0,
+            0,
+            vec![
+                I::Int { value: ms },
+                I::CallNative { native: 0, argc: 1 },
+                I::Pop {},
+                I::Const { index: text },
+                I::CallNative { native: 1, argc: 1 },
+                I::Return {},
+            ],
+        )
+    };
+    let main = FunctionCode {
+        refs: vec![FnRef::Local(1), FnRef::Local(2)],
+        ..f(
+            0,
+            2,
+            vec![
+                I::Closure {
+                    func: 0,
+                    captures: 0,
+                },
+                I::Spawn {},
+                I::SetLocal { slot: 0 },
+                I::Closure {
+                    func: 1,
+                    captures: 0,
+                },
+                I::Spawn {},
+                I::SetLocal { slot: 1 },
+                I::GetLocal { slot: 0 },
+                I::Await {},
+                I::Pop {},
+                I::GetLocal { slot: 1 },
+                I::Await {},
+                I::Return {},
+            ],
+        )
+    };
+    let s = setup(vec![main, sleeper(20, 0), sleeper(10, 1)]);
+    let (mut exec, out, _) = s.start(0, vec![]);
+    let now = Instant::now();
+    assert!(matches!(exec.run(now), Status::Blocked { .. }));
+    let later = now + std::time::Duration::from_secs(1);
+    assert_eq!(exec.run(later), Status::Done(Portable::Nil));
+    assert_eq!(out.text(), "b\na\n");
+}
+
+#[test]
 fn an_engine_keeps_no_values_of_ended_executions() {
     // fn hoard() { x = nil; i = 0; while i < 1000 { x = [x, x, x, x]; i = i + 1 }; sleep(1e6) }
     // main: spawn(hoard); sleep(1); return 7

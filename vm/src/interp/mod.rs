@@ -64,7 +64,7 @@ use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 /// Resource limits chosen by the host for one execution.
@@ -473,6 +473,9 @@ pub(crate) struct Task {
     pub result: Option<Result<Value, Raised>>,
     pub waiters: Vec<u32>,
     pub awaited: bool,
+    /// The script's handle on this task (`Value::Task`), made by `spawn`: once no value
+    /// holds it, nobody can await the task any more. Empty for the first task.
+    pub handle: Weak<TaskHandle>,
     /// Heap accounting for the task's value stack and frames.
     pub charge: crate::heap::Charge,
 }
@@ -515,6 +518,7 @@ impl Task {
             result: None,
             waiters: Vec::new(),
             awaited: false,
+            handle: Weak::new(),
             charge: crate::heap::Charge::new(task_bytes(size + 1)),
         }
     }
@@ -524,6 +528,9 @@ impl Task {
 pub(crate) fn task_bytes(slots: usize) -> usize {
     256 + slots * std::mem::size_of::<Value>()
 }
+
+/// Finished tasks an execution keeps at least before it frees the slots it can.
+const FREE_AT_LEAST: usize = 64;
 
 /// Instructions run per [`Execution::run`] before it yields, by default.
 pub const DEFAULT_SLICE: u64 = 1 << 20;
@@ -540,6 +547,13 @@ pub struct Execution {
     /// The tasks that are sleeping, in the order they fell asleep: the scheduler looks at
     /// these, not at every task the execution ever spawned (finished ones stay in `tasks`).
     sleepers: Vec<u32>,
+    /// Finished tasks (not the first) whose slots are not free yet: freed, by
+    /// [`Execution::free_finished`], once no value holds their handle.
+    finished_tasks: Vec<u32>,
+    /// Task slots free for `spawn` to reuse.
+    free_slots: Vec<u32>,
+    /// `finished_tasks` is looked at again when it holds this many.
+    free_at: usize,
     requests: Vec<RemoteRequest>,
     /// Pending remote call id → (task, fallback pc of `RemoteElse`): exactly the tasks that
     /// await a remote call.
@@ -669,6 +683,9 @@ impl Execution {
             tasks,
             queue,
             sleepers: Vec::new(),
+            finished_tasks: Vec::new(),
+            free_slots: Vec::new(),
+            free_at: FREE_AT_LEAST,
             requests: Vec::new(),
             pending: HashMap::new(),
             next_request: 1,
@@ -878,6 +895,7 @@ impl Execution {
                         check_heap: self.heap_limit.is_some(),
                         self_id: task_id,
                         spare: &self.engine.spare,
+                        free_slots: &mut self.free_slots,
                     };
                     run::run_task(&self.program, &mut task, &mut ctx, &mut budget)
                 };
@@ -941,17 +959,53 @@ impl Execution {
                     if task_id == 0 {
                         return self.finish();
                     }
+                    self.finished_tasks.push(task_id);
+                    if self.finished_tasks.len() >= self.free_at {
+                        self.free_finished();
+                    }
                 }
             }
         }
     }
 
-    /// Makes the sleepers whose time has come ready, in task order.
+    /// Frees the slots of finished tasks nobody can await any more (no value holds their
+    /// handle), warning about a failure nobody awaited as [`Execution::finish`] does for
+    /// the rest. Runs when `finished_tasks` has doubled since it last ran, so a script that
+    /// spawns in a loop keeps a task table (and a heap account) the size of what it still
+    /// holds, at a constant cost per task.
+    fn free_finished(&mut self) {
+        let tasks = &self.tasks;
+        let (free, kept): (Vec<u32>, Vec<u32>) = self.finished_tasks.iter().partition(|&&id| {
+            tasks
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .is_none_or(|t| t.handle.strong_count() == 0)
+        });
+        self.finished_tasks = kept;
+        self.free_at = (2 * self.finished_tasks.len()).max(FREE_AT_LEAST);
+        for id in free {
+            let Some(task) = self.tasks.get_mut(id as usize).and_then(Option::take) else {
+                continue;
+            };
+            if let (Some(Err(r)), false) = (task.result, task.awaited) {
+                self.warn_unawaited(r);
+            }
+            self.free_slots.push(id);
+        }
+    }
+
+    fn warn_unawaited(&mut self, raised: Raised) {
+        let e = self.exec_error(raised);
+        let _ = writeln!(self.io.err, "warning: a task nobody awaited failed: {e}");
+    }
+
+    /// Makes the sleepers whose time has come ready, in deadline order (task order among
+    /// equal deadlines).
     fn wake_sleepers(&mut self, now: Instant) {
         if self.sleepers.is_empty() {
             return;
         }
-        let mut woken: SmallVec<[u32; 4]> = SmallVec::new();
+        let mut woken: SmallVec<[(Instant, u32); 4]> = SmallVec::new();
         let tasks = &mut self.tasks;
         self.sleepers.retain(|&id| {
             let Some(Some(task)) = tasks.get_mut(id as usize) else {
@@ -959,17 +1013,17 @@ impl Execution {
             };
             match task.state {
                 TaskState::Sleeping(t) if t > now => true,
-                TaskState::Sleeping(_) => {
+                TaskState::Sleeping(t) => {
                     task.state = TaskState::Ready;
                     task.resume = Some(Resume::Push(Value::Nil));
-                    woken.push(id);
+                    woken.push((t, id));
                     false
                 }
                 _ => false,
             }
         });
         woken.sort_unstable();
-        self.queue.extend(woken);
+        self.queue.extend(woken.into_iter().map(|(_, id)| id));
     }
 
     fn blocked_status(&mut self) -> Status {
@@ -1052,10 +1106,7 @@ impl Execution {
             match (id, task.result.take()) {
                 (0, Some(Ok(v))) => ended = Ended::Value(v),
                 (0, Some(Err(r))) => ended = Ended::Failed(self.exec_error(r)),
-                (_, Some(Err(r))) if !task.awaited => {
-                    let e = self.exec_error(r);
-                    let _ = writeln!(self.io.err, "warning: a task nobody awaited failed: {e}");
-                }
+                (_, Some(Err(r))) if !task.awaited => self.warn_unawaited(r),
                 _ => {}
             }
         }
@@ -1117,9 +1168,4 @@ impl Drop for HeapGuard {
     fn drop(&mut self) {
         crate::heap::set_limit(self.0);
     }
-}
-
-/// A task handle value for task `id`.
-pub(crate) fn task_value(id: u32) -> Value {
-    Value::Task(Rc::new(TaskHandle { id: u64::from(id) }))
 }

@@ -39,10 +39,10 @@
 use super::convert;
 use super::program::Program;
 use super::{
-    task_value, Frame, Handler, LimitKind, Raised, RemoteRequest, Resume, SpareBuffers, Task,
-    TaskState, TraceFrame,
+    Frame, Handler, LimitKind, Raised, RemoteRequest, Resume, SpareBuffers, Task, TaskState,
+    TraceFrame,
 };
-use crate::function::{Closure, NativeImpl, Op, RtFunction};
+use crate::function::{Closure, NativeImpl, Op, RtFunction, TaskHandle};
 use crate::heap::Charge;
 use crate::native::{NativeCtx, NativeError, NodeInfo};
 use crate::opcodes::Instr;
@@ -155,6 +155,8 @@ pub(crate) struct Ctx<'a> {
     pub self_id: u32,
     /// The engine's kept buffers, for the tasks `spawn` makes.
     pub spare: &'a RefCell<SpareBuffers>,
+    /// Task slots `spawn` may reuse (their tasks finished and nobody can await them).
+    pub free_slots: &'a mut Vec<u32>,
 }
 
 enum Raise {
@@ -1811,12 +1813,18 @@ pub(crate) fn run_task(
                         Some(callee) if callee.arity == 0 => {}
                         _ => break err("ArityError", "spawn needs a function of no arguments"),
                     }
-                    let id = ctx.tasks.len() as u32;
                     let (stack, frames) = ctx.spare.borrow_mut().task();
                     let stack = Task::stack(stack, prog, idx, fv, 0);
-                    ctx.tasks.push(Some(Task::new(prog, idx, stack, frames)));
+                    let mut task = Task::new(prog, idx, stack, frames);
+                    let id = ctx.free_slots.pop().unwrap_or(ctx.tasks.len() as u32);
+                    let handle = Rc::new(TaskHandle { id: u64::from(id) });
+                    task.handle = Rc::downgrade(&handle);
+                    match ctx.tasks.get_mut(id as usize) {
+                        Some(slot) => *slot = Some(task),
+                        None => ctx.tasks.push(Some(task)),
+                    }
                     ctx.queue.push_back(id);
-                    push!(task_value(id));
+                    push!(Value::Task(handle));
                     heap_check!();
                 }
                 Instr::Await {} => {
