@@ -18,7 +18,9 @@
 //!   an unknown context is `Refused` and starts nothing.
 //! - Executions are stepped in slices, so one busy node cannot starve the others, and no
 //!   script call recurses on the Rust stack (hops are records in `running`, not calls).
-//! - When an execution ends, every hop it started and is still running is cancelled.
+//! - When an execution ends, every hop it started and is still running is cancelled; its
+//!   slot in `running` is then referred to by nothing and is reused by the next hop, so the
+//!   table (walked by every scheduling round) stays the size of what runs at once.
 
 use skiff_transport::context::{
     ContextError, ContextNatives, ContextState, Contexts, SharedContexts,
@@ -364,14 +366,21 @@ impl LocalCluster {
             match self.launch(&hop, &peer) {
                 Ok(exec) => {
                     let context = Rc::from(hop.plan.context.as_str());
-                    self.running.push(Some(Running {
+                    let running = Running {
                         node: self.nodes[&peer].name.clone(),
                         exec,
                         hop: Some(hop),
                         runnable: true,
                         wake_at: None,
                         context,
-                    }));
+                    };
+                    // A free slot is reused: nothing refers to it any more (an execution's
+                    // hops are cancelled when it ends), and the table stays the size of
+                    // what runs at once, which every scheduling round walks.
+                    match self.running.iter().position(Option::is_none) {
+                        Some(free) => self.running[free] = Some(running),
+                        None => self.running.push(Some(running)),
+                    }
                     return;
                 }
                 Err(error) => {
