@@ -96,6 +96,58 @@ fn run_golden(dir: &str, quic: bool) {
     eprintln!("{} golden scripts passed", scripts.len());
 }
 
+/// Each script's top level run twice by the VM ([`skiff_vm::fuzz::check_fused_ops`]): with
+/// the interpreter's fused ops and fast paths, and one instruction at a time, in slices of a
+/// few instructions so that slice boundaries fall inside fused ops. The two runs must agree
+/// on every status, every printed line and the fuel left. A script whose natives a bare VM
+/// lacks (context natives) is skipped; one that runs out of fuel is compared up to there.
+#[test]
+fn golden_scripts_run_the_same_fused_and_one_instruction_at_a_time() {
+    const FUEL: u64 = 200_000;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut scripts = Vec::new();
+    collect_scripts(&root.join("tests/scripts"), &mut scripts);
+    scripts.sort();
+    let engine = skiff::Engine::new(skiff::Limits::default());
+    let (mut checked, mut failures) = (0, Vec::new());
+    for path in &scripts {
+        let name = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let source = std::fs::read_to_string(path).expect("readable script");
+        let Ok(module) = engine.compile(&source, &name) else {
+            continue; // a compile-error script
+        };
+        let mut store = skiff_vm::CodeStore::new();
+        store.add_module(&module).expect("compiled code verifies");
+        // A slice size per script, 5 to 68 instructions, so each falls elsewhere.
+        let slice = 5 + name
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31) + u64::from(b))
+            % 64;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            skiff_vm::fuzz::check_fused_ops(&store, module.entry, Vec::new(), FUEL, slice)
+        }));
+        match outcome {
+            Ok(Ok(())) => checked += 1,
+            Ok(Err(_)) => {} // a native only a node or the CLI provides
+            // The panic's message (the two runs' differences) is already on stderr.
+            Err(_) => failures.push(name),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fused ops and single instructions disagree on: {failures:?}"
+    );
+    assert!(
+        checked * 10 >= scripts.len() * 6,
+        "only {checked} of {} scripts were compared",
+        scripts.len()
+    );
+}
+
 fn collect_scripts(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
