@@ -306,26 +306,16 @@ impl LocalCluster {
     fn settle(&mut self, id: usize, status: Status) -> Option<Result<Portable, ExecError>> {
         let running = self.running[id].as_mut()?;
         let requests = running.exec.take_requests();
-        running.runnable = false;
-        running.wake_at = None;
-        let ended = match status {
-            Status::Done(value) => Some(Ok(value)),
-            Status::Failed(error) => Some(Err(error)),
-            Status::Blocked { wake_at } => {
-                running.wake_at = wake_at;
-                None
-            }
-            Status::Yielded => {
-                running.runnable = true;
-                None
-            }
+        let next = match status.ended() {
+            Ok(result) => return Some(result),
+            Err(next) => next,
         };
-        if ended.is_none() {
-            for request in requests {
-                self.start_hop(id, request);
-            }
+        running.runnable = next.runnable;
+        running.wake_at = next.wake_at;
+        for request in requests {
+            self.start_hop(id, request);
         }
-        ended
+        None
     }
 
     fn start_hop(&mut self, caller: usize, request: RemoteRequest) {

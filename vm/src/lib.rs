@@ -32,7 +32,7 @@ pub mod verify;
 
 pub use blob::{Blob, BlobDebug, BlobHash, Const, FnRef, FunctionCode, FunctionDebug, FunctionId};
 pub use interp::{
-    Engine, ExecError, ExecIo, Execution, LimitKind, Limits, RemoteFailure, RemoteRequest,
+    Engine, ExecError, ExecIo, Execution, LimitKind, Limits, NextRun, RemoteFailure, RemoteRequest,
     StartError, Status, TraceFrame,
 };
 pub use module::{transitive_closure, Module};

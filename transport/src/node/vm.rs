@@ -40,7 +40,7 @@ use skiff_vm::interp::program::LinkCache;
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
     BlobHash, CodeStore, Engine, ExecError, Execution, FunctionId, Limits, Module, Portable,
-    RemoteFailure, StartError, Status,
+    RemoteFailure, StartError,
 };
 use skiff_wire::idmap::{IdMap, NameMap};
 use skiff_wire::{CallId, ErrorKind, IncomingCall, RemoteError, Target};
@@ -434,11 +434,9 @@ impl VmLoop {
         let status = self
             .context_natives
             .run(&self.contexts, &context, &mut exec, Instant::now());
-        let (runnable, wake_at) = match status {
-            Status::Done(v) => return self.finish(origin, Ok(v)),
-            Status::Failed(e) => return self.finish(origin, Err(e)),
-            Status::Blocked { wake_at } => (false, wake_at),
-            Status::Yielded => (true, None),
+        let next = match status.ended() {
+            Ok(result) => return self.finish(origin, result),
+            Err(next) => next,
         };
         let requests = exec.take_requests();
         let id = self.next_exec;
@@ -454,8 +452,8 @@ impl VmLoop {
             Running {
                 exec,
                 origin,
-                runnable,
-                wake_at,
+                runnable: next.runnable,
+                wake_at: next.wake_at,
                 hops: IdMap::default(),
                 nested_hops,
                 back,
@@ -745,28 +743,16 @@ impl VmLoop {
                 self.context_natives
                     .run(&self.contexts, &r.context, &mut r.exec, Instant::now());
             let requests = r.exec.take_requests();
-            r.runnable = false;
-            r.wake_at = None;
-            let ended = match status {
-                Status::Done(v) => Some(Ok(v)),
-                Status::Failed(e) => Some(Err(e)),
-                Status::Blocked { wake_at } => {
-                    r.wake_at = wake_at;
-                    None
-                }
-                Status::Yielded => {
-                    r.runnable = true;
-                    None
-                }
-            };
-            match ended {
-                Some(result) => {
+            match status.ended() {
+                Ok(result) => {
                     // Dropping `r.hops` cancels every hop still in flight.
                     if let Some(r) = self.running.remove(&id) {
                         self.finish(r.origin, result);
                     }
                 }
-                None => {
+                Err(next) => {
+                    r.runnable = next.runnable;
+                    r.wake_at = next.wake_at;
                     for request in requests {
                         self.start_hop(id, request);
                     }

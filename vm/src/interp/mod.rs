@@ -397,6 +397,34 @@ pub enum Status {
     Yielded,
 }
 
+/// When a host loop runs an execution that has not ended next (see [`Status::ended`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NextRun {
+    /// At once (it yielded).
+    pub runnable: bool,
+    /// At this time, if nothing it waits on comes first (it is blocked).
+    pub wake_at: Option<Instant>,
+}
+
+impl Status {
+    /// What a host loop does after a slice: `Ok` with the execution's result if it ended,
+    /// else `Err` with when to run it next (its remote requests are to be started then).
+    pub fn ended(self) -> Result<Result<Portable, ExecError>, NextRun> {
+        match self {
+            Status::Done(value) => Ok(Ok(value)),
+            Status::Failed(error) => Ok(Err(error)),
+            Status::Blocked { wake_at } => Err(NextRun {
+                runnable: false,
+                wake_at,
+            }),
+            Status::Yielded => Err(NextRun {
+                runnable: true,
+                wake_at: None,
+            }),
+        }
+    }
+}
+
 /// A raised value with the stack trace of where it was raised.
 #[derive(Debug, Clone)]
 pub(crate) struct Raised {
