@@ -851,13 +851,9 @@ impl Execution {
 
     /// Ends the execution now; unfinished tasks are dropped.
     pub fn cancel(&mut self) {
-        self.tasks.clear();
-        self.queue.clear();
-        self.pending.clear();
-        self.sleepers.clear();
         self.requests.clear();
         if self.finished.is_none() {
-            self.finished = Some(Ended::Failed(ExecError {
+            self.end(Ended::Failed(ExecError {
                 error: error_portable("Cancelled", "the execution was cancelled"),
                 kind: "Cancelled".into(),
                 message: "the execution was cancelled".into(),
@@ -1122,6 +1118,8 @@ impl Execution {
         self.engine.spare.borrow_mut().keep_execution(tasks, queue);
         self.pending.clear();
         self.sleepers.clear();
+        self.finished_tasks.clear();
+        self.free_slots.clear();
         self.finished = Some(ended);
     }
 
