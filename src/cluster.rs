@@ -466,7 +466,7 @@ impl LocalCluster {
             &self.engine,
             &node.store,
             linked,
-            args,
+            &args,
             info,
             limits,
             (self.io)(),

@@ -313,7 +313,7 @@ fn executions_started_from_one_link_cache_stay_independent() {
             &engine,
             &store,
             linked,
-            vec![f, x],
+            &[f, x],
             NodeInfo::default(),
             VmLimits::default(),
             ExecIo::null(),

@@ -649,3 +649,120 @@ async fn more_negotiated_calls_than_the_peer_allows_streams_all_complete() {
     assert_eq!(v, list((0..12).map(|i| Portable::Int(2 * i)).collect()));
     shutdown(nodes).await;
 }
+
+/// What `a` printed, and warned of, in
+/// [`warm_effect_free_calls_are_answered_inline_and_nothing_else_is`].
+static PRINTED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+static WARNED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+/// How often `a`'s host native `abs` ran.
+static HOST_ABS_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_effect_free_calls_are_answered_inline_and_nothing_else_is() {
+    struct Sink(&'static std::sync::Mutex<Vec<u8>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // A host native that shadows the builtin of the same name: only the node's engine has it.
+    fn host_abs(
+        _: &mut skiff::NativeCtx<'_>,
+        args: &[skiff::Value],
+    ) -> Result<skiff::Value, skiff::NativeError> {
+        HOST_ABS_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match args {
+            [skiff::Value::Int(n)] => Ok(skiff::Value::Int(n + 1000)),
+            _ => Err(skiff::NativeError::error("TypeError", "abs(int)")),
+        }
+    }
+    let setup = Setup {
+        tweak: |name, config| {
+            if name == "a" {
+                config
+                    .natives
+                    .push(("abs".into(), std::sync::Arc::new(host_abs)));
+                config.io = std::sync::Arc::new(|| skiff::ExecIo {
+                    out: Box::new(Sink(&PRINTED)),
+                    err: Box::new(Sink(&WARNED)),
+                });
+            }
+        },
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a"], setup).await;
+    let options = CompileOptions {
+        natives: vec!["abs".into()],
+    };
+    let module = skiff_compiler::compile(
+        r#"
+        fn add(x, y) { x + y }
+        fn shout(t) { print(t); upper(t) }
+        fn host(n) { abs(n) }
+        fn count(n) { let i = 0; while i < n { i += 1 }; i }
+        fn nap() { sleep(1); 7 }
+        fn fails() { throw error("Nope", "no") }
+        fn warns() {
+          let ts = [spawn { 1 }, spawn { throw error("Late", "boom") }]
+          await ts[0]
+        }
+        "#,
+        "inline.skiff",
+        &options,
+    )
+    .module
+    .expect("compiles");
+    nodes[1].load(&module).await.unwrap();
+    let call = |f: &'static str, args: Vec<Portable>| nodes[0].call("a", f, args, None);
+    let counters = || {
+        let c = nodes[1].counters();
+        (c.calls_served, c.calls_inline, c.calls_active)
+    };
+
+    let v = call("add", vec![Portable::Int(2), Portable::Int(3)]).await;
+    assert_eq!(v.unwrap(), Portable::Int(5));
+    assert_eq!(counters(), (1, 1, 0), "add is answered inline");
+
+    // Each of these runs on the VM thread, once: output, a host native, a run longer than
+    // an inline slice, a sleep, an error, a warning (a failed task nobody awaited).
+    let v = call("shout", vec![s("hi")]).await;
+    assert_eq!(v.unwrap(), s("HI"));
+    assert_eq!(String::from_utf8_lossy(&PRINTED.lock().unwrap()), "hi\n");
+    let v = call("host", vec![Portable::Int(-5)]).await;
+    assert_eq!(
+        v.unwrap(),
+        Portable::Int(995),
+        "the host's abs, not the builtin"
+    );
+    assert_eq!(HOST_ABS_CALLS.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let v = call("count", vec![Portable::Int(50_000)]).await;
+    assert_eq!(v.unwrap(), Portable::Int(50_000));
+    let v = call("nap", vec![]).await;
+    assert_eq!(v.unwrap(), Portable::Int(7));
+    let err = call("fails", vec![]).await.unwrap_err().to_string();
+    assert!(err.contains("no"), "{err}");
+    let v = call("warns", vec![]).await;
+    assert_eq!(v.unwrap(), Portable::Int(1));
+    let warned = String::from_utf8_lossy(&WARNED.lock().unwrap()).into_owned();
+    assert_eq!(warned.matches("boom").count(), 1, "{warned}");
+    assert_eq!(counters(), (7, 1, 0));
+
+    // Shipped code: the first call brings the blobs (the VM thread adopts them), the
+    // second finds them and is answered inline, with the same result.
+    let hop = compile(r#"fn go(x) { remote("a") [x] { [x * 2, here(), caller()] } }"#);
+    nodes[0].load(&hop).await.unwrap();
+    for round in 0..2 {
+        let v = nodes[0].run_export("go", vec![Portable::Int(21)]).await;
+        assert_eq!(
+            v.unwrap(),
+            list(vec![Portable::Int(42), s("a"), s("main")]),
+            "round {round}"
+        );
+    }
+    assert_eq!(counters(), (9, 2, 0));
+    shutdown(nodes).await;
+}

@@ -133,9 +133,16 @@ fn run(
         deadline: None,
     };
     let (io, out, err) = ExecIo::capture();
-    let mut exec =
-        Execution::start_linked(engine, store, linked, args, NodeInfo::default(), limits, io)
-            .ok()?;
+    let mut exec = Execution::start_linked(
+        engine,
+        store,
+        linked,
+        &args,
+        NodeInfo::default(),
+        limits,
+        io,
+    )
+    .ok()?;
     let mut slices = 64;
     if let Some(slice) = slice {
         exec.set_slice(slice);

@@ -29,6 +29,7 @@
 //! - When the connection closes, every incoming call it carried is reported cancelled to the
 //!   VM thread, which stops the execution and frees its slot.
 
+use super::inline;
 use super::streams::{Input, Streams};
 use super::vm::VmMsg;
 use super::Shared;
@@ -433,6 +434,12 @@ impl Driver {
             Event::Connected(info) => tracing::debug!(peer = %info.node, "hello exchanged"),
             Event::IncomingCall(call) => {
                 tracing::debug!(id = ?call.id, caller = %call.caller, "incoming call");
+                if let Some(value) = inline::try_answer(&self.shared, handle.peer.as_ref(), &call) {
+                    tracing::debug!(id = ?call.id, "answered inline");
+                    self.shared.note_inline();
+                    self.wire.respond(call.id, Ok(value));
+                    return;
+                }
                 self.incoming.insert(call.id);
                 self.shared.to_vm(VmMsg::Incoming {
                     driver: handle.clone(),

@@ -39,6 +39,7 @@
 
 mod driver;
 mod hop;
+mod inline;
 mod spawner;
 mod streams;
 mod vm;
@@ -52,10 +53,10 @@ use crate::tls::{ClientAuth, Fingerprint, NodeIdentity};
 use crate::TransportError;
 use bytes::Bytes;
 use driver::DriverHandle;
-use skiff_vm::native::{NativeCtx, NativeError};
+use skiff_vm::native::{NativeCtx, NativeError, NodeInfo};
 use skiff_vm::{Blob, BlobHash, ExecError, ExecIo, FunctionId, Limits, Module, Portable, Value};
 use skiff_wire::idmap::NameMap;
-use skiff_wire::{BlobSource, CallOptions, SharedStore, Side, Stats};
+use skiff_wire::{BlobSource, CallOptions, IncomingCall, SharedStore, Side, Stats};
 use spawner::Spawner;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -195,6 +196,12 @@ pub(crate) fn verify_blob(blob: &skiff_vm::Blob) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Who made an incoming call: the connection's authenticated peer, else the name the call
+/// gives (an unidentified client's).
+fn caller_name(peer: Option<&Arc<str>>, call: &IncomingCall) -> Arc<str> {
+    peer.cloned().unwrap_or_else(|| call.caller.as_str().into())
+}
+
 fn describe(f: &RemoteFailure) -> String {
     let get = |key: &str| match &f.error {
         Portable::Map(entries) => entries.iter().find_map(|(k, v)| match (k, v) {
@@ -252,6 +259,9 @@ struct Drivers {
 pub struct NodeCounters {
     /// Incoming calls whose execution started.
     pub calls_served: u64,
+    /// Of `calls_served`, those answered inline: run and answered by the connection's task,
+    /// without the VM thread (warm calls of effect-free code that end at once; `inline.rs`).
+    pub calls_inline: u64,
     /// Incoming executions cancelled (caller cancel, deadline, connection lost).
     pub calls_cancelled: u64,
     /// Executions serving incoming calls right now.
@@ -290,12 +300,15 @@ pub(crate) struct Shared {
     closing: AtomicBool,
     next_token: AtomicU64,
     served: AtomicU64,
+    inline: AtomicU64,
     cancelled: AtomicU64,
     active: AtomicU64,
     /// Blobs in the VM thread's code store.
     code_blobs: AtomicU64,
     /// [`Shared::peer_names`], until the peer table changes.
     peer_names: Mutex<Option<Arc<[String]>>>,
+    /// The VM thread's code, for calls answered inline (`inline.rs`).
+    inline_code: Mutex<Arc<inline::InlineCode>>,
 }
 
 impl Shared {
@@ -307,9 +320,47 @@ impl Shared {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// What an execution serving `call` may know of its node (`here()`, `caller()`,
+    /// `peers()`), or of a local run's (no caller).
+    fn node_info(&self, caller: Option<Arc<str>>) -> NodeInfo {
+        NodeInfo {
+            here: self.name.clone(),
+            caller,
+            peers: self.peer_names(),
+        }
+    }
+
+    /// The limits of an execution serving `call`: the node's, with the caller's deadline if
+    /// that is sooner.
+    fn limits_for(&self, call: &IncomingCall) -> Limits {
+        let mut limits = self.limits.clone();
+        limits.deadline = Some(match limits.deadline {
+            Some(d) => d.min(call.deadline),
+            None => call.deadline,
+        });
+        limits
+    }
+
+    fn inline_code(&self) -> Arc<inline::InlineCode> {
+        self.inline_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_inline_code(&self, code: inline::InlineCode) {
+        *self.inline_code.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(code);
+    }
+
     fn note_served(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call answered inline: served and ended at once.
+    fn note_inline(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.inline.fetch_add(1, Ordering::Relaxed);
     }
 
     fn note_cancelled(&self) {
@@ -546,10 +597,12 @@ impl Node {
             closing: AtomicBool::new(false),
             next_token: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             active: AtomicU64::new(0),
             code_blobs: AtomicU64::new(0),
             peer_names: Mutex::new(None),
+            inline_code: Mutex::default(),
         });
         Ok(Bound {
             shared,
@@ -723,6 +776,7 @@ impl Node {
     pub fn counters(&self) -> NodeCounters {
         NodeCounters {
             calls_served: self.shared.served.load(Ordering::Relaxed),
+            calls_inline: self.shared.inline.load(Ordering::Relaxed),
             calls_cancelled: self.shared.cancelled.load(Ordering::Relaxed),
             calls_active: self.shared.active.load(Ordering::Relaxed),
             code_blobs: self.shared.code_blobs.load(Ordering::Relaxed),

@@ -30,7 +30,7 @@
 
 use super::driver::{DriverCmd, DriverHandle};
 use super::hop::{run_hop, HopJob};
-use super::Shared;
+use super::{caller_name, Shared};
 use crate::context::{ContextNatives, Contexts, SharedContexts};
 use skiff_vm::hop::{
     body_failure, error_kind, hop_error, start_failure, symbolize, trace_line, BodyFailure,
@@ -172,6 +172,8 @@ pub(crate) struct VmLoop {
     /// Answers go through the driver's channel instead of being written in place (see
     /// [`VmLoop::answer`]).
     queue_answers: bool,
+    /// The names of the engine's host natives (the host's and the contexts').
+    host_natives: Arc<HashSet<String>>,
 }
 
 impl VmLoop {
@@ -190,6 +192,7 @@ impl VmLoop {
         }
         let context_natives = ContextNatives::default();
         context_natives.install(&mut engine);
+        let host_natives = Arc::new(engine.native_names().map(str::to_owned).collect());
         VmLoop {
             shared,
             engine,
@@ -207,6 +210,7 @@ impl VmLoop {
             default_context: Rc::from(DEFAULT_CONTEXT),
             drain: Vec::new(),
             queue_answers: own_thread,
+            host_natives,
         }
     }
 
@@ -327,7 +331,7 @@ impl VmLoop {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let info = self.node_info(Some(here.clone()));
+                let info = self.shared.node_info(Some(here.clone()));
                 match self.start(func, args, info, limits) {
                     Ok(exec) => {
                         let mut nested = hops;
@@ -361,7 +365,7 @@ impl VmLoop {
                     let _ = reply.send(Err(RunFailure::Start("no such exported function".into())));
                     return false;
                 };
-                let info = self.node_info(None);
+                let info = self.shared.node_info(None);
                 match self.start(func, args, info, self.shared.limits.clone()) {
                     Ok(exec) => {
                         let context = self.default_context.clone();
@@ -394,7 +398,7 @@ impl VmLoop {
         for (name, func) in &module.exports {
             self.exports.insert(name.clone(), *func);
         }
-        self.note_code_size();
+        self.code_changed();
         Ok(())
     }
 
@@ -408,15 +412,7 @@ impl VmLoop {
     ) -> Result<Execution, StartError> {
         let linked = self.links.get(&self.engine, &self.store, func)?;
         let io = (self.shared.io)();
-        Execution::start_linked(&self.engine, &self.store, linked, args, info, limits, io)
-    }
-
-    fn node_info(&self, caller: Option<Arc<str>>) -> NodeInfo {
-        NodeInfo {
-            here: self.shared.name.clone(),
-            caller,
-            peers: self.shared.peer_names(),
-        }
+        Execution::start_linked(&self.engine, &self.store, linked, &args, info, limits, io)
     }
 
     /// Runs `exec`'s first slice and, unless that ended it, registers it for the scheduling
@@ -505,10 +501,7 @@ impl VmLoop {
     fn incoming(&mut self, driver: DriverHandle, mut call: IncomingCall) {
         let shared = self.shared.clone();
         let here = &*shared.name;
-        let caller = driver
-            .peer
-            .clone()
-            .unwrap_or_else(|| call.caller.as_str().into());
+        let caller = caller_name(driver.peer.as_ref(), &call);
         let perms = shared.permissions_for(driver.peer.as_deref());
         // Shutdown: only call-backs of executions still running here are served.
         let closing = self
@@ -602,12 +595,8 @@ impl VmLoop {
         let now = Instant::now();
         let max = self.shared.wire_config.max_call_duration;
         let timed_by_caller = call.deadline + Duration::from_millis(5) < now + max;
-        let mut limits = self.shared.limits.clone();
-        limits.deadline = Some(match limits.deadline {
-            Some(d) => d.min(call.deadline),
-            None => call.deadline,
-        });
-        let info = self.node_info(Some(caller.clone()));
+        let limits = self.shared.limits_for(&call);
+        let info = self.shared.node_info(Some(caller.clone()));
         let nested = call.take_nested_hops();
         let (id, deadline) = (call.id, call.deadline);
         let span = tracing::debug_span!("call", node = %here, caller = %caller, id = ?call.id);
@@ -671,7 +660,7 @@ impl VmLoop {
             code.insert_bytes(h, bytes, deps);
         }
         drop(code);
-        self.note_code_size();
+        self.code_changed();
         Ok(())
     }
 
@@ -708,14 +697,21 @@ impl VmLoop {
         }
         drop(code);
         tracing::debug!(evicted = removed.len(), "code store pruned");
-        self.note_code_size();
+        self.code_changed();
     }
 
-    fn note_code_size(&self) {
+    /// After the code store or the exports changed: the node's counters and the code calls
+    /// answered inline run (`inline.rs`) follow.
+    fn code_changed(&self) {
         self.shared.code_blobs.store(
             self.store.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.shared.set_inline_code(super::inline::InlineCode {
+            store: self.store.clone(),
+            exports: self.exports.clone(),
+            host_natives: self.host_natives.clone(),
+        });
     }
 
     fn step_due(&mut self) {

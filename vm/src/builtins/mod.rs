@@ -28,6 +28,15 @@ use crate::native::{BuiltinFn, NativeError};
 use crate::value::{ListObj, MapObj, Value};
 use std::rc::Rc;
 
+/// Whether `name` is a Rust builtin whose only effects are on the execution calling it:
+/// every one but `print`, which writes to the execution's output. (`now_ms`, `here`,
+/// `caller` and `peers` read the clock and the node; they change nothing.) A run that calls
+/// only these can be dropped unfinished with nothing outside it changed — what a node's
+/// inline answers rely on.
+pub fn effect_free(name: &str) -> bool {
+    name != "print" && lookup(name).is_some()
+}
+
 /// The Rust implementation of builtin `name`, or `None` (not a Rust builtin).
 pub fn lookup(name: &str) -> Option<BuiltinFn> {
     Some(match name {
@@ -314,6 +323,20 @@ mod tests {
         for name in NOT_IN_RUST {
             assert!(BUILTIN_NAMES.contains(name));
         }
+    }
+
+    #[test]
+    fn effect_free_is_every_rust_builtin_but_print() {
+        let with_effects: Vec<&str> = BUILTIN_NAMES
+            .iter()
+            .copied()
+            .filter(|n| !effect_free(n))
+            .collect();
+        assert_eq!(
+            with_effects,
+            ["print", "map", "filter", "sleep", "await_all"]
+        );
+        assert!(effect_free("now_ms") && effect_free("here") && !effect_free("nope"));
     }
 
     #[test]

@@ -206,6 +206,11 @@ impl Engine {
     pub fn has_native(&self, name: &str) -> bool {
         self.natives.contains_key(name)
     }
+
+    /// The names of the host natives registered (in no particular order).
+    pub fn native_names(&self) -> impl Iterator<Item = &str> {
+        self.natives.keys().map(String::as_str)
+    }
 }
 
 /// Where an execution writes: `print` output and warnings.
@@ -652,7 +657,7 @@ impl Execution {
         io: ExecIo,
     ) -> Result<Execution, StartError> {
         let linked = Linked::link(store, &engine.natives, func)?;
-        Execution::start_linked(engine, store, linked, args, node, limits, io)
+        Execution::start_linked(engine, store, linked, &args, node, limits, io)
     }
 
     /// [`Execution::start`] from a program already linked (from `store`, with `engine`'s
@@ -661,7 +666,7 @@ impl Execution {
         engine: &Engine,
         store: &CodeStore,
         linked: Linked,
-        args: Vec<Portable>,
+        args: &[Portable],
         node: NodeInfo,
         limits: Limits,
         io: ExecIo,
@@ -690,7 +695,7 @@ impl Execution {
                 store,
                 natives: &engine.natives,
             };
-            for (slot, a) in stack[1..].iter_mut().zip(&args) {
+            for (slot, a) in stack[1..].iter_mut().zip(args) {
                 *slot = convert::import(a, &mut linker).map_err(|e| {
                     StartError::Import(
                         error_parts(&e)

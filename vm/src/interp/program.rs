@@ -62,6 +62,15 @@ impl Linked {
         Ok(Linked { program, entry })
     }
 
+    /// The names of the natives the program's functions call (builtins and host natives
+    /// alike), as their blobs list them; a name may appear more than once.
+    pub fn native_names(&self) -> impl Iterator<Item = &str> {
+        self.program
+            .funcs
+            .iter()
+            .flat_map(|f| f.native_names.iter().map(|n| &**n))
+    }
+
     /// The same program with every op replaced by its own instruction run alone (`Op::I`),
     /// no fused op and no fast-path op left: what the fused program must match in every
     /// observable effect, fuel included. The reference of [`crate::fuzz::fuzz_fused_ops`].

@@ -1,0 +1,189 @@
+//! Inline answers: a warm incoming call of effect-free code, answered on the thread that
+//! decoded it instead of on the VM thread.
+//!
+//! Handing a call to the VM thread costs two thread wake-ups per call (the VM thread for the
+//! request, a runtime worker for its answer), which on a small host cost more than the rest
+//! of the round trip. So the driver first tries the call here, on a VM engine of this
+//! thread's own (thread-local: VM values are `!Send`), and answers it at once when that run
+//! ends with a value within [`INLINE_SLICE`] instructions. Anything else — a refusal to
+//! give, an error, a run that needs longer, sleeps, awaits or hops, code not yet adopted by
+//! the VM thread — goes to the VM thread as before, which starts the call afresh.
+//!
+//! Invariants:
+//! - Only code whose every native is an effect-free builtin
+//!   ([`skiff_vm::builtins::effect_free`]) and not a host native of the node runs here, and
+//!   its output is discarded only if it wrote none: a run dropped unfinished (or finished
+//!   with something to report) changed nothing outside itself, so starting the call again on
+//!   the VM thread is the call's only visible run. Hops it asked for are never sent.
+//! - An inline answer needs no more than the VM thread would check first: the node is not
+//!   closing, the call uses the default context, the peer may call exports (or ship code),
+//!   the code is in the VM thread's code store ([`InlineCode`], its latest snapshot), and no
+//!   argument is a function. Each check that fails sends the call on, never refuses it, so
+//!   every refusal and error still comes from the VM thread.
+//! - Limits are the VM thread's: the node's limits with the caller's deadline.
+//! - A thread keeps state for at most [`RUNNERS_PER_THREAD`] nodes, and drops it when the
+//!   node's code changes; a node it no longer serves is forgotten first.
+
+use super::Shared;
+use skiff_vm::interp::program::LinkCache;
+use skiff_vm::{CodeStore, Engine, ExecIo, Execution, FunctionId, Portable};
+use skiff_wire::idmap::NameMap;
+use skiff_wire::{IncomingCall, Target};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+/// Most instructions an inline run may take before the call goes to the VM thread.
+pub(crate) const INLINE_SLICE: u64 = 10_000;
+
+/// Nodes whose inline state one thread keeps.
+const RUNNERS_PER_THREAD: usize = 4;
+
+/// Most functions a runner remembers as answerable or not before it starts over.
+const CHECKED_FUNCTIONS: usize = 4096;
+
+/// What the VM thread publishes for inline answers: its code store and exports, as they are
+/// after each change, and the names of its host natives.
+#[derive(Default)]
+pub(crate) struct InlineCode {
+    pub store: CodeStore,
+    pub exports: NameMap<FunctionId>,
+    pub host_natives: Arc<HashSet<String>>,
+}
+
+/// One node's inline state on one thread.
+struct Runner {
+    /// The node (kept as `Weak` so that its address is not reused while this lives).
+    node: Weak<Shared>,
+    /// The code this state was built from; a new snapshot starts the state over.
+    code: Arc<InlineCode>,
+    engine: Engine,
+    links: LinkCache,
+    /// Functions already judged: `true` if a call of it may run here.
+    checked: HashMap<FunctionId, bool>,
+}
+
+thread_local! {
+    static RUNNERS: RefCell<Vec<Runner>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Answers `call` here if it is a warm call of effect-free code that ends within
+/// [`INLINE_SLICE`] instructions: `Some(result)` to send as the call's response. `None`: the
+/// call goes to the VM thread, untouched.
+pub(crate) fn try_answer(
+    shared: &Arc<Shared>,
+    peer: Option<&Arc<str>>,
+    call: &IncomingCall,
+) -> Option<Portable> {
+    if shared.closing.load(std::sync::atomic::Ordering::SeqCst) || call.context != Portable::Nil {
+        return None;
+    }
+    let perms = shared.permissions_for(peer.map(|p| &**p));
+    let code = shared.inline_code();
+    let func = match &call.target {
+        Target::Name(name) if perms.call_exported => *code.exports.get(name)?,
+        Target::Function(f) if perms.ship_code => *f,
+        _ => return None,
+    };
+    let mut functions = Vec::new();
+    for a in &call.args {
+        a.functions(&mut functions);
+    }
+    if !functions.is_empty() {
+        return None;
+    }
+    RUNNERS.with(|runners| {
+        let mut runners = runners.try_borrow_mut().ok()?;
+        let runner = runner_for(&mut runners, shared, code);
+        runner.run(shared, peer, call, func)
+    })
+}
+
+/// This thread's runner for `shared`, made (or started over) for `code`.
+fn runner_for<'a>(
+    runners: &'a mut Vec<Runner>,
+    shared: &Arc<Shared>,
+    code: Arc<InlineCode>,
+) -> &'a mut Runner {
+    let at = match runners
+        .iter()
+        .position(|r| std::ptr::eq(r.node.as_ptr(), Arc::as_ptr(shared)))
+    {
+        Some(at) if Arc::ptr_eq(&runners[at].code, &code) => at,
+        found => {
+            if let Some(at) = found {
+                runners.remove(at);
+            }
+            runners.retain(|r| r.node.strong_count() > 0);
+            if runners.len() >= RUNNERS_PER_THREAD {
+                runners.remove(0);
+            }
+            runners.push(Runner {
+                node: Arc::downgrade(shared),
+                code,
+                engine: Engine::new(),
+                links: LinkCache::new(),
+                checked: HashMap::new(),
+            });
+            runners.len() - 1
+        }
+    };
+    &mut runners[at]
+}
+
+impl Runner {
+    fn run(
+        &mut self,
+        shared: &Shared,
+        peer: Option<&Arc<str>>,
+        call: &IncomingCall,
+        func: FunctionId,
+    ) -> Option<Portable> {
+        let linked = self.links.get(&self.engine, &self.code.store, func).ok()?;
+        let answerable = match self.checked.get(&func) {
+            Some(&ok) => ok,
+            None => {
+                let ok = linked.native_names().all(|n| {
+                    skiff_vm::builtins::effect_free(n) && !self.code.host_natives.contains(n)
+                });
+                if self.checked.len() >= CHECKED_FUNCTIONS {
+                    self.checked.clear();
+                }
+                self.checked.insert(func, ok);
+                ok
+            }
+        };
+        if !answerable {
+            return None;
+        }
+        let limits = shared.limits_for(call);
+        let info = shared.node_info(Some(super::caller_name(peer, call)));
+        let (io, out, err) = ExecIo::capture();
+        let mut exec = Execution::start_linked(
+            &self.engine,
+            &self.code.store,
+            linked,
+            &call.args,
+            info,
+            limits,
+            io,
+        )
+        .ok()?;
+        exec.set_slice(INLINE_SLICE);
+        let ended = exec.run(Instant::now()).ended();
+        drop(exec);
+        let quiet = out.0.borrow().is_empty() && err.0.borrow().is_empty();
+        match ended {
+            Ok(Ok(value)) if quiet => Some(value),
+            // An error, or something written: the VM thread runs the call again and reports.
+            Ok(_) => None,
+            Err(_) => {
+                // It needs longer, or waits: most likely it will the next time too, so the
+                // function's calls go straight to the VM thread from now on.
+                self.checked.insert(func, false);
+                None
+            }
+        }
+    }
+}
