@@ -14,6 +14,10 @@
 //! Where the tokio side's tasks run is the node's `Spawner` (`spawner.rs`): the runtime
 //! the node was started in, or, for [`Node::start_local`], the host's `LocalSet` too.
 //!
+//! A warm call of effect-free code skips the VM thread: the driver runs it on an engine of
+//! its own thread and answers at once if it ends within a short slice (`inline.rs`); any
+//! other call, or one that does not end there, goes to the VM thread as drawn below.
+//!
 //! ```text
 //!   quinn streams ⇄ driver task (wire::Connection) ──IncomingCall/Cancelled──▶ VM thread
 //!                         ▲                                                     │
@@ -30,7 +34,8 @@
 //! - An endpoint that accepts any client certificate binds only to loopback (enforced by
 //!   [`Endpoint`]).
 //! - Every execution runs in one execution context (`crate::context`) that exists on this
-//!   node; contexts and their state live on the VM thread.
+//!   node; contexts and their state live on the VM thread (an inline answer runs only code
+//!   that uses none: the context natives are host natives).
 //! - Shutdown is graceful ([`Node::shutdown_with`]): once it begins, new connections and
 //!   new calls are refused (`Refused`, "shutting down"; call-backs belonging to an execution
 //!   still running here excepted), in-flight executions get the grace period to finish,
