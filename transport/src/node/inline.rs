@@ -12,17 +12,19 @@
 //! Invariants:
 //! - Only code whose every native is an effect-free builtin
 //!   ([`skiff_vm::builtins::effect_free`]) and not a host native of the node runs here, and
-//!   its output is discarded only if it wrote none: a run dropped unfinished (or finished
-//!   with something to report) changed nothing outside itself, so starting the call again on
-//!   the VM thread is the call's only visible run. Hops it asked for are never sent.
+//!   a run answers only if it wrote nothing (no warning): a run dropped, unfinished or with
+//!   something to report, changed nothing outside itself, so the VM thread's run of the call
+//!   is its only visible one. Hops a dropped run asked for are never sent. A function whose
+//!   run did not end is not tried here again until the node's code changes.
 //! - An inline answer needs no more than the VM thread would check first: the node is not
 //!   closing, the call uses the default context, the peer may call exports (or ship code),
 //!   the code is in the VM thread's code store ([`InlineCode`], its latest snapshot), and no
 //!   argument is a function. Each check that fails sends the call on, never refuses it, so
 //!   every refusal and error still comes from the VM thread.
 //! - Limits are the VM thread's: the node's limits with the caller's deadline.
-//! - A thread keeps state for at most [`RUNNERS_PER_THREAD`] nodes, and drops it when the
-//!   node's code changes; a node it no longer serves is forgotten first.
+//! - A thread keeps state for at most [`RUNNERS_PER_THREAD`] nodes, each with at most
+//!   [`RUNNER_LINK_INSTRUCTIONS`] of linked code, and starts a node's state over when the
+//!   node's code changes; the state of a node gone is dropped first when room is needed.
 
 use super::Shared;
 use skiff_vm::interp::program::LinkCache;
@@ -35,10 +37,14 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// Most instructions an inline run may take before the call goes to the VM thread.
-pub(crate) const INLINE_SLICE: u64 = 10_000;
+const INLINE_SLICE: u64 = 10_000;
 
 /// Nodes whose inline state one thread keeps.
 const RUNNERS_PER_THREAD: usize = 4;
+
+/// Most instructions of linked code a runner keeps (1/16 of the VM thread's cache): a
+/// function whose program is larger is not answered inline.
+const RUNNER_LINK_INSTRUCTIONS: usize = 1 << 16;
 
 /// Most functions a runner remembers as answerable or not before it starts over.
 const CHECKED_FUNCTIONS: usize = 4096;
@@ -123,7 +129,7 @@ fn runner_for<'a>(
                 node: Arc::downgrade(shared),
                 code,
                 engine: Engine::new(),
-                links: LinkCache::new(),
+                links: LinkCache::with_limit(RUNNER_LINK_INSTRUCTIONS),
                 checked: HashMap::new(),
             });
             runners.len() - 1
@@ -144,9 +150,10 @@ impl Runner {
         let answerable = match self.checked.get(&func) {
             Some(&ok) => ok,
             None => {
-                let ok = linked.native_names().all(|n| {
-                    skiff_vm::builtins::effect_free(n) && !self.code.host_natives.contains(n)
-                });
+                let ok = linked.instructions() <= RUNNER_LINK_INSTRUCTIONS
+                    && linked.native_names().all(|n| {
+                        skiff_vm::builtins::effect_free(n) && !self.code.host_natives.contains(n)
+                    });
                 if self.checked.len() >= CHECKED_FUNCTIONS {
                     self.checked.clear();
                 }

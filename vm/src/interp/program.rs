@@ -62,6 +62,11 @@ impl Linked {
         Ok(Linked { program, entry })
     }
 
+    /// Instructions in the program, over all its functions: what a [`LinkCache`] counts.
+    pub fn instructions(&self) -> usize {
+        self.program.funcs.iter().map(|f| f.code.len()).sum()
+    }
+
     /// The names of the natives the program's functions call (builtins and host natives
     /// alike), as their blobs list them; a name may appear more than once.
     pub fn native_names(&self) -> impl Iterator<Item = &str> {
@@ -150,7 +155,7 @@ impl LinkCache {
             return Ok(linked.clone());
         }
         let linked = Linked::link(store, &engine.natives, id)?;
-        let size: usize = linked.program.funcs.iter().map(|f| f.code.len()).sum();
+        let size = linked.instructions();
         if self.instructions + size > self.limit {
             self.clear();
         }
