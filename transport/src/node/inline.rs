@@ -27,7 +27,7 @@
 //!   node's code changes; the state of a node gone is dropped first when room is needed.
 
 use super::Shared;
-use skiff_vm::interp::program::LinkCache;
+use skiff_vm::interp::program::{LinkCache, Linked};
 use skiff_vm::{CodeStore, Engine, ExecIo, Execution, FunctionId, Portable};
 use skiff_wire::idmap::NameMap;
 use skiff_wire::{IncomingCall, Target};
@@ -139,6 +139,37 @@ fn runner_for<'a>(
 }
 
 impl Runner {
+    /// `func`'s program if a call of it may run here: it links with builtins alone (else
+    /// its code is missing from the snapshot, or it calls a native this engine lacks), each
+    /// of its natives is effect-free and not a host native of the node, and it is small
+    /// enough to keep. Judged once per function (until the code changes).
+    fn answerable(&mut self, func: FunctionId) -> Option<Linked> {
+        let known = self.checked.get(&func).copied();
+        if known == Some(false) {
+            return None;
+        }
+        let Ok(linked) = self.links.get(&self.engine, &self.code.store, func) else {
+            self.judged(func, false);
+            return None;
+        };
+        let ok = known.unwrap_or_else(|| {
+            let ok = linked.instructions() <= RUNNER_LINK_INSTRUCTIONS
+                && linked.native_names().all(|n| {
+                    skiff_vm::builtins::effect_free(n) && !self.code.host_natives.contains(n)
+                });
+            self.judged(func, ok);
+            ok
+        });
+        ok.then_some(linked)
+    }
+
+    fn judged(&mut self, func: FunctionId, ok: bool) {
+        if self.checked.len() >= CHECKED_FUNCTIONS {
+            self.checked.clear();
+        }
+        self.checked.insert(func, ok);
+    }
+
     fn run(
         &mut self,
         shared: &Shared,
@@ -146,24 +177,7 @@ impl Runner {
         call: &IncomingCall,
         func: FunctionId,
     ) -> Option<Portable> {
-        let linked = self.links.get(&self.engine, &self.code.store, func).ok()?;
-        let answerable = match self.checked.get(&func) {
-            Some(&ok) => ok,
-            None => {
-                let ok = linked.instructions() <= RUNNER_LINK_INSTRUCTIONS
-                    && linked.native_names().all(|n| {
-                        skiff_vm::builtins::effect_free(n) && !self.code.host_natives.contains(n)
-                    });
-                if self.checked.len() >= CHECKED_FUNCTIONS {
-                    self.checked.clear();
-                }
-                self.checked.insert(func, ok);
-                ok
-            }
-        };
-        if !answerable {
-            return None;
-        }
+        let linked = self.answerable(func)?;
         let limits = shared.limits_for(call);
         let info = shared.node_info(Some(super::caller_name(peer, call)));
         let (io, out, err) = ExecIo::capture();
@@ -188,7 +202,7 @@ impl Runner {
             Err(_) => {
                 // It needs longer, or waits: most likely it will the next time too, so the
                 // function's calls go straight to the VM thread from now on.
-                self.checked.insert(func, false);
+                self.judged(func, false);
                 None
             }
         }
