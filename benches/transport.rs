@@ -8,15 +8,20 @@
 //! |------------------|---------------------------------------------------------|----------------|
 //! | `rtt`            | one warm request/response of a 64-byte payload           | ≤ 1.1× quinn   |
 //! | `rtt_local`      | the same, everything on one current-thread runtime       | ≤ 1.1× quinn   |
+//! | `rtt_vm_thread`  | `rtt` with an echo that calls a host native: run on the server's VM thread, not inline | — (no bar; `rtt`'s bar is judged on `rtt`) |
 //! | `calls_inflight` | one call, with 1/8/32/128 calls kept in flight          | ≥ 0.8× quinn calls/s at 32–128 |
 //! | `bulk256m`       | 256 MiB sent to the peer and acknowledged               | ≥ 0.7× quinn throughput |
 //!
 //! Peers:
 //! - `skiff`: two Skiff nodes ([`skiff::node::Node`]) in this process on 127.0.0.1 with pinned
 //!   self-signed dev certificates. The server node has loaded
-//!   `fn echo(x) { x }` and `fn size(data) { len(data) }`; a call is
+//!   `fn echo(x) { x }`, `fn size(data) { len(data) }` and `fn echo_host(x) { same(x) }`
+//!   (`same`: a host native returning its argument); a call is
 //!   [`Node::call`](skiff::node::Node::call) of an exported function by name: the wire
-//!   protocol, the server's VM thread running the function, the response back. `call` sends
+//!   protocol, the server running the function, the response back. `echo` and `size` are
+//!   effect-free, so the server answers them on the connection's thread (an inline answer,
+//!   docs/ARCHITECTURE.md); `echo_host`, with its host native, runs on the server's VM thread
+//!   (`rtt_vm_thread`: what a call of a function with host natives pays). `call` sends
 //!   the 64-byte payload as a bytes value to `echo`; `bulk` passes one bytes value of
 //!   `chunk × chunks` bytes (built once, outside the timing) to `size`, so it travels as a
 //!   sidecar that the sender hashes and the receiver re-hashes and verifies before the call
@@ -63,7 +68,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use skiff::node::{Node, NodeConfig, NodeError};
-use skiff::{ExecIo, Limits, Portable};
+use skiff::{ExecIo, Limits, NativeCtx, NativeError, Portable, Value};
 use skiff_transport::cert::generate_self_signed;
 use skiff_transport::{ClientAuth, Endpoint, EndpointConfig, Trust};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -116,10 +121,22 @@ trait Peer: Send + Sync {
 // Skiff nodes
 // ---------------------------------------------------------------------------------------
 
-/// What the server node loads: the functions the client calls by name.
-const SERVER_SCRIPT: &str = "fn echo(x) { x }\nfn size(data) { len(data) }\n";
+/// What the server node loads: the functions the client calls by name. `same` is a host
+/// native ([`same`]): a function calling it runs on the server's VM thread.
+const SERVER_SCRIPT: &str =
+    "fn echo(x) { x }\nfn size(data) { len(data) }\nfn echo_host(x) { same(x) }\n";
+
+/// The server's host native `same(x)`: returns `x`.
+fn same(_: &mut NativeCtx<'_>, args: &[Value]) -> Result<Value, NativeError> {
+    match args {
+        [x] => Ok(x.clone()),
+        _ => Err(NativeError::error("ArityError", "same(x) takes 1 argument")),
+    }
+}
 
 struct SkiffPeer {
+    /// The function `call` calls: `echo`, or `echo_host` (see [`SERVER_SCRIPT`]).
+    echo: &'static str,
     client: Node,
     /// Serves every call; kept alive for the duration of the bench.
     _server: Node,
@@ -129,7 +146,8 @@ struct SkiffPeer {
 
 impl SkiffPeer {
     /// Two nodes; with `local`, their VM loops are tasks of it ([`Node::start_local`]).
-    async fn start(local: Option<&LocalSet>) -> SkiffPeer {
+    /// Whose `call` calls `echo` (a function of [`SERVER_SCRIPT`]).
+    async fn start(local: Option<&LocalSet>, echo: &'static str) -> SkiffPeer {
         let server_cert = generate_self_signed("server").expect("server cert");
         let client_cert = generate_self_signed("client").expect("client cert");
 
@@ -138,8 +156,11 @@ impl SkiffPeer {
         config.io = Arc::new(ExecIo::null);
         // No sidecar dedup: every bulk call carries its 256 MiB (see the module doc).
         config.wire.sidecar_retain_bytes = 0;
+        config.natives.push(("same".into(), Arc::new(same)));
         let server = start_node(config, local).await.expect("start server node");
-        let module = skiff::Engine::new(Limits::default())
+        let mut compiler = skiff::Engine::new(Limits::default());
+        compiler.register_native("same", same);
+        let module = compiler
             .compile(SERVER_SCRIPT, "bench.skiff")
             .expect("compile server script");
         server.load(&module).await.expect("load server script");
@@ -155,6 +176,7 @@ impl SkiffPeer {
         );
 
         let peer = SkiffPeer {
+            echo,
             client,
             _server: server,
             bulk_value: Mutex::new(None),
@@ -198,9 +220,9 @@ impl Peer for SkiffPeer {
     fn call<'a>(&'a self, payload: &'a Bytes) -> Fut<'a, Vec<u8>> {
         Box::pin(async move {
             let arg = Portable::Bytes(payload.clone());
-            match self.client.call("server", "echo", vec![arg], None).await {
+            match self.client.call("server", self.echo, vec![arg], None).await {
                 Ok(Portable::Bytes(b)) => b.to_vec(),
-                other => panic!("skiff: echo returned {other:?}"),
+                other => panic!("skiff: {} returned {other:?}", self.echo),
             }
         })
     }
@@ -470,7 +492,7 @@ impl Peer for TcpPeer {
 /// Every peer measured, in report order: the Skiff node first (its VM loops tasks of
 /// `local` when given).
 async fn start_peers(local: Option<&LocalSet>) -> Vec<Arc<dyn Peer>> {
-    let skiff: Arc<dyn Peer> = Arc::new(SkiffPeer::start(local).await);
+    let skiff: Arc<dyn Peer> = Arc::new(SkiffPeer::start(local, "echo").await);
     let quinn: Arc<dyn Peer> = Arc::new(QuinnPeer::start().await);
     let tcp: Arc<dyn Peer> = Arc::new(TcpPeer::start().await);
     vec![skiff, quinn, tcp]
@@ -642,6 +664,24 @@ fn transport(c: &mut Criterion) {
     let mut g = c.benchmark_group("rtt");
     g.sample_size(30).measurement_time(Duration::from_secs(2));
     bench_in_turn(&mut g, "rtt", &rt, &peers, Work::Call);
+    g.finish();
+
+    // The same round trip through the server's VM thread (an echo calling a host native),
+    // against the same quinn echo. (Its start checks the echo once.)
+    let on_vm_thread: Arc<dyn Peer> = Arc::new(rt.block_on(SkiffPeer::start(None, "echo_host")));
+    let quinn = peers
+        .iter()
+        .find(|p| p.name() == "quinn")
+        .expect("quinn peer");
+    let mut g = c.benchmark_group("rtt_vm_thread");
+    g.sample_size(30).measurement_time(Duration::from_secs(2));
+    bench_in_turn(
+        &mut g,
+        "rtt_vm_thread",
+        &rt,
+        &[on_vm_thread, quinn.clone()],
+        Work::Call,
+    );
     g.finish();
 
     // The same round trip on one thread: the bench thread drives a current-thread runtime
