@@ -325,8 +325,8 @@ impl Shared {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// What an execution serving `call` may know of its node (`here()`, `caller()`,
-    /// `peers()`), or of a local run's (no caller).
+    /// What an execution may know of its node (`here()`, `caller()`, `peers()`): `caller`
+    /// is who it serves, `None` for the host's own run.
     fn node_info(&self, caller: Option<Arc<str>>) -> NodeInfo {
         NodeInfo {
             here: self.name.clone(),
