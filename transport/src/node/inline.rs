@@ -99,11 +99,15 @@ pub(crate) fn try_answer(
     if !functions.is_empty() {
         return None;
     }
-    RUNNERS.with(|runners| {
-        let mut runners = runners.try_borrow_mut().ok()?;
-        let runner = runner_for(&mut runners, shared, code);
-        runner.run(shared, peer, call, func)
-    })
+    // `try_with`: a thread tearing down its locals answers nothing inline.
+    RUNNERS
+        .try_with(|runners| {
+            let mut runners = runners.try_borrow_mut().ok()?;
+            let runner = runner_for(&mut runners, shared, code);
+            runner.run(shared, peer, call, func)
+        })
+        .ok()
+        .flatten()
 }
 
 /// This thread's runner for `shared`, made (or started over) for `code`.
