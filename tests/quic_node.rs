@@ -680,12 +680,26 @@ async fn warm_effect_free_calls_are_answered_inline_and_nothing_else_is() {
             _ => Err(skiff::NativeError::error("TypeError", "abs(int)")),
         }
     }
+    // A host native declared effect-free: code calling it may be answered inline.
+    fn double(
+        _: &mut skiff::NativeCtx<'_>,
+        args: &[skiff::Value],
+    ) -> Result<skiff::Value, skiff::NativeError> {
+        match args {
+            [skiff::Value::Int(n)] => Ok(skiff::Value::Int(2 * n)),
+            _ => Err(skiff::NativeError::error("TypeError", "double(int)")),
+        }
+    }
     let setup = Setup {
         tweak: |name, config| {
             if name == "a" {
                 config
                     .natives
                     .push(("abs".into(), std::sync::Arc::new(host_abs)));
+                config
+                    .natives
+                    .push(("double".into(), std::sync::Arc::new(double)));
+                config.effect_free_natives.push("double".into());
                 config.io = std::sync::Arc::new(|| skiff::ExecIo {
                     out: Box::new(Sink(&PRINTED)),
                     err: Box::new(Sink(&WARNED)),
@@ -696,13 +710,14 @@ async fn warm_effect_free_calls_are_answered_inline_and_nothing_else_is() {
     };
     let nodes = cluster(&["a"], setup).await;
     let options = CompileOptions {
-        natives: vec!["abs".into()],
+        natives: vec!["abs".into(), "double".into()],
     };
     let module = skiff_compiler::compile(
         r#"
         fn add(x, y) { x + y }
         fn shout(t) { print(t); upper(t) }
         fn host(n) { abs(n) }
+        fn pure_host(n) { double(n) + 1 }
         fn count(n) { let i = 0; while i < n { i += 1 }; i }
         fn nap() { sleep(1); 7 }
         fn fails() { throw error("Nope", "no") }
@@ -726,6 +741,13 @@ async fn warm_effect_free_calls_are_answered_inline_and_nothing_else_is() {
     let v = call("add", vec![Portable::Int(2), Portable::Int(3)]).await;
     assert_eq!(v.unwrap(), Portable::Int(5));
     assert_eq!(counters(), (1, 1, 0), "add is answered inline");
+    let v = call("pure_host", vec![Portable::Int(20)]).await;
+    assert_eq!(v.unwrap(), Portable::Int(41));
+    assert_eq!(
+        counters(),
+        (2, 2, 0),
+        "so is a call of an effect-free host native"
+    );
 
     // Each of these runs on the VM thread, once: output, a host native, a run longer than
     // an inline slice, a sleep, an error, a warning (a failed task nobody awaited).
@@ -749,7 +771,7 @@ async fn warm_effect_free_calls_are_answered_inline_and_nothing_else_is() {
     assert_eq!(v.unwrap(), Portable::Int(1));
     let warned = String::from_utf8_lossy(&WARNED.lock().unwrap()).into_owned();
     assert_eq!(warned.matches("boom").count(), 1, "{warned}");
-    assert_eq!(counters(), (7, 1, 0));
+    assert_eq!(counters(), (8, 2, 0));
 
     // Shipped code: the first call brings the blobs (the VM thread adopts them), the
     // second finds them and is answered inline, with the same result.
@@ -763,6 +785,6 @@ async fn warm_effect_free_calls_are_answered_inline_and_nothing_else_is() {
             "round {round}"
         );
     }
-    assert_eq!(counters(), (9, 2, 0));
+    assert_eq!(counters(), (10, 3, 0));
     shutdown(nodes).await;
 }

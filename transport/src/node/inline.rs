@@ -11,7 +11,8 @@
 //!
 //! Invariants:
 //! - Only code whose every native is an effect-free builtin
-//!   ([`skiff_vm::builtins::effect_free`]) and not a host native of the node runs here, and
+//!   ([`skiff_vm::builtins::effect_free`]) not shadowed by a host native, or a host native
+//!   the host declared effect-free (`NodeConfig::effect_free_natives`), runs here, and
 //!   a run answers only if it wrote nothing (no warning): a run dropped, unfinished or with
 //!   something to report, changed nothing outside itself, so the VM thread's run of the call
 //!   is its only visible one. Hops a dropped run asked for are never sent. A function whose
@@ -64,7 +65,10 @@ struct Runner {
     node: Weak<Shared>,
     /// The code this state was built from; a new snapshot starts the state over.
     code: Arc<InlineCode>,
+    /// Builtins, and the node's effect-free host natives.
     engine: Engine,
+    /// The names of those host natives.
+    effect_free_natives: HashSet<String>,
     links: LinkCache,
     /// Functions already judged: `true` if a call of it may run here.
     checked: HashMap<FunctionId, bool>,
@@ -129,10 +133,20 @@ fn runner_for<'a>(
             if runners.len() >= RUNNERS_PER_THREAD {
                 runners.remove(0);
             }
+            let mut engine = Engine::new();
+            for (name, f) in &shared.inline_natives {
+                let f = f.clone();
+                engine.register_native(name.clone(), move |ctx, args| f(ctx, args));
+            }
             runners.push(Runner {
                 node: Arc::downgrade(shared),
                 code,
-                engine: Engine::new(),
+                engine,
+                effect_free_natives: shared
+                    .inline_natives
+                    .iter()
+                    .map(|(n, _)| n.clone())
+                    .collect(),
                 links: LinkCache::with_limit(RUNNER_LINK_INSTRUCTIONS),
                 checked: HashMap::new(),
             });
@@ -143,10 +157,11 @@ fn runner_for<'a>(
 }
 
 impl Runner {
-    /// `func`'s program if a call of it may run here: it links with builtins alone (else
-    /// its code is missing from the snapshot, or it calls a native this engine lacks), each
-    /// of its natives is effect-free and not a host native of the node, and it is small
-    /// enough to keep. Judged once per function (until the code changes).
+    /// `func`'s program if a call of it may run here: it links with this engine's natives
+    /// (else its code is missing from the snapshot, or it calls a native this engine lacks),
+    /// each of its natives is effect-free (a host native declared so, or a builtin no host
+    /// native shadows), and it is small enough to keep. Judged once per function (until
+    /// the code changes).
     fn answerable(&mut self, func: FunctionId) -> Option<Linked> {
         let known = self.checked.get(&func).copied();
         if known == Some(false) {
@@ -159,7 +174,11 @@ impl Runner {
         let ok = known.unwrap_or_else(|| {
             let ok = linked.instructions() <= RUNNER_LINK_INSTRUCTIONS
                 && linked.native_names().all(|n| {
-                    skiff_vm::builtins::effect_free(n) && !self.code.host_natives.contains(n)
+                    if self.code.host_natives.contains(n) {
+                        self.effect_free_natives.contains(n)
+                    } else {
+                        skiff_vm::builtins::effect_free(n)
+                    }
                 });
             self.judged(func, ok);
             ok

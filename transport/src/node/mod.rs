@@ -114,6 +114,12 @@ pub struct NodeConfig {
     pub store_dir: Option<std::path::PathBuf>,
     /// Host natives.
     pub natives: Vec<(String, SendNative)>,
+    /// Names of `natives` the host declares effect-free: they change nothing outside the
+    /// execution calling them (they compute, or read, and return), so calling one again for
+    /// the same call is harmless. Code whose natives are all effect-free (these, and every
+    /// builtin but `print`) may be answered inline, on the connection's thread
+    /// (docs/embedding.md); code calling any other host native always runs on the VM thread.
+    pub effect_free_natives: Vec<String>,
     /// Output sinks of executions.
     pub io: SendIoFactory,
     /// Execution contexts besides `default`, created empty at start (more at any time with
@@ -155,6 +161,7 @@ impl NodeConfig {
             store_capacity: 256 << 20,
             store_dir: None,
             natives: Vec::new(),
+            effect_free_natives: Vec::new(),
             io: Arc::new(ExecIo::stdio),
             contexts: Vec::new(),
             shutdown_grace: Duration::from_secs(5),
@@ -171,6 +178,16 @@ impl NodeConfig {
     ) -> Self {
         self.natives.push((name.to_owned(), Arc::new(f)));
         self
+    }
+
+    /// [`NodeConfig::native`], declared effect-free ([`NodeConfig::effect_free_natives`]).
+    pub fn effect_free_native(
+        mut self,
+        name: &str,
+        f: impl Fn(&mut NativeCtx<'_>, &[Value]) -> Result<Value, NativeError> + Send + Sync + 'static,
+    ) -> Self {
+        self.effect_free_natives.push(name.to_owned());
+        self.native(name, f)
     }
 }
 
@@ -314,6 +331,8 @@ pub(crate) struct Shared {
     peer_names: Mutex<Option<Arc<[String]>>>,
     /// The VM thread's code, for calls answered inline (`inline.rs`).
     inline_code: Mutex<Arc<inline::InlineCode>>,
+    /// The host natives declared effect-free, which inline runs may call.
+    inline_natives: Vec<(String, SendNative)>,
 }
 
 impl Shared {
@@ -608,6 +627,12 @@ impl Node {
             code_blobs: AtomicU64::new(0),
             peer_names: Mutex::new(None),
             inline_code: Mutex::default(),
+            inline_natives: config
+                .natives
+                .iter()
+                .filter(|(name, _)| config.effect_free_natives.contains(name))
+                .cloned()
+                .collect(),
         });
         Ok(Bound {
             shared,
