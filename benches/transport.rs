@@ -122,7 +122,8 @@ trait Peer: Send + Sync {
 // ---------------------------------------------------------------------------------------
 
 /// What the server node loads: the functions the client calls by name. `same` is a host
-/// native ([`same`]): a function calling it runs on the server's VM thread.
+/// native ([`same`]), not declared effect-free: a function calling it runs on the server's
+/// VM thread.
 const SERVER_SCRIPT: &str =
     "fn echo(x) { x }\nfn size(data) { len(data) }\nfn echo_host(x) { same(x) }\n";
 
