@@ -788,3 +788,78 @@ async fn warm_effect_free_calls_are_answered_inline_and_nothing_else_is() {
     assert_eq!(counters(), (10, 3, 0));
     shutdown(nodes).await;
 }
+
+/// Effect-free bodies, each run on `a` three times: cold (the VM thread adopts the code),
+/// warm (answered inline) and warm in another, empty context (an inline answer needs the
+/// default context, so this one runs on the VM thread). All three must agree, errors
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_answers_agree_with_the_vm_thread() {
+    // (body, whether its warm call is answered inline: not if it fails, nor if it runs
+    // longer than an inline slice)
+    let bodies = [
+        ("x * 2 + 1", true),
+        ("x * 9223372036854775807", false),
+        (r#"upper(str(x)) + "!""#, true),
+        (r#"join(map([1, 2, 3], fn(v) { str(v * x) }), "-")"#, true),
+        ("filter(0..x, fn(v) { v % 3 == 0 })", true),
+        (
+            r#"{a: x, b: [x, float(x) / 4.0], c: keys({z: 1, y: 2})}"#,
+            true,
+        ),
+        (
+            "let t = spawn { x + 1 }; let u = spawn { x + 2 }; await t + await u",
+            true,
+        ),
+        (r#"throw error("Mine", str(x))"#, false),
+        ("fib(x - 10)", true),
+        ("fib(x)", false),
+        (r#"len(bytes(str(x))) + len(split("a,b,c", ","))"#, true),
+        ("slice([1, 2, 3, 4, 5], 1, x % 5)", true),
+        ("try { [1][x] } catch e { e.kind }", true),
+        ("[here(), caller(), sqrt(float(x))]", true),
+    ];
+    let setup = Setup {
+        tweak: |name, config| {
+            if name == "a" {
+                config.contexts.push("other".into());
+            }
+        },
+        ..Setup::default()
+    };
+    let nodes = cluster(&["a"], setup).await;
+    let mut inline_before = nodes[1].counters().calls_inline;
+    for (i, (body, inline)) in bodies.iter().enumerate() {
+        let source = format!(
+            r#"
+            fn fib(n) {{ if n < 2 {{ n }} else {{ fib(n - 1) + fib(n - 2) }} }}
+            fn go(x, ctx) {{
+              if ctx == nil {{
+                try {{ remote("a") [x] {{ {body} }} }} catch e {{ [e.kind, e.message] }}
+              }} else {{
+                try {{ remote({{peer: "a", context: ctx}}) [x] {{ {body} }} }} catch e {{ [e.kind, e.message] }}
+              }}
+            }}
+            "#
+        );
+        let module = compile(&source);
+        nodes[0].load(&module).await.unwrap();
+        let x = Portable::Int(12 + i as i64);
+        let mut results = Vec::new();
+        for ctx in [Portable::Nil, Portable::Nil, s("other")] {
+            let v = nodes[0].run_export("go", vec![x.clone(), ctx]).await;
+            results.push(v.unwrap());
+        }
+        assert_eq!(results[0], results[1], "{body}: cold and inline");
+        assert_eq!(results[1], results[2], "{body}: inline and the VM thread");
+        let inline_now = nodes[1].counters().calls_inline;
+        assert_eq!(
+            inline_now - inline_before,
+            u64::from(*inline),
+            "{body}: answered inline ({:?})",
+            results[1]
+        );
+        inline_before = inline_now;
+    }
+    shutdown(nodes).await;
+}
