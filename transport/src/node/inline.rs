@@ -133,15 +133,10 @@ fn runner_for<'a>(
             if runners.len() >= RUNNERS_PER_THREAD {
                 runners.remove(0);
             }
-            let mut engine = Engine::new();
-            for (name, f) in &shared.inline_natives {
-                let f = f.clone();
-                engine.register_native(name.clone(), move |ctx, args| f(ctx, args));
-            }
             runners.push(Runner {
                 node: Arc::downgrade(shared),
                 code,
-                engine,
+                engine: super::engine_with(&shared.inline_natives),
                 effect_free_natives: shared
                     .inline_natives
                     .iter()

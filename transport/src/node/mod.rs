@@ -218,6 +218,17 @@ pub(crate) fn verify_blob(blob: &skiff_vm::Blob) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// A VM engine with the builtins and `natives` (a node's host natives, callable on any
+/// thread).
+fn engine_with(natives: &[(String, SendNative)]) -> skiff_vm::Engine {
+    let mut engine = skiff_vm::Engine::new();
+    for (name, f) in natives {
+        let f = f.clone();
+        engine.register_native(name.clone(), move |ctx, args| f(ctx, args));
+    }
+    engine
+}
+
 /// Who made an incoming call: the connection's authenticated peer, else the name the call
 /// gives (an unidentified client's).
 fn caller_name(peer: Option<&Arc<str>>, call: &IncomingCall) -> Arc<str> {

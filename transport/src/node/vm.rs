@@ -185,11 +185,7 @@ impl VmLoop {
         contexts: Contexts,
         own_thread: bool,
     ) -> VmLoop {
-        let mut engine = Engine::new();
-        for (name, f) in natives {
-            let f = f.clone();
-            engine.register_native(name.clone(), move |ctx, args| f(ctx, args));
-        }
+        let mut engine = super::engine_with(natives);
         let context_natives = ContextNatives::default();
         context_natives.install(&mut engine);
         let host_natives = Arc::new(engine.native_names().map(str::to_owned).collect());
