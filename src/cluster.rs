@@ -222,28 +222,41 @@ impl LocalCluster {
         func: FunctionId,
         args: Vec<Portable>,
     ) -> Result<Portable, RunError> {
-        if !self.nodes.contains_key(node) {
+        // The node is looked up once: a host calling in pays for one search of the map.
+        let Some(here) = self.nodes.get_mut(node) else {
             return Err(RunError::UnknownNode(node.to_owned()));
-        }
-        let info = self.node_info(node, None);
-        let mut exec = self
-            .start(node, func, args, info, self.limits.clone())
-            .map_err(|e| RunError::Start(e.to_string()))?;
+        };
+        let info = NodeInfo {
+            here: here.name.clone(),
+            caller: None,
+            peers: here.peers.clone(),
+        };
+        let mut exec = start_on(
+            &self.engine,
+            here,
+            func,
+            &args,
+            info,
+            self.limits.clone(),
+            (self.io)(),
+        )
+        .map_err(|e| RunError::Start(e.to_string()))?;
         // Its first slice runs before it is registered: most calls end in it, without a hop
         // or a sleep to serve, and then nothing of the loop below is needed.
         let status = self.context_natives.run(
-            &self.nodes[node].contexts,
+            &here.contexts,
             &self.default_context,
             &mut exec,
             Instant::now(),
         );
+        let name = here.name.clone();
         match status {
             Status::Done(value) => return Ok(value),
             Status::Failed(error) => return Err(RunError::Failed(Box::new(error))),
             Status::Blocked { .. } | Status::Yielded => {}
         }
         self.running.push(Some(Running {
-            node: self.nodes[node].name.clone(),
+            node: name,
             exec,
             hop: None,
             runnable: false,
@@ -433,44 +446,18 @@ impl LocalCluster {
             (a, b) => a.or(b),
         };
         let info = self.node_info(peer, Some(&caller_node));
-        self.nodes
-            .get_mut(peer)
-            .expect("checked above")
-            .stats
-            .calls_served += 1;
-        self.start(
-            peer,
-            hop.request.func,
-            hop.request.args.clone(),
-            info,
-            limits,
-        )
-        .map_err(|e| start_failure(&e, peer))
-    }
-
-    /// Starts `func(args)` on `node` (which exists), its program linked once per function.
-    fn start(
-        &mut self,
-        node: &str,
-        func: FunctionId,
-        args: Vec<Portable>,
-        info: NodeInfo,
-        limits: Limits,
-    ) -> Result<Execution, StartError> {
-        let node = self
-            .nodes
-            .get_mut(node)
-            .expect("the caller checked the node");
-        let linked = node.links.get(&self.engine, &node.store, func)?;
-        Execution::start_linked(
+        let node = self.nodes.get_mut(peer).expect("checked above");
+        node.stats.calls_served += 1;
+        start_on(
             &self.engine,
-            &node.store,
-            linked,
-            &args,
+            node,
+            hop.request.func,
+            &hop.request.args,
             info,
             limits,
             (self.io)(),
         )
+        .map_err(|e| start_failure(&e, peer))
     }
 
     /// Copies the blobs of `needed` that `peer` lacks from `caller`'s store into `peer`'s.
@@ -576,6 +563,20 @@ impl LocalCluster {
             running.runnable = true;
         }
     }
+}
+
+/// Starts `func(args)` on `node`, its program linked once per function.
+fn start_on(
+    engine: &Engine,
+    node: &mut LocalNode,
+    func: FunctionId,
+    args: &[Portable],
+    info: NodeInfo,
+    limits: Limits,
+    io: ExecIo,
+) -> Result<Execution, StartError> {
+    let linked = node.links.get(engine, &node.store, func)?;
+    Execution::start_linked(engine, &node.store, linked, args, info, limits, io)
 }
 
 /// Why a cluster run did not produce a value.

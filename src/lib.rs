@@ -289,12 +289,22 @@ impl Engine {
         name: &str,
         args: impl IntoArgs,
     ) -> Result<R, Error> {
-        let func = *module
-            .exports
-            .get(name)
-            .ok_or_else(|| Error::NoSuchFunction(name.to_owned()))?;
-        let value = self.call_function(module, func, args.into_args())?;
+        let value = self.call_function(module, export(module, name)?, args.into_args())?;
         R::from_portable(value).map_err(Error::Result)
+    }
+
+    /// The exported function `name` of `module`, looked up and its code verified now, for
+    /// calling again and again ([`Function::call`]). The handle keeps the engine's natives
+    /// and limits as they are now.
+    pub fn function(&self, module: &Module, name: &str) -> Result<Function, Error> {
+        let func = export(module, name)?;
+        Ok(Function {
+            vm: self.vm.clone(),
+            limits: self.limits.clone(),
+            func,
+            store: self.verified_code(module)?,
+            cluster: RefCell::new(None),
+        })
     }
 
     /// Runs a script's top level on a node named `main`, with in-process `peers`.
@@ -350,12 +360,8 @@ impl Engine {
 
     /// A new cluster of `main` (holding `module`) and `peers`.
     fn cluster(&self, module: &Module, peers: &[String]) -> Result<LocalCluster, Error> {
-        let mut names = vec!["main".to_owned()];
-        names.extend(peers.iter().cloned());
-        let io: cluster::IoFactory = Box::new(ExecIo::stdio);
-        let mut cluster = LocalCluster::new(&self.vm, &names, self.limits.clone(), io);
-        *cluster.store_mut("main").expect("main exists") = self.verified_code(module)?;
-        Ok(cluster)
+        let store = self.verified_code(module)?;
+        Ok(new_cluster(&self.vm, &self.limits, store, peers))
     }
 
     /// A code store holding `module`, verified: the one made for the last module if that is
@@ -379,5 +385,75 @@ impl Engine {
             reach_entries: 0,
         });
         Ok(store)
+    }
+}
+
+/// A new cluster of `main` (holding `store`, verified code) and `peers`.
+fn new_cluster(
+    vm: &skiff_vm::Engine,
+    limits: &Limits,
+    store: CodeStore,
+    peers: &[String],
+) -> LocalCluster {
+    let mut names = vec!["main".to_owned()];
+    names.extend(peers.iter().cloned());
+    let io: cluster::IoFactory = Box::new(ExecIo::stdio);
+    let mut cluster = LocalCluster::new(vm, &names, limits.clone(), io);
+    *cluster.store_mut("main").expect("main exists") = store;
+    cluster
+}
+
+/// The function `name` exports from `module`.
+fn export(module: &Module, name: &str) -> Result<FunctionId, Error> {
+    module
+        .exports
+        .get(name)
+        .copied()
+        .ok_or_else(|| Error::NoSuchFunction(name.to_owned()))
+}
+
+/// An exported function, looked up and verified once by [`Engine::function`], for a host
+/// that calls it again and again (a handler, a per-frame hook). Its calls behave as
+/// [`Engine::call`]'s: a fresh execution whose contexts start empty, under the limits and
+/// with the natives the engine had when the handle was made. What they skip is the per-call
+/// work of finding the function by name and of checking that the module still holds the
+/// blobs it verified: the handle runs its own copy of the verified code, so a module
+/// changed afterwards does not affect it. It holds no borrow of the engine.
+///
+/// ```
+/// use skiff::{Engine, Limits};
+///
+/// let engine = Engine::new(Limits::default());
+/// let module = engine.compile("fn add1(x) { x + 1 }", "add.skiff").unwrap();
+/// let add1 = engine.function(&module, "add1").unwrap();
+/// let sum: i64 = (0..10).map(|i| add1.call::<i64>((i,)).unwrap()).sum();
+/// assert_eq!(sum, 55);
+/// ```
+pub struct Function {
+    vm: skiff_vm::Engine,
+    limits: Limits,
+    func: FunctionId,
+    /// The verified code (copy-on-write: cloning it is cheap).
+    store: CodeStore,
+    /// The one-node cluster the calls run on, with the programs it linked, kept between
+    /// calls; `None` before the first and while a call runs (a call made from inside one
+    /// gets a cluster of its own).
+    cluster: RefCell<Option<Box<LocalCluster>>>,
+}
+
+impl Function {
+    /// Calls the function with `args` and converts the result.
+    pub fn call<R: FromPortable>(&self, args: impl IntoArgs) -> Result<R, Error> {
+        let kept = self.cluster.borrow_mut().take();
+        let mut cluster = match kept {
+            Some(mut cluster) => {
+                cluster.reset_contexts();
+                cluster
+            }
+            None => Box::new(new_cluster(&self.vm, &self.limits, self.store.clone(), &[])),
+        };
+        let result = cluster.run("main", self.func, args.into_args());
+        self.cluster.borrow_mut().get_or_insert(cluster);
+        R::from_portable(result?).map_err(Error::Result)
     }
 }

@@ -107,6 +107,53 @@ fn repeated_calls_reuse_verified_code_but_never_trust_changed_blobs() {
     assert_eq!(engine.call::<i64>(&a, "f", (2,)).unwrap(), 3);
 }
 
+/// A `Function` handle answers as `Engine::call` does — values, errors, conversions, fresh
+/// contexts on every call — and keeps running the code it verified when it was made: a
+/// module changed afterwards does not reach it.
+#[test]
+fn a_function_handle_calls_like_engine_call_on_the_code_it_verified() {
+    let mut engine = Engine::new(Limits::default());
+    let module = engine
+        .compile(
+            "fn f(x) { x + 1 }\n\
+             fn bump() { let n = context_get(\"n\"); context_set(\"n\", if n == nil { 1 } else { n + 1 }); context_get(\"n\") }\n\
+             fn ratio(x) { 10 / x }",
+            "h.skiff",
+        )
+        .unwrap();
+    let f = engine.function(&module, "f").unwrap();
+    let bump = engine.function(&module, "bump").unwrap();
+    let ratio = engine.function(&module, "ratio").unwrap();
+    for i in 0..3 {
+        let by_name = engine.call::<i64>(&module, "f", (i,)).unwrap();
+        assert_eq!(f.call::<i64>((i,)).unwrap(), by_name);
+        assert_eq!(bump.call::<i64>(()).unwrap(), 1);
+    }
+    match ratio.call::<i64>((0,)) {
+        Err(Error::Runtime(e)) => assert_eq!(e.kind, "DivisionByZero"),
+        other => panic!("expected a runtime error, got {other:?}"),
+    }
+    assert_eq!(ratio.call::<i64>((5,)).unwrap(), 2);
+    assert!(matches!(f.call::<String>((1,)), Err(Error::Result(_))));
+    assert!(matches!(
+        engine.function(&module, "nope"),
+        Err(Error::NoSuchFunction(name)) if name == "nope"
+    ));
+    // The changed blob no longer matches its address: a handle made from that module runs
+    // nothing (its call is refused, as `Engine::call`'s is), the one made before is intact.
+    let tampered = with_add_int_bumped(&module, module.exports["f"].blob);
+    let changed = engine.function(&tampered, "f").unwrap();
+    let err = changed.call::<i64>((1,)).unwrap_err();
+    assert!(matches!(err, Error::Host(_)), "{err}");
+    assert_eq!(f.call::<i64>((1,)).unwrap(), 2);
+    // It holds no borrow of the engine: natives registered later serve handles made later.
+    engine.register_fn("triple", |x: i64| x * 3);
+    let with_native = engine.compile("fn t(x) { triple(x) }", "n.skiff").unwrap();
+    let t = engine.function(&with_native, "t").unwrap();
+    assert_eq!(t.call::<i64>((5,)).unwrap(), 15);
+    assert_eq!(f.call::<i64>((2,)).unwrap(), 3);
+}
+
 /// `module` with blob `hash` replaced by a copy whose one `AddInt` adds one more: still
 /// valid code (`x + 1` becomes `x + 2`), so only the content address can tell.
 fn with_add_int_bumped(module: &skiff::Module, hash: skiff_vm::BlobHash) -> skiff::Module {
