@@ -608,7 +608,9 @@ enum Ended {
     /// exported copy instead cost a deep copy of every result, a fifth of a call that
     /// returns a large list.)
     Value(Value),
-    Failed(ExecError),
+    /// Boxed: an error is rare and large, and the execution (moved whole more than once per
+    /// call) carries this field inline.
+    Failed(Box<ExecError>),
 }
 
 impl std::fmt::Debug for Execution {
@@ -858,13 +860,13 @@ impl Execution {
     pub fn cancel(&mut self) {
         self.requests.clear();
         if self.finished.is_none() {
-            self.end(Ended::Failed(ExecError {
+            self.end(Ended::Failed(Box::new(ExecError {
                 error: error_portable("Cancelled", "the execution was cancelled"),
                 kind: "Cancelled".into(),
                 message: "the execution was cancelled".into(),
                 trace: Vec::new(),
                 limit: None,
-            }));
+            })));
         }
     }
 
@@ -1067,7 +1069,7 @@ impl Execution {
         let waiting_remote = !self.pending.is_empty();
         if wake.is_none() && !waiting_remote && self.requests.is_empty() {
             let e = self.deadlock_error();
-            self.end(Ended::Failed(e.clone()));
+            self.end(Ended::Failed(Box::new(e.clone())));
             return Status::Failed(e);
         }
         if let Some(d) = self.limits.deadline {
@@ -1108,7 +1110,7 @@ impl Execution {
         };
         self.tasks.clear();
         self.queue.clear();
-        self.end(Ended::Failed(err.clone()));
+        self.end(Ended::Failed(Box::new(err.clone())));
         Status::Failed(err)
     }
 
@@ -1136,7 +1138,7 @@ impl Execution {
             let Some(task) = task else { continue };
             match (id, task.result.take()) {
                 (0, Some(Ok(v))) => ended = Ended::Value(v),
-                (0, Some(Err(r))) => ended = Ended::Failed(self.exec_error(r)),
+                (0, Some(Err(r))) => ended = Ended::Failed(Box::new(self.exec_error(r))),
                 (_, Some(Err(r))) if !task.awaited => self.warn_unawaited(r),
                 _ => {}
             }
@@ -1158,7 +1160,7 @@ impl Execution {
                     trace: Vec::new(),
                 })),
             },
-            Ended::Failed(e) => Status::Failed(e.clone()),
+            Ended::Failed(e) => Status::Failed((**e).clone()),
         }
     }
 
