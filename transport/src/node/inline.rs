@@ -32,8 +32,9 @@ use skiff_vm::interp::program::{LinkCache, Linked};
 use skiff_vm::{CodeStore, Engine, ExecIo, Execution, FunctionId, Portable};
 use skiff_wire::idmap::NameMap;
 use skiff_wire::{IncomingCall, Target};
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -70,12 +71,34 @@ struct Runner {
     /// The names of those host natives.
     effect_free_natives: HashSet<String>,
     links: LinkCache,
-    /// Functions already judged: `true` if a call of it may run here.
-    checked: HashMap<FunctionId, bool>,
+    /// Functions already judged: `true` if a call of it may run here. Ordered, not hashed:
+    /// a peer names the functions, and a search of a few dozen bytes' comparisons costs
+    /// no more than hashing the key with the keyed hasher it would otherwise need.
+    checked: BTreeMap<FunctionId, bool>,
 }
 
 thread_local! {
     static RUNNERS: RefCell<Vec<Runner>> = const { RefCell::new(Vec::new()) };
+    /// Whether the inline run under way on this thread wrote anything ([`Noted`]).
+    static WROTE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Where an inline run's output and warnings go: nowhere, but a write is noted in
+/// [`WROTE`], since a run that wrote anything is not answered here (the VM thread runs the
+/// call again and writes it). Zero-sized: boxing it allocates nothing.
+struct Noted;
+
+impl Write for Noted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            WROTE.set(true);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Answers `call` here if it is a warm call of effect-free code that ends within
@@ -143,7 +166,7 @@ fn runner_for<'a>(
                     .map(|(n, _)| n.clone())
                     .collect(),
                 links: LinkCache::with_limit(RUNNER_LINK_INSTRUCTIONS),
-                checked: HashMap::new(),
+                checked: BTreeMap::new(),
             });
             runners.len() - 1
         }
@@ -198,7 +221,11 @@ impl Runner {
         let linked = self.answerable(func)?;
         let limits = shared.limits_for(call);
         let info = shared.node_info(Some(super::caller_name(peer, call)));
-        let (io, out, err) = ExecIo::capture();
+        WROTE.set(false);
+        let io = ExecIo {
+            out: Box::new(Noted),
+            err: Box::new(Noted),
+        };
         let mut exec = Execution::start_linked(
             &self.engine,
             &self.code.store,
@@ -212,7 +239,7 @@ impl Runner {
         exec.set_slice(INLINE_SLICE);
         let ended = exec.run(Instant::now()).ended();
         drop(exec);
-        let quiet = out.0.borrow().is_empty() && err.0.borrow().is_empty();
+        let quiet = !WROTE.get();
         match ended {
             Ok(Ok(value)) if quiet => Some(value),
             // An error, or something written: the VM thread runs the call again and reports.
