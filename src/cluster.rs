@@ -249,14 +249,13 @@ impl LocalCluster {
             &mut exec,
             Instant::now(),
         );
-        let name = here.name.clone();
         match status {
             Status::Done(value) => return Ok(value),
             Status::Failed(error) => return Err(RunError::Failed(Box::new(error))),
             Status::Blocked { .. } | Status::Yielded => {}
         }
         self.running.push(Some(Running {
-            node: name,
+            node: here.name.clone(),
             exec,
             hop: None,
             runnable: false,
