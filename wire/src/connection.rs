@@ -301,7 +301,6 @@ struct RecvState {
     digest: Option<SidecarHasher>,
     sidecar_bytes: u64,
     sidecars: HashMap<SidecarHash, Bytes>,
-    closed: bool,
 }
 
 /// A frame of at least this many bytes is received without regrowing a buffer. If the
@@ -1201,15 +1200,6 @@ impl Connection {
     }
 
     fn close_recv(&mut self, id: StreamId) {
-        if let Some(r) = self.recv.get_mut(&id) {
-            r.closed = true;
-            r.buf = BytesMut::new();
-            r.whole = Vec::new();
-            r.parts = Vec::new();
-            r.parts_len = 0;
-            r.digest = None;
-            r.sidecars.clear();
-        }
         // Closed streams need no state: late data on them is recognised by id.
         self.recv.remove(&id);
     }
