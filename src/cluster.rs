@@ -66,6 +66,18 @@ struct LocalNode {
     contexts: SharedContexts,
 }
 
+impl LocalNode {
+    /// What an execution on this node may know of it (`here()`, `peers()`), and who it
+    /// serves (`caller()`: a node of the cluster, by its shared name).
+    fn info(&self, caller: Option<Arc<str>>) -> NodeInfo {
+        NodeInfo {
+            here: self.name.clone(),
+            caller,
+            peers: self.peers.clone(),
+        }
+    }
+}
+
 /// A hop in progress: which peers are left to try and where the answer goes.
 struct Hop {
     caller: usize,
@@ -201,20 +213,6 @@ impl LocalCluster {
         Ok(self.contexts(node)?.borrow().state(name)?)
     }
 
-    fn node_info(&self, here: &str, caller: Option<&str>) -> NodeInfo {
-        let node = &self.nodes[here];
-        NodeInfo {
-            here: node.name.clone(),
-            // A caller is a node of the cluster; its shared name is handed out when found.
-            caller: caller.map(|c| {
-                self.nodes
-                    .get(c)
-                    .map_or_else(|| c.into(), |n| n.name.clone())
-            }),
-            peers: node.peers.clone(),
-        }
-    }
-
     /// Runs `func(args)` on `node` to completion, serving every hop it makes.
     pub fn run(
         &mut self,
@@ -226,11 +224,7 @@ impl LocalCluster {
         let Some(here) = self.nodes.get_mut(node) else {
             return Err(RunError::UnknownNode(node.to_owned()));
         };
-        let info = NodeInfo {
-            here: here.name.clone(),
-            caller: None,
-            peers: here.peers.clone(),
-        };
+        let info = here.info(None);
         let mut exec = start_on(
             &self.engine,
             here,
@@ -444,8 +438,8 @@ impl LocalCluster {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let info = self.node_info(peer, Some(&caller_node));
         let node = self.nodes.get_mut(peer).expect("checked above");
+        let info = node.info(Some(caller_node));
         node.stats.calls_served += 1;
         start_on(
             &self.engine,
