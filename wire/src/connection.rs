@@ -298,7 +298,7 @@ struct RecvState {
     /// The partial frame is a large one (see [`LARGE_FRAME`]).
     large: bool,
     /// SHA-256 of a large sidecar frame's data, computed as the bytes arrive.
-    digest: Option<SidecarHasher>,
+    digest: Option<Box<SidecarHasher>>,
     sidecar_bytes: u64,
     sidecars: HashMap<SidecarHash, Bytes>,
 }
@@ -353,7 +353,7 @@ impl RecvState {
             // No parts yet: whatever arrived before is in `buf`.
             let ty = self.buf.first().or(data.first()).copied();
             if ty == Some(FrameType::Sidecar as u8) {
-                let mut digest = SidecarHasher::new();
+                let mut digest = Box::new(SidecarHasher::new());
                 digest.update(self.sidecar_data_in(0, &self.buf));
                 self.digest = Some(digest);
             }
@@ -415,7 +415,7 @@ impl RecvState {
     /// The frame is complete: the hash of its sidecar data, if it was computed on arrival.
     fn finish_frame(&mut self) -> Option<SidecarHash> {
         self.large = false;
-        self.digest.take().map(SidecarHasher::finish)
+        self.digest.take().map(|digest| digest.finish())
     }
 }
 
@@ -423,13 +423,9 @@ struct OutCall {
     /// The id the node knows the call by: the stream it started on.
     id: CallId,
     call_id: u64,
-    closure: Vec<BlobHash>,
-    bytes: HashMap<BlobHash, Bytes>,
-    deps: HashMap<BlobHash, Vec<BlobHash>>,
-    /// Hashes offered in the `BlobQuery`.
-    offered: HashSet<BlobHash>,
-    /// Hashes pushed on this call.
-    sent: HashSet<BlobHash>,
+    /// The blobs the call ships; `None` when it references no function (a call of an
+    /// exported name with plain values), which keeps such a call's entry small.
+    blobs: Option<Box<CallBlobs>>,
     deadline: Option<Instant>,
     /// Frames held back until the hello exchange completes.
     queued: FrameList,
@@ -441,6 +437,18 @@ struct OutCall {
     /// For a sealed call that has not moved: its sidecar frames and request, to send again
     /// on a new stream if the callee lacks blobs (`move_sealed_call`). Empty otherwise.
     resend: FrameList,
+}
+
+/// An outgoing call's blobs: the closure of everything it references, and how far their
+/// negotiation got.
+struct CallBlobs {
+    closure: Vec<BlobHash>,
+    bytes: HashMap<BlobHash, Bytes>,
+    deps: HashMap<BlobHash, Vec<BlobHash>>,
+    /// Hashes offered in the `BlobQuery`.
+    offered: HashSet<BlobHash>,
+    /// Hashes pushed on this call.
+    sent: HashSet<BlobHash>,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy, Debug)]
@@ -458,7 +466,9 @@ enum Phase {
 struct InCall {
     call_id: u64,
     phase: Phase,
-    request: Option<CallRequest>,
+    /// The request, while the call waits for blobs it wanted (a warm call never waits: its
+    /// request goes straight to the node, so this is boxed to keep the entry small).
+    request: Option<Box<CallRequest>>,
     wanted: HashSet<BlobHash>,
     pinned: Vec<BlobHash>,
     blobs_received: usize,
@@ -467,7 +477,7 @@ struct InCall {
     deadline: Option<Instant>,
     retained_pending: Vec<SidecarHash>,
     /// Over the in-flight limit: answer the request with this error.
-    reject: Option<RemoteError>,
+    reject: Option<Box<RemoteError>>,
     /// The request was sealed, or the caller's fin came while the call ran: the response
     /// ends the call, with no evidence that it was read (docs/protocol.md §6).
     caller_finished: bool,
@@ -971,14 +981,19 @@ impl Connection {
         self.next_call_id += 1;
         let stream = StreamId::new(self.side, self.next_local);
         self.next_local += 1;
+        let blobs = (!order.is_empty()).then(|| {
+            Box::new(CallBlobs {
+                closure: order,
+                bytes,
+                deps,
+                offered: offered_set,
+                sent,
+            })
+        });
         let mut call = OutCall {
             id: stream,
             call_id,
-            closure: order,
-            bytes,
-            deps,
-            offered: offered_set,
-            sent,
+            blobs,
             deadline: opts.deadline.map(|d| now + d),
             queued: FrameList::new(),
             retained_pending: pending,
@@ -1025,12 +1040,17 @@ impl Connection {
         let mut frames = FrameList::new();
         for h in wanted {
             self.peer_blobs.remove(h);
-            let Some(_) = call.bytes.get(h) else { continue };
-            let order = closure([*h], |x| call.deps.get(x).cloned()).unwrap_or_default();
+            let Some(blobs) = call.blobs.as_deref_mut() else {
+                continue;
+            };
+            let Some(_) = blobs.bytes.get(h) else {
+                continue;
+            };
+            let order = closure([*h], |x| blobs.deps.get(x).cloned()).unwrap_or_default();
             for x in order {
-                if call.sent.insert(x) {
+                if blobs.sent.insert(x) {
                     self.peer_blobs.remove(&x);
-                    if let Some(b) = call.bytes.get(&x) {
+                    if let Some(b) = blobs.bytes.get(&x) {
                         frames.push(OutFrame::Whole(self.push_frame(x, b.clone())));
                     }
                 }
@@ -1168,10 +1188,7 @@ impl Connection {
 
     /// Fails an incoming call with a typed error response and finishes its stream.
     fn fail_incoming(&mut self, id: CallId, err: RemoteError) {
-        let call_id = self
-            .incoming
-            .get(&id)
-            .map_or(0, |c| c.request.as_ref().map_or(c.call_id, |r| r.call_id));
+        let call_id = self.incoming.get(&id).map_or(0, |c| c.call_id);
         self.drop_incoming(id, err.kind.clone());
         let frame = encode_message(
             &Message::Response(CallResponse {
@@ -1457,7 +1474,7 @@ impl Connection {
             active as u64 + 1,
         )
         .err()
-        .map(RemoteError::limit);
+        .map(|e| Box::new(RemoteError::limit(e)));
         self.incoming.insert(
             stream,
             InCall {
@@ -1716,23 +1733,26 @@ impl Connection {
                 // record of the peer was stale (it evicted the blob): push it with its
                 // dependencies within this call's closure, except those the peer
                 // confirmed or that are already on their way.
-                let mut order = Vec::new();
-                for h in &hashes {
-                    if call.offered.contains(h) {
-                        order.push(*h);
-                    } else if call.bytes.contains_key(h) {
-                        let sub = closure([*h], |x| call.deps.get(x).cloned()).unwrap_or_default();
-                        order.extend(
-                            sub.into_iter()
-                                .filter(|x| x == h || !call.offered.contains(x)),
-                        );
-                    }
-                }
                 let mut pushes = Vec::new();
-                for h in order {
-                    if call.sent.insert(h) {
-                        if let Some(b) = call.bytes.get(&h) {
-                            pushes.push((h, b.clone()));
+                if let Some(blobs) = call.blobs.as_deref_mut() {
+                    let mut order = Vec::new();
+                    for h in &hashes {
+                        if blobs.offered.contains(h) {
+                            order.push(*h);
+                        } else if blobs.bytes.contains_key(h) {
+                            let sub =
+                                closure([*h], |x| blobs.deps.get(x).cloned()).unwrap_or_default();
+                            order.extend(
+                                sub.into_iter()
+                                    .filter(|x| x == h || !blobs.offered.contains(x)),
+                            );
+                        }
+                    }
+                    for h in order {
+                        if blobs.sent.insert(h) {
+                            if let Some(b) = blobs.bytes.get(&h) {
+                                pushes.push((h, b.clone()));
+                            }
                         }
                     }
                 }
@@ -1765,8 +1785,8 @@ impl Connection {
                     Ok(_) => true,
                     Err(e) => matches!(e.kind, ErrorKind::Thrown | ErrorKind::Runtime),
                 };
-                if ran {
-                    self.peer_blobs.extend(call.closure.iter().copied());
+                if let (true, Some(blobs)) = (ran, &call.blobs) {
+                    self.peer_blobs.extend(blobs.closure.iter().copied());
                 }
                 // The callee answered on this stream: it read our sidecars.
                 self.peer_sidecars.extend(call.retained_pending);
@@ -1922,7 +1942,9 @@ impl Connection {
                     call.pinned.push(hash);
                     call.wanted.remove(&hash);
                     if call.phase == Phase::Waiting && call.wanted.is_empty() {
-                        self.try_start(stream, now);
+                        if let Some(req) = call.request.take() {
+                            self.try_start(stream, *req, now);
+                        }
                     }
                 }
             }
@@ -1953,7 +1975,7 @@ impl Connection {
         call.call_id = req.call_id;
         call.caller_finished |= req.sealed;
         if let Some(err) = call.reject.take() {
-            return self.fail_incoming(stream, err);
+            return self.fail_incoming(stream, *err);
         }
         if let Some(i) = self.cancelled_unseen.iter().position(|&c| c == req.call_id) {
             // Cancelled on the control stream before the request got here.
@@ -1965,24 +1987,24 @@ impl Connection {
             .deadline_ms
             .map_or(max_ms, |ms| Duration::from_millis(ms).min(max_ms));
         call.deadline = Some(now + allowed);
-        call.request = Some(req);
         call.phase = Phase::Waiting;
-        let ready = call.wanted.is_empty();
-        self.track_deadline(stream, Some(now + allowed));
-        if ready {
-            self.try_start(stream, now);
+        if call.wanted.is_empty() {
+            self.track_deadline(stream, Some(now + allowed));
+            self.try_start(stream, req, now);
+        } else {
+            call.request = Some(Box::new(req));
+            self.track_deadline(stream, Some(now + allowed));
         }
     }
 
-    /// All blobs present? Hand the call to the node. Otherwise ask for what is missing
-    /// (at most one extra round, for a peer record gone stale by eviction).
-    fn try_start(&mut self, stream: StreamId, _now: Instant) {
-        let Some(call) = self.incoming.get(&stream) else {
-            return;
-        };
-        let Some(req) = &call.request else { return };
-        let roots = call_roots(req);
-        let missing = {
+    /// All blobs of `req` present? Hand the call to the node. Otherwise keep the request
+    /// and ask for what is missing (at most one extra round, for a peer record gone stale
+    /// by eviction).
+    fn try_start(&mut self, stream: StreamId, req: CallRequest, now: Instant) {
+        let roots = call_roots(&req);
+        let missing = if roots.is_empty() {
+            Vec::new()
+        } else {
             let Ok(store) = self.store.lock() else { return };
             missing_from(roots.iter().copied(), |h| store.deps(h).map(|d| d.to_vec()))
         };
@@ -2009,12 +2031,15 @@ impl Connection {
             }
             call.want_rounds += 1;
             call.wanted.extend(missing.iter().copied());
+            call.request = Some(Box::new(req));
             self.stats.wants_sent += 1;
             let f = encode_message(&Message::BlobWant(missing), usize::MAX, &mut Vec::new());
             self.emit(stream, f, false);
             return;
         }
-        let order = {
+        let order = if roots.is_empty() {
+            Vec::new()
+        } else {
             let Ok(mut store) = self.store.lock() else {
                 return;
             };
@@ -2030,10 +2055,7 @@ impl Connection {
         };
         call.pinned.extend(order.iter().copied());
         call.phase = Phase::Running;
-        let Some(req) = call.request.take() else {
-            return;
-        };
-        let deadline = call.deadline.unwrap_or(_now);
+        let deadline = call.deadline.unwrap_or(now);
         self.events.push_back(Event::IncomingCall(IncomingCall {
             id: stream,
             target: req.target,
