@@ -1459,9 +1459,15 @@ impl Connection {
         if index < self.remote_watermark || self.remote_seen.contains(&index) {
             return false; // the peer's, finished
         }
-        self.remote_seen.insert(index);
-        while self.remote_seen.remove(&self.remote_watermark) {
+        if index == self.remote_watermark {
+            // In order, as streams usually come: the set is not touched unless it holds
+            // streams that overtook this one.
             self.remote_watermark += 1;
+            while self.remote_seen.remove(&self.remote_watermark) {
+                self.remote_watermark += 1;
+            }
+        } else {
+            self.remote_seen.insert(index);
         }
         let active = self
             .incoming
