@@ -1158,3 +1158,30 @@ fn large_sidecars_hashed_while_sent_travel_both_ways() {
     );
     assert_eq!(pair.server.conn.stats().hash_mismatches, 0);
 }
+
+#[test]
+fn call_streams_may_arrive_out_of_order_and_a_finished_one_stays_finished() {
+    let now = std::time::Instant::now();
+    let (mut server, _) = server_past_hello(now);
+    let (call, _) = call_with_bytes(b"hi");
+    let stream = |index| StreamId::new(Side::Client, index);
+    // Stream 3 overtakes 1 and 2 (QUIC delivers each stream's data on its own).
+    for index in [3, 1, 2] {
+        server.handle_stream_data(stream(index), Bytes::from(call.clone()), now);
+        let inc = next_incoming_call(&mut server).expect("each stream's call arrives");
+        assert_eq!(inc.id, stream(index));
+        server.respond(inc.id, Ok(Portable::Nil));
+        server.handle_stream_finished(stream(index), now);
+    }
+    // Finished streams, whichever order they came in: late data on them is ignored.
+    for index in [1, 2, 3] {
+        server.handle_stream_data(stream(index), Bytes::from(call.clone()), now);
+        assert!(next_incoming_call(&mut server).is_none(), "stream {index}");
+    }
+    // The next stream is new.
+    server.handle_stream_data(stream(4), Bytes::from(call), now);
+    assert_eq!(
+        next_incoming_call(&mut server).map(|c| c.id),
+        Some(stream(4))
+    );
+}
