@@ -30,9 +30,9 @@ use crate::frame::{decode_frame, FrameStatus, FrameType, HEADER_LEN};
 use crate::idmap::IdMap;
 use crate::limits::{check, Config, Limit, LimitExceeded};
 use crate::message::{
-    decode_message, encode_message, encode_message_unhashed_into, sidecar_frame_head, CallRequest,
-    CallResponse, ErrorKind, ErrorReply, Hello, Message, MessageError, RemoteError, Target,
-    PROTOCOL_VERSION, SIDECAR_HEADER_LEN, SIDECAR_TRAILER_LEN,
+    decode_message, encode_call_unhashed_into, encode_message, encode_message_unhashed_into,
+    sidecar_frame_head, CallRef, CallRequest, CallResponse, ErrorKind, ErrorReply, Hello, Message,
+    MessageError, RemoteError, Target, PROTOCOL_VERSION, SIDECAR_HEADER_LEN, SIDECAR_TRAILER_LEN,
 };
 use crate::pool::BufferPool;
 use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
@@ -434,8 +434,9 @@ struct OutCall {
     want_rounds: u32,
     /// The request finished our send side of the stream (nothing was offered).
     sealed: bool,
-    /// For a sealed call that has not moved: its sidecar frames and request, to send again
-    /// on a new stream if the callee lacks blobs (`move_sealed_call`). Empty otherwise.
+    /// For a sealed call that ships blobs and has not moved: its sidecar frames and request,
+    /// to send again on a new stream if the callee lacks blobs (`move_sealed_call`). Empty
+    /// otherwise (a call that references no function cannot lack any).
     resend: FrameList,
 }
 
@@ -941,22 +942,22 @@ impl Connection {
             ));
         }
         let call_id = self.next_call_id;
-        let req = CallRequest {
+        let req = CallRef {
             call_id,
-            target: opts.target,
+            target: &opts.target,
             deadline_ms: opts
                 .deadline
                 .map(|d| d.as_millis().min(u64::MAX as u128) as u64),
-            caller: self.config.node_name.clone(),
-            hops: opts.hops,
-            context: opts.context,
-            args: opts.args,
+            caller: &self.config.node_name,
+            hops: &opts.hops,
+            context: &opts.context,
+            args: &opts.args,
             sealed,
         };
         let mut outs = Vec::new();
         let mut call_frame = self.arena.buffer();
-        encode_message_unhashed_into(
-            &Message::Call(req),
+        encode_call_unhashed_into(
+            &req,
             self.config.sidecar_threshold,
             &mut outs,
             &mut call_frame,
@@ -972,7 +973,7 @@ impl Connection {
         // A sealed request's frames are kept (shared, not copied) in case the callee lacks
         // blobs our record says it holds: the call then moves to a new stream
         // (`move_sealed_call`).
-        let resend = if sealed {
+        let resend = if sealed && !order.is_empty() {
             frames[first..].iter().cloned().collect()
         } else {
             FrameList::new()

@@ -85,6 +85,36 @@ pub struct CallRequest {
     pub sealed: bool,
 }
 
+/// A call request's parts by reference: what a caller encodes without first moving them,
+/// and a copy of its own name, into a [`CallRequest`].
+#[derive(Clone, Copy, Debug)]
+pub struct CallRef<'a> {
+    pub call_id: u64,
+    pub target: &'a Target,
+    pub deadline_ms: Option<u64>,
+    pub caller: &'a str,
+    pub hops: &'a [String],
+    pub context: &'a Portable,
+    pub args: &'a [Portable],
+    pub sealed: bool,
+}
+
+impl CallRequest {
+    /// The request by reference.
+    pub fn borrowed(&self) -> CallRef<'_> {
+        CallRef {
+            call_id: self.call_id,
+            target: &self.target,
+            deadline_ms: self.deadline_ms,
+            caller: &self.caller,
+            hops: &self.hops,
+            context: &self.context,
+            args: &self.args,
+            sealed: self.sealed,
+        }
+    }
+}
+
 /// Typed error kinds of a failed call.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -499,28 +529,7 @@ pub fn encode_message_unhashed_into(
     match msg {
         Message::Hello(h) => header_frame(out, FrameType::Hello, h),
         Message::Call(c) => {
-            begin_frame(
-                out,
-                FrameType::Call,
-                &CallHeader {
-                    call_id: c.call_id,
-                    target: match &c.target {
-                        Target::Function(f) => TargetWire::Function(HashBin(f.blob.0), f.member),
-                        Target::Name(n) => TargetWire::Name(Cow::Borrowed(n)),
-                    },
-                    deadline_ms: c.deadline_ms,
-                    caller: Cow::Borrowed(&c.caller),
-                    hops: Cow::Borrowed(&c.hops),
-                    sealed: c.sealed,
-                },
-            );
-            encode_value_unhashed(&c.context, out, sidecar_threshold, sidecars);
-            // The args array is written directly (no intermediate Portable::List clone).
-            let _ = rmp::encode::write_array_len(out, c.args.len() as u32);
-            for a in &c.args {
-                encode_value_unhashed(a, out, sidecar_threshold, sidecars);
-            }
-            end_frame(out)
+            encode_call_unhashed_into(&c.borrowed(), sidecar_threshold, sidecars, out)
         }
         Message::Response(r) => {
             let (error, value) = match &r.result {
@@ -572,6 +581,37 @@ pub fn encode_message_unhashed_into(
         }
         Message::Error(e) => header_frame(out, FrameType::Error, e),
     }
+}
+
+/// [`encode_message_unhashed_into`] of a `Call` given by reference.
+pub fn encode_call_unhashed_into(
+    c: &CallRef<'_>,
+    sidecar_threshold: usize,
+    sidecars: &mut Vec<UnhashedSidecar>,
+    out: &mut Vec<u8>,
+) {
+    begin_frame(
+        out,
+        FrameType::Call,
+        &CallHeader {
+            call_id: c.call_id,
+            target: match c.target {
+                Target::Function(f) => TargetWire::Function(HashBin(f.blob.0), f.member),
+                Target::Name(n) => TargetWire::Name(Cow::Borrowed(n)),
+            },
+            deadline_ms: c.deadline_ms,
+            caller: Cow::Borrowed(c.caller),
+            hops: Cow::Borrowed(c.hops),
+            sealed: c.sealed,
+        },
+    );
+    encode_value_unhashed(c.context, out, sidecar_threshold, sidecars);
+    // The args array is written directly (no intermediate Portable::List clone).
+    let _ = rmp::encode::write_array_len(out, c.args.len() as u32);
+    for a in c.args {
+        encode_value_unhashed(a, out, sidecar_threshold, sidecars);
+    }
+    end_frame(out)
 }
 
 /// Encodes a sidecar frame. (The data is copied into the frame here; a transport wanting
