@@ -273,6 +273,10 @@ pub struct Stats {
     pub wants_sent: u64,
     pub sidecars_sent: u64,
     pub sidecar_bytes_sent: u64,
+    /// Bytes of outgoing sidecars hashed to send them (before, or by the transport while it
+    /// sends them). A value sent again from a buffer kept for the connection (sent or
+    /// received with the retain flag) is not hashed again.
+    pub sidecar_bytes_hashed: u64,
     pub frames_received: u64,
     pub bytes_received: u64,
     pub blobs_received: u64,
@@ -521,6 +525,12 @@ pub struct Connection {
     /// Sidecars kept for this connection: those received with the retain flag and those
     /// we sent with it (the peer may reference either).
     retained: HashMap<SidecarHash, Bytes>,
+    /// The same sidecars by where their bytes are (address, length), with their hash: a
+    /// value sent again from the same buffer (a large argument passed call after call) is
+    /// not hashed again. Each entry holds its buffer, so an address names the same
+    /// unchanged bytes for as long as the entry lives (with the connection, as `retained`'s
+    /// do; no more bytes than the two retain budgets allow).
+    retained_at: HashMap<(usize, usize), (SidecarHash, Bytes)>,
     retained_by_peer: HashSet<SidecarHash>,
     retained_by_peer_bytes: u64,
     retained_for_peer: HashSet<SidecarHash>,
@@ -579,6 +589,7 @@ impl Connection {
             peer_sidecars: HashSet::new(),
             arrived_digest: None,
             retained: HashMap::new(),
+            retained_at: HashMap::new(),
             retained_by_peer: HashSet::new(),
             retained_by_peer_bytes: 0,
             retained_for_peer: HashSet::new(),
@@ -825,15 +836,20 @@ impl Connection {
         }
         for s in outs {
             let len = s.data.len();
-            let while_sending = len >= HASH_WHILE_SENDING
+            let memo = self.retained_hash(&s.data);
+            let while_sending = memo.is_none()
+                && len >= HASH_WHILE_SENDING
                 && self.retained_for_peer_bytes + len as u64 > budget
                 && !self.dedup_lens.contains(&len)
                 && same_len[&len] == 1;
             let hash = HashCell::default();
+            if memo.is_none() {
+                self.stats.sidecar_bytes_hashed += len as u64;
+            }
             if while_sending {
                 holes.push((s.refs, hash.clone()));
             } else {
-                let known = SidecarHash::of(&s.data);
+                let known = memo.unwrap_or_else(|| SidecarHash::of(&s.data));
                 s.fill(&mut body, known);
                 if self.peer_sidecars.contains(&known) || !hashed_now.insert(known) {
                     continue;
@@ -846,7 +862,7 @@ impl Connection {
                     self.retained_for_peer.insert(*h);
                     self.retained_for_peer_bytes += len as u64;
                     self.dedup_lens.insert(len);
-                    self.retained.insert(*h, s.data.clone());
+                    self.retain(*h, &s.data);
                     true
                 }
                 _ => false,
@@ -1667,6 +1683,22 @@ impl Connection {
         }
     }
 
+    /// Keeps sidecar `data` (of hash `hash`) for the rest of the connection.
+    fn retain(&mut self, hash: SidecarHash, data: &Bytes) {
+        self.retained.insert(hash, data.clone());
+        self.retained_at
+            .insert((data.as_ptr() as usize, data.len()), (hash, data.clone()));
+    }
+
+    /// The hash of `data` if these very bytes (same buffer) are a sidecar kept for the
+    /// connection.
+    fn retained_hash(&self, data: &Bytes) -> Option<SidecarHash> {
+        let (hash, _) = self
+            .retained_at
+            .get(&(data.as_ptr() as usize, data.len()))?;
+        Some(*hash)
+    }
+
     #[allow(clippy::result_large_err)] // private; the error becomes a response at once
     fn accept_sidecar(
         &mut self,
@@ -1699,7 +1731,7 @@ impl Connection {
             }
             self.retained_by_peer.insert(hash);
             self.retained_by_peer_bytes += data.len() as u64;
-            self.retained.insert(hash, data.clone());
+            self.retain(hash, &data);
         }
         if retain {
             // The peer keeps what it sends with the retain flag.

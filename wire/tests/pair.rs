@@ -507,12 +507,27 @@ fn sidecars_travel_beside_and_are_not_resent() {
     let inc = pair.server.seen_incoming();
     assert_eq!(inc.args[0], Portable::Bytes(big.clone()));
 
-    // Second call with the same bytes: the peer holds it, nothing resent.
+    // Hashed once by the client, though it appears twice; the server's echo referenced the
+    // buffer it retained without hashing it again.
+    assert_eq!(pair.client.conn.stats().sidecar_bytes_hashed, 300_000);
+    assert_eq!(pair.server.conn.stats().sidecar_bytes_hashed, 0);
+
+    // Second call with the same bytes: the peer holds it, nothing resent, and the buffer
+    // the client retained is known without hashing it again.
     let before = pair.client.conn.stats().sidecar_bytes_sent;
     let (r, rtt) = pair.client_call(CallOptions::function(entry, a.clone()));
     assert_eq!(rtt, 1);
     assert_eq!(r.unwrap(), Portable::List(a));
     assert_eq!(pair.client.conn.stats().sidecar_bytes_sent, before);
+    assert_eq!(pair.client.conn.stats().sidecar_bytes_hashed, 300_000);
+
+    // The same contents in another buffer: hashed (nothing is known of that buffer), and
+    // then not resent either.
+    let copy = Portable::Bytes(Bytes::copy_from_slice(&big));
+    let (r, _) = pair.client_call(CallOptions::function(entry, vec![copy.clone()]));
+    assert_eq!(r.unwrap(), Portable::List(vec![copy]));
+    assert_eq!(pair.client.conn.stats().sidecar_bytes_sent, before);
+    assert_eq!(pair.client.conn.stats().sidecar_bytes_hashed, 600_000);
 }
 
 /// Runs one call of `entry` whose response is `out`; returns the result.
