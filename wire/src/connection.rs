@@ -431,8 +431,8 @@ struct OutCall {
     /// exported name with plain values), which keeps such a call's entry small.
     blobs: Option<Box<CallBlobs>>,
     deadline: Option<Instant>,
-    /// Frames held back until the hello exchange completes.
-    queued: FrameList,
+    /// The call's frames, held back until the hello exchange completes.
+    queued: Option<Box<Queued>>,
     /// Sidecars sent with the retain flag, awaiting evidence of receipt.
     retained_pending: Vec<SidecarHash>,
     want_rounds: u32,
@@ -442,6 +442,17 @@ struct OutCall {
     /// to send again on a new stream if the callee lacks blobs (`move_sealed_call`). Empty
     /// otherwise (a call that references no function cannot lack any).
     resend: FrameList,
+}
+
+/// A call made before the hello exchange completed. Its request is framed once the peer's
+/// retain budget is known, so that its sidecars can be sent with RETAIN.
+struct Queued {
+    /// Frames ahead of the request: blob pushes, the query.
+    ahead: FrameList,
+    /// The request's sidecars, not framed yet.
+    sidecars: Vec<UnhashedSidecar>,
+    /// The request's frame, referencing them.
+    request: Vec<u8>,
 }
 
 /// An outgoing call's blobs: the closure of everything it references, and how far their
@@ -983,18 +994,6 @@ impl Connection {
             max_frame,
             (call_frame.len() - HEADER_LEN) as u64,
         )?;
-        let mut pending = Vec::new();
-        let first = frames.len();
-        self.sidecar_frames(outs, call_frame, &mut pending, &mut frames);
-        // A sealed request's frames are kept (shared, not copied) in case the callee lacks
-        // blobs our record says it holds: the call then moves to a new stream
-        // (`move_sealed_call`).
-        let resend = if sealed && !order.is_empty() {
-            frames[first..].iter().cloned().collect()
-        } else {
-            FrameList::new()
-        };
-
         self.next_call_id += 1;
         let stream = StreamId::new(self.side, self.next_local);
         self.next_local += 1;
@@ -1012,22 +1011,47 @@ impl Connection {
             call_id,
             blobs,
             deadline: opts.deadline.map(|d| now + d),
-            queued: FrameList::new(),
-            retained_pending: pending,
+            queued: None,
+            retained_pending: Vec::new(),
             want_rounds: 0,
             sealed,
-            resend,
+            resend: FrameList::new(),
         };
         if self.is_established() {
+            self.frame_request(&mut call, outs, call_frame, &mut frames);
             self.emit_frames(stream, frames, sealed);
         } else {
-            call.queued = frames;
+            // Framed once the peer's hello tells its retain budget.
+            call.queued = Some(Box::new(Queued {
+                ahead: frames,
+                sidecars: outs,
+                request: call_frame,
+            }));
         }
         let deadline = call.deadline;
         self.outgoing.insert(stream, call);
         self.track_deadline(stream, deadline);
         self.recv.insert(stream, RecvState::default());
         Ok(stream)
+    }
+
+    /// Appends to `frames` the request `body` of `call`, behind its sidecars: the call keeps
+    /// those sent with RETAIN (until evidence that the peer read them) and, if it is sealed
+    /// and ships blobs, the frames themselves (shared, not copied) in case the callee lacks
+    /// blobs our record says it holds: the call then moves to a new stream
+    /// (`move_sealed_call`).
+    fn frame_request(
+        &mut self,
+        call: &mut OutCall,
+        sidecars: Vec<UnhashedSidecar>,
+        body: Vec<u8>,
+        frames: &mut FrameList,
+    ) {
+        let first = frames.len();
+        self.sidecar_frames(sidecars, body, &mut call.retained_pending, frames);
+        if call.sealed && call.blobs.is_some() {
+            call.resend = frames[first..].iter().cloned().collect();
+        }
     }
 
     /// Writes `frames` on `stream`; the last one finishes the stream if `fin` (a sealed
@@ -1115,7 +1139,7 @@ impl Connection {
     fn abandon_outgoing(&mut self, id: CallId, kind: ErrorKind, message: &str) {
         let stream = self.moved.get(&id).copied().unwrap_or(id);
         if let Some(call) = self.take_outgoing(stream) {
-            if call.queued.is_empty() {
+            if call.queued.is_none() {
                 let f = encode_message(
                     &Message::Cancel {
                         call_id: call.call_id,
@@ -1641,17 +1665,24 @@ impl Connection {
                 let mut ids: Vec<StreamId> = self
                     .outgoing
                     .iter()
-                    .filter(|(_, c)| !c.queued.is_empty())
+                    .filter(|(_, c)| c.queued.is_some())
                     .map(|(id, _)| *id)
                     .collect();
                 ids.sort();
                 for id in ids {
-                    let (frames, sealed) = self
-                        .outgoing
-                        .get_mut(&id)
-                        .map(|c| (std::mem::take(&mut c.queued), c.sealed))
-                        .unwrap_or_default();
-                    self.emit_frames(id, frames, sealed);
+                    let Some(mut call) = self.outgoing.remove(&id) else {
+                        continue;
+                    };
+                    if let Some(queued) = call.queued.take() {
+                        let Queued {
+                            ahead: mut frames,
+                            sidecars,
+                            request,
+                        } = *queued;
+                        self.frame_request(&mut call, sidecars, request, &mut frames);
+                        self.emit_frames(id, frames, call.sealed);
+                    }
+                    self.outgoing.insert(id, call);
                 }
                 for (stream, data) in std::mem::take(&mut self.early) {
                     match data {

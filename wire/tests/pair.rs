@@ -1200,3 +1200,47 @@ fn call_streams_may_arrive_out_of_order_and_a_finished_one_stays_finished() {
         Some(stream(4))
     );
 }
+
+#[test]
+fn a_call_made_before_hello_sends_its_sidecars_with_retain() {
+    // The peer's retain budget comes with its hello: a call's sidecars are framed once it
+    // is known, so a large argument of the first call is kept by the peer like any other.
+    let mut client = lone_connection(Side::Client, Config::new("client"));
+    let mut server = lone_connection(Side::Server, Config::new("server"));
+    let now = std::time::Instant::now();
+    let shuttle = |from: &mut skiff_wire::Connection, to: &mut skiff_wire::Connection| {
+        while let Some(t) = from.poll_transmit() {
+            report_hash(from, &t);
+            to.handle_stream_data(t.stream, t.data, now);
+            if t.fin {
+                to.handle_stream_finished(t.stream, now);
+            }
+        }
+    };
+    let big = Bytes::from(vec![3u8; 300_000]);
+    let call = |client: &mut skiff_wire::Connection| {
+        let opts = CallOptions::named("f", vec![Portable::Bytes(big.clone())]);
+        client
+            .start_call(opts, &skiff_wire::BlobSet::default(), now)
+            .unwrap()
+    };
+    let first = call(&mut client);
+    shuttle(&mut client, &mut server); // hello, the call held
+    shuttle(&mut server, &mut client); // hello back: the call goes
+    shuttle(&mut client, &mut server);
+    let inc = next_incoming_call(&mut server).expect("the call arrived");
+    assert_eq!(inc.args, vec![Portable::Bytes(big.clone())]);
+    server.respond(inc.id, Ok(Portable::Nil));
+    shuttle(&mut server, &mut client);
+    assert!(std::iter::from_fn(|| client.poll_event())
+        .any(|e| matches!(e, Event::CallResult { id, result: Ok(_) } if id == first)));
+    assert!(client.peer_holds_sidecar(&SidecarHash::of(&big)));
+
+    // So the next call references it without sending it again.
+    let sent = client.stats().sidecar_bytes_sent;
+    call(&mut client);
+    shuttle(&mut client, &mut server);
+    assert_eq!(client.stats().sidecar_bytes_sent, sent);
+    let inc = next_incoming_call(&mut server).expect("the second call arrived");
+    assert_eq!(inc.args, vec![Portable::Bytes(big)]);
+}
