@@ -396,6 +396,27 @@ async fn large_bytes_round_trip(setup: Setup) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_value_passed_again_and_again_crosses_and_is_hashed_once() {
+    // The script hands the same bytes value to the hop call after call: the peer keeps it
+    // (default retain budget), and the sender knows its hash by its buffer.
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let module = compile(r#"fn size(data) { remote("a") [data] { len(data) } }"#);
+    nodes[0].load(&module).await.unwrap();
+    let data = bytes::Bytes::from(vec![7u8; 8 << 20]);
+    for _ in 0..3 {
+        let v = nodes[0]
+            .run_export("size", vec![Portable::Bytes(data.clone())])
+            .await
+            .unwrap();
+        assert_eq!(v, Portable::Int(8 << 20));
+    }
+    let stats = nodes[0].stats("a").unwrap();
+    assert_eq!(stats.sidecar_bytes_sent, 8 << 20, "{stats:?}");
+    assert_eq!(stats.sidecar_bytes_hashed, 8 << 20, "{stats:?}");
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contexts_and_permissions_refuse_before_anything_runs() {
     let setup = Setup {
         tweak: |name, config| match name {
