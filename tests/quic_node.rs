@@ -360,22 +360,28 @@ async fn a_restarted_node_with_a_store_dir_needs_no_blob_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bytes_travel_as_sidecars_intact() {
-    // Default settings.
-    large_bytes_round_trip(Setup::default()).await;
+    // Default settings: the callee keeps the argument (sent with the retain flag), so its
+    // answer references it instead of sending it back.
+    large_bytes_round_trip(Setup::default(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bytes_hashed_while_sent_travel_intact() {
     // No retain budget anywhere: nothing needs a sidecar's hash before it is sent, so the
     // connection drivers hash both (the argument and the result) as they write them.
-    large_bytes_round_trip(Setup {
-        tweak: |_, config| config.wire.sidecar_retain_bytes = 0,
-        ..Setup::default()
-    })
+    large_bytes_round_trip(
+        Setup {
+            tweak: |_, config| config.wire.sidecar_retain_bytes = 0,
+            ..Setup::default()
+        },
+        true,
+    )
     .await;
 }
 
-async fn large_bytes_round_trip(setup: Setup) {
+/// Passes 64 MiB to a hop that answers with them; `echoed`: the answer carries them back
+/// (else it references the copy the caller kept).
+async fn large_bytes_round_trip(setup: Setup, echoed: bool) {
     let nodes = cluster(&["a"], setup).await;
     let module = compile(r#"fn echo(data) { remote("a") [data] { [len(data), data] } }"#);
     nodes[0].load(&module).await.unwrap();
@@ -390,8 +396,9 @@ async fn large_bytes_round_trip(setup: Setup) {
         list(vec![Portable::Int(64 << 20), Portable::Bytes(data)])
     );
     let stats = nodes[0].stats("a").unwrap();
-    assert!(stats.sidecar_bytes_sent >= 64 << 20, "{stats:?}");
-    assert!(stats.sidecar_bytes_received >= 64 << 20, "{stats:?}");
+    assert_eq!(stats.sidecar_bytes_sent, 64 << 20, "{stats:?}");
+    let back = if echoed { 64 << 20 } else { 0 };
+    assert_eq!(stats.sidecar_bytes_received, back, "{stats:?}");
     shutdown(nodes).await;
 }
 
