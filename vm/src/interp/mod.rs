@@ -972,6 +972,12 @@ impl Execution {
                     stack.clear();
                     let frames = std::mem::take(&mut task.frames);
                     self.engine.spare.borrow_mut().keep_task(stack, frames);
+                    if task_id == 0 && self.tasks.len() == 1 {
+                        // The only task there ever was: nothing awaits it and nothing else
+                        // is left to report, so it need not go back into its slot first.
+                        drop(task);
+                        return self.end_with(Some(result));
+                    }
                     task.charge.resize(task_bytes(0));
                     task.handlers = Vec::new();
                     for w in std::mem::take(&mut task.waiters) {
@@ -1133,17 +1139,26 @@ impl Execution {
     /// The first task finished: report unawaited task errors, cancel the rest.
     fn finish(&mut self) -> Status {
         let mut tasks = std::mem::take(&mut self.tasks);
-        let mut ended = Ended::Value(Value::Nil);
+        let mut first = None;
         for (id, task) in tasks.iter_mut().enumerate() {
             let Some(task) = task else { continue };
             match (id, task.result.take()) {
-                (0, Some(Ok(v))) => ended = Ended::Value(v),
-                (0, Some(Err(r))) => ended = Ended::Failed(Box::new(self.exec_error(r))),
+                (0, result) => first = result,
                 (_, Some(Err(r))) if !task.awaited => self.warn_unawaited(r),
                 _ => {}
             }
         }
         self.tasks = tasks;
+        self.end_with(first)
+    }
+
+    /// Ends the execution with the first task's `result` (`None`: it has none), and says so.
+    fn end_with(&mut self, result: Option<Result<Value, Raised>>) -> Status {
+        let ended = match result {
+            Some(Err(r)) => Ended::Failed(Box::new(self.exec_error(r))),
+            Some(Ok(v)) => Ended::Value(v),
+            None => Ended::Value(Value::Nil),
+        };
         let status = self.status_of(&ended);
         self.end(ended);
         status
