@@ -140,6 +140,21 @@ struct Held {
     behind: VecDeque<(OutFrame, bool)>,
 }
 
+/// What a retained sidecar counts against a retain budget at least: keeping one costs a few
+/// hundred bytes of bookkeeping whatever its size, so a budget also bounds how many sidecars
+/// a peer can make this side keep (docs/protocol.md §6).
+const RETAIN_MIN_CHARGE: u64 = 1 << 10;
+
+/// A sidecar received with the retain flag and smaller than this is copied out of the
+/// buffer it arrived in (a frame, or a datagram's worth of stream data), which it would
+/// otherwise keep alive whole for the rest of the connection.
+const RETAIN_COPY_BELOW: usize = 64 << 10;
+
+/// What a retained sidecar of `len` bytes counts against a retain budget.
+fn retain_charge(len: usize) -> u64 {
+    (len as u64).max(RETAIN_MIN_CHARGE)
+}
+
 /// A sidecar of at least this many bytes is hashed while it is sent (by the transport) when
 /// nothing needs its hash first: it will not be retained and no sidecar the peer may already
 /// hold, nor another of the same message, has its length. Smaller ones are hashed at once.
@@ -850,7 +865,7 @@ impl Connection {
             let memo = self.retained_hash(&s.data);
             let while_sending = memo.is_none()
                 && len >= HASH_WHILE_SENDING
-                && self.retained_for_peer_bytes + len as u64 > budget
+                && self.retained_for_peer_bytes + retain_charge(len) > budget
                 && !self.dedup_lens.contains(&len)
                 && same_len[&len] == 1;
             let hash = HashCell::default();
@@ -869,9 +884,9 @@ impl Connection {
             }
             let retain = match hash.get() {
                 Some(h) if self.retained_for_peer.contains(h) => true,
-                Some(h) if self.retained_for_peer_bytes + len as u64 <= budget => {
+                Some(h) if self.retained_for_peer_bytes + retain_charge(len) <= budget => {
                     self.retained_for_peer.insert(*h);
-                    self.retained_for_peer_bytes += len as u64;
+                    self.retained_for_peer_bytes += retain_charge(len);
                     self.dedup_lens.insert(len);
                     self.retain(*h, &s.data);
                     true
@@ -1752,16 +1767,21 @@ impl Connection {
             ));
         }
         self.stats.sidecar_bytes_received += data.len() as u64;
+        let mut data = data;
         if retain && !self.retained_by_peer.contains(&hash) {
             let budget = self.config.sidecar_retain_bytes;
-            if self.retained_by_peer_bytes + data.len() as u64 > budget {
+            let charge = retain_charge(data.len());
+            if self.retained_by_peer_bytes + charge > budget {
                 return Err(RemoteError::new(
                     ErrorKind::Protocol,
                     format!("retained sidecars exceed the announced budget of {budget} bytes"),
                 ));
             }
+            if data.len() < RETAIN_COPY_BELOW {
+                data = Bytes::copy_from_slice(&data);
+            }
             self.retained_by_peer.insert(hash);
-            self.retained_by_peer_bytes += data.len() as u64;
+            self.retained_by_peer_bytes += charge;
             self.retain(hash, &data);
         }
         if retain {

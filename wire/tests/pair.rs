@@ -1244,3 +1244,59 @@ fn a_call_made_before_hello_sends_its_sidecars_with_retain() {
     let inc = next_incoming_call(&mut server).expect("the second call arrived");
     assert_eq!(inc.args, vec![Portable::Bytes(big)]);
 }
+
+#[test]
+fn a_retain_budget_bounds_how_many_small_sidecars_a_peer_makes_us_keep() {
+    // Each retained sidecar counts at least 1 KiB against the budget, so 16-byte ones fill
+    // an 8 KiB budget after eight: the ninth is refused, not kept.
+    let now = std::time::Instant::now();
+    let mut config = Config::new("server");
+    config.sidecar_retain_bytes = 8 << 10;
+    let mut server = lone_connection(Side::Server, config);
+    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
+    let stream = StreamId::new(Side::Client, 1);
+    for i in 0..9u8 {
+        let data = [i; 16];
+        let frame = encode_sidecar(SidecarHash::of(&data), true, &data);
+        server.handle_stream_data(stream, Bytes::from(frame), now);
+    }
+    let replies: Vec<Message> = std::iter::from_fn(|| server.poll_transmit())
+        .filter(|t| t.stream == stream && !t.data.is_empty())
+        .map(|t| skiff_wire::message::decode_frame_exact(&t.data, &Default::default()).unwrap())
+        .collect();
+    match &replies[..] {
+        [Message::Response(r)] => {
+            let e = r.result.as_ref().unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Protocol);
+            assert!(e.message.contains("8192"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_small_retained_sidecar_is_kept_as_a_copy_of_its_own() {
+    // Kept for the connection, a slice would keep the whole buffer it arrived in alive;
+    // a small one is copied (a large one stays a slice, as it does unretained).
+    let now = std::time::Instant::now();
+    let (mut server, _) = server_past_hello(now);
+    for (index, size, copied) in [(1, 2_000, true), (2, 100_000, false)] {
+        let data = vec![9u8; size];
+        let (call, sidecars) = call_with_bytes(&data);
+        let mut wire = encode_sidecar(sidecars[0].hash, true, &data);
+        wire.extend_from_slice(&call);
+        let wire = Bytes::from(wire);
+        let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+        server.handle_stream_data(StreamId::new(Side::Client, index), wire.clone(), now);
+        let inc = next_incoming_call(&mut server).unwrap();
+        let Portable::Bytes(b) = &inc.args[0] else {
+            panic!("{:?}", inc.args)
+        };
+        assert_eq!(&b[..], &data[..]);
+        assert_eq!(
+            !range.contains(&(b.as_ptr() as usize)),
+            copied,
+            "{size} bytes"
+        );
+    }
+}
