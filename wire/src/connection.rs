@@ -24,6 +24,10 @@
 //!   that carried ours.
 //! - An unknown or malformed message is answered with an error reply on its stream; it
 //!   never closes the connection.
+//! - Sidecars kept for the connection (sent or received with the retain flag) stay within
+//!   the two announced retain budgets, each counting at least `RETAIN_MIN_CHARGE` (1 KiB);
+//!   a sidecar's remembered hash is used only for the very buffer it was computed from,
+//!   which the connection holds for as long as it remembers it.
 
 use crate::arena::FrameArena;
 use crate::frame::{decode_frame, FrameStatus, FrameType, HEADER_LEN};
