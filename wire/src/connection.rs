@@ -24,9 +24,11 @@
 //!   that carried ours.
 //! - An unknown or malformed message is answered with an error reply on its stream; it
 //!   never closes the connection.
-//! - Sidecars kept for the connection (sent or received with the retain flag) stay within
-//!   the two announced retain budgets, each counting at least `RETAIN_MIN_CHARGE` (1 KiB);
-//!   a sidecar's remembered hash is used only for the very buffer it was computed from,
+//! - A sidecar counts at least `SIDECAR_MIN_CHARGE` (1 KiB) against every sidecar budget
+//!   (a call's `max_sidecar_bytes_per_call`, the two announced retain budgets), and one
+//!   received under `SIDECAR_COPY_BELOW` is copied out of the buffer it arrived in: what a
+//!   peer makes this side hold stays within those budgets, however small its sidecars.
+//! - A sidecar's remembered hash is used only for the very buffer it was computed from,
 //!   which the connection holds for as long as it remembers it.
 
 use crate::arena::FrameArena;
@@ -144,19 +146,19 @@ struct Held {
     behind: VecDeque<(OutFrame, bool)>,
 }
 
-/// What a retained sidecar counts against a retain budget at least: keeping one costs a few
-/// hundred bytes of bookkeeping whatever its size, so a budget also bounds how many sidecars
-/// a peer can make this side keep (docs/protocol.md §6).
-const RETAIN_MIN_CHARGE: u64 = 1 << 10;
+/// What a sidecar counts against a sidecar budget (a call's, a retain budget) at least:
+/// holding one costs a few hundred bytes of bookkeeping whatever its size, so a budget
+/// also bounds how many sidecars a peer can make this side hold (docs/protocol.md §5, §6).
+const SIDECAR_MIN_CHARGE: u64 = 1 << 10;
 
-/// A sidecar received with the retain flag and smaller than this is copied out of the
-/// buffer it arrived in (a frame, or a datagram's worth of stream data), which it would
-/// otherwise keep alive whole for the rest of the connection.
-const RETAIN_COPY_BELOW: usize = 64 << 10;
+/// A received sidecar smaller than this is copied out of the buffer it arrived in (a
+/// frame, or a datagram's worth of stream data), which it would otherwise keep alive whole
+/// for as long as it is held.
+const SIDECAR_COPY_BELOW: usize = 64 << 10;
 
-/// What a retained sidecar of `len` bytes counts against a retain budget.
-fn retain_charge(len: usize) -> u64 {
-    (len as u64).max(RETAIN_MIN_CHARGE)
+/// What a sidecar of `len` bytes counts against a sidecar budget.
+fn sidecar_charge(len: usize) -> u64 {
+    (len as u64).max(SIDECAR_MIN_CHARGE)
 }
 
 /// A sidecar of at least this many bytes is hashed while it is sent (by the transport) when
@@ -869,7 +871,7 @@ impl Connection {
             let memo = self.retained_hash(&s.data);
             let while_sending = memo.is_none()
                 && len >= HASH_WHILE_SENDING
-                && self.retained_for_peer_bytes + retain_charge(len) > budget
+                && self.retained_for_peer_bytes + sidecar_charge(len) > budget
                 && !self.dedup_lens.contains(&len)
                 && same_len[&len] == 1;
             let hash = HashCell::default();
@@ -888,9 +890,9 @@ impl Connection {
             }
             let retain = match hash.get() {
                 Some(h) if self.retained_for_peer.contains(h) => true,
-                Some(h) if self.retained_for_peer_bytes + retain_charge(len) <= budget => {
+                Some(h) if self.retained_for_peer_bytes + sidecar_charge(len) <= budget => {
                     self.retained_for_peer.insert(*h);
-                    self.retained_for_peer_bytes += retain_charge(len);
+                    self.retained_for_peer_bytes += sidecar_charge(len);
                     self.dedup_lens.insert(len);
                     self.retain(*h, &s.data);
                     true
@@ -1358,7 +1360,7 @@ impl Connection {
             };
             if ty == FrameType::Sidecar as u8 {
                 let framing = SIDECAR_HEADER_LEN + SIDECAR_TRAILER_LEN;
-                st.sidecar_bytes += payload.len().saturating_sub(framing) as u64;
+                st.sidecar_bytes += sidecar_charge(payload.len().saturating_sub(framing));
             }
             self.stats.frames_received += 1;
             self.arrived_digest = digest;
@@ -1771,18 +1773,19 @@ impl Connection {
             ));
         }
         self.stats.sidecar_bytes_received += data.len() as u64;
-        let mut data = data;
+        let data = if data.len() < SIDECAR_COPY_BELOW {
+            Bytes::copy_from_slice(&data)
+        } else {
+            data
+        };
         if retain && !self.retained_by_peer.contains(&hash) {
             let budget = self.config.sidecar_retain_bytes;
-            let charge = retain_charge(data.len());
+            let charge = sidecar_charge(data.len());
             if self.retained_by_peer_bytes + charge > budget {
                 return Err(RemoteError::new(
                     ErrorKind::Protocol,
                     format!("retained sidecars exceed the announced budget of {budget} bytes"),
                 ));
-            }
-            if data.len() < RETAIN_COPY_BELOW {
-                data = Bytes::copy_from_slice(&data);
             }
             self.retained_by_peer.insert(hash);
             self.retained_by_peer_bytes += charge;

@@ -104,7 +104,8 @@ pub struct Limits {
     pub max_blobs_per_call: usize,
     /// Maximum blob bytes pushed for one call (default 64 MiB).
     pub max_blob_bytes_per_call: u64,
-    /// Maximum sidecar bytes in one call request or response (default 1 GiB).
+    /// Maximum sidecar bytes in one call request or response (default 1 GiB); each sidecar
+    /// counts at least 1 KiB, so this also bounds how many one message may carry.
     pub max_sidecar_bytes_per_call: u64,
     /// Maximum calls the peer may have open towards us (default 128).
     pub max_calls_in_flight: usize,

@@ -1275,15 +1275,20 @@ fn a_retain_budget_bounds_how_many_small_sidecars_a_peer_makes_us_keep() {
 }
 
 #[test]
-fn a_small_retained_sidecar_is_kept_as_a_copy_of_its_own() {
-    // Kept for the connection, a slice would keep the whole buffer it arrived in alive;
-    // a small one is copied (a large one stays a slice, as it does unretained).
+fn a_small_sidecar_is_held_as_a_copy_of_its_own() {
+    // Held until its call is read, or kept for the connection, a slice would keep the whole
+    // buffer it arrived in alive; a small one is copied (a large one stays a slice).
     let now = std::time::Instant::now();
     let (mut server, _) = server_past_hello(now);
-    for (index, size, copied) in [(1, 2_000, true), (2, 100_000, false)] {
-        let data = vec![9u8; size];
+    let cases = [
+        (2_000, false, true),
+        (2_000, true, true),
+        (100_000, true, false),
+    ];
+    for (index, (size, retain, copied)) in (1..).zip(cases) {
+        let data = vec![index as u8; size];
         let (call, sidecars) = call_with_bytes(&data);
-        let mut wire = encode_sidecar(sidecars[0].hash, true, &data);
+        let mut wire = encode_sidecar(sidecars[0].hash, retain, &data);
         wire.extend_from_slice(&call);
         let wire = Bytes::from(wire);
         let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
@@ -1293,10 +1298,44 @@ fn a_small_retained_sidecar_is_kept_as_a_copy_of_its_own() {
             panic!("{:?}", inc.args)
         };
         assert_eq!(&b[..], &data[..]);
+        let at = b.as_ptr() as usize;
         assert_eq!(
-            !range.contains(&(b.as_ptr() as usize)),
+            !range.contains(&at),
             copied,
-            "{size} bytes"
+            "{size} bytes, retain {retain}"
         );
+    }
+}
+
+#[test]
+fn a_calls_sidecar_budget_bounds_how_many_small_sidecars_it_may_carry() {
+    // Each sidecar counts at least 1 KiB against `max_sidecar_bytes_per_call`, so 16-byte
+    // ones fill an 8 KiB allowance after eight: the ninth fails the call with `limit`.
+    let now = std::time::Instant::now();
+    let mut config = Config::new("server");
+    config.limits.max_sidecar_bytes_per_call = 8 << 10;
+    let mut server = lone_connection(Side::Server, config);
+    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
+    let stream = StreamId::new(Side::Client, 1);
+    for i in 0..9u8 {
+        let data = [i; 16];
+        let frame = encode_sidecar(SidecarHash::of(&data), false, &data);
+        server.handle_stream_data(stream, Bytes::from(frame), now);
+    }
+    let replies: Vec<Message> = std::iter::from_fn(|| server.poll_transmit())
+        .filter(|t| t.stream == stream && !t.data.is_empty())
+        .map(|t| skiff_wire::message::decode_frame_exact(&t.data, &Default::default()).unwrap())
+        .collect();
+    match &replies[..] {
+        [Message::Response(r)] => {
+            let e = r.result.as_ref().unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Limit);
+            assert!(
+                e.message.contains("max_sidecar_bytes_per_call"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("{other:?}"),
     }
 }
