@@ -1249,29 +1249,11 @@ fn a_call_made_before_hello_sends_its_sidecars_with_retain() {
 fn a_retain_budget_bounds_how_many_small_sidecars_a_peer_makes_us_keep() {
     // Each retained sidecar counts at least 1 KiB against the budget, so 16-byte ones fill
     // an 8 KiB budget after eight: the ninth is refused, not kept.
-    let now = std::time::Instant::now();
     let mut config = Config::new("server");
     config.sidecar_retain_bytes = 8 << 10;
-    let mut server = lone_connection(Side::Server, config);
-    server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
-    let stream = StreamId::new(Side::Client, 1);
-    for i in 0..9u8 {
-        let data = [i; 16];
-        let frame = encode_sidecar(SidecarHash::of(&data), true, &data);
-        server.handle_stream_data(stream, Bytes::from(frame), now);
-    }
-    let replies: Vec<Message> = std::iter::from_fn(|| server.poll_transmit())
-        .filter(|t| t.stream == stream && !t.data.is_empty())
-        .map(|t| skiff_wire::message::decode_frame_exact(&t.data, &Default::default()).unwrap())
-        .collect();
-    match &replies[..] {
-        [Message::Response(r)] => {
-            let e = r.result.as_ref().unwrap_err();
-            assert_eq!(e.kind, ErrorKind::Protocol);
-            assert!(e.message.contains("8192"), "{}", e.message);
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = nine_tiny_sidecars(config, true);
+    assert_eq!(e.kind, ErrorKind::Protocol);
+    assert!(e.message.contains("8192"), "{}", e.message);
 }
 
 #[test]
@@ -1311,31 +1293,35 @@ fn a_small_sidecar_is_held_as_a_copy_of_its_own() {
 fn a_calls_sidecar_budget_bounds_how_many_small_sidecars_it_may_carry() {
     // Each sidecar counts at least 1 KiB against `max_sidecar_bytes_per_call`, so 16-byte
     // ones fill an 8 KiB allowance after eight: the ninth fails the call with `limit`.
-    let now = std::time::Instant::now();
     let mut config = Config::new("server");
     config.limits.max_sidecar_bytes_per_call = 8 << 10;
+    let e = nine_tiny_sidecars(config, false);
+    assert_eq!(e.kind, ErrorKind::Limit);
+    assert!(
+        e.message.contains("max_sidecar_bytes_per_call"),
+        "{}",
+        e.message
+    );
+}
+
+/// Sends a server made with `config` nine distinct 16-byte sidecars (with the retain flag
+/// if `retain`) on one call stream, and returns the error of the one response it sends.
+fn nine_tiny_sidecars(config: Config, retain: bool) -> skiff_wire::RemoteError {
+    let now = std::time::Instant::now();
     let mut server = lone_connection(Side::Server, config);
     server.handle_stream_data(StreamId(0), hello_frame(PROTOCOL_VERSION, "client"), now);
     let stream = StreamId::new(Side::Client, 1);
     for i in 0..9u8 {
         let data = [i; 16];
-        let frame = encode_sidecar(SidecarHash::of(&data), false, &data);
+        let frame = encode_sidecar(SidecarHash::of(&data), retain, &data);
         server.handle_stream_data(stream, Bytes::from(frame), now);
     }
     let replies: Vec<Message> = std::iter::from_fn(|| server.poll_transmit())
         .filter(|t| t.stream == stream && !t.data.is_empty())
         .map(|t| skiff_wire::message::decode_frame_exact(&t.data, &Default::default()).unwrap())
         .collect();
-    match &replies[..] {
-        [Message::Response(r)] => {
-            let e = r.result.as_ref().unwrap_err();
-            assert_eq!(e.kind, ErrorKind::Limit);
-            assert!(
-                e.message.contains("max_sidecar_bytes_per_call"),
-                "{}",
-                e.message
-            );
-        }
+    match replies.as_slice() {
+        [Message::Response(r)] => r.result.clone().unwrap_err(),
         other => panic!("{other:?}"),
     }
 }
