@@ -678,6 +678,86 @@ async fn more_negotiated_calls_than_the_peer_allows_streams_all_complete() {
     shutdown(nodes).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_calls_answer_is_read_by_its_caller_and_many_by_the_connection() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let (main, a) = (&nodes[0], &nodes[1]);
+    a.load(&compile(
+        "fn twice(x) { x * 2 }\nfn slow(ms) { sleep(ms); ms }",
+    ))
+    .await
+    .unwrap();
+    let read_by_caller = || main.counters().answers_read_by_caller;
+
+    // One call at a time: each caller reads its own answer (most of the time: not when the
+    // connection's task happens to hold its state as the answer arrives).
+    for i in 0..10 {
+        let v = within_10s(main.call("a", "twice", vec![Portable::Int(i)], None)).await;
+        assert_eq!(v.unwrap(), Portable::Int(2 * i));
+    }
+    let lone = read_by_caller();
+    assert!(
+        (5..=10).contains(&lone),
+        "{lone} of 10 lone answers read by their caller"
+    );
+
+    // Sixteen at once: the connection's task reads the answers and hands them over.
+    let v = within_10s(run(
+        main,
+        r#"
+        fn slow(ms) { sleep(ms); ms }
+        let ts = []
+        for i in 0..16 { push(ts, spawn { remote("a") [i] { slow(20 + i) } }) }
+        await_all(ts)
+        "#,
+    ))
+    .await;
+    assert_eq!(
+        v.unwrap(),
+        list((0..16).map(|i| Portable::Int(20 + i)).collect())
+    );
+    let together = read_by_caller() - lone;
+    assert!(
+        together < 16,
+        "{together} of 16 concurrent answers read by their caller"
+    );
+
+    // A caller that gives up while it reads for itself leaves the connection to the task:
+    // the next call is answered, and so is a call made while another waits.
+    let late = main.call(
+        "a",
+        "slow",
+        vec![Portable::Int(2000)],
+        Some(Duration::from_millis(100)),
+    );
+    let err = within_10s(late).await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let v = within_10s(main.call("a", "twice", vec![Portable::Int(4)], None)).await;
+    assert_eq!(v.unwrap(), Portable::Int(8));
+    let (slow, quick) = within_10s(async {
+        tokio::join!(
+            main.call("a", "slow", vec![Portable::Int(200)], None),
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                main.call("a", "twice", vec![Portable::Int(5)], None).await
+            }
+        )
+    })
+    .await;
+    assert_eq!(
+        (slow.unwrap(), quick.unwrap()),
+        (Portable::Int(200), Portable::Int(10))
+    );
+    shutdown(nodes).await;
+}
+
+/// What `work` gives, failing the test if that takes more than 10 s (a call left waiting).
+async fn within_10s<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .expect("finished within 10 s")
+}
+
 /// What `a` printed, and warned of, in
 /// [`warm_effect_free_calls_are_answered_inline_and_nothing_else_is`].
 static PRINTED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());

@@ -12,8 +12,11 @@
 //! no command waits in the channel; they then run the command and write its frames
 //! themselves (in the common case straight into quinn's buffers), and wake the task only for
 //! what needs it (a stream future to poll, an earlier timer, a close). A warm call thus costs
-//! no wake-up of the caller's driver task. A VM on a thread of its own queues its answers
-//! for the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
+//! no wake-up of the caller's driver task. Nor does its answer, while it is the connection's
+//! only call in flight: the streams' wake-ups then go to its caller, which reads and handles
+//! what arrived itself ([`StreamWake`], [`DriverHandle::reply`]); with more calls in flight
+//! the task reads them all and sends each answer to its waiter. A VM on a thread of its own
+//! queues its answers for the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
 //!
 //! Invariants:
 //! - Nothing blocks on the state's mutex but the task itself and a host reading the wire's
@@ -24,6 +27,10 @@
 //!   stream ids both sides see agree (the client's first stream is the control stream);
 //!   opening one never blocks the driver (`streams.rs`), so waiting for the peer's stream
 //!   credit cannot stop it from reading the responses that return that credit.
+//! - A stream's wake-up reaches the task, or the one caller reading for itself; a caller that
+//!   stops reading (answered, another call started, the state busy, dropped) passes one it
+//!   may have left unhandled on to the task, so no arrival waits for a wake-up that went
+//!   nowhere.
 //! - Every outgoing call ends with exactly one reply to its waiter: its result, or
 //!   `connection_lost` when the connection goes away. Dropping the waiter cancels the call.
 //! - When the connection closes, every incoming call it carried is reported cancelled to the
@@ -40,8 +47,10 @@ use skiff_wire::{
     Stats, StreamId,
 };
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -88,6 +97,128 @@ pub(crate) struct DriverLink {
     /// and the VM answering one take it only if it is free (`try_lock`), and then do the
     /// work themselves, so the task is not woken for it.
     core: Mutex<Driver>,
+    /// Where wake-ups of the connection's streams go.
+    route: Arc<StreamWake>,
+}
+
+/// Where the wake-ups of a connection's quinn streams go: to the caller awaiting the
+/// connection's only outgoing call, which then reads and handles what arrived itself
+/// ([`DriverHandle::reply`]), else to the driver task. A caller's answer thus reaches it
+/// with no wake-up of the task in between.
+///
+/// Invariant: a wake-up routed to a caller that stops reading (its answer came, another call
+/// started, the state was busy, it went away) is passed on to the task, unless the streams
+/// were read since (`woken` is cleared just before every read).
+#[derive(Default)]
+struct StreamWake {
+    to: Mutex<WakeTargets>,
+    /// A stream woke since the streams were last read.
+    woken: AtomicBool,
+}
+
+#[derive(Default)]
+struct WakeTargets {
+    /// The driver task's waker, once it has polled.
+    task: Option<Waker>,
+    /// The caller reading for itself: its call's token and waker.
+    caller: Option<(u64, Waker)>,
+}
+
+impl Wake for StreamWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let to = self.to.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waker) = to.caller.as_ref().map(|(_, w)| w).or(to.task.as_ref()) {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+impl StreamWake {
+    fn set_task(&self, waker: &Waker) {
+        let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
+        to.task = Some(waker.clone());
+    }
+
+    /// Routes the streams' wake-ups to the caller of call `token`.
+    fn set_caller(&self, token: u64, waker: &Waker) {
+        let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut to.caller {
+            Some((t, w)) if *t == token && w.will_wake(waker) => {}
+            caller => *caller = Some((token, waker.clone())),
+        }
+    }
+
+    /// Routes the streams' wake-ups back to the task (only if the caller reading is the
+    /// one of call `token`, when given), passing on one the caller may not have handled.
+    fn clear_caller(&self, token: Option<u64>) {
+        let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
+        if to
+            .caller
+            .as_ref()
+            .is_none_or(|(t, _)| token.is_some_and(|token| token != *t))
+        {
+            return;
+        }
+        to.caller = None;
+        if self.woken.load(Ordering::Acquire) {
+            if let Some(task) = &to.task {
+                task.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// The answer to an outgoing call, awaited by its caller ([`DriverHandle::reply`]).
+struct AwaitReply<'a> {
+    link: &'a DriverHandle,
+    token: u64,
+    rx: oneshot::Receiver<Result<Portable, RemoteError>>,
+}
+
+impl Future for AwaitReply<'_> {
+    type Output = Result<Result<Portable, RemoteError>, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let link = this.link;
+        // Polled with a no-op waker while this caller may send its own answer (a wake-up of
+        // itself would only schedule it again), with its own once it waits.
+        let mut quiet = Context::from_waker(Waker::noop());
+        match link.core.try_lock() {
+            Ok(mut d) => {
+                if let Poll::Ready(r) = Pin::new(&mut this.rx).poll(&mut quiet) {
+                    return Poll::Ready(r);
+                }
+                if d.closed || !d.cmds.is_empty() || d.pending.len() != 1 {
+                    drop(d);
+                    link.route.clear_caller(Some(this.token));
+                } else {
+                    link.route.set_caller(this.token, cx.waker());
+                    let more = d.read_streams(&mut Vec::new());
+                    d.flush(link);
+                    d.wake_task_if_needed(more);
+                    if let Poll::Ready(r) = Pin::new(&mut this.rx).poll(&mut quiet) {
+                        d.shared.note_read_by_caller();
+                        return Poll::Ready(r);
+                    }
+                }
+            }
+            // The task (or an answer made in place) holds the state: it reads on.
+            Err(_) => link.route.clear_caller(Some(this.token)),
+        }
+        Pin::new(&mut this.rx).poll(cx)
+    }
+}
+
+impl Drop for AwaitReply<'_> {
+    fn drop(&mut self) {
+        self.link.route.clear_caller(Some(self.token));
+    }
 }
 
 impl std::ops::Deref for DriverHandle {
@@ -122,6 +253,23 @@ impl DriverHandle {
         self.queue(cmd);
     }
 
+    /// Waits for the answer to the call started with `token` (`rx`, its waiter). While it is
+    /// the connection's only call, this caller reads the streams itself when they wake, and
+    /// so gets its answer without a wake-up of the driver task; otherwise the task reads and
+    /// sends the answer.
+    pub async fn reply(
+        &self,
+        token: u64,
+        rx: oneshot::Receiver<Result<Portable, RemoteError>>,
+    ) -> Result<Result<Portable, RemoteError>, oneshot::error::RecvError> {
+        AwaitReply {
+            link: self,
+            token,
+            rx,
+        }
+        .await
+    }
+
     /// Hands `cmd` to the driver's task, never running it here.
     pub fn queue(&self, cmd: DriverCmd) {
         // A gone driver already failed every call it carried.
@@ -139,26 +287,14 @@ impl DriverHandle {
         }
         d.command(cmd);
         d.flush(self);
-        // A new stream future (a call's stream waiting for its answer) is polled here with
-        // the task's waker, so the task need not wake up just to poll it.
+        // A new stream future (a call's stream waiting for its answer) is polled here, so
+        // the task need not wake up just to poll it.
         let mut more = false;
         if d.streams.has_unpolled() {
-            if let Some(waker) = d.waker.clone() {
-                more = d.read_streams(&mut Context::from_waker(&waker), &mut Vec::new());
-                d.flush(self);
-            }
+            more = d.read_streams(&mut Vec::new());
+            d.flush(self);
         }
-        // What only the task can do: read on, poll what the flush queued, move its timer
-        // earlier, end after a close.
-        let timer = d
-            .wire
-            .poll_timeout()
-            .is_some_and(|at| d.armed_for.is_none_or(|armed| at < armed));
-        if more || timer || d.closed || d.streams.has_unpolled() {
-            if let Some(waker) = &d.waker {
-                waker.wake_by_ref();
-            }
-        }
+        d.wake_task_if_needed(more);
         None
     }
 }
@@ -179,6 +315,7 @@ pub(crate) fn spawn(
     peer: Option<Arc<str>>,
 ) -> DriverHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let route = Arc::new(StreamWake::default());
     let verifier: skiff_wire::Verifier = Arc::new(super::verify_blob);
     let wire = Connection::new(
         side,
@@ -197,6 +334,8 @@ pub(crate) fn spawn(
         closed: false,
         armed_for: None,
         waker: None,
+        stream_waker: Waker::from(route.clone()),
+        route: route.clone(),
     };
     let handle = DriverHandle(Arc::new(DriverLink {
         id: conn.stable_id(),
@@ -204,6 +343,7 @@ pub(crate) fn spawn(
         tx,
         conn,
         core: Mutex::new(core),
+        route,
     }));
     let span = tracing::info_span!(
         "connection",
@@ -233,6 +373,9 @@ struct Driver {
     armed_for: Option<Instant>,
     /// The task's waker (once it has polled), for work done in place.
     waker: Option<Waker>,
+    /// What the streams are polled with: wakes the task or a caller ([`StreamWake`]).
+    stream_waker: Waker,
+    route: Arc<StreamWake>,
 }
 
 async fn drive(handle: DriverHandle, side: Side) {
@@ -252,6 +395,7 @@ async fn drive(handle: DriverHandle, side: Side) {
         let mut d = handle.core.lock().unwrap_or_else(|e| e.into_inner());
         if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             d.waker = Some(cx.waker().clone());
+            handle.route.set_task(cx.waker());
         }
         // A wake-up does not say which source woke the task, so each is polled once; after
         // that only a source whose state may have changed without a wake-up (it was ready,
@@ -279,7 +423,7 @@ async fn drive(handle: DriverHandle, side: Side) {
                 }
             }
             if std::mem::take(&mut poll_streams) {
-                poll_streams = d.read_streams(cx, &mut inputs);
+                poll_streams = d.read_streams(&mut inputs);
             }
             if std::mem::take(&mut poll_accept) {
                 if let Poll::Ready(stream) = accept.as_mut().poll(cx) {
@@ -348,8 +492,14 @@ impl Driver {
     /// Polls the streams and handles what they gave (`inputs` is scratch space, left
     /// empty); `true` if they may have more (`BATCH` was taken), else every stream was
     /// polled to `Pending`.
-    fn read_streams(&mut self, cx: &mut Context<'_>, inputs: &mut Vec<Input>) -> bool {
-        if self.streams.poll_inputs(cx, inputs, BATCH).is_pending() {
+    fn read_streams(&mut self, inputs: &mut Vec<Input>) -> bool {
+        self.route.woken.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(&self.stream_waker);
+        if self
+            .streams
+            .poll_inputs(&mut cx, inputs, BATCH)
+            .is_pending()
+        {
             return false;
         }
         let full = inputs.len() >= BATCH;
@@ -358,6 +508,21 @@ impl Driver {
             self.input(input, now);
         }
         full
+    }
+
+    /// After work done outside the task (a command run in place, a caller reading for
+    /// itself), wakes the task for what only it does: read on (`more`), poll what the flush
+    /// queued, move its timer earlier, end after a close.
+    fn wake_task_if_needed(&mut self, more: bool) {
+        let timer = self
+            .wire
+            .poll_timeout()
+            .is_some_and(|at| self.armed_for.is_none_or(|armed| at < armed));
+        if more || timer || self.closed || self.streams.has_unpolled() {
+            if let Some(waker) = &self.waker {
+                waker.wake_by_ref();
+            }
+        }
     }
 
     fn input(&mut self, input: Input, now: Instant) {
@@ -381,6 +546,10 @@ impl Driver {
                     Ok(id) => {
                         self.pending.insert(id, (token, reply));
                         self.tokens.insert(token, id);
+                        if self.pending.len() > 1 {
+                            // Several answers to wait for: the task reads them all.
+                            self.route.clear_caller(None);
+                        }
                     }
                     Err(e) => {
                         let kind = match &e {

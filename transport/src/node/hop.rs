@@ -210,7 +210,7 @@ pub(crate) async fn call_peer(
         token,
         armed: true,
     };
-    let result = rx.await;
+    let result = driver.reply(token, rx).await;
     guard.armed = false;
     match result {
         Ok(Ok(v)) => Ok(v),

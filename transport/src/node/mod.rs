@@ -299,6 +299,10 @@ pub struct NodeCounters {
     pub calls_cancelled: u64,
     /// Executions serving incoming calls right now.
     pub calls_active: u64,
+    /// Outgoing calls whose answer their caller read from the connection itself: the
+    /// connection's only call in flight, its caller woken by the stream, not by the
+    /// connection's task (`driver.rs`, `DriverHandle::reply`).
+    pub answers_read_by_caller: u64,
     /// Verified blobs the VM holds (loaded here, or received and still in the blob store).
     pub code_blobs: u64,
 }
@@ -334,6 +338,7 @@ pub(crate) struct Shared {
     next_token: AtomicU64,
     served: AtomicU64,
     inline: AtomicU64,
+    read_by_caller: AtomicU64,
     cancelled: AtomicU64,
     active: AtomicU64,
     /// Blobs in the VM thread's code store.
@@ -396,6 +401,11 @@ impl Shared {
     fn note_inline(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
         self.inline.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An outgoing call's answer read by its caller ([`NodeCounters::answers_read_by_caller`]).
+    fn note_read_by_caller(&self) {
+        self.read_by_caller.fetch_add(1, Ordering::Relaxed);
     }
 
     fn note_cancelled(&self) {
@@ -633,6 +643,7 @@ impl Node {
             next_token: AtomicU64::new(0),
             served: AtomicU64::new(0),
             inline: AtomicU64::new(0),
+            read_by_caller: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             active: AtomicU64::new(0),
             code_blobs: AtomicU64::new(0),
@@ -818,6 +829,7 @@ impl Node {
         NodeCounters {
             calls_served: self.shared.served.load(Ordering::Relaxed),
             calls_inline: self.shared.inline.load(Ordering::Relaxed),
+            answers_read_by_caller: self.shared.read_by_caller.load(Ordering::Relaxed),
             calls_cancelled: self.shared.cancelled.load(Ordering::Relaxed),
             calls_active: self.shared.active.load(Ordering::Relaxed),
             code_blobs: self.shared.code_blobs.load(Ordering::Relaxed),
