@@ -690,8 +690,10 @@ async fn a_lone_calls_answer_is_read_by_its_caller_and_many_by_the_connection() 
     let read_by_caller = || main.counters().answers_read_by_caller;
 
     // One call at a time: each caller reads its own answer (most of the time: not when the
-    // connection's task happens to hold its state as the answer arrives).
+    // connection's task happens to hold its state as the call starts or its answer arrives;
+    // the pause lets the task finish what the last call left it).
     for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let v = within_10s(main.call("a", "twice", vec![Portable::Int(i)], None)).await;
         assert_eq!(v.unwrap(), Portable::Int(2 * i));
     }
@@ -748,6 +750,38 @@ async fn a_lone_calls_answer_is_read_by_its_caller_and_many_by_the_connection() 
         (slow.unwrap(), quick.unwrap()),
         (Portable::Int(200), Portable::Int(10))
     );
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_kept_but_not_awaited_holds_up_nothing_else_on_its_connection() {
+    let nodes = cluster(&["a"], Setup::default()).await;
+    let (main, a) = (&nodes[0], &nodes[1]);
+    main.load(&compile("fn size(data) { len(data) }"))
+        .await
+        .unwrap();
+    a.load(&compile("fn slow(ms) { sleep(ms); ms }"))
+        .await
+        .unwrap();
+    // Large enough to arrive in many packets, most after its stream was accepted.
+    let data = Portable::Bytes(vec![7u8; 1 << 20].into());
+    // `main`'s only call in flight, polled for a while (so its caller reads for itself),
+    // then kept without being polled.
+    let mut held = Box::pin(main.call("a", "slow", vec![Portable::Int(500)], None));
+    tokio::select! {
+        biased;
+        r = &mut held => panic!("answered early: {r:?}"),
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+    // `a` calls `main` over the same connection, before and after the held call's answer
+    // arrives: `main`'s task reads those calls, not the caller that is not polled.
+    for _ in 0..2 {
+        let v = within_10s(a.call("main", "size", vec![data.clone()], None)).await;
+        assert_eq!(v.unwrap(), Portable::Int(1 << 20));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(within_10s(&mut held).await.unwrap(), Portable::Int(500));
+    drop(held);
     shutdown(nodes).await;
 }
 

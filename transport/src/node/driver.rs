@@ -13,9 +13,9 @@
 //! themselves (in the common case straight into quinn's buffers), and wake the task only for
 //! what needs it (a stream future to poll, an earlier timer, a close). A warm call thus costs
 //! no wake-up of the caller's driver task. Nor does its answer, while it is the connection's
-//! only call in flight: the streams' wake-ups then go to its caller, which reads and handles
-//! what arrived itself ([`StreamWake`], [`DriverHandle::reply`]); with more calls in flight
-//! the task reads them all and sends each answer to its waiter. A VM on a thread of its own
+//! only call in flight: the wake-ups of that call's stream then go to its caller, which
+//! reads and handles what arrived itself ([`StreamWake`], [`DriverHandle::reply`]); with
+//! more calls in flight the task reads them all and sends each answer to its waiter. A VM on a thread of its own
 //! queues its answers for the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
 //!
 //! Invariants:
@@ -27,10 +27,11 @@
 //!   stream ids both sides see agree (the client's first stream is the control stream);
 //!   opening one never blocks the driver (`streams.rs`), so waiting for the peer's stream
 //!   credit cannot stop it from reading the responses that return that credit.
-//! - A stream's wake-up reaches the task, or the one caller reading for itself; a caller that
-//!   stops reading (answered, another call started, the state busy, dropped) passes one it
-//!   may have left unhandled on to the task, so no arrival waits for a wake-up that went
-//!   nowhere.
+//! - A stream's wake-up reaches the task, except the watched stream's (the only call's),
+//!   which reaches its caller while that caller reads for itself; a caller that stops
+//!   (answered, another call started, the state busy, dropped) passes one it may have left
+//!   unhandled on to the task. So no arrival waits for a wake-up that went nowhere, and a
+//!   caller that is not polled holds up its own answer only.
 //! - Every outgoing call ends with exactly one reply to its waiter: its result, or
 //!   `connection_lost` when the connection goes away. Dropping the waiter cancels the call.
 //! - When the connection closes, every incoming call it carried is reported cancelled to the
@@ -97,14 +98,14 @@ pub(crate) struct DriverLink {
     /// and the VM answering one take it only if it is free (`try_lock`), and then do the
     /// work themselves, so the task is not woken for it.
     core: Mutex<Driver>,
-    /// Where wake-ups of the connection's streams go.
+    /// Where wake-ups of the watched stream go.
     route: Arc<StreamWake>,
 }
 
-/// Where the wake-ups of a connection's quinn streams go: to the caller awaiting the
-/// connection's only outgoing call, which then reads and handles what arrived itself
-/// ([`DriverHandle::reply`]), else to the driver task. A caller's answer thus reaches it
-/// with no wake-up of the task in between.
+/// Where the wake-ups of the watched stream go (the stream of the connection's only outgoing
+/// call, [`Streams::watch`]): to the caller awaiting that call, which then reads and handles
+/// what arrived itself ([`DriverHandle::reply`]), else to the driver task. A caller's answer
+/// thus reaches it with no wake-up of the task in between.
 ///
 /// Invariant: a wake-up routed to a caller that stops reading (its answer came, another call
 /// started, the state was busy, it went away) is passed on to the task, unless the streams
@@ -112,7 +113,7 @@ pub(crate) struct DriverLink {
 #[derive(Default)]
 struct StreamWake {
     to: Mutex<WakeTargets>,
-    /// A stream woke since the streams were last read.
+    /// The watched stream woke since the streams were last read.
     woken: AtomicBool,
 }
 
@@ -373,7 +374,7 @@ struct Driver {
     armed_for: Option<Instant>,
     /// The task's waker (once it has polled), for work done in place.
     waker: Option<Waker>,
-    /// What the streams are polled with: wakes the task or a caller ([`StreamWake`]).
+    /// What the watched stream is polled with: wakes the task or a caller ([`StreamWake`]).
     stream_waker: Waker,
     route: Arc<StreamWake>,
 }
@@ -494,10 +495,12 @@ impl Driver {
     /// polled to `Pending`.
     fn read_streams(&mut self, inputs: &mut Vec<Input>) -> bool {
         self.route.woken.store(false, Ordering::Release);
-        let mut cx = Context::from_waker(&self.stream_waker);
+        // Before the task's first poll, nothing needs its waker: that poll reads everything.
+        let mut cx = Context::from_waker(self.waker.as_ref().unwrap_or(Waker::noop()));
+        let mut watcher = Context::from_waker(&self.stream_waker);
         if self
             .streams
-            .poll_inputs(&mut cx, inputs, BATCH)
+            .poll_inputs(&mut cx, &mut watcher, inputs, BATCH)
             .is_pending()
         {
             return false;
@@ -546,8 +549,12 @@ impl Driver {
                     Ok(id) => {
                         self.pending.insert(id, (token, reply));
                         self.tokens.insert(token, id);
-                        if self.pending.len() > 1 {
+                        if self.pending.len() == 1 {
+                            // The only call: its caller may read its answer itself.
+                            self.streams.watch(Some(id));
+                        } else {
                             // Several answers to wait for: the task reads them all.
+                            self.streams.watch(None);
                             self.route.clear_caller(None);
                         }
                     }
@@ -616,6 +623,9 @@ impl Driver {
                 });
             }
             Event::CallResult { id, result } => {
+                if self.streams.watched() == Some(id) {
+                    self.streams.watch(None);
+                }
                 if let Some((token, reply)) = self.pending.remove(&id) {
                     self.tokens.remove(&token);
                     let _ = reply.send(result);

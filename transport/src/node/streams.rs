@@ -17,6 +17,9 @@
 //! - A stream whose write failed (the peer stopped or reset it, the connection went away) is
 //!   forgotten: nothing more is written to it, and its read side reports the end to the wire.
 //! - Dropping a `SendStream` finishes it (quinn), so a forgotten idle stream is finished.
+//! - The reads of one stream may be watched ([`Streams::watch`]): polled with a waker of
+//!   their own, so that its arrivals can wake someone other than the driver task (the
+//!   caller awaiting the answer on it). Every other read, write and open wakes the task.
 //! - Sidecar data the wire wants hashed ([`Transmit::report_hash`]) is hashed piece by piece,
 //!   each piece just before it is written, and exactly one [`Input::SidecarSent`] reports it:
 //!   its hash, or `None` if not all of it was written (or the stream was gone).
@@ -91,6 +94,12 @@ pub(super) struct Streams {
     /// The side whose streams are opened here.
     side: Side,
     reads: FuturesUnordered<Boxed<Read>>,
+    /// The stream whose reads are watched, if any, and its read in flight (polled with the
+    /// watcher's waker). A future of its own, not a set: a `FuturesUnordered` that polled
+    /// all its futures wakes its waker to yield, which for a set of one would be a wake-up
+    /// per poll.
+    watched: Option<StreamId>,
+    watched_read: Option<Boxed<Read>>,
     writes: FuturesUnordered<Boxed<Written>>,
     outboxes: IdMap<StreamId, Outbox>,
     /// The stream of ours being opened, if any.
@@ -118,6 +127,8 @@ impl Streams {
             conn,
             side,
             reads: FuturesUnordered::new(),
+            watched: None,
+            watched_read: None,
             writes: FuturesUnordered::new(),
             outboxes: IdMap::default(),
             opening: None,
@@ -137,6 +148,25 @@ impl Streams {
         self.adopt(id, send, recv, &mut ready);
         self.unpolled |= !ready.is_empty();
         self.ready = ready;
+    }
+
+    /// From its next read on, stream `id` is read apart, its arrivals waking the waker
+    /// [`Streams::poll_inputs`] is given for it (`None`: no stream).
+    pub fn watch(&mut self, id: Option<StreamId>) {
+        if id == self.watched {
+            return;
+        }
+        self.watched = id;
+        // A read of the stream watched before goes on with the others.
+        if let Some(read) = self.watched_read.take() {
+            self.reads.push(read);
+            self.unpolled = true;
+        }
+    }
+
+    /// The stream watched, if any.
+    pub fn watched(&self) -> Option<StreamId> {
+        self.watched
     }
 
     /// Whether [`Streams::poll_inputs`] has work it was not polled for yet (then it must be
@@ -199,10 +229,11 @@ impl Streams {
 
     /// Collects the inputs that are ready (at least one, else `Pending`; once `max` or more
     /// are collected, no further stream is read), completing the writes that are ready on
-    /// the way.
+    /// the way. The watched stream's reads are polled with `watcher`, all else with `cx`.
     pub fn poll_inputs(
         &mut self,
         cx: &mut Context<'_>,
+        watcher: &mut Context<'_>,
         out: &mut Vec<Input>,
         max: usize,
     ) -> Poll<()> {
@@ -223,13 +254,19 @@ impl Streams {
         }
         out.append(&mut self.ready);
         while out.len() < max {
-            let Poll::Ready(Some((id, recv, mut chunks, result))) = self.reads.poll_next_unpin(cx)
+            let Some(Poll::Ready(read)) =
+                self.watched_read.as_mut().map(|f| f.as_mut().poll(watcher))
             else {
                 break;
             };
-            if self.took(id, &mut chunks, result, out) {
-                self.read_into(id, recv, chunks, out);
-            }
+            self.watched_read = None;
+            self.read_done(read, out);
+        }
+        while out.len() < max {
+            let Poll::Ready(Some(read)) = self.reads.poll_next_unpin(cx) else {
+                break;
+            };
+            self.read_done(read, out);
         }
         // Everything queued while polling was polled in turn (reads unless `max` stopped
         // them, which the caller sees).
@@ -245,6 +282,7 @@ impl Streams {
     /// reading any more.
     pub async fn flush_writes(mut self) {
         self.reads.clear();
+        self.watched_read = None;
         // The wire is gone: nothing is waiting for a hash.
         let mut unreported = Vec::new();
         while let Some(written) = self.writes.next().await {
@@ -303,6 +341,13 @@ impl Streams {
         }
     }
 
+    /// A read completed: what it gave goes to `out`, and the stream is read on if it has more.
+    fn read_done(&mut self, (id, recv, mut chunks, result): Read, out: &mut Vec<Input>) {
+        if self.took(id, &mut chunks, result, out) {
+            self.read_into(id, recv, chunks, out);
+        }
+    }
+
     /// What a read of stream `id` gave, as inputs in `out`: `true` if the stream has more
     /// to read (then `chunks` is empty again for the next read; else it is spare).
     fn took(
@@ -352,10 +397,19 @@ impl Streams {
                 return;
             }
         }
-        self.reads.push(Box::pin(async move {
+        let read: Boxed<Read> = Box::pin(async move {
             let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
             (id, recv, chunks, result)
-        }));
+        });
+        if self.watched == Some(id) {
+            debug_assert!(
+                self.watched_read.is_none(),
+                "one read of a stream at a time"
+            );
+            self.watched_read = Some(read);
+        } else {
+            self.reads.push(read);
+        }
         self.unpolled = true;
     }
 
