@@ -9,7 +9,9 @@
 //!   digest computed here; 16 calls are in flight at a time. Both nodes use BBR
 //!   ([`Congestion::Bbr`]), which took 51 s here in a debug build on 2 cores; under CUBIC,
 //!   the default, the same test passes too but took 381 s (each loss shrinks the window),
-//!   too long for every CI run.
+//!   too long for every CI run. Then [`LONE_CALLS`] calls one at a time, each its
+//!   connection's only call, whose caller reads the answer itself: every one must be
+//!   answered, each but a few read by its caller.
 //! - **Concurrency**: 10⁴ calls started at once. The callee's wire limit on calls in flight
 //!   per connection (`max_calls_in_flight`, default 128; excess calls are refused with
 //!   `LimitExceeded`) and the QUIC stream limit are raised to admit all of them, and each
@@ -44,6 +46,10 @@ const LOSSY_CALLS: usize = 1000;
 const PAYLOAD: usize = 1 << 20;
 /// Lossy calls in flight at a time.
 const LOSSY_CONCURRENCY: usize = 16;
+/// Calls over the lossy link one at a time, after the concurrent ones.
+const LONE_CALLS: usize = 200;
+/// Size of each lone call's bytes argument (above the sidecar threshold).
+const LONE_PAYLOAD: usize = 100 << 10;
 /// Fraction of datagrams lost, each direction.
 const LOSS: f64 = 0.10;
 
@@ -176,11 +182,37 @@ async fn ten_percent_loss_still_completes_1000_calls_with_a_1_mib_sidecar() {
         wire.sidecar_bytes_sent >= (LOSSY_CALLS * PAYLOAD) as u64,
         "{wire:?}"
     );
+
+    // One at a time: the lone call's stream wakes its caller, lost datagrams and all.
+    let read_before = main.counters().answers_read_by_caller;
+    for i in 0..LONE_CALLS {
+        let data = vec![i as u8; LONE_PAYLOAD];
+        let expect = BlobHash::of(&data);
+        let arg = Portable::Bytes(Bytes::from(data));
+        let got = main
+            .call("a", "digest", vec![arg], Some(CALL_TIMEOUT))
+            .await;
+        let want = Portable::List(vec![
+            Portable::Int(LONE_PAYLOAD as i64),
+            Portable::Bytes(Bytes::copy_from_slice(&expect.0)),
+        ]);
+        assert_eq!(
+            got.unwrap_or_else(|e| panic!("lone call {i} failed: {e}")),
+            want
+        );
+    }
+    let read = main.counters().answers_read_by_caller - read_before;
+    eprintln!(
+        "{LONE_CALLS} lone calls at {:.0}% loss: {read} answers read by their caller",
+        LOSS * 100.0
+    );
+    assert!(read as usize >= LONE_CALLS / 2, "{read} of {LONE_CALLS}");
+
     wait_idle(&a).await;
     let c = a.counters();
     assert_eq!(
         (c.calls_served, c.calls_cancelled, c.calls_active),
-        (LOSSY_CALLS as u64, 0, 0)
+        ((LOSSY_CALLS + LONE_CALLS) as u64, 0, 0)
     );
     shutdown_shared(main).await;
     shutdown(vec![a]).await;
