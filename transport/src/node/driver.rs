@@ -145,7 +145,7 @@ impl StreamWake {
         to.task = Some(waker.clone());
     }
 
-    /// Routes the streams' wake-ups to the caller of call `token`.
+    /// Routes the watched stream's wake-ups to the caller of call `token`.
     fn set_caller(&self, token: u64, waker: &Waker) {
         let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
         match &mut to.caller {
@@ -154,8 +154,8 @@ impl StreamWake {
         }
     }
 
-    /// Routes the streams' wake-ups back to the task (only if the caller reading is the
-    /// one of call `token`, when given), passing on one the caller may not have handled.
+    /// Routes the watched stream's wake-ups back to the task (only if the caller reading is
+    /// the one of call `token`, when given), passing on one the caller may not have handled.
     fn clear_caller(&self, token: Option<u64>) {
         let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
         if to
@@ -255,9 +255,9 @@ impl DriverHandle {
     }
 
     /// Waits for the answer to the call started with `token` (`rx`, its waiter). While it is
-    /// the connection's only call, this caller reads the streams itself when they wake, and
-    /// so gets its answer without a wake-up of the driver task; otherwise the task reads and
-    /// sends the answer.
+    /// the connection's only call, this caller reads the streams itself when the call's
+    /// stream wakes, and so gets its answer without a wake-up of the driver task; otherwise
+    /// the task reads and sends the answer.
     pub async fn reply(
         &self,
         token: u64,
