@@ -623,9 +623,6 @@ impl Driver {
                 });
             }
             Event::CallResult { id, result } => {
-                if self.streams.watched() == Some(id) {
-                    self.streams.watch(None);
-                }
                 if let Some((token, reply)) = self.pending.remove(&id) {
                     self.tokens.remove(&token);
                     let _ = reply.send(result);

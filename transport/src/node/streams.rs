@@ -151,7 +151,9 @@ impl Streams {
     }
 
     /// From its next read on, stream `id` is read apart, its arrivals waking the waker
-    /// [`Streams::poll_inputs`] is given for it (`None`: no stream).
+    /// [`Streams::poll_inputs`] is given for it (`None`: no stream). A stream stays watched
+    /// until another is (or none): what is left of an answered call's stream (its end)
+    /// then still wakes the caller reading, if any, rather than the task.
     pub fn watch(&mut self, id: Option<StreamId>) {
         if id == self.watched {
             return;
@@ -162,11 +164,6 @@ impl Streams {
             self.reads.push(read);
             self.unpolled = true;
         }
-    }
-
-    /// The stream watched, if any.
-    pub fn watched(&self) -> Option<StreamId> {
-        self.watched
     }
 
     /// Whether [`Streams::poll_inputs`] has work it was not polled for yet (then it must be
