@@ -27,7 +27,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{cluster, compile, shutdown, Setup};
-use skiff::node::Node;
+use skiff::node::{Node, NodeError};
 use skiff::Portable;
 use skiff_transport::{Congestion, LossConfig};
 use skiff_vm::BlobHash;
@@ -125,24 +125,17 @@ async fn ten_percent_loss_still_completes_1000_calls_with_a_1_mib_sidecar() {
             calls.spawn(async move {
                 let mut data = base.to_vec();
                 data[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                let expect = BlobHash::of(&data);
-                let arg = Portable::Bytes(Bytes::from(data));
-                let got = main
-                    .call("a", "digest", vec![arg], Some(CALL_TIMEOUT))
-                    .await;
-                (i, expect, got)
+                let want = digest_of(&data);
+                let got = call_digest(&main, data).await;
+                (i, want, got)
             });
             next += 1;
         }
         let Some(joined) = calls.join_next().await else {
             break;
         };
-        let (i, expect, got) = joined.unwrap();
+        let (i, want, got) = joined.unwrap();
         let got = got.unwrap_or_else(|e| panic!("call {i} failed: {e}"));
-        let want = Portable::List(vec![
-            Portable::Int(PAYLOAD as i64),
-            Portable::Bytes(Bytes::copy_from_slice(&expect.0)),
-        ]);
         assert_eq!(got, want, "call {i}");
         assert!(seen.insert(i));
         done += 1;
@@ -187,15 +180,8 @@ async fn ten_percent_loss_still_completes_1000_calls_with_a_1_mib_sidecar() {
     let read_before = main.counters().answers_read_by_caller;
     for i in 0..LONE_CALLS {
         let data = vec![i as u8; LONE_PAYLOAD];
-        let expect = BlobHash::of(&data);
-        let arg = Portable::Bytes(Bytes::from(data));
-        let got = main
-            .call("a", "digest", vec![arg], Some(CALL_TIMEOUT))
-            .await;
-        let want = Portable::List(vec![
-            Portable::Int(LONE_PAYLOAD as i64),
-            Portable::Bytes(Bytes::copy_from_slice(&expect.0)),
-        ]);
+        let want = digest_of(&data);
+        let got = call_digest(&main, data).await;
         assert_eq!(
             got.unwrap_or_else(|e| panic!("lone call {i} failed: {e}")),
             want
@@ -216,6 +202,21 @@ async fn ten_percent_loss_still_completes_1000_calls_with_a_1_mib_sidecar() {
     );
     shutdown_shared(main).await;
     shutdown(vec![a]).await;
+}
+
+/// `main`'s call of `a`'s `digest(data)`.
+async fn call_digest(main: &Node, data: Vec<u8>) -> Result<Portable, NodeError> {
+    let arg = Portable::Bytes(Bytes::from(data));
+    main.call("a", "digest", vec![arg], Some(CALL_TIMEOUT))
+        .await
+}
+
+/// What `digest(data)` answers: the length and SHA-256 of `data`, computed here.
+fn digest_of(data: &[u8]) -> Portable {
+    Portable::List(vec![
+        Portable::Int(data.len() as i64),
+        Portable::Bytes(Bytes::copy_from_slice(&BlobHash::of(data).0)),
+    ])
 }
 
 /// `VmRSS` or `VmHWM` of this process, in bytes.
