@@ -92,3 +92,41 @@ fn a_long_execution_does_not_hold_up_other_calls_on_its_thread() {
         shutdown(nodes).await;
     });
 }
+
+#[test]
+fn a_caller_polled_for_every_task_of_its_set_still_reads_its_own_answers() {
+    on_one_thread(|local| async move {
+        let nodes = cluster_on(&["a"], Setup::default(), Some(&local)).await;
+        nodes[1].load(&compile("fn echo(x) { x }")).await.unwrap();
+        // A task of the set that never waits: the set's `run_until`, where this test awaits
+        // its calls, is polled again and again with nothing new for the call, and the answers
+        // (several packets each) arrive in between.
+        let busy = local.spawn_local(async {
+            loop {
+                tokio::task::yield_now().await;
+            }
+        });
+        let payload: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let calls = 100;
+        let answered = tokio::time::timeout(Duration::from_secs(30), async {
+            for i in 0..calls {
+                let mut arg = payload.clone();
+                arg[0] = i as u8;
+                let echoed = nodes[0]
+                    .call("a", "echo", vec![Portable::Bytes(arg.clone().into())], None)
+                    .await
+                    .unwrap();
+                assert_eq!(echoed, Portable::Bytes(arg.into()), "call {i}");
+            }
+        })
+        .await;
+        busy.abort();
+        answered.expect("every call answered within 30 s");
+        let read_by_caller = nodes[0].counters().answers_read_by_caller;
+        assert!(
+            read_by_caller >= calls / 2,
+            "{read_by_caller} of {calls} answers read by their caller"
+        );
+        shutdown(nodes).await;
+    });
+}

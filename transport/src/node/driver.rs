@@ -14,8 +14,10 @@
 //! what needs it (a stream future to poll, an earlier timer, a close). A warm call thus costs
 //! no wake-up of the caller's driver task. Nor does its answer, while it is the connection's
 //! only call in flight: the wake-ups of that call's stream then go to its caller, which
-//! reads and handles what arrived itself ([`StreamWake`], [`DriverHandle::reply`]); with
-//! more calls in flight the task reads them all and sends each answer to its waiter. A VM on a thread of its own
+//! reads and handles what arrived itself ([`StreamWake`], [`DriverHandle::reply`]), and a
+//! poll of that caller with nothing arrived since it last read (as in a `LocalSet`, whose
+//! tasks share one waker) reads nothing; with more calls in flight the task reads them all
+//! and sends each answer to its waiter. A VM on a thread of its own
 //! queues its answers for the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
 //!
 //! Invariants:
@@ -149,8 +151,21 @@ impl StreamWake {
     fn set_caller(&self, token: u64, waker: &Waker) {
         let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
         match &mut to.caller {
-            Some((t, w)) if *t == token && w.will_wake(waker) => {}
+            Some((t, w)) if *t == token => w.clone_from(waker),
             caller => *caller = Some((token, waker.clone())),
+        }
+    }
+
+    /// Routes the watched stream's wake-ups to `waker` if they still go to the caller of
+    /// call `token`; false if they no longer do (another call started, or it stopped).
+    fn renew_caller(&self, token: u64, waker: &Waker) -> bool {
+        let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut to.caller {
+            Some((t, w)) if *t == token => {
+                w.clone_from(waker);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -179,6 +194,8 @@ struct AwaitReply<'a> {
     link: &'a DriverHandle,
     token: u64,
     rx: oneshot::Receiver<Result<Portable, RemoteError>>,
+    /// This caller read the streams when last polled, and their wake-ups came to it.
+    reading: bool,
 }
 
 impl Future for AwaitReply<'_> {
@@ -187,6 +204,17 @@ impl Future for AwaitReply<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let link = this.link;
+        // Polled again with nothing arrived on its stream since it read: nothing to read.
+        // (A caller awaiting in a `LocalSet`'s `run_until` is polled at every wake-up of
+        // any of the set's tasks, quinn's included: on one thread, three times a call.)
+        // The check follows the renewal, so a wake-up after it polls this caller again.
+        if std::mem::take(&mut this.reading)
+            && link.route.renew_caller(this.token, cx.waker())
+            && !link.route.woken.load(Ordering::Acquire)
+        {
+            this.reading = true;
+            return Pin::new(&mut this.rx).poll(cx);
+        }
         // Polled with a no-op waker while this caller may send its own answer (a wake-up of
         // itself would only schedule it again), with its own once it waits.
         let mut quiet = Context::from_waker(Waker::noop());
@@ -207,6 +235,7 @@ impl Future for AwaitReply<'_> {
                         d.shared.note_read_by_caller();
                         return Poll::Ready(r);
                     }
+                    this.reading = true;
                 }
             }
             // The task (or an answer made in place) holds the state: it reads on.
@@ -267,6 +296,7 @@ impl DriverHandle {
             link: self,
             token,
             rx,
+            reading: false,
         }
         .await
     }
