@@ -14,7 +14,7 @@
 //! what needs it (a stream future to poll, an earlier timer, a close). A warm call thus costs
 //! no wake-up of the caller's driver task. Nor does its answer, while it is the connection's
 //! only call in flight: the wake-ups of that call's stream then go to its caller, which
-//! reads and handles what arrived itself ([`StreamWake`], [`DriverHandle::reply`]), and a
+//! reads and handles what arrived itself ([`StreamWake`], [`DriverHandle::call`]), and a
 //! poll of that caller with nothing arrived since it last read (as in a `LocalSet`, whose
 //! tasks share one waker) reads nothing; with more calls in flight the task reads them all
 //! and sends each answer to its waiter. A VM on a thread of its own
@@ -106,7 +106,7 @@ pub(crate) struct DriverLink {
 
 /// Where the wake-ups of the watched stream go (the stream of the connection's only outgoing
 /// call, [`Streams::watch`]): to the caller awaiting that call, which then reads and handles
-/// what arrived itself ([`DriverHandle::reply`]), else to the driver task. A caller's answer
+/// what arrived itself ([`DriverHandle::call`]), else to the driver task. A caller's answer
 /// thus reaches it with no wake-up of the task in between.
 ///
 /// Invariant: a wake-up routed to a caller that stops reading (its answer came, another call
@@ -189,9 +189,12 @@ impl StreamWake {
     }
 }
 
-/// The answer to an outgoing call, awaited by its caller ([`DriverHandle::reply`]).
+/// An outgoing call, started at its first poll and then awaited by its caller
+/// ([`DriverHandle::call`]).
 struct AwaitReply<'a> {
     link: &'a DriverHandle,
+    /// The call's command, until the first poll sends it.
+    call: Option<DriverCmd>,
     token: u64,
     rx: oneshot::Receiver<Result<Portable, RemoteError>>,
     /// This caller read the streams when last polled, and their wake-ups came to it.
@@ -204,6 +207,15 @@ impl Future for AwaitReply<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let link = this.link;
+        if this.call.is_some() {
+            // Started in place, the call's stream has been read already, and if it is the
+            // only call its caller reads on from here.
+            this.reading = link.in_place(&mut this.call, Some((this.token, cx.waker())));
+            if let Some(call) = this.call.take() {
+                link.queue(call);
+            }
+            return Pin::new(&mut this.rx).poll(cx);
+        }
         // Polled again with nothing arrived on its stream since it read: nothing to read.
         // (A caller awaiting in a `LocalSet`'s `run_until` is polled at every wake-up of
         // any of the set's tasks, quinn's included: on one thread, three times a call.)
@@ -273,27 +285,29 @@ impl DriverHandle {
     /// state is free and nothing waits in the channel before it; otherwise, and for the
     /// other commands (rare, and never waited on), it goes through the channel.
     pub fn send(&self, cmd: DriverCmd) {
-        let cmd = match cmd {
-            DriverCmd::Call { .. } | DriverCmd::Respond { .. } => match self.in_place(cmd) {
-                None => return,
-                Some(cmd) => cmd,
-            },
-            cmd => cmd,
-        };
-        self.queue(cmd);
+        let mut cmd = Some(cmd);
+        if let Some(DriverCmd::Call { .. } | DriverCmd::Respond { .. }) = cmd {
+            self.in_place(&mut cmd, None);
+        }
+        if let Some(cmd) = cmd {
+            self.queue(cmd);
+        }
     }
 
-    /// Waits for the answer to the call started with `token` (`rx`, its waiter). While it is
-    /// the connection's only call, this caller reads the streams itself when the call's
-    /// stream wakes, and so gets its answer without a wake-up of the driver task; otherwise
-    /// the task reads and sends the answer.
-    pub async fn reply(
+    /// Sends the call `opts` as call `token` ([`DriverHandle::send`]) and waits for its
+    /// answer; `Err` if the connection went away first. While it is the connection's only
+    /// call, this caller reads the streams itself when the call's stream wakes, and so gets
+    /// its answer without a wake-up of the driver task; otherwise the task reads and sends
+    /// the answer. Dropping the future leaves the call to be cancelled by the caller.
+    pub async fn call(
         &self,
         token: u64,
-        rx: oneshot::Receiver<Result<Portable, RemoteError>>,
+        opts: CallOptions,
     ) -> Result<Result<Portable, RemoteError>, oneshot::error::RecvError> {
+        let (reply, rx) = oneshot::channel();
         AwaitReply {
             link: self,
+            call: Some(DriverCmd::Call { token, opts, reply }),
             token,
             rx,
             reading: false,
@@ -307,17 +321,29 @@ impl DriverHandle {
         let _ = self.tx.send(cmd);
     }
 
-    /// Runs `cmd` on the driver's state and writes what it produced; gives `cmd` back if the
-    /// state is busy (its task is polling) or the channel holds commands not yet run.
-    fn in_place(&self, cmd: DriverCmd) -> Option<DriverCmd> {
+    /// Takes `cmd`, runs it on the driver's state and writes what it produced; leaves it if
+    /// the state is busy (its task is polling) or the channel holds commands not yet run.
+    /// With `caller` (a call's token and its caller's waker), a call that is now the
+    /// connection's only one routes its stream's wake-ups to that caller, and `true` says so.
+    fn in_place(&self, cmd: &mut Option<DriverCmd>, caller: Option<(u64, &Waker)>) -> bool {
         let Ok(mut d) = self.core.try_lock() else {
-            return Some(cmd);
+            return false;
         };
         if d.closed || !d.cmds.is_empty() {
-            return Some(cmd);
+            return false;
         }
+        let Some(cmd) = cmd.take() else {
+            return false;
+        };
         d.command(cmd);
         d.flush(self);
+        let reading = match caller {
+            Some((token, waker)) if d.pending.len() == 1 && d.tokens.contains_key(&token) => {
+                self.route.set_caller(token, waker);
+                true
+            }
+            _ => false,
+        };
         // A new stream future (a call's stream waiting for its answer) is polled here, so
         // the task need not wake up just to poll it.
         let mut more = false;
@@ -326,7 +352,7 @@ impl DriverHandle {
             d.flush(self);
         }
         d.wake_task_if_needed(more);
-        None
+        reading
     }
 }
 

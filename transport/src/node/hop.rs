@@ -199,18 +199,12 @@ pub(crate) async fn call_peer(
         opts.deadline = Some(left);
     }
     let token = shared.next_token();
-    let (tx, rx) = oneshot::channel();
-    driver.send(DriverCmd::Call {
-        token,
-        opts,
-        reply: tx,
-    });
     let mut guard = CancelGuard {
         driver: &driver,
         token,
         armed: true,
     };
-    let result = driver.reply(token, rx).await;
+    let result = driver.call(token, opts).await;
     guard.armed = false;
     match result {
         Ok(Ok(v)) => Ok(v),

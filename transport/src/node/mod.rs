@@ -301,7 +301,7 @@ pub struct NodeCounters {
     pub calls_active: u64,
     /// Outgoing calls whose answer their caller read from the connection itself: the
     /// connection's only call in flight, its caller woken by the stream, not by the
-    /// connection's task (`driver.rs`, `DriverHandle::reply`).
+    /// connection's task (`driver.rs`, `DriverHandle::call`).
     pub answers_read_by_caller: u64,
     /// Verified blobs the VM holds (loaded here, or received and still in the blob store).
     pub code_blobs: u64,
