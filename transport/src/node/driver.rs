@@ -479,18 +479,29 @@ async fn drive(handle: DriverHandle, side: Side) {
                     }
                 }
             }
-            if std::mem::take(&mut poll_streams) {
-                poll_streams = d.read_streams(&mut inputs);
-            }
+            // Streams the peer opened first, so that what they carry is read this round.
             if std::mem::take(&mut poll_accept) {
-                if let Poll::Ready(stream) = accept.as_mut().poll(cx) {
+                // Polled again next round only if it was still ready after `BATCH` streams.
+                poll_accept = true;
+                for _ in 0..BATCH {
+                    let Poll::Ready(stream) = accept.as_mut().poll(cx) else {
+                        poll_accept = false;
+                        break;
+                    };
                     accept.set(acceptor.accept_bi());
-                    poll_accept = true;
                     match stream {
                         Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
-                        Err(e) => d.wire.handle_connection_lost(e.to_string()),
+                        Err(e) => {
+                            d.wire.handle_connection_lost(e.to_string());
+                            poll_accept = false;
+                            break;
+                        }
                     }
                 }
+                poll_streams |= d.streams.take_unpolled();
+            }
+            if std::mem::take(&mut poll_streams) {
+                poll_streams = d.read_streams(&mut inputs);
             }
             if std::mem::take(&mut poll_timer)
                 && d.armed_for.is_some()
