@@ -177,8 +177,9 @@ impl Streams {
         std::mem::take(&mut self.unpolled)
     }
 
-    /// Starts reading stream `id` (what is already there goes to `out`) and makes it
-    /// writable.
+    /// Starts reading stream `id` and makes it writable. A stream the peer opened may hold
+    /// data already, which goes to `out`; one of ours cannot before we write to it (the
+    /// peer has not seen it), so its read waits at once.
     fn adopt(
         &mut self,
         id: StreamId,
@@ -190,7 +191,11 @@ impl Streams {
             .spare_chunks
             .pop()
             .unwrap_or_else(|| vec![Bytes::new(); READ_BATCH]);
-        self.read_into(id, recv, chunks, out);
+        if id.initiator() == self.side {
+            self.read_later(id, recv, chunks);
+        } else {
+            self.read_into(id, recv, chunks, out);
+        }
         self.outboxes.insert(
             id,
             Outbox {
@@ -394,6 +399,12 @@ impl Streams {
                 return;
             }
         }
+        self.read_later(id, recv, chunks);
+    }
+
+    /// Reads the next chunks of `recv` into `chunks` through a future, polled with the
+    /// other reads (or as the watched one).
+    fn read_later(&mut self, id: StreamId, mut recv: quinn::RecvStream, mut chunks: Vec<Bytes>) {
         let read: Boxed<Read> = Box::pin(async move {
             let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
             (id, recv, chunks, result)
