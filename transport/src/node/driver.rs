@@ -208,8 +208,8 @@ impl Future for AwaitReply<'_> {
         let this = &mut *self;
         let link = this.link;
         if this.call.is_some() {
-            // Started in place, the call's stream has been read already, and if it is the
-            // only call its caller reads on from here.
+            // Sent in place while the state is free (its new stream polled there, and if it
+            // is the connection's only call, its caller reads on from here), else queued.
             this.reading = link.in_place(&mut this.call, Some((this.token, cx.waker())));
             if let Some(call) = this.call.take() {
                 link.queue(call);
@@ -218,7 +218,7 @@ impl Future for AwaitReply<'_> {
         }
         // Polled again with nothing arrived on its stream since it read: nothing to read.
         // (A caller awaiting in a `LocalSet`'s `run_until` is polled at every wake-up of
-        // any of the set's tasks, quinn's included: on one thread, three times a call.)
+        // any of the set's tasks, quinn's included: on one thread, several times a call.)
         // The check follows the renewal, so a wake-up after it polls this caller again.
         if std::mem::take(&mut this.reading)
             && link.route.renew_caller(this.token, cx.waker())
@@ -281,12 +281,13 @@ impl DriverHandle {
         self.conn.close_reason().is_none() && !self.tx.is_closed()
     }
 
-    /// Hands `cmd` to the driver. A call or an answer runs here, in place, when the driver's
-    /// state is free and nothing waits in the channel before it; otherwise, and for the
-    /// other commands (rare, and never waited on), it goes through the channel.
+    /// Hands `cmd` to the driver. An answer runs here, in place, when the driver's state is
+    /// free and nothing waits in the channel before it; otherwise, and for the other
+    /// commands (rare, and never waited on), it goes through the channel. A call is sent
+    /// the same way by [`DriverHandle::call`], which awaits it.
     pub fn send(&self, cmd: DriverCmd) {
         let mut cmd = Some(cmd);
-        if let Some(DriverCmd::Call { .. } | DriverCmd::Respond { .. }) = cmd {
+        if let Some(DriverCmd::Respond { .. }) = cmd {
             self.in_place(&mut cmd, None);
         }
         if let Some(cmd) = cmd {
