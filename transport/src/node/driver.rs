@@ -480,26 +480,17 @@ async fn drive(handle: DriverHandle, side: Side) {
                     }
                 }
             }
-            // Streams the peer opened first, so that what they carry is read this round.
+            // A stream the peer opened first, so that what it carries is read this round.
             if std::mem::take(&mut poll_accept) {
-                // Polled again next round only if it was still ready after `BATCH` streams.
-                poll_accept = true;
-                for _ in 0..BATCH {
-                    let Poll::Ready(stream) = accept.as_mut().poll(cx) else {
-                        poll_accept = false;
-                        break;
-                    };
+                if let Poll::Ready(stream) = accept.as_mut().poll(cx) {
                     accept.set(acceptor.accept_bi());
+                    poll_accept = true;
                     match stream {
                         Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
-                        Err(e) => {
-                            d.wire.handle_connection_lost(e.to_string());
-                            poll_accept = false;
-                            break;
-                        }
+                        Err(e) => d.wire.handle_connection_lost(e.to_string()),
                     }
+                    poll_streams |= d.streams.take_unpolled();
                 }
-                poll_streams |= d.streams.take_unpolled();
             }
             if std::mem::take(&mut poll_streams) {
                 poll_streams = d.read_streams(&mut inputs);
