@@ -17,8 +17,8 @@
 //! reads and handles what arrived itself ([`StreamWake`], [`DriverHandle::call`]), and a
 //! poll of that caller with nothing arrived since it last read (as in a `LocalSet`, whose
 //! tasks share one waker) reads nothing; with more calls in flight the task reads them all
-//! and sends each answer to its waiter. A VM on a thread of its own
-//! queues its answers for the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
+//! and sends each answer to its waiter. A VM on a thread of its own queues its answers for
+//! the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
 //!
 //! Invariants:
 //! - Nothing blocks on the state's mutex but the task itself and a host reading the wire's
