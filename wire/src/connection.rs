@@ -941,54 +941,11 @@ impl Connection {
         for a in &opts.args {
             a.functions(&mut roots);
         }
-        let order = closure(roots.iter().map(|f| f.blob), |h| source.blob_deps(h))
-            .map_err(CallError::MissingBlob)?;
-        let mut bytes = HashMap::with_capacity(order.len());
-        let mut deps = HashMap::with_capacity(order.len());
-        for h in &order {
-            let b = source.blob_bytes(h).ok_or(CallError::MissingBlob(*h))?;
-            bytes.insert(*h, b);
-            deps.insert(*h, source.blob_deps(h).unwrap_or_default());
-        }
-
-        // Negotiation: known-held → nothing; small unknown → eager push; rest → offered.
-        let mut frames = FrameList::new();
-        let mut offered = Vec::new();
-        let mut sent = HashSet::new();
-        let mut eager_total = 0usize;
-        let max_frame = self.peer_max_frame();
-        let unknown: Vec<BlobHash> = order
-            .iter()
-            .filter(|h| !self.peer_blobs.contains(h))
-            .copied()
-            .collect();
-        for h in &unknown {
-            let b = &bytes[h];
-            if b.len() <= self.config.eager_push_max_blob
-                && eager_total + b.len() <= self.config.eager_push_budget
-            {
-                eager_total += b.len();
-                sent.insert(*h);
-                frames.push(OutFrame::Whole(self.push_frame(*h, b.clone())));
-            } else {
-                offered.push(*h);
-            }
-        }
-        let offered_set: HashSet<BlobHash> = offered.iter().copied().collect();
+        let (mut frames, blobs) = self.negotiate(&roots, source)?;
         // Nothing offered: the callee will ask for nothing, so the request finishes the
         // stream (one flight, no trailing fin).
-        let sealed = offered.is_empty();
-        if !offered.is_empty() {
-            check(
-                Limit::MaxNegotiationList,
-                self.config.limits.max_negotiation_list as u64,
-                offered.len() as u64,
-            )?;
-            self.stats.queries_sent += 1;
-            frames.push(OutFrame::Whole(
-                encode_message(&Message::BlobQuery(offered), usize::MAX, &mut Vec::new()).into(),
-            ));
-        }
+        let sealed = blobs.as_ref().is_none_or(|b| b.offered.is_empty());
+        let max_frame = self.peer_max_frame();
         let call_id = self.next_call_id;
         let req = CallRef {
             call_id,
@@ -1018,15 +975,6 @@ impl Connection {
         self.next_call_id += 1;
         let stream = StreamId::new(self.side, self.next_local);
         self.next_local += 1;
-        let blobs = (!order.is_empty()).then(|| {
-            Box::new(CallBlobs {
-                closure: order,
-                bytes,
-                deps,
-                offered: offered_set,
-                sent,
-            })
-        });
         let mut call = OutCall {
             id: stream,
             call_id,
@@ -1054,6 +1002,74 @@ impl Connection {
         self.track_deadline(stream, deadline);
         self.recv.insert(stream, RecvState::default());
         Ok(stream)
+    }
+
+    /// The blob side of a new call whose code is `roots`: the frames that go ahead of its
+    /// request (blobs pushed eagerly, a query offering the rest) and what the call keeps of
+    /// its blobs while their negotiation lasts. A call of a function by name with plain
+    /// values references no code: nothing to negotiate, nothing kept.
+    fn negotiate(
+        &mut self,
+        roots: &[FunctionId],
+        source: &dyn BlobSource,
+    ) -> Result<(FrameList, Option<Box<CallBlobs>>), CallError> {
+        if roots.is_empty() {
+            return Ok((FrameList::new(), None));
+        }
+        let order = closure(roots.iter().map(|f| f.blob), |h| source.blob_deps(h))
+            .map_err(CallError::MissingBlob)?;
+        let mut bytes = HashMap::with_capacity(order.len());
+        let mut deps = HashMap::with_capacity(order.len());
+        for h in &order {
+            let b = source.blob_bytes(h).ok_or(CallError::MissingBlob(*h))?;
+            bytes.insert(*h, b);
+            deps.insert(*h, source.blob_deps(h).unwrap_or_default());
+        }
+
+        // Negotiation: known-held → nothing; small unknown → eager push; rest → offered.
+        let mut frames = FrameList::new();
+        let mut offered = Vec::new();
+        let mut sent = HashSet::new();
+        let mut eager_total = 0usize;
+        let unknown: Vec<BlobHash> = order
+            .iter()
+            .filter(|h| !self.peer_blobs.contains(h))
+            .copied()
+            .collect();
+        for h in &unknown {
+            let b = &bytes[h];
+            if b.len() <= self.config.eager_push_max_blob
+                && eager_total + b.len() <= self.config.eager_push_budget
+            {
+                eager_total += b.len();
+                sent.insert(*h);
+                frames.push(OutFrame::Whole(self.push_frame(*h, b.clone())));
+            } else {
+                offered.push(*h);
+            }
+        }
+        let offered_set: HashSet<BlobHash> = offered.iter().copied().collect();
+        if !offered.is_empty() {
+            check(
+                Limit::MaxNegotiationList,
+                self.config.limits.max_negotiation_list as u64,
+                offered.len() as u64,
+            )?;
+            self.stats.queries_sent += 1;
+            frames.push(OutFrame::Whole(
+                encode_message(&Message::BlobQuery(offered), usize::MAX, &mut Vec::new()).into(),
+            ));
+        }
+        Ok((
+            frames,
+            Some(Box::new(CallBlobs {
+                closure: order,
+                bytes,
+                deps,
+                offered: offered_set,
+                sent,
+            })),
+        ))
     }
 
     /// Appends to `frames` the request `body` of `call`, behind its sidecars: the call keeps
@@ -1240,6 +1256,9 @@ impl Connection {
     fn release_pins(&mut self, id: CallId) {
         if let Some(call) = self.incoming.get_mut(&id) {
             let pins = std::mem::take(&mut call.pinned);
+            if pins.is_empty() {
+                return;
+            }
             if let Ok(mut store) = self.store.lock() {
                 for h in &pins {
                     store.unpin(h);
