@@ -75,6 +75,12 @@ struct Runner {
     /// a peer names the functions, and a search of a few dozen bytes' comparisons costs
     /// no more than hashing the key with the keyed hasher it would otherwise need.
     checked: BTreeMap<FunctionId, bool>,
+    /// The last function judged answerable, if its judgment still holds: its calls skip
+    /// the search of `checked` (a warm peer mostly calls one function over and over).
+    last_answerable: Option<FunctionId>,
+    /// The name the last call from a peer without a configured name gave for itself,
+    /// shared by the executions of its calls while it stays the same.
+    last_caller: Option<Arc<str>>,
 }
 
 thread_local! {
@@ -167,6 +173,8 @@ fn runner_for<'a>(
                     .collect(),
                 links: LinkCache::with_limit(RUNNER_LINK_INSTRUCTIONS),
                 checked: BTreeMap::new(),
+                last_answerable: None,
+                last_caller: None,
             });
             runners.len() - 1
         }
@@ -181,6 +189,9 @@ impl Runner {
     /// native shadows), and it is small enough to keep. Judged once per function (until
     /// the code changes).
     fn answerable(&mut self, func: FunctionId) -> Option<Linked> {
+        if self.last_answerable == Some(func) {
+            return self.links.get(&self.engine, &self.code.store, func).ok();
+        }
         let known = self.checked.get(&func).copied();
         if known == Some(false) {
             return None;
@@ -201,6 +212,9 @@ impl Runner {
             self.judged(func, ok);
             ok
         });
+        if ok {
+            self.last_answerable = Some(func);
+        }
         ok.then_some(linked)
     }
 
@@ -208,7 +222,22 @@ impl Runner {
         if self.checked.len() >= CHECKED_FUNCTIONS {
             self.checked.clear();
         }
+        if !ok && self.last_answerable == Some(func) {
+            self.last_answerable = None;
+        }
         self.checked.insert(func, ok);
+    }
+
+    /// The caller's name an execution of `call` sees: the peer's name in this node's
+    /// configuration, else the name the caller gave (`last_caller`'s copy when the same).
+    fn caller_name(&mut self, peer: Option<&Arc<str>>, call: &IncomingCall) -> Arc<str> {
+        if let Some(peer) = peer {
+            return peer.clone();
+        }
+        match &self.last_caller {
+            Some(last) if **last == *call.caller => last.clone(),
+            _ => self.last_caller.insert(call.caller.as_str().into()).clone(),
+        }
     }
 
     fn run(
@@ -220,7 +249,7 @@ impl Runner {
     ) -> Option<Portable> {
         let linked = self.answerable(func)?;
         let limits = shared.limits_for(call);
-        let info = shared.node_info(Some(super::caller_name(peer, call)));
+        let info = shared.node_info(Some(self.caller_name(peer, call)));
         WROTE.set(false);
         let io = ExecIo {
             out: Box::new(Noted),
