@@ -240,7 +240,7 @@ impl Future for AwaitReply<'_> {
                     link.route.clear_caller(Some(this.token));
                 } else {
                     link.route.set_caller(this.token, cx.waker());
-                    let more = d.read_streams(&mut Vec::new());
+                    let more = d.read_streams();
                     d.flush(link);
                     d.wake_task_if_needed(more);
                     if let Poll::Ready(r) = Pin::new(&mut this.rx).poll(&mut quiet) {
@@ -349,7 +349,7 @@ impl DriverHandle {
         // the task need not wake up just to poll it.
         let mut more = false;
         if d.streams.has_unpolled() {
-            more = d.read_streams(&mut Vec::new());
+            more = d.read_streams();
             d.flush(self);
         }
         d.wake_task_if_needed(more);
@@ -394,6 +394,7 @@ pub(crate) fn spawn(
         waker: None,
         stream_waker: Waker::from(route.clone()),
         route: route.clone(),
+        inputs: Vec::with_capacity(BATCH),
     };
     let handle = DriverHandle(Arc::new(DriverLink {
         id: conn.stable_id(),
@@ -434,6 +435,10 @@ struct Driver {
     /// What the watched stream is polled with: wakes the task or a caller ([`StreamWake`]).
     stream_waker: Waker,
     route: Arc<StreamWake>,
+    /// Scratch space of [`Driver::read_streams`] (empty between its calls), kept so that
+    /// whoever reads — the task, a command run in place, a caller reading its own answer —
+    /// reuses one allocation.
+    inputs: Vec<Input>,
 }
 
 async fn drive(handle: DriverHandle, side: Side) {
@@ -448,7 +453,6 @@ async fn drive(handle: DriverHandle, side: Side) {
     let acceptor = conn.clone();
     let accept = acceptor.accept_bi();
     tokio::pin!(accept);
-    let mut inputs = Vec::with_capacity(BATCH);
     std::future::poll_fn(|cx| {
         let mut d = handle.core.lock().unwrap_or_else(|e| e.into_inner());
         if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -493,7 +497,7 @@ async fn drive(handle: DriverHandle, side: Side) {
                 }
             }
             if std::mem::take(&mut poll_streams) {
-                poll_streams = d.read_streams(&mut inputs);
+                poll_streams = d.read_streams();
             }
             if std::mem::take(&mut poll_timer)
                 && d.armed_for.is_some()
@@ -549,26 +553,29 @@ async fn drive(handle: DriverHandle, side: Side) {
 }
 
 impl Driver {
-    /// Polls the streams and handles what they gave (`inputs` is scratch space, left
-    /// empty); `true` if they may have more (`BATCH` was taken), else every stream was
-    /// polled to `Pending`.
-    fn read_streams(&mut self, inputs: &mut Vec<Input>) -> bool {
+    /// Polls the streams and handles what they gave; `true` if they may have more (`BATCH`
+    /// was taken), else every stream was polled to `Pending`.
+    fn read_streams(&mut self) -> bool {
         self.route.woken.store(false, Ordering::Release);
         // Before the task's first poll, nothing needs its waker: that poll reads everything.
         let mut cx = Context::from_waker(self.waker.as_ref().unwrap_or(Waker::noop()));
         let mut watcher = Context::from_waker(&self.stream_waker);
-        if self
+        let mut inputs = std::mem::take(&mut self.inputs);
+        let full = match self
             .streams
-            .poll_inputs(&mut cx, &mut watcher, inputs, BATCH)
-            .is_pending()
+            .poll_inputs(&mut cx, &mut watcher, &mut inputs, BATCH)
         {
-            return false;
-        }
-        let full = inputs.len() >= BATCH;
-        let now = Instant::now();
-        for input in inputs.drain(..) {
-            self.input(input, now);
-        }
+            Poll::Pending => false,
+            Poll::Ready(()) => {
+                let now = Instant::now();
+                let full = inputs.len() >= BATCH;
+                for input in inputs.drain(..) {
+                    self.input(input, now);
+                }
+                full
+            }
+        };
+        self.inputs = inputs;
         full
     }
 
