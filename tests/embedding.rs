@@ -407,3 +407,173 @@ fn executions_started_from_one_link_cache_stay_independent() {
     cache.clear();
     assert!(cache.get(&engine, &store, apply).is_err());
 }
+
+/// A writer shared with the test, to compare what two runs printed and warned.
+#[derive(Clone, Default)]
+struct Captured(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_quick_run_is_a_start_and_a_run_that_builds_no_execution_for_a_call_ending_at_once() {
+    use skiff_vm::interp::program::Linked;
+    use skiff_vm::interp::{Engine as VmEngine, ExecIo, Execution, Limits as VmLimits};
+    use skiff_vm::native::NodeInfo;
+    use skiff_vm::{CodeStore, Status};
+    use std::time::{Duration, Instant};
+    let source = "fn echo(x) { x }\n\
+                  fn sum(n) { let s = 0\n for i in 0..n { s = s + i }\n s }\n\
+                  fn boom() { throw {\"kind\": \"Boom\", \"message\": \"no\"} }\n\
+                  fn says(x) { print(x)\n x }\n\
+                  fn naps() { sleep(1)\n 1 }\n\
+                  fn forks() { spawn { throw \"lost\" }\n 2 }\n\
+                  fn waits() { let t = spawn { 3 }\n await t }\n\
+                  fn hops() { remote(\"w\") [] { 1 } }\n\
+                  fn grows(n) { let l = []\n for i in 0..n { push(l, \"x{i}\") }\n len(l) }\n\
+                  fn deep(n) { if n == 0 { 0 } else { 1 + deep(n - 1) } }";
+    let out = skiff_compiler::compile(source, "t.skiff", &Default::default());
+    let module = out.module.expect("compiles");
+    let mut store = CodeStore::new();
+    store.add_module(&module).unwrap();
+    let engine = VmEngine::new();
+    let link = |f: &str| Linked::link(&store, &Default::default(), module.exports[f]).unwrap();
+    // What a call printed and warned, and its statuses until it ended (sleeps slept, remote
+    // calls answered with their count).
+    let finish = |mut status: Status, exec: Option<Box<Execution>>, io: &Captured| {
+        let mut statuses = vec![status.clone()];
+        if let Some(mut exec) = exec {
+            while let Err(next) = status.clone().ended() {
+                for r in exec.take_requests() {
+                    exec.resolve(r.id, Ok(Portable::Int(r.id as i64)));
+                }
+                if let Some(at) = next.wake_at {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                }
+                status = exec.run(Instant::now());
+                statuses.push(status.clone());
+            }
+        }
+        (statuses, String::from_utf8(io.0.borrow().clone()).unwrap())
+    };
+    let both = |f: &str, args: &[Portable], limits: VmLimits, slice: u64| {
+        let captured = |c: &Captured| ExecIo {
+            out: Box::new(c.clone()),
+            err: Box::new(c.clone()),
+        };
+        let (quick_io, full_io) = (Captured::default(), Captured::default());
+        let now = Instant::now();
+        let (status, exec) = Execution::run_quick(
+            &engine,
+            &store,
+            link(f),
+            args,
+            NodeInfo::default(),
+            limits.clone(),
+            captured(&quick_io),
+            slice,
+            now,
+        )
+        .expect("starts");
+        let built = exec.is_some();
+        let quick = finish(status, exec, &quick_io);
+        let mut exec = Execution::start_linked(
+            &engine,
+            &store,
+            link(f),
+            args,
+            NodeInfo::default(),
+            limits,
+            captured(&full_io),
+        )
+        .expect("starts");
+        exec.set_slice(slice);
+        let full = finish(exec.run(now), Some(Box::new(exec)), &full_io);
+        assert_eq!(quick, full, "{f}: a quick run and an execution's");
+        (quick.0, built)
+    };
+    let none = VmLimits::default;
+    let slice = 100_000;
+    let bytes = Portable::Bytes(vec![7u8; 64].into());
+
+    // Calls that end as their one task: no execution built.
+    for (f, args) in [
+        ("echo", vec![bytes]),
+        ("sum", vec![Portable::Int(100)]),
+        ("says", vec![Portable::Str("hi".into())]),
+        ("grows", vec![Portable::Int(10)]),
+    ] {
+        let (statuses, built) = both(f, &args, none(), slice);
+        assert!(
+            matches!(statuses[..], [Status::Done(_)]),
+            "{f}: {statuses:?}"
+        );
+        assert!(!built, "{f}");
+    }
+    // Everything else: an execution, in the state a run leaves it in, going on from there.
+    let ahead = VmLimits {
+        deadline: Some(Instant::now() + Duration::from_secs(60)),
+        ..none()
+    };
+    let past = VmLimits {
+        deadline: Some(Instant::now() - Duration::from_millis(1)),
+        ..none()
+    };
+    let cases = [
+        ("boom", vec![], none(), slice, "Failed"),
+        (
+            "sum",
+            vec![Portable::Int(1000)],
+            VmLimits {
+                fuel: Some(50),
+                ..none()
+            },
+            slice,
+            "Failed",
+        ),
+        (
+            "grows",
+            vec![Portable::Int(100_000)],
+            VmLimits {
+                max_heap: Some(64 << 10),
+                ..none()
+            },
+            slice * 100,
+            "Failed",
+        ),
+        ("echo", vec![Portable::Int(1)], past, slice, "Failed"),
+        (
+            "deep",
+            vec![Portable::Int(100)],
+            VmLimits {
+                max_depth: 10,
+                ..none()
+            },
+            slice,
+            "Failed",
+        ),
+        ("sum", vec![Portable::Int(1000)], none(), 100, "Yielded"),
+        ("sum", vec![Portable::Int(1000)], ahead, 100, "Yielded"),
+        ("naps", vec![], none(), slice, "Blocked"),
+        ("forks", vec![], none(), slice, "Done"),
+        ("waits", vec![], none(), slice, "Done"),
+        ("hops", vec![], none(), slice, "Blocked"),
+    ];
+    for (f, args, limits, slice, first) in cases {
+        let (statuses, built) = both(f, &args, limits, slice);
+        assert!(built, "{f}");
+        assert!(
+            format!("{:?}", statuses[0]).starts_with(first),
+            "{f}: {statuses:?}"
+        );
+        assert!(statuses.last().unwrap().clone().ended().is_ok(), "{f} ends");
+    }
+}

@@ -5,9 +5,10 @@
 //! request, a runtime worker for its answer), which on a small host cost more than the rest
 //! of the round trip. So the driver first tries the call here, on a VM engine of this
 //! thread's own (thread-local: VM values are `!Send`), and answers it at once when that run
-//! ends with a value within [`INLINE_SLICE`] instructions. Anything else — a refusal to
-//! give, an error, a run that needs longer, sleeps, awaits or hops, code not yet adopted by
-//! the VM thread — goes to the VM thread as before, which starts the call afresh.
+//! ends with a value within [`INLINE_SLICE`] instructions ([`Execution::run_quick`]: a call
+//! that ends as its one task costs no execution set up around it). Anything else — a
+//! refusal to give, an error, a run that needs longer, sleeps, awaits or hops, code not yet
+//! adopted by the VM thread — goes to the VM thread as before, which starts the call afresh.
 //!
 //! Invariants:
 //! - Only code whose every native is an effect-free builtin
@@ -255,7 +256,8 @@ impl Runner {
             out: Box::new(Noted),
             err: Box::new(Noted),
         };
-        let mut exec = Execution::start_linked(
+        // Most calls end at once as one task: then no execution is built around the run.
+        let (status, exec) = Execution::run_quick(
             &self.engine,
             &self.code.store,
             linked,
@@ -263,11 +265,12 @@ impl Runner {
             info,
             limits,
             io,
+            INLINE_SLICE,
+            Instant::now(),
         )
         .ok()?;
-        exec.set_slice(INLINE_SLICE);
-        let ended = exec.run(Instant::now()).ended();
         drop(exec);
+        let ended = status.ended();
         let quiet = !WROTE.get();
         match ended {
             Ok(Ok(value)) if quiet => Some(value),

@@ -6,6 +6,8 @@
 //! drives the execution with [`Execution::run`], which returns whenever the execution is done,
 //! failed, blocked (every task waits on a timer, another task or a remote call) or has used a
 //! slice of instructions ([`Status::Yielded`]) — control always comes back to the host.
+//! A call expected to end at once can skip building the execution: [`Execution::run_quick`]
+//! starts and runs it, and builds one only if the call does more than run one task through.
 //!
 //! ```
 //! use skiff_vm::interp::{Engine, Execution, ExecIo, Limits, Status};
@@ -646,6 +648,87 @@ pub(crate) fn error_parts(value: &Value) -> Option<(String, String)> {
     Some((kind, message))
 }
 
+/// Runs `task` in chunks until it stops, `slice_left` is used up or a limit is hit: fuel
+/// (`fuel_left`, counted down with the slice) or `deadline` (checked between chunks of
+/// [`DEADLINE_CHUNK`] instructions).
+fn stretch(
+    program: &Program,
+    task: &mut Task,
+    ctx: &mut run::Ctx<'_>,
+    slice_left: &mut u64,
+    fuel_left: &mut Option<u64>,
+    deadline: Option<Instant>,
+) -> run::Exit {
+    loop {
+        if *slice_left == 0 {
+            return run::Exit::Budget;
+        }
+        if *fuel_left == Some(0) {
+            return run::Exit::Limit(LimitKind::OutOfFuel);
+        }
+        let mut chunk = *slice_left;
+        if let Some(f) = *fuel_left {
+            chunk = chunk.min(f);
+        }
+        if deadline.is_some() {
+            chunk = chunk.min(DEADLINE_CHUNK);
+        }
+        let mut budget = chunk;
+        let exit = run::run_task(program, task, ctx, &mut budget);
+        let used = chunk - budget;
+        *slice_left -= used;
+        if let Some(f) = fuel_left {
+            *f -= used;
+        }
+        match exit {
+            run::Exit::Budget => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return run::Exit::Limit(LimitKind::Deadline);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The first task of a call of `program`'s function `index` with `args`, imported (which
+/// may link more functions into `program`: a copy of it, if it was shared).
+fn first_task(
+    engine: &Engine,
+    store: &CodeStore,
+    program: &mut Program,
+    index: u32,
+    args: &[Portable],
+) -> Result<Task, StartError> {
+    let (arity, upvals) = program.get(index).map_or((0, 0), |f| (f.arity, f.upvals));
+    if upvals != 0 {
+        return Err(StartError::NeedsCaptures);
+    }
+    if arity as usize != args.len() {
+        return Err(StartError::Arity {
+            expected: arity,
+            got: args.len(),
+        });
+    }
+    let (stack, frames) = engine.spare.borrow_mut().task();
+    let mut stack = Task::stack(stack, program, index, Value::Nil, args.len());
+    let mut linker = convert::Linker {
+        program: &mut *program,
+        store,
+        natives: &engine.natives,
+    };
+    for (slot, a) in stack[1..].iter_mut().zip(args) {
+        *slot = convert::import(a, &mut linker).map_err(|e| {
+            StartError::Import(
+                error_parts(&e)
+                    .map(|(_, m)| m)
+                    .unwrap_or_else(|| "bad value".into()),
+            )
+        })?;
+    }
+    Ok(Task::new(program, index, stack, frames))
+}
+
 impl Execution {
     /// Links `func` (and everything it references) from `store`, imports `args` and makes
     /// the first task ready. Nothing runs until [`Execution::run`].
@@ -678,40 +761,37 @@ impl Execution {
             mut program,
             entry: index,
         } = linked;
-        let (arity, upvals) = program.get(index).map_or((0, 0), |f| (f.arity, f.upvals));
-        if upvals != 0 {
-            return Err(StartError::NeedsCaptures);
-        }
-        if arity as usize != args.len() {
-            return Err(StartError::Arity {
-                expected: arity,
-                got: args.len(),
-            });
-        }
-        let (stack, frames) = engine.spare.borrow_mut().task();
-        let mut stack = Task::stack(stack, &program, index, Value::Nil, args.len());
-        {
-            // Importing may link functions into `program` (a copy of it, if it was shared).
-            let mut linker = convert::Linker {
-                program: &mut program,
-                store,
-                natives: &engine.natives,
-            };
-            for (slot, a) in stack[1..].iter_mut().zip(args) {
-                *slot = convert::import(a, &mut linker).map_err(|e| {
-                    StartError::Import(
-                        error_parts(&e)
-                            .map(|(_, m)| m)
-                            .unwrap_or_else(|| "bad value".into()),
-                    )
-                })?;
-            }
-        }
-        let task = Task::new(&program, index, stack, frames);
+        let task = first_task(engine, store, &mut program, index, args)?;
         let (mut tasks, mut queue) = engine.spare.borrow_mut().execution();
         tasks.push(Some(task));
         queue.push_back(0);
-        Ok(Execution {
+        let heap_limit = limits.max_heap.map(|m| heap_base.saturating_add(m));
+        Ok(Execution::assemble(
+            engine,
+            store,
+            program,
+            (tasks, queue),
+            node,
+            limits,
+            io,
+            heap_limit,
+        ))
+    }
+
+    /// An execution of `program` whose task table and run queue are `tasks`, nothing else
+    /// under way yet, with the default slice.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        engine: &Engine,
+        store: &CodeStore,
+        program: Program,
+        (tasks, queue): (Vec<Option<Task>>, VecDeque<u32>),
+        node: NodeInfo,
+        limits: Limits,
+        io: ExecIo,
+        heap_limit: Option<usize>,
+    ) -> Execution {
+        Execution {
             program,
             engine: engine.clone(),
             store: store.clone(),
@@ -726,12 +806,121 @@ impl Execution {
             next_request: 1,
             node,
             fuel_left: limits.fuel,
-            heap_limit: limits.max_heap.map(|m| heap_base.saturating_add(m)),
+            heap_limit,
             limits,
             slice: DEFAULT_SLICE,
             io,
             finished: None,
-        })
+        }
+    }
+
+    /// [`Execution::start_linked`], then [`Execution::run`] with `slice` instructions: the
+    /// run's status, and the execution to go on with — `None` when the call ended as its
+    /// one task that never waited, which is then all this built: no execution around it
+    /// (task table, scheduler, state between runs). For a call that mostly ends at once,
+    /// that is most of the cost of starting, running and dropping an execution. The
+    /// execution's later runs get `slice` instructions each too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_quick(
+        engine: &Engine,
+        store: &CodeStore,
+        linked: Linked,
+        args: &[Portable],
+        node: NodeInfo,
+        limits: Limits,
+        mut io: ExecIo,
+        slice: u64,
+        now: Instant,
+    ) -> Result<(Status, Option<Box<Execution>>), StartError> {
+        if limits
+            .deadline
+            .is_some_and(|d| now >= d || Instant::now() >= d)
+        {
+            let mut exec = Execution::start_linked(engine, store, linked, args, node, limits, io)?;
+            exec.slice = slice;
+            return Ok((exec.run(now), Some(Box::new(exec))));
+        }
+        let heap_base = crate::heap::live();
+        let Linked {
+            mut program,
+            entry: index,
+        } = linked;
+        let mut task = first_task(engine, store, &mut program, index, args)?;
+        let heap_limit = limits.max_heap.map(|m| heap_base.saturating_add(m));
+        let heap_guard = heap_limit.map(HeapGuard::install);
+        let (mut tasks, mut queue) = engine.spare.borrow_mut().execution();
+        // Slot 0 is the first task's, out of the table while it runs (as in `run`).
+        tasks.push(None);
+        let (mut requests, mut pending, mut next_request) = (Vec::new(), HashMap::new(), 1);
+        let mut free_slots = Vec::new();
+        let (mut slice_left, mut fuel_left) = (slice, limits.fuel);
+        let exit = {
+            let mut ctx = run::Ctx {
+                tasks: &mut tasks,
+                queue: &mut queue,
+                requests: &mut requests,
+                pending: &mut pending,
+                next_request: &mut next_request,
+                out: &mut *io.out,
+                node: &node,
+                now,
+                max_depth: limits.max_depth,
+                check_heap: heap_limit.is_some(),
+                self_id: 0,
+                spare: &engine.spare,
+                free_slots: &mut free_slots,
+            };
+            stretch(
+                &program,
+                &mut task,
+                &mut ctx,
+                &mut slice_left,
+                &mut fuel_left,
+                limits.deadline,
+            )
+        };
+        if let run::Exit::Finished(Ok(value)) = &exit {
+            if tasks.len() == 1 && requests.is_empty() {
+                if let Ok(answer) = convert::export(value) {
+                    drop(exit);
+                    // Every value is dropped before the pool is borrowed.
+                    let mut stack = std::mem::take(&mut task.stack);
+                    stack.clear();
+                    let frames = std::mem::take(&mut task.frames);
+                    drop(task);
+                    tasks.clear();
+                    let mut spare = engine.spare.borrow_mut();
+                    spare.keep_task(stack, frames);
+                    spare.keep_execution(tasks, queue);
+                    return Ok((Status::Done(answer), None));
+                }
+            }
+        }
+        // Anything else: the execution as `run` has it at this point, which goes on.
+        let mut exec = Box::new(Execution::assemble(
+            engine,
+            store,
+            program,
+            (tasks, queue),
+            node,
+            limits,
+            io,
+            heap_limit,
+        ));
+        exec.requests = requests;
+        exec.pending = pending;
+        exec.next_request = next_request;
+        exec.free_slots = free_slots;
+        exec.fuel_left = fuel_left;
+        exec.slice = slice_left;
+        let status = match exec.settle(0, task, exit) {
+            Some(status) => status,
+            // The first task waits: the others run on in what is left of the slice.
+            None => exec.run(now),
+        };
+        drop(heap_guard);
+        exec.slice = slice;
+        Ok((status, Some(exec)))
     }
 
     /// Runs `func(args)` to completion on this thread: a convenience for hosts and tests.
@@ -896,111 +1085,95 @@ impl Execution {
                 self.tasks[task_id as usize] = Some(task);
                 continue;
             }
-            // Run this task in chunks until it stops or the slice is used.
-            let exit = loop {
-                if slice_left == 0 {
-                    break run::Exit::Budget;
-                }
-                if self.fuel_left == Some(0) {
-                    break run::Exit::Limit(LimitKind::OutOfFuel);
-                }
-                let mut chunk = slice_left;
-                if let Some(f) = self.fuel_left {
-                    chunk = chunk.min(f);
-                }
-                if self.limits.deadline.is_some() {
-                    chunk = chunk.min(DEADLINE_CHUNK);
-                }
-                let mut budget = chunk;
-                let exit = {
-                    let mut ctx = run::Ctx {
-                        tasks: &mut self.tasks,
-                        queue: &mut self.queue,
-                        requests: &mut self.requests,
-                        pending: &mut self.pending,
-                        next_request: &mut self.next_request,
-                        out: &mut *self.io.out,
-                        node: &self.node,
-                        now,
-                        max_depth: self.limits.max_depth,
-                        check_heap: self.heap_limit.is_some(),
-                        self_id: task_id,
-                        spare: &self.engine.spare,
-                        free_slots: &mut self.free_slots,
-                    };
-                    run::run_task(&self.program, &mut task, &mut ctx, &mut budget)
-                };
-                let used = chunk - budget;
-                slice_left -= used;
-                if let Some(f) = &mut self.fuel_left {
-                    *f -= used;
-                }
-                match exit {
-                    run::Exit::Budget => {
-                        if self.limits.deadline.is_some_and(|d| Instant::now() >= d) {
-                            break run::Exit::Limit(LimitKind::Deadline);
-                        }
-                        continue;
-                    }
-                    other => break other,
-                }
+            let mut ctx = run::Ctx {
+                tasks: &mut self.tasks,
+                queue: &mut self.queue,
+                requests: &mut self.requests,
+                pending: &mut self.pending,
+                next_request: &mut self.next_request,
+                out: &mut *self.io.out,
+                node: &self.node,
+                now,
+                max_depth: self.limits.max_depth,
+                check_heap: self.heap_limit.is_some(),
+                self_id: task_id,
+                spare: &self.engine.spare,
+                free_slots: &mut self.free_slots,
             };
-            match exit {
-                run::Exit::Budget => {
-                    // Slice used up: the task stays first in line.
-                    self.tasks[task_id as usize] = Some(task);
-                    self.queue.push_front(task_id);
-                    return Status::Yielded;
+            let exit = stretch(
+                &self.program,
+                &mut task,
+                &mut ctx,
+                &mut slice_left,
+                &mut self.fuel_left,
+                self.limits.deadline,
+            );
+            if let Some(status) = self.settle(task_id, task, exit) {
+                return status;
+            }
+        }
+    }
+
+    /// Puts task `task_id` back after a stretch that ended with `exit`: `Some(status)` if
+    /// that ends the run.
+    fn settle(&mut self, task_id: u32, mut task: Task, exit: run::Exit) -> Option<Status> {
+        match exit {
+            run::Exit::Budget => {
+                // Slice used up: the task stays first in line.
+                self.tasks[task_id as usize] = Some(task);
+                self.queue.push_front(task_id);
+                Some(Status::Yielded)
+            }
+            run::Exit::Suspend => {
+                match task.state {
+                    TaskState::Ready => self.queue.push_back(task_id),
+                    TaskState::Sleeping(_) => self.sleepers.push(task_id),
+                    _ => {}
                 }
-                run::Exit::Suspend => {
-                    match task.state {
-                        TaskState::Ready => self.queue.push_back(task_id),
-                        TaskState::Sleeping(_) => self.sleepers.push(task_id),
-                        _ => {}
-                    }
-                    self.tasks[task_id as usize] = Some(task);
-                }
-                run::Exit::Limit(kind) => {
-                    let trace = run::trace(&self.program, &task.frames, &self.node);
+                self.tasks[task_id as usize] = Some(task);
+                None
+            }
+            run::Exit::Limit(kind) => {
+                let trace = run::trace(&self.program, &task.frames, &self.node);
+                drop(task);
+                Some(self.fail_limit(kind, Some(trace)))
+            }
+            run::Exit::Finished(result) => {
+                task.state = TaskState::Done;
+                // Its values are dropped before the pool is borrowed.
+                let mut stack = std::mem::take(&mut task.stack);
+                stack.clear();
+                let frames = std::mem::take(&mut task.frames);
+                self.engine.spare.borrow_mut().keep_task(stack, frames);
+                if task_id == 0 && self.tasks.len() == 1 {
+                    // The only task there ever was: nothing awaits it and nothing else
+                    // is left to report, so it need not go back into its slot first.
                     drop(task);
-                    return self.fail_limit(kind, Some(trace));
+                    return Some(self.end_with(Some(result)));
                 }
-                run::Exit::Finished(result) => {
-                    task.state = TaskState::Done;
-                    // Its values are dropped before the pool is borrowed.
-                    let mut stack = std::mem::take(&mut task.stack);
-                    stack.clear();
-                    let frames = std::mem::take(&mut task.frames);
-                    self.engine.spare.borrow_mut().keep_task(stack, frames);
-                    if task_id == 0 && self.tasks.len() == 1 {
-                        // The only task there ever was: nothing awaits it and nothing else
-                        // is left to report, so it need not go back into its slot first.
-                        drop(task);
-                        return self.end_with(Some(result));
-                    }
-                    task.charge.resize(task_bytes(0));
-                    task.handlers = Vec::new();
-                    for w in std::mem::take(&mut task.waiters) {
-                        if let Some(Some(waiter)) = self.tasks.get_mut(w as usize) {
-                            waiter.resume = Some(match &result {
-                                Ok(v) => Resume::Push(v.clone()),
-                                Err(r) => Resume::Raise(r.clone()),
-                            });
-                            waiter.state = TaskState::Ready;
-                            self.queue.push_back(w);
-                            task.awaited = true;
-                        }
-                    }
-                    task.result = Some(result);
-                    self.tasks[task_id as usize] = Some(task);
-                    if task_id == 0 {
-                        return self.finish();
-                    }
-                    self.finished_tasks.push(task_id);
-                    if self.finished_tasks.len() >= self.free_at {
-                        self.free_finished();
+                task.charge.resize(task_bytes(0));
+                task.handlers = Vec::new();
+                for w in std::mem::take(&mut task.waiters) {
+                    if let Some(Some(waiter)) = self.tasks.get_mut(w as usize) {
+                        waiter.resume = Some(match &result {
+                            Ok(v) => Resume::Push(v.clone()),
+                            Err(r) => Resume::Raise(r.clone()),
+                        });
+                        waiter.state = TaskState::Ready;
+                        self.queue.push_back(w);
+                        task.awaited = true;
                     }
                 }
+                task.result = Some(result);
+                self.tasks[task_id as usize] = Some(task);
+                if task_id == 0 {
+                    return Some(self.finish());
+                }
+                self.finished_tasks.push(task_id);
+                if self.finished_tasks.len() >= self.free_at {
+                    self.free_finished();
+                }
+                None
             }
         }
     }
