@@ -30,10 +30,11 @@ use skiff_vm::hop::{
     DEFAULT_CONTEXT,
 };
 use skiff_vm::interp::program::LinkCache;
+use skiff_vm::interp::DEFAULT_SLICE;
 use skiff_vm::native::NodeInfo;
 use skiff_vm::{
     transitive_closure, BlobHash, CodeStore, Engine, ExecError, ExecIo, Execution, FunctionId,
-    Limits, Portable, RemoteFailure, RemoteRequest, StartError, Status,
+    Limits, Portable, QuickRun, RemoteFailure, RemoteRequest, StartError, Status,
 };
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -225,24 +226,34 @@ impl LocalCluster {
             return Err(RunError::UnknownNode(node.to_owned()));
         };
         let info = here.info(None);
-        let mut exec = start_on(
-            &self.engine,
-            here,
-            func,
-            &args,
-            info,
-            self.limits.clone(),
-            (self.io)(),
-        )
-        .map_err(|e| RunError::Start(e.to_string()))?;
-        // Its first slice runs before it is registered: most calls end in it, without a hop
-        // or a sleep to serve, and then nothing of the loop below is needed.
-        let status = self.context_natives.run(
-            &here.contexts,
-            &self.default_context,
-            &mut exec,
-            Instant::now(),
-        );
+        let linked = here
+            .links
+            .get(&self.engine, &here.store, func)
+            .map_err(|e| RunError::Start(StartError::from(e).to_string()))?;
+        // Its first slice runs before anything is registered: most calls end in it as their
+        // one task, without a hop or a sleep to serve, and then not even an execution is built
+        // (`run_quick`), nor is anything of the loop below needed.
+        let (engine, limits, io) = (&self.engine, self.limits.clone(), (self.io)());
+        let quick = self
+            .context_natives
+            .within(&here.contexts, &self.default_context, || {
+                Execution::run_quick(
+                    engine,
+                    &here.store,
+                    linked,
+                    &args,
+                    info,
+                    limits,
+                    io,
+                    DEFAULT_SLICE,
+                    Instant::now(),
+                )
+            })
+            .map_err(|e| RunError::Start(e.to_string()))?;
+        let (status, exec) = match quick {
+            QuickRun::Done(value) => return Ok(value),
+            QuickRun::Started(status, exec) => (status, *exec),
+        };
         match status {
             Status::Done(value) => return Ok(value),
             Status::Failed(error) => return Err(RunError::Failed(Box::new(error))),

@@ -428,7 +428,7 @@ fn a_quick_run_is_a_start_and_a_run_that_builds_no_execution_for_a_call_ending_a
     use skiff_vm::interp::program::Linked;
     use skiff_vm::interp::{Engine as VmEngine, ExecIo, Execution, Limits as VmLimits};
     use skiff_vm::native::NodeInfo;
-    use skiff_vm::{CodeStore, Status};
+    use skiff_vm::{CodeStore, QuickRun, Status};
     use std::time::{Duration, Instant};
     let source = "fn echo(x) { x }\n\
                   fn sum(n) { let s = 0\n for i in 0..n { s = s + i }\n s }\n\
@@ -471,7 +471,7 @@ fn a_quick_run_is_a_start_and_a_run_that_builds_no_execution_for_a_call_ending_a
         };
         let (quick_io, full_io) = (Captured::default(), Captured::default());
         let now = Instant::now();
-        let (status, exec) = Execution::run_quick(
+        let run = Execution::run_quick(
             &engine,
             &store,
             link(f),
@@ -483,6 +483,10 @@ fn a_quick_run_is_a_start_and_a_run_that_builds_no_execution_for_a_call_ending_a
             now,
         )
         .expect("starts");
+        let (status, exec) = match run {
+            QuickRun::Done(value) => (Status::Done(value), None),
+            QuickRun::Started(status, exec) => (status, Some(exec)),
+        };
         let built = exec.is_some();
         let quick = finish(status, exec, &quick_io);
         let mut exec = Execution::start_linked(

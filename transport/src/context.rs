@@ -314,8 +314,19 @@ impl ContextNatives {
         exec: &mut Execution,
         now: Instant,
     ) -> Status {
+        self.within(contexts, name, || exec.run(now))
+    }
+
+    /// Runs `slice` (a slice of an execution, or a whole quick run) in context `name` of
+    /// `contexts`, with the natives pointed at that context.
+    pub fn within<R>(
+        &self,
+        contexts: &SharedContexts,
+        name: &Rc<str>,
+        slice: impl FnOnce() -> R,
+    ) -> R {
         let _in = self.enter(contexts, name);
-        exec.run(now)
+        slice()
     }
 
     /// Points the natives at `name` in `contexts` until the returned guard is dropped.

@@ -32,8 +32,8 @@ pub mod verify;
 
 pub use blob::{Blob, BlobDebug, BlobHash, Const, FnRef, FunctionCode, FunctionDebug, FunctionId};
 pub use interp::{
-    Engine, ExecError, ExecIo, Execution, LimitKind, Limits, NextRun, RemoteFailure, RemoteRequest,
-    StartError, Status, TraceFrame,
+    Engine, ExecError, ExecIo, Execution, LimitKind, Limits, NextRun, QuickRun, RemoteFailure,
+    RemoteRequest, StartError, Status, TraceFrame,
 };
 pub use module::{transitive_closure, Module};
 pub use opcodes::Instr;

@@ -30,7 +30,7 @@
 
 use super::Shared;
 use skiff_vm::interp::program::{LinkCache, Linked};
-use skiff_vm::{CodeStore, Engine, ExecIo, Execution, FunctionId, Portable};
+use skiff_vm::{CodeStore, Engine, ExecIo, Execution, FunctionId, Portable, QuickRun};
 use skiff_wire::idmap::NameMap;
 use skiff_wire::{IncomingCall, Target};
 use std::cell::{Cell, RefCell};
@@ -257,7 +257,7 @@ impl Runner {
             err: Box::new(Noted),
         };
         // Most calls end at once as one task: then no execution is built around the run.
-        let (status, exec) = Execution::run_quick(
+        let run = Execution::run_quick(
             &self.engine,
             &self.code.store,
             linked,
@@ -269,8 +269,13 @@ impl Runner {
             Instant::now(),
         )
         .ok()?;
-        drop(exec);
-        let ended = status.ended();
+        let ended = match run {
+            QuickRun::Done(value) => Ok(Ok(value)),
+            QuickRun::Started(status, exec) => {
+                drop(exec);
+                status.ended()
+            }
+        };
         let quiet = !WROTE.get();
         match ended {
             Ok(Ok(value)) if quiet => Some(value),

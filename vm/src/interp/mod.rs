@@ -404,6 +404,16 @@ pub enum Status {
     Yielded,
 }
 
+/// What [`Execution::run_quick`] came back with.
+#[derive(Debug)]
+pub enum QuickRun {
+    /// The call's value: it ended as its one task, and no execution was built.
+    Done(Portable),
+    /// The status of the first run of the execution started for the call, and that
+    /// execution (ended, or to run on).
+    Started(Status, Box<Execution>),
+}
+
 /// When a host loop runs an execution that has not ended next (see [`Status::ended`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NextRun {
@@ -814,12 +824,12 @@ impl Execution {
         }
     }
 
-    /// [`Execution::start_linked`], then [`Execution::run`] with `slice` instructions: the
-    /// run's status, and the execution to go on with — `None` when the call ended as its
-    /// one task that never waited, which is then all this built: no execution around it
-    /// (task table, scheduler, state between runs). For a call that mostly ends at once,
-    /// that is most of the cost of starting, running and dropping an execution. The
-    /// execution's later runs get `slice` instructions each too.
+    /// [`Execution::start_linked`], then [`Execution::run`] with `slice` instructions —
+    /// except that a call that ends as its one task, never waiting, gets no execution built
+    /// around it (no task table, scheduler or state between runs): for a small call, that
+    /// is most of the cost of starting, running and dropping an execution. Every other call
+    /// gets the execution as that first run leaves it, and its later runs get `slice`
+    /// instructions each too.
     #[allow(clippy::too_many_arguments)]
     pub fn run_quick(
         engine: &Engine,
@@ -831,14 +841,14 @@ impl Execution {
         mut io: ExecIo,
         slice: u64,
         now: Instant,
-    ) -> Result<(Status, Option<Box<Execution>>), StartError> {
+    ) -> Result<QuickRun, StartError> {
         if limits
             .deadline
             .is_some_and(|d| now >= d || Instant::now() >= d)
         {
             let mut exec = Execution::start_linked(engine, store, linked, args, node, limits, io)?;
             exec.slice = slice;
-            return Ok((exec.run(now), Some(Box::new(exec))));
+            return Ok(QuickRun::Started(exec.run(now), Box::new(exec)));
         }
         let heap_base = crate::heap::live();
         let Linked {
@@ -892,7 +902,7 @@ impl Execution {
                     let mut spare = engine.spare.borrow_mut();
                     spare.keep_task(stack, frames);
                     spare.keep_execution(tasks, queue);
-                    return Ok((Status::Done(answer), None));
+                    return Ok(QuickRun::Done(answer));
                 }
             }
         }
@@ -920,7 +930,7 @@ impl Execution {
         };
         drop(heap_guard);
         exec.slice = slice;
-        Ok((status, Some(exec)))
+        Ok(QuickRun::Started(status, exec))
     }
 
     /// Runs `func(args)` to completion on this thread: a convenience for hosts and tests.
