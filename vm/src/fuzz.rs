@@ -3,13 +3,16 @@
 //! can call them too.
 //!
 //! Invariants: for any input, a target returns normally — decoding, verifying and running
-//! hostile bytes never panics, and running is bounded by small fuel, heap and depth limits.
-//! [`fuzz_fused_ops`] panics only on a finding: the interpreter's fused ops and fast paths
-//! did something the same instructions run one at a time would not.
+//! hostile bytes never panics, and running is bounded by small fuel, heap and depth limits —
+//! except on a finding: [`fuzz_blob`] panics when [`Execution::run_quick`] and an
+//! execution's start and runs disagree, [`fuzz_fused_ops`] when the interpreter's fused ops
+//! and fast paths did something the same instructions run one at a time would not.
 
 use crate::blob::{Blob, FunctionId};
 use crate::interp::program::{LinkCache, LinkError, Linked};
-use crate::interp::{Engine, ExecIo, Execution, Limits, RemoteFailure, Status};
+use crate::interp::{
+    Engine, ExecIo, Execution, Limits, QuickRun, RemoteFailure, Status, DEFAULT_SLICE,
+};
 use crate::native::NodeInfo;
 use crate::portable::Portable;
 use crate::store::CodeStore;
@@ -20,11 +23,32 @@ use std::time::{Duration, Instant};
 const FUZZ_FUEL: u64 = 20_000;
 
 /// Decodes `bytes` as a blob, verifies it and, if it verifies, runs every member with `nil`
-/// arguments under small limits.
+/// arguments under small limits, twice: started as an execution, and with
+/// [`Execution::run_quick`]. Panics if the two differ in a status, in what was printed, or
+/// (when the quick start built an execution) in the fuel left.
 pub fn fuzz_blob(bytes: &[u8]) {
     for_each_member(bytes, |engine, store, linked, arity| {
         let args = vec![Portable::Nil; arity as usize];
-        run(engine, store, linked, args, FUZZ_FUEL, None);
+        let full = run(
+            engine,
+            store,
+            linked.clone(),
+            args.clone(),
+            FUZZ_FUEL,
+            None,
+            Start::Execution,
+        );
+        let quick = run(engine, store, linked, args, FUZZ_FUEL, None, Start::Quick);
+        match (full, quick) {
+            (Some(mut full), Some(quick)) => {
+                if quick.fuel_left.is_none() {
+                    // Ended at once as one task: no execution to ask.
+                    full.fuel_left = None;
+                }
+                assert_eq!(full, quick, "run_quick and an execution disagree");
+            }
+            (full, quick) => assert_eq!(full.is_some(), quick.is_some(), "one of them started"),
+        }
     });
 }
 
@@ -74,8 +98,17 @@ fn compare_fused(
         args.clone(),
         fuel,
         Some(slice),
+        Start::Execution,
     );
-    let alone = run(engine, store, linked.unfused(), args, fuel, Some(slice));
+    let alone = run(
+        engine,
+        store,
+        linked.unfused(),
+        args,
+        fuel,
+        Some(slice),
+        Start::Execution,
+    );
     assert_eq!(
         fused, alone,
         "fused ops and single instructions disagree (slice {slice})"
@@ -115,9 +148,19 @@ struct Observed {
     fuel_left: Option<u64>,
 }
 
+/// How a fuzz run starts its call.
+#[derive(Clone, Copy)]
+enum Start {
+    /// [`Execution::start_linked`], then [`Execution::run`].
+    Execution,
+    /// [`Execution::run_quick`], then [`Execution::run`] if it built an execution.
+    Quick,
+}
+
 /// Runs `linked` with `args` under small depth and heap limits until it ends, for at most
 /// as many slices as its fuel allows (64 more for sleeps and remote calls); a remote
-/// request fails as unreachable, and a sleep is over at the next slice.
+/// request fails as unreachable, and a sleep is over at the next slice. `fuel_left` is
+/// `None` only when a quick start ended the call without an execution.
 fn run(
     engine: &Engine,
     store: &CodeStore,
@@ -125,6 +168,7 @@ fn run(
     args: Vec<Portable>,
     fuel: u64,
     slice: Option<u64>,
+    start: Start,
 ) -> Option<Observed> {
     let limits = Limits {
         fuel: Some(fuel),
@@ -133,37 +177,47 @@ fn run(
         deadline: None,
     };
     let (io, out, err) = ExecIo::capture();
-    let mut exec = Execution::start_linked(
-        engine,
-        store,
-        linked,
-        &args,
-        NodeInfo::default(),
-        limits,
-        io,
-    )
-    .ok()?;
-    let mut slices = 64;
-    if let Some(slice) = slice {
-        exec.set_slice(slice);
-        slices += fuel / slice;
-    }
+    let node = NodeInfo::default();
+    let mut slices = 64 + slice.map_or(0, |slice| fuel / slice);
     // One clock for every run, so statuses that carry a wake time compare equal.
-    let start = Instant::now();
-    let mut now = start;
+    let start_at = Instant::now();
+    let mut now = start_at;
+    let (mut exec, mut status) = match start {
+        Start::Execution => {
+            let mut exec =
+                Execution::start_linked(engine, store, linked, &args, node, limits, io).ok()?;
+            if let Some(slice) = slice {
+                exec.set_slice(slice);
+            }
+            let status = exec.run(now);
+            (Some(Box::new(exec)), status)
+        }
+        Start::Quick => {
+            let slice = slice.unwrap_or(DEFAULT_SLICE);
+            match Execution::run_quick(engine, store, linked, &args, node, limits, io, slice, now)
+                .ok()?
+            {
+                QuickRun::Done(value) => (None, Status::Done(value)),
+                QuickRun::Started(status, exec) => (Some(exec), status),
+            }
+        }
+    };
     let mut statuses = Vec::new();
     let mut yields = 0u64;
-    for _ in 0..slices {
-        let status = exec.run(now);
+    loop {
         // `Debug`, not `==`: a NaN result must equal itself.
         match &status {
             Status::Yielded => yields += 1,
             Status::Blocked { wake_at } => statuses.push(format!(
                 "{yields} yields, blocked until {:?}",
-                wake_at.map(|w| w.duration_since(start))
+                wake_at.map(|w| w.duration_since(start_at))
             )),
             ended => statuses.push(format!("{yields} yields, {ended:?}")),
         }
+        slices -= 1;
+        let Some(exec) = exec.as_mut().filter(|_| slices > 0) else {
+            break;
+        };
         match status {
             Status::Done(_) | Status::Failed(_) => break,
             Status::Yielded => {}
@@ -174,10 +228,11 @@ fn run(
                 now += Duration::from_secs(3600);
             }
         }
+        status = exec.run(now);
     }
     Some(Observed {
         statuses,
         output: out.text() + &err.text(),
-        fuel_left: exec.fuel_left(),
+        fuel_left: exec.and_then(|exec| exec.fuel_left()),
     })
 }
