@@ -667,6 +667,9 @@ fn decode_header<'a, T: Deserialize<'a>>(
 // `None`, and the serde decoder, which accepts every encoding and words the errors, decides.
 // For what the hand decoders accept they give what the serde decoder gives (tested).
 
+/// MessagePack's `nil`.
+const NIL: u8 = 0xc0;
+
 /// A call header `[call_id, target, deadline_ms, caller, hops(, sealed)]` and its length.
 fn canonical_call_header<'a>(p: &'a [u8], limits: &Limits) -> Option<(CallHeader<'a>, usize)> {
     // Containers nest two deep (target and hops inside the header); a lower limit is the
@@ -719,7 +722,7 @@ fn canonical_ok_header(p: &[u8], limits: &Limits) -> Option<(ResponseHeader, usi
         return None;
     }
     let call_id = r.uint()?;
-    if r.take(1)? != [0xc0] {
+    if r.take(1)? != [NIL] {
         return None;
     }
     Some((
@@ -791,7 +794,7 @@ impl<'a> HeaderReader<'a> {
     }
     /// `Some(None)` for nil, else what `read` makes of the value.
     fn nil_or<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
-        if self.peek()? == 0xc0 {
+        if self.peek()? == NIL {
             self.pos += 1;
             return Some(None);
         }
@@ -841,8 +844,12 @@ pub fn decode_message(
                 None => decode_header(fty, p, limits)?,
             };
             check(Limit::MaxHops, limits.max_hops as u64, h.hops.len() as u64)?;
-            let (context, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
-                .map_err(value_err)?;
+            // Most calls run in the default context: `nil`, one byte.
+            let (context, n) = match p.get(n) {
+                Some(&NIL) => (Portable::Nil, n + 1),
+                _ => decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
+                    .map_err(value_err)?,
+            };
             let (args, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
                 .map_err(value_err)?;
             exact(fty, p, n)?;
