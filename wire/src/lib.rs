@@ -91,6 +91,7 @@ pub mod fuzz;
 pub mod idmap;
 pub mod limits;
 pub mod message;
+mod pack;
 pub mod pool;
 pub mod store;
 pub mod value;

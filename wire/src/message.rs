@@ -20,6 +20,7 @@
 use crate::arena::FRAME_START_CAPACITY;
 use crate::frame::{put_header, FrameType, HEADER_LEN};
 use crate::limits::{check, Limit, LimitExceeded, Limits};
+use crate::pack;
 use crate::value::{
     decode_value_at, encode_value_unhashed, hash_sidecars, object_len, SidecarHash, SidecarLookup,
     SidecarOut, UnhashedSidecar, ValueError,
@@ -472,10 +473,43 @@ struct CancelHeader {
 /// (a struct: rmp-serde writes it as an array); more of the payload may follow, then
 /// [`end_frame`] fills in its length.
 fn begin_frame<T: Serialize>(out: &mut Vec<u8>, ty: FrameType, header: &T) {
-    out.clear();
-    put_header(out, ty as u8, 0);
+    start_frame(out, ty);
     // Writing into a Vec cannot fail.
     let _ = rmp_serde::encode::write(out, header);
+}
+
+/// Empties `out` and writes the header of a frame of type `ty` whose length
+/// [`end_frame`] sets.
+fn start_frame(out: &mut Vec<u8>, ty: FrameType) {
+    out.clear();
+    put_header(out, ty as u8, 0);
+}
+
+/// The call header of `c` (a [`CallHeader`]) as its serde encoding writes it, written by
+/// hand: a call's header is on every call's path.
+fn put_call_header(out: &mut Vec<u8>, c: &CallRef<'_>) {
+    pack::array_len(out, if c.sealed { 6 } else { 5 });
+    pack::uint(out, c.call_id);
+    match c.target {
+        Target::Function(f) => {
+            pack::array_len(out, 2);
+            pack::bin(out, &f.blob.0);
+            pack::uint(out, u64::from(f.member));
+        }
+        Target::Name(n) => pack::str(out, n),
+    }
+    match c.deadline_ms {
+        Some(ms) => pack::uint(out, ms),
+        None => pack::nil(out),
+    }
+    pack::str(out, c.caller);
+    pack::array_len(out, c.hops.len());
+    for hop in c.hops {
+        pack::str(out, hop);
+    }
+    if c.sealed {
+        pack::bool(out, true);
+    }
 }
 
 /// Sets the length in the header [`begin_frame`] wrote to the payload that follows it.
@@ -532,25 +566,29 @@ pub fn encode_message_unhashed_into(
             encode_call_unhashed_into(&c.borrowed(), sidecar_threshold, sidecars, out)
         }
         Message::Response(r) => {
-            let (error, value) = match &r.result {
-                Ok(v) => (None, v),
-                Err(e) => (
-                    Some(ErrorHeader {
+            let value = match &r.result {
+                Ok(v) => {
+                    // `[call_id, nil]`, a `ResponseHeader` without error, written by hand.
+                    start_frame(out, FrameType::Response);
+                    pack::array_len(out, 2);
+                    pack::uint(out, r.call_id);
+                    pack::nil(out);
+                    v
+                }
+                Err(e) => {
+                    let error = ErrorHeader {
                         kind: e.kind.as_str().to_owned(),
                         message: e.message.clone(),
                         trace: e.trace.clone(),
-                    }),
-                    &e.value,
-                ),
+                    };
+                    let header = ResponseHeader {
+                        call_id: r.call_id,
+                        error: Some(error),
+                    };
+                    begin_frame(out, FrameType::Response, &header);
+                    &e.value
+                }
             };
-            begin_frame(
-                out,
-                FrameType::Response,
-                &ResponseHeader {
-                    call_id: r.call_id,
-                    error,
-                },
-            );
             encode_value_unhashed(value, out, sidecar_threshold, sidecars);
             end_frame(out)
         }
@@ -590,24 +628,11 @@ pub fn encode_call_unhashed_into(
     sidecars: &mut Vec<UnhashedSidecar>,
     out: &mut Vec<u8>,
 ) {
-    begin_frame(
-        out,
-        FrameType::Call,
-        &CallHeader {
-            call_id: c.call_id,
-            target: match c.target {
-                Target::Function(f) => TargetWire::Function(HashBin(f.blob.0), f.member),
-                Target::Name(n) => TargetWire::Name(Cow::Borrowed(n)),
-            },
-            deadline_ms: c.deadline_ms,
-            caller: Cow::Borrowed(c.caller),
-            hops: Cow::Borrowed(c.hops),
-            sealed: c.sealed,
-        },
-    );
+    start_frame(out, FrameType::Call);
+    put_call_header(out, c);
     encode_value_unhashed(c.context, out, sidecar_threshold, sidecars);
     // The args array is written directly (no intermediate Portable::List clone).
-    let _ = rmp::encode::write_array_len(out, c.args.len() as u32);
+    pack::array_len(out, c.args.len());
     for a in c.args {
         encode_value_unhashed(a, out, sidecar_threshold, sidecars);
     }
@@ -1057,6 +1082,39 @@ mod tests {
             let h = ResponseHeader { call_id, error: None };
             let p = encoded(&h);
             prop_assert_eq!(canonical_ok_header(&p, &limits), Some((h, p.len())));
+        }
+
+        // The headers written by hand are the serde encodings, byte for byte.
+        #[test]
+        fn hand_written_headers_are_the_serde_encodings(h in call_header()) {
+            let target = match &h.target {
+                TargetWire::Function(hash, member) => Target::Function(FunctionId {
+                    blob: BlobHash(hash.0),
+                    member: *member,
+                }),
+                TargetWire::Name(name) => Target::Name(name.to_string()),
+            };
+            let call = CallRef {
+                call_id: h.call_id,
+                target: &target,
+                deadline_ms: h.deadline_ms,
+                caller: &h.caller,
+                hops: &h.hops,
+                context: &Portable::Nil,
+                args: &[],
+                sealed: h.sealed,
+            };
+            let mut ours = Vec::new();
+            put_call_header(&mut ours, &call);
+            prop_assert_eq!(ours, encoded(&h));
+
+            let response = Message::Response(CallResponse {
+                call_id: h.call_id,
+                result: Ok(Portable::Nil),
+            });
+            let frame = encode_message(&response, usize::MAX, &mut Vec::new());
+            let header = encoded(&ResponseHeader { call_id: h.call_id, error: None });
+            prop_assert_eq!(&frame[HEADER_LEN..HEADER_LEN + header.len()], &header[..]);
         }
     }
 

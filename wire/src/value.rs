@@ -28,6 +28,7 @@
 //! - `decode(encode(v)) == v` for every `Portable` (property-tested).
 
 use crate::limits::{Limit, LimitExceeded};
+use crate::pack::{self, len32};
 use bytes::Bytes;
 use rmp::encode as enc;
 use rmp::Marker;
@@ -226,27 +227,13 @@ fn encode_inner(
     sidecars: &mut Vec<UnhashedSidecar>,
 ) {
     match value {
-        Portable::Nil => {
-            let _ = enc::write_nil(out);
-        }
-        Portable::Bool(b) => {
-            let _ = enc::write_bool(out, *b);
-        }
-        Portable::Int(i) => {
-            {
-                let _ = enc::write_sint(out, *i);
-            };
-        }
-        Portable::Float(x) => {
-            let _ = enc::write_f64(out, *x);
-        }
-        Portable::Str(s) => {
-            let _ = enc::write_str(out, s);
-        }
+        Portable::Nil => pack::nil(out),
+        Portable::Bool(b) => pack::bool(out, *b),
+        Portable::Int(i) => pack::sint(out, *i),
+        Portable::Float(x) => pack::f64(out, *x),
+        Portable::Str(s) => pack::str(out, s),
         Portable::Bytes(b) if b.len() >= threshold => {
-            {
-                let _ = enc::write_ext_meta(out, 40, EXT_SIDECAR);
-            };
+            let _ = enc::write_ext_meta(out, 40, EXT_SIDECAR);
             let at = out.len();
             let same =
                 |s: &&mut UnhashedSidecar| s.data.as_ptr() == b.as_ptr() && s.data.len() == b.len();
@@ -261,29 +248,23 @@ fn encode_inner(
             out.extend_from_slice(&(b.len() as u64).to_be_bytes());
         }
         Portable::Bytes(b) => {
-            let _ = enc::write_bin(out, b);
+            pack::bin(out, b);
         }
         Portable::List(items) => {
-            {
-                let _ = enc::write_array_len(out, len32(items.len()));
-            };
+            pack::array_len(out, items.len());
             for item in items {
                 encode_inner(item, out, threshold, sidecars);
             }
         }
         Portable::Map(entries) => {
-            {
-                let _ = enc::write_map_len(out, len32(entries.len()));
-            };
+            pack::map_len(out, entries.len());
             for (k, v) in entries {
                 encode_inner(k, out, threshold, sidecars);
                 encode_inner(v, out, threshold, sidecars);
             }
         }
         Portable::Range(start, end) => {
-            {
-                let _ = enc::write_ext_meta(out, 16, EXT_RANGE);
-            };
+            let _ = enc::write_ext_meta(out, 16, EXT_RANGE);
             out.extend_from_slice(&start.to_be_bytes());
             out.extend_from_slice(&end.to_be_bytes());
         }
@@ -291,25 +272,17 @@ fn encode_inner(
             let mut payload = Vec::with_capacity(40);
             payload.extend_from_slice(&func.blob.0);
             payload.extend_from_slice(&func.member.to_be_bytes());
-            {
-                let _ = enc::write_array_len(&mut payload, len32(captures.len()));
-            };
+            pack::array_len(&mut payload, captures.len());
             // References recorded inside `payload` move with it into `out`.
             let marks = ref_marks(sidecars);
             for c in captures {
                 encode_inner(c, &mut payload, threshold, sidecars);
             }
-            {
-                let _ = enc::write_ext_meta(out, len32(payload.len()), EXT_FUNCTION);
-            };
+            let _ = enc::write_ext_meta(out, len32(payload.len()), EXT_FUNCTION);
             move_refs_since(sidecars, &marks, out.len());
             out.extend_from_slice(&payload);
         }
     }
-}
-
-fn len32(n: usize) -> u32 {
-    u32::try_from(n).expect("container longer than u32::MAX cannot be encoded")
 }
 
 // ---------------------------------------------------------------------------------------
