@@ -869,12 +869,8 @@ pub fn decode_message(
                 None => decode_header(fty, p, limits)?,
             };
             check(Limit::MaxHops, limits.max_hops as u64, h.hops.len() as u64)?;
-            // Most calls run in the default context: `nil`, one byte.
-            let (context, n) = match p.get(n) {
-                Some(&NIL) => (Portable::Nil, n + 1),
-                _ => decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
-                    .map_err(value_err)?,
-            };
+            let (context, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
+                .map_err(value_err)?;
             let (args, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
                 .map_err(value_err)?;
             exact(fty, p, n)?;

@@ -302,6 +302,7 @@ pub fn decode_value(buf: &Bytes, max_depth: usize) -> Result<Portable, ValueErro
 }
 
 /// Decodes one value starting at `buf[pos..end]`, returning it and the position after it.
+#[inline]
 pub fn decode_value_at(
     buf: &Bytes,
     pos: usize,
@@ -310,6 +311,11 @@ pub fn decode_value_at(
     sidecars: SidecarLookup<'_>,
 ) -> Result<(Portable, usize), ValueError> {
     let mut r = Reader::new(buf, pos, end);
+    // `nil` (a call's default context, a function's empty answer) is one byte: no need for
+    // the open-container bookkeeping of `value`.
+    if r.remaining() > 0 && buf[r.pos] == 0xc0 {
+        return Ok((Portable::Nil, r.pos + 1));
+    }
     let v = r.value(max_depth, sidecars)?;
     Ok((v, r.pos))
 }
