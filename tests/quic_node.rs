@@ -167,6 +167,26 @@ async fn timeout_ms_stops_the_callee() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_ms_bounds_the_dial_of_a_silent_peer() {
+    // The dial itself runs under the hop's deadline: a silent peer times the hop out
+    // (`Timeout`) long before the handshake would give up (`Unreachable`).
+    let setup = Setup {
+        extra: vec![dead_peer()],
+        tweak: |_, config| config.transport.connect_timeout = Duration::from_secs(5),
+        ..Setup::default()
+    };
+    let nodes = cluster(&[], setup).await;
+    let v = within_10s(run(
+        &nodes[0],
+        r#"try { remote({peer: "dead", timeout_ms: 200}) [] { 1 } } catch e { [e.kind, e.peer] }"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(v, list(vec![s("Timeout"), s("dead")]));
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_the_caller_cancels_its_hops_on_the_callee() {
     let nodes = cluster(&["a", "b"], Setup::default()).await;
     // The top level ends while its task waits on a (nested) hop: both hops are cancelled.

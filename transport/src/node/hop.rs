@@ -20,6 +20,7 @@ use crate::TransportError;
 use skiff_vm::hop::{error_kind, hop_error, is_failover_kind, parse_trace_line, HopTarget};
 use skiff_vm::{FunctionId, Portable, RemoteFailure};
 use skiff_wire::{CallOptions, ErrorKind, RemoteError, Target};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -130,21 +131,31 @@ async fn self_hop(
     }
     let _wake = WakeOnDrop(shared);
     let here = &shared.name;
-    let timeout = || {
-        failure(hop_error(
-            "Timeout",
-            format!("hop to `{here}` timed out"),
-            here,
-        ))
-    };
-    let result = match deadline {
-        Some(d) => match tokio::time::timeout_at(d.into(), rx).await {
-            Ok(r) => r,
-            Err(_) => return Err(timeout()),
-        },
-        None => rx.await,
-    };
+    let result = by_deadline(deadline, here, rx).await?;
     result.unwrap_or_else(|_| Err(failure(hop_error("Disconnected", "the node stopped", here))))
+}
+
+/// What a hop to `node` that ran out of time fails with.
+fn timed_out(node: &str) -> RemoteFailure {
+    failure(hop_error(
+        "Timeout",
+        format!("hop to `{node}` timed out"),
+        node,
+    ))
+}
+
+/// Awaits `work`, or until `deadline` (if any) passes: then a hop to `node` timed out.
+async fn by_deadline<T>(
+    deadline: Option<Instant>,
+    node: &str,
+    work: impl Future<Output = T>,
+) -> Result<T, RemoteFailure> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), work)
+            .await
+            .map_err(|_| timed_out(node)),
+        None => Ok(work.await),
+    }
 }
 
 /// Sends a `Cancel` for a call still in flight when dropped.
@@ -170,31 +181,16 @@ pub(crate) async fn call_peer(
     back: Option<&(Arc<str>, DriverHandle)>,
     deadline: Option<Instant>,
 ) -> Result<Portable, RemoteFailure> {
-    let timeout = || {
-        failure(hop_error(
-            "Timeout",
-            format!("hop to `{peer}` timed out"),
-            peer,
-        ))
-    };
     let driver = match back {
         Some((name, d)) if **name == *peer && d.is_live() => d.clone(),
-        _ => {
-            let dial = shared.driver_for(peer);
-            let dialled = match deadline {
-                Some(d) => match tokio::time::timeout_at(d.into(), dial).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(timeout()),
-                },
-                None => dial.await,
-            };
-            dialled.map_err(|e| failure(transport_failure(&e, peer)))?
-        }
+        _ => by_deadline(deadline, peer, shared.driver_for(peer))
+            .await?
+            .map_err(|e| failure(transport_failure(&e, peer)))?,
     };
     if let Some(d) = deadline {
         let left = d.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timeout());
+            return Err(timed_out(peer));
         }
         opts.deadline = Some(left);
     }
