@@ -30,6 +30,7 @@ use common::{cluster, compile, shutdown, Setup};
 use skiff::node::{Node, NodeError};
 use skiff::Portable;
 use skiff_transport::{Congestion, LossConfig};
+use skiff_vm::fuzz::Rng;
 use skiff_vm::BlobHash;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,15 +82,8 @@ async fn wait_idle(node: &Node) {
 
 /// 1 MiB of deterministic noise; call `i` overwrites the first 8 bytes with `i`.
 fn base_payload() -> Vec<u8> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..PAYLOAD)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = Rng::new(0x2545_F491_4F6C_DD1D);
+    (0..PAYLOAD).map(|_| rng.next_u64() as u8).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! random bytes. Bounded and deterministic; a failing input can be saved into the corpus.
 
 use skiff_compiler::fuzz_compile;
+use skiff_vm::fuzz::Rng;
 use std::path::PathBuf;
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
@@ -28,21 +29,6 @@ fn iters(default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 #[test]
@@ -74,7 +60,7 @@ fn mutate(rng: &mut Rng, input: &[u8], pool: &[Vec<u8>]) -> Vec<u8> {
             }
             2 if len > 0 => {
                 let at = rng.below(len);
-                out[at] = rng.next() as u8;
+                out[at] = rng.next_u64() as u8;
             }
             3 => {
                 // Splice a piece of another corpus file in.
@@ -108,7 +94,7 @@ fn mutate(rng: &mut Rng, input: &[u8], pool: &[Vec<u8>]) -> Vec<u8> {
 #[test]
 fn seeded_mutations_of_the_corpus() {
     let pool: Vec<Vec<u8>> = corpus().into_iter().map(|(_, b)| b).collect();
-    let mut rng = Rng(0x5eed_0001);
+    let mut rng = Rng::for_loop(0x5eed_0001);
     for _ in 0..iters(1500) {
         let base = &pool[rng.below(pool.len())];
         let input = mutate(&mut rng, base, &pool);
@@ -118,14 +104,14 @@ fn seeded_mutations_of_the_corpus() {
 
 #[test]
 fn seeded_random_bytes() {
-    let mut rng = Rng(0x5eed_0002);
+    let mut rng = Rng::for_loop(0x5eed_0002);
     for _ in 0..iters(500) {
         let len = rng.below(300);
         let input: Vec<u8> = (0..len)
             .map(|_| {
                 // Bias toward ASCII punctuation and letters, where the grammar lives.
                 if rng.below(4) == 0 {
-                    rng.next() as u8
+                    rng.next_u64() as u8
                 } else {
                     const ALPHABET: &[u8] = b" \n(){}[],.:;+-*/%=<>!\"\\abcdefxyz0123456789_";
                     ALPHABET[rng.below(ALPHABET.len())]

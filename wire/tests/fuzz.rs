@@ -10,6 +10,7 @@
 mod common;
 
 use bytes::Bytes;
+use skiff_vm::fuzz::Rng;
 use skiff_wire::fuzz::{fuzz_connection, fuzz_frames, fuzz_limits, fuzz_value};
 use skiff_wire::value::{decode_value, object_len};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -62,19 +63,6 @@ fn max_alloc(f: impl FnOnce()) -> usize {
     MAX.with(|m| m.get())
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus")
 }
@@ -110,7 +98,7 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
             }
             3 => {
                 let i = rng.below(v.len() + 1);
-                let b = rng.next() as u8;
+                let b = rng.next_u64() as u8;
                 v.insert(i, b);
             }
             4 if !v.is_empty() => {
@@ -130,7 +118,7 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
             }
             _ => {
                 let n = rng.below(64);
-                v = (0..n).map(|_| rng.next() as u8).collect();
+                v = (0..n).map(|_| rng.next_u64() as u8).collect();
             }
         }
     }
@@ -167,7 +155,7 @@ fn seeded_mutation_loop() {
         .unwrap_or(100_000);
     let seeds = corpus();
     let limit = fuzz_limits().max_frame as usize;
-    let mut rng = Rng(0x5eed_5eed_1234_5678);
+    let mut rng = Rng::for_loop(0x5eed_5eed_1234_5678);
     let t0 = Instant::now();
     let mut worst = 0;
     for i in 0..iters {
@@ -294,7 +282,7 @@ fn ten_thousand_mutated_blobs_are_rejected() {
     let original = set.blob_bytes(&closure[3]).unwrap().to_vec();
     let hash = closure[3];
     let mut store = BlobStore::new(1 << 20);
-    let mut rng = Rng(42);
+    let mut rng = Rng::for_loop(42);
     let mut n = 0;
     while n < 10_000 {
         let m = mutate(&mut rng, &original, &original);
