@@ -22,8 +22,8 @@ use crate::frame::{put_header, FrameType, HEADER_LEN};
 use crate::limits::{check, Limit, LimitExceeded, Limits};
 use crate::pack;
 use crate::value::{
-    decode_value_at, encode_value_unhashed, hash_sidecars, object_len, SidecarHash, SidecarLookup,
-    SidecarOut, UnhashedSidecar, ValueError,
+    decode_list_at, decode_value_at, encode_value_unhashed, hash_sidecars, object_len, SidecarHash,
+    SidecarLookup, SidecarOut, UnhashedSidecar, ValueError,
 };
 use bytes::Bytes;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -877,12 +877,10 @@ pub fn decode_message(
             check(Limit::MaxHops, limits.max_hops as u64, h.hops.len() as u64)?;
             let (context, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
                 .map_err(value_err)?;
-            let (args, n) = decode_value_at(payload, n, p.len(), limits.max_depth, sidecars)
-                .map_err(value_err)?;
+            let (args, n) = decode_list_at(payload, n, p.len(), limits.max_depth, sidecars)
+                .map_err(value_err)?
+                .ok_or_else(|| malformed(fty, "args must be an array"))?;
             exact(fty, p, n)?;
-            let Portable::List(args) = args else {
-                return Err(malformed(fty, "args must be an array"));
-            };
             Ok(Message::Call(CallRequest {
                 call_id: h.call_id,
                 target: match h.target {

@@ -296,7 +296,7 @@ pub type SidecarLookup<'a> = &'a dyn Fn(&SidecarHash) -> Option<Bytes>;
 pub fn decode_value(buf: &Bytes, max_depth: usize) -> Result<Portable, ValueError> {
     let no_sidecars = |_: &SidecarHash| None;
     let mut r = Reader::new(buf, 0, buf.len());
-    let v = r.value(max_depth, &no_sidecars)?;
+    let v = r.value(max_depth, 0, &no_sidecars)?;
     r.finish()?;
     Ok(v)
 }
@@ -316,8 +316,38 @@ pub fn decode_value_at(
     if r.remaining() > 0 && buf[r.pos] == 0xc0 {
         return Ok((Portable::Nil, r.pos + 1));
     }
-    let v = r.value(max_depth, sidecars)?;
+    let v = r.value(max_depth, 0, sidecars)?;
     Ok((v, r.pos))
+}
+
+/// Decodes the array starting at `buf[pos..end]` into its items (a call's arguments),
+/// returning them and the position after it, or `None` if what starts there is not an
+/// array. The limits are [`decode_value_at`]'s for the same array, the array being the first
+/// level of nesting; its items are read one by one, with no list to build and take apart.
+pub fn decode_list_at(
+    buf: &Bytes,
+    pos: usize,
+    end: usize,
+    max_depth: usize,
+    sidecars: SidecarLookup<'_>,
+) -> Result<Option<(Vec<Portable>, usize)>, ValueError> {
+    let mut r = Reader::new(buf, pos, end);
+    let Item::Array(n) = r.item(sidecars)? else {
+        return Ok(None);
+    };
+    depth_check(max_depth, 1)?;
+    if n > r.remaining() as u64 {
+        return Err(ValueError::Truncated(r.pos));
+    }
+    let mut items = Vec::with_capacity((n as usize).min(PREALLOC));
+    for _ in 0..n {
+        let item = match r.scalar() {
+            Some(v) => v,
+            None => r.value(max_depth, 1, sidecars)?,
+        };
+        items.push(item);
+    }
+    Ok(Some((items, r.pos)))
 }
 
 /// Length in bytes of the one MessagePack object at the start of `buf`, checking nesting
@@ -443,11 +473,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Decodes one value. Iterative (an explicit stack of open containers, bounded by
-    /// `max_depth`), so the Rust stack use is constant whatever the input.
+    /// Decodes one value inside `outer` open containers. Iterative (an explicit stack of
+    /// open containers, bounded by `max_depth` with the outer ones), so the Rust stack use
+    /// is constant whatever the input.
     fn value(
         &mut self,
         max_depth: usize,
+        outer: usize,
         sidecars: SidecarLookup<'_>,
     ) -> Result<Portable, ValueError> {
         // Open containers, innermost last; shallow values need no allocation for it.
@@ -467,7 +499,7 @@ impl<'a> Reader<'a> {
             let mut v = match self.item(sidecars)? {
                 Item::Value(v) => v,
                 Item::Array(n) => {
-                    depth_check(max_depth, stack.len() + 1)?;
+                    depth_check(max_depth, outer + stack.len() + 1)?;
                     if n > self.remaining() as u64 {
                         return Err(ValueError::Truncated(self.pos));
                     }
@@ -481,7 +513,7 @@ impl<'a> Reader<'a> {
                     Portable::List(Vec::new())
                 }
                 Item::Map(n) => {
-                    depth_check(max_depth, stack.len() + 1)?;
+                    depth_check(max_depth, outer + stack.len() + 1)?;
                     if n.saturating_mul(2) > self.remaining() as u64 {
                         return Err(ValueError::Truncated(self.pos));
                     }
@@ -496,7 +528,7 @@ impl<'a> Reader<'a> {
                     Portable::Map(Vec::new())
                 }
                 Item::Closure { func, ext_end } => {
-                    depth_check(max_depth, stack.len() + 1)?;
+                    depth_check(max_depth, outer + stack.len() + 1)?;
                     stack.push(Open::Closure {
                         func,
                         ext_end,

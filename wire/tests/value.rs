@@ -5,7 +5,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use skiff_wire::value::{
-    decode_value, decode_value_at, encode_value, encode_value_with_sidecars, SidecarHash,
+    decode_list_at, decode_value, decode_value_at, encode_value, encode_value_with_sidecars,
+    SidecarHash,
 };
 use std::collections::HashMap;
 
@@ -79,6 +80,32 @@ proptest! {
         let (back, end) = decode_value_at(&buf, 0, buf.len(), 64, &lookup).unwrap();
         prop_assert_eq!(end, buf.len());
         prop_assert_eq!(back, v);
+    }
+
+    /// A call's arguments are decoded item by item (`decode_list_at`): exactly what decoding
+    /// the array as one value gives, errors included (a limit names the same depths), whole
+    /// or cut short, under any depth limit; anything but an array is never taken for one.
+    #[test]
+    fn list_decoding_is_value_decoding(
+        v in value(),
+        max_depth in 0usize..8,
+        cut in any::<proptest::sample::Index>(),
+    ) {
+        let mut out = Vec::new();
+        encode_value(&v, &mut out);
+        let buf = Bytes::from(out);
+        let none = |_: &SidecarHash| None;
+        for end in [buf.len(), cut.index(buf.len() + 1)] {
+            let as_value = decode_value_at(&buf, 0, end, max_depth, &none);
+            let as_list = decode_list_at(&buf, 0, end, max_depth, &none);
+            match (&v, as_value) {
+                (Portable::List(_), Ok((Portable::List(items), n))) => {
+                    prop_assert_eq!(as_list, Ok(Some((items, n))))
+                }
+                (Portable::List(_), Err(e)) => prop_assert_eq!(as_list, Err(e)),
+                (_, _) => prop_assert!(!matches!(as_list, Ok(Some(_))), "{:?}", as_list),
+            }
+        }
     }
 }
 
