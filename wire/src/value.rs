@@ -26,6 +26,8 @@
 //! - Bytes are never encoded as integer arrays. Decoding a `bin` from a [`Bytes`] buffer
 //!   slices it (no copy).
 //! - `decode(encode(v)) == v` for every `Portable` (property-tested).
+//! - [`decode_list_at`] (a call's arguments) gives what [`decode_value_at`] gives for the
+//!   same array, errors and limits included (property-tested).
 
 use crate::limits::{Limit, LimitExceeded};
 use crate::pack::{self, len32};
