@@ -698,9 +698,6 @@ fn decode_header<'a, T: Deserialize<'a>>(
 // `None`, and the serde decoder, which accepts every encoding and words the errors, decides.
 // For what the hand decoders accept they give what the serde decoder gives (tested).
 
-/// MessagePack's `nil`.
-const NIL: u8 = 0xc0;
-
 /// A call header `[call_id, target, deadline_ms, caller, hops(, sealed)]` and its length.
 fn canonical_call_header<'a>(p: &'a [u8], limits: &Limits) -> Option<(CallHeader<'a>, usize)> {
     // Containers nest two deep (target and hops inside the header); a lower limit is the
@@ -753,7 +750,7 @@ fn canonical_ok_header(p: &[u8], limits: &Limits) -> Option<(ResponseHeader, usi
         return None;
     }
     let call_id = r.uint()?;
-    if r.take(1)? != [NIL] {
+    if r.take(1)? != [pack::NIL] {
         return None;
     }
     Some((
@@ -825,7 +822,7 @@ impl<'a> HeaderReader<'a> {
     }
     /// `Some(None)` for nil, else what `read` makes of the value.
     fn nil_or<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
-        if self.peek()? == NIL {
+        if self.peek()? == pack::NIL {
             self.pos += 1;
             return Some(None);
         }

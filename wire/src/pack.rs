@@ -7,9 +7,12 @@
 //! writes for the same value (tested below, over every length class), so the canonical
 //! encoding of a value does not depend on which of the two wrote it.
 
+/// MessagePack's `nil`, one byte.
+pub(crate) const NIL: u8 = 0xc0;
+
 /// `nil`.
 pub(crate) fn nil(out: &mut Vec<u8>) {
-    out.push(0xc0);
+    out.push(NIL);
 }
 
 pub(crate) fn bool(out: &mut Vec<u8>, b: bool) {

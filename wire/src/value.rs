@@ -315,7 +315,7 @@ pub fn decode_value_at(
     let mut r = Reader::new(buf, pos, end);
     // `nil` (a call's default context, a function's empty answer) is one byte: no need for
     // the open-container bookkeeping of `value`.
-    if r.remaining() > 0 && buf[r.pos] == 0xc0 {
+    if r.remaining() > 0 && buf[r.pos] == pack::NIL {
         return Ok((Portable::Nil, r.pos + 1));
     }
     let v = r.value(max_depth, 0, sidecars)?;
