@@ -94,13 +94,24 @@ impl Parser<'_> {
     fn at(&self, t: &Tok) -> bool {
         self.tok() == t
     }
-    fn bump(&mut self) -> Token {
-        let t = self.toks[self.pos].clone();
+    /// Consumes the current token (not `Eof`), returning its span.
+    fn bump(&mut self) -> Span {
+        let t = &self.toks[self.pos];
+        let span = t.span.clone();
         if t.tok != Tok::Eof {
-            self.prev_end = t.span.end;
+            self.prev_end = span.end;
             self.pos += 1;
         }
-        t
+        span
+    }
+    /// The current token's name and span if it is an identifier, consumed. The name is
+    /// moved out of the token, not copied: no token is read again once consumed.
+    fn take_ident(&mut self) -> Option<(String, Span)> {
+        let Tok::Ident(name) = &mut self.toks[self.pos].tok else {
+            return None;
+        };
+        let name = std::mem::take(name);
+        Some((name, self.bump()))
     }
     fn eat(&mut self, t: &Tok) -> bool {
         if self.at(t) {
@@ -141,7 +152,7 @@ impl Parser<'_> {
         Err(())
     }
 
-    fn expect(&mut self, t: &Tok) -> PResult<Token> {
+    fn expect(&mut self, t: &Tok) -> PResult<Span> {
         if self.at(t) {
             Ok(self.bump())
         } else {
@@ -152,14 +163,15 @@ impl Parser<'_> {
     }
 
     fn ident(&mut self, what: &str) -> PResult<Ident> {
-        if let Tok::Ident(name) = self.tok() {
-            let name = name.clone();
-            let span = self.bump().span;
-            let id = self.id();
-            Ok(Ident { name, span, id })
-        } else {
-            self.expected(what)?;
-            Err(())
+        match self.take_ident() {
+            Some((name, span)) => {
+                let id = self.id();
+                Ok(Ident { name, span, id })
+            }
+            None => {
+                self.expected(what)?;
+                Err(())
+            }
         }
     }
 
@@ -263,14 +275,14 @@ impl Parser<'_> {
         if !self.at(&Tok::RBrace) {
             if self.at(&Tok::Eof) && !self.eof_reported {
                 self.eof_reported = true;
-                self.error_at(open.span.clone(), "this `{` is never closed");
+                self.error_at(open.clone(), "this `{` is never closed");
             }
             return Err(());
         }
         let close = self.bump();
         Ok(Block {
             stmts,
-            span: open.span.start..close.span.end,
+            span: open.start..close.end,
         })
     }
 
@@ -352,7 +364,7 @@ impl Parser<'_> {
                 match op {
                     None => StmtKind::Expr(e),
                     Some(op) => {
-                        let op_span = self.bump().span;
+                        let op_span = self.bump();
                         if !matches!(
                             e.kind,
                             ExprKind::Ident(_) | ExprKind::Index { .. } | ExprKind::Field { .. }
@@ -409,7 +421,7 @@ impl Parser<'_> {
         let start = self.span().start;
         let mut lhs = match self.tok() {
             Tok::Not => {
-                let op_span = self.bump().span;
+                let op_span = self.bump();
                 let operand = self.expr_bp(NOT_BP + 1)?;
                 Expr {
                     span: start..self.prev_end,
@@ -421,7 +433,7 @@ impl Parser<'_> {
                 }
             }
             Tok::Minus => {
-                let op_span = self.bump().span;
+                let op_span = self.bump();
                 let operand = self.expr_bp(UNARY_BP)?;
                 let kind = match operand.kind {
                     // Fold negative literals so `-5` is one constant.
@@ -439,7 +451,7 @@ impl Parser<'_> {
                 }
             }
             Tok::Await => {
-                let kw_span = self.bump().span;
+                let kw_span = self.bump();
                 let operand = self.expr_bp(UNARY_BP)?;
                 Expr {
                     span: start..self.prev_end,
@@ -456,7 +468,7 @@ impl Parser<'_> {
             if bp < min {
                 break;
             }
-            let op_span = self.bump().span;
+            let op_span = self.bump();
             // Each operator of a chain deepens the tree: count it against the bound.
             chain += 1;
             if self.enter().is_err() {
@@ -491,7 +503,7 @@ impl Parser<'_> {
         let result = loop {
             let kind = match self.tok() {
                 Tok::LParen if !self.line_start() => {
-                    let paren_span = self.bump().span;
+                    let paren_span = self.bump();
                     let mut args = Vec::new();
                     while !self.at(&Tok::RParen) {
                         match self.expr() {
@@ -512,7 +524,7 @@ impl Parser<'_> {
                     }
                 }
                 Tok::LBracket if !self.line_start() => {
-                    let bracket_span = self.bump().span;
+                    let bracket_span = self.bump();
                     let index = match self.expr() {
                         Ok(i) => i,
                         Err(()) => break Err(()),
@@ -553,37 +565,32 @@ impl Parser<'_> {
         result
     }
 
+    /// The current token as a literal expression, consumed; `None`, with nothing consumed,
+    /// if it is not a literal. A string's or bytes' contents are moved out of the token.
+    fn literal(&mut self) -> Option<ExprKind> {
+        let kind = match &mut self.toks[self.pos].tok {
+            Tok::Int(v) => ExprKind::Int(*v),
+            Tok::Float(v) => ExprKind::Float(*v),
+            Tok::Str(s) => ExprKind::Str(std::mem::take(s)),
+            Tok::Bytes(b) => ExprKind::Bytes(std::mem::take(b)),
+            Tok::True => ExprKind::Bool(true),
+            Tok::False => ExprKind::Bool(false),
+            Tok::Nil => ExprKind::Nil,
+            _ => return None,
+        };
+        self.bump();
+        Some(kind)
+    }
+
     fn primary(&mut self) -> PResult<Expr> {
         let start = self.span().start;
-        let kind = match self.tok().clone() {
-            Tok::Int(v) => {
-                self.bump();
-                ExprKind::Int(v)
-            }
-            Tok::Float(v) => {
-                self.bump();
-                ExprKind::Float(v)
-            }
-            Tok::Str(s) => {
-                self.bump();
-                ExprKind::Str(s)
-            }
-            Tok::Bytes(b) => {
-                self.bump();
-                ExprKind::Bytes(b)
-            }
-            Tok::True => {
-                self.bump();
-                ExprKind::Bool(true)
-            }
-            Tok::False => {
-                self.bump();
-                ExprKind::Bool(false)
-            }
-            Tok::Nil => {
-                self.bump();
-                ExprKind::Nil
-            }
+        if let Some(kind) = self.literal() {
+            return Ok(Expr {
+                kind,
+                span: start..self.prev_end,
+            });
+        }
+        let kind = match self.tok() {
             Tok::Ident(_) => ExprKind::Ident(self.ident("identifier")?),
             Tok::LParen => {
                 self.bump();
@@ -638,7 +645,7 @@ impl Parser<'_> {
                 ExprKind::Spawn { body, id }
             }
             Tok::Remote => {
-                let kw_span = self.bump().span;
+                let kw_span = self.bump();
                 self.expect(&Tok::LParen)?;
                 let target = self.expr()?;
                 self.expect(&Tok::RParen)?;
@@ -691,15 +698,17 @@ impl Parser<'_> {
     fn map(&mut self) -> PResult<ExprKind> {
         self.expect(&Tok::LBrace)?;
         let entries = self.comma_list(&Tok::RBrace, |p| {
-            let key = match p.tok().clone() {
-                Tok::Ident(name) if p.tok_at(1) == &Tok::Colon => {
-                    let span = p.bump().span;
-                    Expr {
-                        kind: ExprKind::Str(name),
-                        span,
-                    }
-                }
-                _ => p.expr()?,
+            let bare = if p.tok_at(1) == &Tok::Colon {
+                p.take_ident()
+            } else {
+                None
+            };
+            let key = match bare {
+                Some((name, span)) => Expr {
+                    kind: ExprKind::Str(name),
+                    span,
+                },
+                None => p.expr()?,
             };
             p.expect(&Tok::Colon)?;
             let value = p.expr()?;
