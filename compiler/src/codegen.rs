@@ -75,6 +75,7 @@ pub fn generate(
         let mut g = Gen {
             unit,
             lines: LineIndex::new(unit.source),
+            line_hint: 0,
             globals,
             protos: &mut protos,
             diags: &mut *diags,
@@ -173,6 +174,8 @@ struct FnState {
 struct Gen<'a, 'u> {
     unit: &'a Unit<'u>,
     lines: LineIndex,
+    /// The line of the last position looked up: the next is mostly on it or the next one.
+    line_hint: usize,
     globals: &'a Globals,
     protos: &'a mut Vec<Option<ProtoFn>>,
     diags: &'a mut Vec<Diagnostic>,
@@ -209,8 +212,9 @@ impl Gen<'_, '_> {
         self.f.last().expect("inside a function")
     }
 
-    fn pos(&self, span: &Span) -> (u32, u32) {
-        self.lines.line_col(self.unit.source, span.start)
+    fn pos(&mut self, span: &Span) -> (u32, u32) {
+        self.lines
+            .line_col_near(self.unit.source, span.start, &mut self.line_hint)
     }
 
     fn error(&mut self, span: Span, msg: impl Into<String>) {

@@ -167,12 +167,34 @@ impl LineIndex {
     }
 
     pub fn line_col(&self, source: &str, offset: usize) -> (u32, u32) {
+        self.line_col_near(source, offset, &mut 0)
+    }
+
+    /// [`LineIndex::line_col`], looking first at line `*near` (0-based) and the one after
+    /// it, where a caller walking the source in order finds most offsets, before searching
+    /// all lines; `*near` becomes the offset's line.
+    pub fn line_col_near(&self, source: &str, offset: usize, near: &mut usize) -> (u32, u32) {
         let mut offset = offset.min(source.len());
         while !source.is_char_boundary(offset) {
             offset -= 1;
         }
-        let line = self.starts.partition_point(|&s| s <= offset) - 1;
-        let col = source[self.starts[line]..offset].chars().count() + 1;
+        let holds = |line: usize| {
+            self.starts.get(line).is_some_and(|&start| start <= offset)
+                && self.starts.get(line + 1).is_none_or(|&next| offset < next)
+        };
+        let line = match *near {
+            n if holds(n) => n,
+            n if holds(n + 1) => n + 1,
+            _ => self.starts.partition_point(|&s| s <= offset) - 1,
+        };
+        *near = line;
+        // Counting chars is a loop over bytes; an ASCII prefix (most source) is its length.
+        let prefix = &source[self.starts[line]..offset];
+        let col = if prefix.is_ascii() {
+            prefix.len()
+        } else {
+            prefix.chars().count()
+        } + 1;
         (
             u32::try_from(line + 1).unwrap_or(u32::MAX),
             u32::try_from(col).unwrap_or(u32::MAX),

@@ -348,3 +348,29 @@ fn too_many_locals_is_an_error() {
         .iter()
         .any(|e| e.2.contains("too many local variables")));
 }
+
+proptest::proptest! {
+    /// A hint only speeds the search up: from any line (even past the end), any offset gets
+    /// its line and column (chars, 1-based), and the hint becomes that line.
+    #[test]
+    fn a_line_hint_never_changes_a_position(
+        text in "[aé\n€x]{0,40}",
+        offset in 0usize..60,
+        hint in 0usize..20,
+    ) {
+        // By counting: the offset clamped back to a char start, then the newlines and
+        // the chars after the last one before it.
+        let mut at = offset.min(text.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let before = &text[..at];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let index = skiff_compiler::LineIndex::new(&text);
+        let mut near = hint;
+        let got = index.line_col_near(&text, offset, &mut near);
+        proptest::prop_assert_eq!(got, (line as u32, col as u32));
+        proptest::prop_assert_eq!(near, line - 1);
+    }
+}
