@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 /// Strongly connected components of the graph `edges` restricted to `nodes`, each sorted
 /// ascending, in an order where a component comes after every component it reaches.
-pub fn tarjan(edges: &[Vec<usize>], nodes: &[usize]) -> Vec<Vec<usize>> {
+pub fn tarjan(edges: &[&[usize]], nodes: &[usize]) -> Vec<Vec<usize>> {
     let n = edges.len();
     let mut index: Vec<Option<u32>> = vec![None; n];
     let mut low = vec![0u32; n];
@@ -148,10 +148,10 @@ fn refine(comp: &[usize], initial: &[[u8; 32]], targets: &[&[usize]]) -> Vec<[u8
 
 /// Hashes the reachable proto-functions into blobs and assembles the module.
 pub fn build_module(protos: Protos, globals: &Globals) -> Module {
-    let edges: Vec<Vec<usize>> = protos.fns.iter().map(|f| f.targets.clone()).collect();
+    let targets: Vec<&[usize]> = protos.fns.iter().map(|f| &f.targets[..]).collect();
     let mut roots = vec![protos.entry];
     roots.extend(protos.top.iter().take(globals.n_user_fns).copied());
-    let comps = tarjan(&edges, &roots);
+    let comps = tarjan(&targets, &roots);
 
     let mut ids: Vec<Option<FunctionId>> = vec![None; protos.fns.len()];
     let mut blobs = BTreeMap::new();
@@ -171,31 +171,29 @@ pub fn build_module(protos: Protos, globals: &Globals) -> Module {
                 })
                 .collect()
         };
-        let colors: Vec<[u8; 32]> = comp
-            .iter()
-            .map(|&m| {
-                let mut code = protos.fns[m].code.clone();
-                code.refs = refs_with(m, &|_| u32::MAX);
-                Blob {
-                    functions: vec![code],
-                }
-                .hash()
-                .0
-            })
-            .collect();
-        let colors = refine(
-            comp,
-            &colors,
-            &protos
-                .fns
+        // A function alone in its component (most) is its blob's only member: nothing to
+        // order, so no keys to compute.
+        let order: Vec<usize> = if let [m] = comp[..] {
+            vec![m]
+        } else {
+            let colors: Vec<[u8; 32]> = comp
                 .iter()
-                .map(|f| &f.targets[..])
-                .collect::<Vec<_>>(),
-        );
-        let mut keyed: Vec<([u8; 32], usize)> =
-            colors.into_iter().zip(comp.iter().copied()).collect();
-        keyed.sort();
-        let order: Vec<usize> = keyed.iter().map(|&(_, m)| m).collect();
+                .map(|&m| {
+                    let mut code = protos.fns[m].code.clone();
+                    code.refs = refs_with(m, &|_| u32::MAX);
+                    Blob {
+                        functions: vec![code],
+                    }
+                    .hash()
+                    .0
+                })
+                .collect();
+            let colors = refine(comp, &colors, &targets);
+            let mut keyed: Vec<([u8; 32], usize)> =
+                colors.into_iter().zip(comp.iter().copied()).collect();
+            keyed.sort();
+            keyed.iter().map(|&(_, m)| m).collect()
+        };
         let member_of = |t: usize| order.iter().position(|&m| m == t).unwrap_or(0) as u32;
         let mut functions = Vec::with_capacity(order.len());
         let mut debugs = Vec::with_capacity(order.len());
