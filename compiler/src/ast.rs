@@ -109,11 +109,8 @@ pub enum ExprKind {
         operand: Box<Expr>,
     },
     Remote(Box<Remote>),
-    Try {
-        body: Block,
-        var: Option<Ident>,
-        handler: Block,
-    },
+    /// Boxed: as large as two blocks, it would double the size of every expression.
+    Try(Box<TryCatch>),
     /// Stand-in for a malformed expression (already reported).
     Error,
 }
@@ -127,6 +124,14 @@ pub struct Remote {
     pub fallback: Option<Block>,
     /// Function id of the body.
     pub id: NodeId,
+}
+
+/// `try body catch var handler`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TryCatch {
+    pub body: Block,
+    pub var: Option<Ident>,
+    pub handler: Block,
 }
 
 #[derive(Clone, Debug, PartialEq)]

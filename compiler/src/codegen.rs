@@ -1196,7 +1196,8 @@ impl Gen<'_, '_> {
                 self.emit(Instr::Await {}, kw_span);
             }
             ExprKind::Remote(remote) => self.remote(remote),
-            ExprKind::Try { body, var, handler } => {
+            ExprKind::Try(t) => {
+                let TryCatch { body, var, handler } = &**t;
                 let d = self.depth();
                 let tb = self.emit(Instr::TryBegin { handler: 0 }, span);
                 self.cur().tries += 1;

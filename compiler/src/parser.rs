@@ -682,7 +682,7 @@ impl Parser<'_> {
                     None
                 };
                 let handler = self.block()?;
-                ExprKind::Try { body, var, handler }
+                ExprKind::Try(Box::new(TryCatch { body, var, handler }))
             }
             _ => {
                 self.expected("an expression")?;

@@ -747,7 +747,8 @@ impl Resolver<'_> {
             }
             ExprKind::Await { operand, .. } => self.expr(operand),
             ExprKind::Remote(remote) => self.remote(remote),
-            ExprKind::Try { body, var, handler } => {
+            ExprKind::Try(t) => {
+                let TryCatch { body, var, handler } = &**t;
                 self.block(body);
                 self.push_scope();
                 if let Some(var) = var {
