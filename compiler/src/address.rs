@@ -148,19 +148,28 @@ fn refine(comp: &[usize], initial: &[[u8; 32]], targets: &[&[usize]]) -> Vec<[u8
 
 /// Hashes the reachable proto-functions into blobs and assembles the module.
 pub fn build_module(protos: Protos, globals: &Globals) -> Module {
-    let targets: Vec<&[usize]> = protos.fns.iter().map(|f| &f.targets[..]).collect();
-    let mut roots = vec![protos.entry];
-    roots.extend(protos.top.iter().take(globals.n_user_fns).copied());
+    let Protos { fns, top, entry } = protos;
+    // Each reachable function's code and debug entry are moved into its blob once.
+    let mut codes = Vec::with_capacity(fns.len());
+    let mut debug_entries = Vec::with_capacity(fns.len());
+    let mut target_lists = Vec::with_capacity(fns.len());
+    for f in fns {
+        codes.push(f.code);
+        debug_entries.push(f.debug);
+        target_lists.push(f.targets);
+    }
+    let targets: Vec<&[usize]> = target_lists.iter().map(|t| &t[..]).collect();
+    let mut roots = vec![entry];
+    roots.extend(top.iter().take(globals.n_user_fns).copied());
     let comps = tarjan(&targets, &roots);
 
-    let mut ids: Vec<Option<FunctionId>> = vec![None; protos.fns.len()];
+    let mut ids: Vec<Option<FunctionId>> = vec![None; targets.len()];
     let mut blobs = BTreeMap::new();
     let mut debug = BTreeMap::new();
     for comp in &comps {
         let in_comp = |t: usize| comp.binary_search(&t).is_ok();
         let refs_with = |m: usize, local: &dyn Fn(usize) -> u32| -> Vec<FnRef> {
-            protos.fns[m]
-                .targets
+            targets[m]
                 .iter()
                 .map(|&t| {
                     if in_comp(t) {
@@ -179,7 +188,7 @@ pub fn build_module(protos: Protos, globals: &Globals) -> Module {
             let colors: Vec<[u8; 32]> = comp
                 .iter()
                 .map(|&m| {
-                    let mut code = protos.fns[m].code.clone();
+                    let mut code = codes[m].clone();
                     code.refs = refs_with(m, &|_| u32::MAX);
                     Blob {
                         functions: vec![code],
@@ -198,10 +207,11 @@ pub fn build_module(protos: Protos, globals: &Globals) -> Module {
         let mut functions = Vec::with_capacity(order.len());
         let mut debugs = Vec::with_capacity(order.len());
         for &m in &order {
-            let mut code = protos.fns[m].code.clone();
-            code.refs = refs_with(m, &member_of);
+            let refs = refs_with(m, &member_of);
+            let mut code = std::mem::take(&mut codes[m]);
+            code.refs = refs;
             functions.push(code);
-            debugs.push(protos.fns[m].debug.clone());
+            debugs.push(std::mem::take(&mut debug_entries[m]));
         }
         let blob = Blob { functions };
         let hash = blob.hash();
@@ -220,12 +230,12 @@ pub fn build_module(protos: Protos, globals: &Globals) -> Module {
     let id = |p: usize| ids[p].expect("roots are addressed");
     let exports = globals
         .user_fn_names()
-        .map(|(name, i)| (name.to_string(), id(protos.top[i])))
+        .map(|(name, i)| (name.to_string(), id(top[i])))
         .collect();
     Module {
         blobs,
         debug,
         exports,
-        entry: id(protos.entry),
+        entry: id(entry),
     }
 }
