@@ -182,6 +182,9 @@ struct Gen<'a, 'u> {
     f: Vec<FnState>,
 }
 
+/// Instructions a function's code and position lists have room for when it starts.
+const CODE_CAPACITY: usize = 64;
+
 /// A slot number as encoded; overflow is reported once when the function is finished.
 fn slot16(s: u32) -> u16 {
     u16::try_from(s).unwrap_or(u16::MAX)
@@ -415,11 +418,13 @@ impl Gen<'_, '_> {
 
     fn push_fn(&mut self, name: Option<String>, arity: usize, upvals: Vec<BindingId>, span: Span) {
         let arity = arity as u32;
+        // Room for a small function's code: most are, and growing from empty reallocates
+        // both lists several times.
         self.f.push(FnState {
-            code: Vec::new(),
+            code: Vec::with_capacity(CODE_CAPACITY),
             const_map: HashMap::new(),
             target_map: HashMap::new(),
-            positions: Vec::new(),
+            positions: Vec::with_capacity(CODE_CAPACITY),
             consts: Vec::new(),
             targets: Vec::new(),
             natives: Vec::new(),

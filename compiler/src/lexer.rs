@@ -198,7 +198,9 @@ pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
         pos: 0,
         diags,
     };
-    let mut out = Vec::new();
+    // About one token per three bytes of source: sized once rather than grown by doubling
+    // (each step copies every token so far).
+    let mut out = Vec::with_capacity(src.len() / 3 + 1);
     let mut line_start = true;
     loop {
         // Skip whitespace and comments, noting newlines.
