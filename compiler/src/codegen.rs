@@ -194,6 +194,19 @@ fn small_int(v: i64) -> Option<i32> {
     i32::try_from(v).ok()
 }
 
+/// The debug names of `count` slots: each the names that shared the slot, in order, joined
+/// by `/` (a slot with one name keeps its string; one without any is named "").
+fn slot_names(names: Vec<Vec<String>>, count: usize) -> Vec<String> {
+    let mut names = names.into_iter();
+    (0..count)
+        .map(|_| match names.next() {
+            Some(mut one) if one.len() == 1 => one.swap_remove(0),
+            Some(several) => several.join("/"),
+            None => String::new(),
+        })
+        .collect()
+}
+
 fn add_name(names: &mut Vec<Vec<String>>, slot: u32, name: &str) {
     let slot = slot as usize;
     if names.len() <= slot {
@@ -473,18 +486,8 @@ impl Gen<'_, '_> {
                 _ => {}
             }
         }
-        let mut local_names: Vec<String> = (0..plain as usize)
-            .map(|i| {
-                f.plain_names
-                    .get(i)
-                    .map(|n| n.join("/"))
-                    .unwrap_or_default()
-            })
-            .collect();
-        local_names.extend(
-            (0..f.cell_max as usize)
-                .map(|i| f.cell_names.get(i).map(|n| n.join("/")).unwrap_or_default()),
-        );
+        let mut local_names = slot_names(f.plain_names, plain as usize);
+        local_names.extend(slot_names(f.cell_names, f.cell_max as usize));
         let file = self.unit.file.to_string();
         self.protos[proto] = Some(ProtoFn {
             code: FunctionCode {
