@@ -11,6 +11,7 @@
 //!   with exactly one [`Tok::Eof`].
 
 use crate::Diagnostic;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// A token kind with its payload.
@@ -238,6 +239,15 @@ pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
     }
 }
 
+/// A number literal's text without its `_` separators: borrowed when it has none (most).
+fn without_separators(text: &str) -> Cow<'_, str> {
+    if text.contains('_') {
+        Cow::Owned(text.replace('_', ""))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
 /// A piece of the body of a string or byte string literal.
 enum Piece {
     /// A common escape (`\n`, `\t`, ...), consumed: the byte it stands for.
@@ -336,10 +346,7 @@ impl Lexer<'_> {
             {
                 self.pos += 1;
             }
-            let digits: String = self.src[digits_start..self.pos]
-                .chars()
-                .filter(|&c| c != '_')
-                .collect();
+            let digits = without_separators(&self.src[digits_start..self.pos]);
             if digits.is_empty() {
                 self.error(start..self.pos, "hexadecimal literal has no digits");
                 return Tok::Int(0);
@@ -391,10 +398,7 @@ impl Lexer<'_> {
             self.error(start..self.pos, "invalid number literal");
             return Tok::Error;
         }
-        let text: String = self.src[start..self.pos]
-            .chars()
-            .filter(|&c| c != '_')
-            .collect();
+        let text = without_separators(&self.src[start..self.pos]);
         if is_float {
             match text.parse::<f64>() {
                 Ok(v) => Tok::Float(v),
