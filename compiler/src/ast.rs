@@ -70,12 +70,8 @@ pub enum ExprKind {
         op_span: Span,
         operand: Box<Expr>,
     },
-    Binary {
-        op: BinOp,
-        op_span: Span,
-        lhs: Box<Expr>,
-        rhs: Box<Expr>,
-    },
+    /// Boxed as one: both operands in one allocation, not one each.
+    Binary(Box<Binary>),
     Call {
         callee: Box<Expr>,
         args: Vec<Expr>,
@@ -124,6 +120,15 @@ pub struct Remote {
     pub fallback: Option<Block>,
     /// Function id of the body.
     pub id: NodeId,
+}
+
+/// `lhs op rhs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binary {
+    pub op: BinOp,
+    pub op_span: Span,
+    pub lhs: Expr,
+    pub rhs: Expr,
 }
 
 /// `try body catch var handler`.

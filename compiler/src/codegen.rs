@@ -965,12 +965,13 @@ impl Gen<'_, '_> {
         match &cond.kind {
             // `while true { }`: no test at all.
             ExprKind::Bool(true) => return Vec::new(),
-            ExprKind::Binary {
-                op,
-                op_span,
-                lhs,
-                rhs,
-            } => {
+            ExprKind::Binary(b) => {
+                let Binary {
+                    op,
+                    op_span,
+                    lhs,
+                    rhs,
+                } = &**b;
                 let fused = match op {
                     BinOp::Lt => Some(Instr::JumpIfNotLt { target: 0 }),
                     BinOp::Le => Some(Instr::JumpIfNotLe { target: 0 }),
@@ -1135,12 +1136,7 @@ impl Gen<'_, '_> {
                 };
                 self.emit(instr, op_span);
             }
-            ExprKind::Binary {
-                op,
-                op_span,
-                lhs,
-                rhs,
-            } => self.binary(*op, op_span, lhs, rhs),
+            ExprKind::Binary(b) => self.binary(b.op, &b.op_span, &b.lhs, &b.rhs),
             ExprKind::Call {
                 callee,
                 args,

@@ -11,7 +11,7 @@
 //! - A constant list or map is *not* shared: the code generator emits code that builds a
 //!   fresh copy at each use.
 
-use crate::ast::{BinOp, Expr, ExprKind, Ident, UnOp};
+use crate::ast::{BinOp, Binary, Expr, ExprKind, Ident, UnOp};
 use crate::Diagnostic;
 
 /// How many constants may refer to each other in a chain.
@@ -176,12 +176,13 @@ impl Evaluator<'_> {
                     },
                 }
             }
-            ExprKind::Binary {
-                op,
-                op_span,
-                lhs,
-                rhs,
-            } => {
+            ExprKind::Binary(b) => {
+                let Binary {
+                    op,
+                    op_span,
+                    lhs,
+                    rhs,
+                } = &**b;
                 let a = self.eval(lhs, lookup)?;
                 match op {
                     BinOp::And if !a.truthy() => return Ok(a),

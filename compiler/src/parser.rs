@@ -484,12 +484,12 @@ impl Parser<'_> {
             };
             lhs = Expr {
                 span: start..self.prev_end,
-                kind: ExprKind::Binary {
+                kind: ExprKind::Binary(Box::new(Binary {
                     op,
                     op_span,
-                    lhs: Box::new(lhs),
-                    rhs: Box::new(rhs),
-                },
+                    lhs,
+                    rhs,
+                })),
             };
         }
         self.depth = self.depth.saturating_sub(chain);

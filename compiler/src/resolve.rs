@@ -709,9 +709,9 @@ impl Resolver<'_> {
                 }
             }
             ExprKind::Unary { operand, .. } => self.expr(operand),
-            ExprKind::Binary { lhs, rhs, .. } => {
-                self.expr(lhs);
-                self.expr(rhs);
+            ExprKind::Binary(b) => {
+                self.expr(&b.lhs);
+                self.expr(&b.rhs);
             }
             ExprKind::Call { callee, args, .. } => {
                 match &callee.kind {
