@@ -192,10 +192,13 @@ impl Blob {
             for slot in &f.cells {
                 out.extend_from_slice(&slot.to_le_bytes());
             }
-            let mut code = Vec::new();
-            encode_code(&f.code, &mut code);
-            put_len(&mut out, code.len());
-            out.extend_from_slice(&code);
+            // The code's length goes before it: encoded in place, then filled in.
+            let len_at = out.len();
+            put_len(&mut out, 0);
+            out.reserve(f.code.len() * 3);
+            encode_code(&f.code, &mut out);
+            let code_len = out.len() - len_at - 4;
+            out[len_at..len_at + 4].copy_from_slice(&section_len(code_len).to_le_bytes());
             put_len(&mut out, f.consts.len());
             for c in &f.consts {
                 match c {
@@ -443,8 +446,12 @@ impl BlobDebug {
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) {
-    let len = u32::try_from(len).expect("blob section longer than u32::MAX");
-    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&section_len(len).to_le_bytes());
+}
+
+/// A section's length as encoded.
+fn section_len(len: usize) -> u32 {
+    u32::try_from(len).expect("blob section longer than u32::MAX")
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
