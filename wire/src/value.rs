@@ -313,10 +313,13 @@ pub fn decode_value_at(
     sidecars: SidecarLookup<'_>,
 ) -> Result<(Portable, usize), ValueError> {
     let mut r = Reader::new(buf, pos, end);
-    // `nil` (a call's default context, a function's empty answer) is one byte: no need for
-    // the open-container bookkeeping of `value`.
+    // `nil` (a call's default context, a function's empty answer) is one byte, a bytes or
+    // string value one item: neither needs the open-container bookkeeping of `value`.
     if r.remaining() > 0 && buf[r.pos] == pack::NIL {
         return Ok((Portable::Nil, r.pos + 1));
+    }
+    if let Some(v) = r.leaf() {
+        return Ok((v, r.pos));
     }
     let v = r.value(max_depth, 0, sidecars)?;
     Ok((v, r.pos))
@@ -343,7 +346,7 @@ pub fn decode_list_at(
     }
     let mut items = Vec::with_capacity((n as usize).min(PREALLOC));
     for _ in 0..n {
-        let item = match r.scalar() {
+        let item = match r.scalar().or_else(|| r.leaf()) {
             Some(v) => v,
             None => r.value(max_depth, 1, sidecars)?,
         };
@@ -641,6 +644,40 @@ impl<'a> Reader<'a> {
             _ => return None,
         };
         self.pos += 1 + len;
+        Some(value)
+    }
+
+    /// The next item if it is a bytes or string value (what a call mostly passes and
+    /// answers), complete before `end` and, for a string, valid UTF-8; `None`, with nothing
+    /// read, for anything else (which [`Reader::value`] reads, or reports).
+    fn leaf(&mut self) -> Option<Portable> {
+        let rest = self.buf.get(self.pos..self.end)?;
+        let (&m, after) = rest.split_first()?;
+        let prefix = |n: usize| -> Option<(usize, usize)> {
+            let bytes = after.get(..n)?;
+            Some((
+                bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize),
+                1 + n,
+            ))
+        };
+        let ((len, head), text) = match m {
+            0xa0..=0xbf => (((m & 0x1f) as usize, 1), true),
+            0xd9 => (prefix(1)?, true),
+            0xda => (prefix(2)?, true),
+            0xdb => (prefix(4)?, true),
+            0xc4 => (prefix(1)?, false),
+            0xc5 => (prefix(2)?, false),
+            0xc6 => (prefix(4)?, false),
+            _ => return None,
+        };
+        let start = self.pos + head;
+        let end = start.checked_add(len).filter(|&e| e <= self.end)?;
+        let value = if text {
+            Portable::Str(std::str::from_utf8(&self.buf[start..end]).ok()?.to_owned())
+        } else {
+            Portable::Bytes(self.buf.slice(start..end))
+        };
+        self.pos = end;
         Some(value)
     }
 

@@ -30,6 +30,8 @@ fn leaf() -> impl Strategy<Value = Portable> {
         (any::<i64>(), any::<i64>()).prop_map(|(a, b)| Portable::Range(a, b)),
         proptest::collection::vec(any::<u8>(), 0..300)
             .prop_map(|v| Portable::Bytes(Bytes::from(v))),
+        // Past 31 and 255 bytes: the str8 and str16 forms.
+        "[a-zé]{0,300}".prop_map(Portable::Str),
     ]
 }
 
