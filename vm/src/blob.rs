@@ -195,10 +195,11 @@ impl Blob {
             // The code's length goes before it: encoded in place, then filled in.
             let len_at = out.len();
             put_len(&mut out, 0);
+            let code_at = out.len();
             out.reserve(f.code.len() * 3);
             encode_code(&f.code, &mut out);
-            let code_len = out.len() - len_at - 4;
-            out[len_at..len_at + 4].copy_from_slice(&section_len(code_len).to_le_bytes());
+            let code_len = section_len(out.len() - code_at);
+            out[len_at..code_at].copy_from_slice(&code_len.to_le_bytes());
             put_len(&mut out, f.consts.len());
             for c in &f.consts {
                 match c {
