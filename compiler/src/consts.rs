@@ -11,7 +11,7 @@
 //! - A constant list or map is *not* shared: the code generator emits code that builds a
 //!   fresh copy at each use.
 
-use crate::ast::{BinOp, Binary, Expr, ExprKind, Ident, UnOp};
+use crate::ast::{BinOp, Expr, ExprKind, Ident, UnOp};
 use crate::Diagnostic;
 
 /// How many constants may refer to each other in a chain.
@@ -176,24 +176,18 @@ impl Evaluator<'_> {
                     },
                 }
             }
-            ExprKind::Binary(b) => {
-                let Binary {
-                    op,
-                    op_span,
-                    lhs,
-                    rhs,
-                } = &**b;
-                let a = self.eval(lhs, lookup)?;
-                match op {
+            ExprKind::Binary(bin) => {
+                let a = self.eval(&bin.lhs, lookup)?;
+                match bin.op {
                     BinOp::And if !a.truthy() => return Ok(a),
                     BinOp::Or if a.truthy() => return Ok(a),
-                    BinOp::And | BinOp::Or => return self.eval(rhs, lookup),
+                    BinOp::And | BinOp::Or => return self.eval(&bin.rhs, lookup),
                     _ => {}
                 }
-                let b = self.eval(rhs, lookup)?;
-                match binary(*op, a, b) {
+                let b = self.eval(&bin.rhs, lookup)?;
+                match binary(bin.op, a, b) {
                     Ok(v) => Ok(v),
-                    Err(msg) => self.fail(op_span, msg),
+                    Err(msg) => self.fail(&bin.op_span, msg),
                 }
             }
             _ => self.fail(
