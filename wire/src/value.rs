@@ -651,34 +651,31 @@ impl<'a> Reader<'a> {
     /// answers), complete before `end` and, for a string, valid UTF-8; `None`, with nothing
     /// read, for anything else (which [`Reader::value`] reads, or reports).
     fn leaf(&mut self) -> Option<Portable> {
-        let rest = self.buf.get(self.pos..self.end)?;
-        let (&m, after) = rest.split_first()?;
-        let prefix = |n: usize| -> Option<(usize, usize)> {
-            let bytes = after.get(..n)?;
-            Some((
-                bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize),
-                1 + n,
-            ))
-        };
-        let ((len, head), text) = match m {
-            0xa0..=0xbf => (((m & 0x1f) as usize, 1), true),
-            0xd9 => (prefix(1)?, true),
-            0xda => (prefix(2)?, true),
-            0xdb => (prefix(4)?, true),
-            0xc4 => (prefix(1)?, false),
-            0xc5 => (prefix(2)?, false),
-            0xc6 => (prefix(4)?, false),
+        let at = self.pos;
+        let m = Marker::from_u8(*self.buf.get(at..self.end)?.first()?);
+        self.pos += 1;
+        match self.text_or_bytes(m) {
+            Some(Ok(v)) => Some(v),
+            _ => {
+                self.pos = at;
+                None
+            }
+        }
+    }
+
+    /// The string or bytes value that marker `m` (read) begins; `None`, with nothing more
+    /// read, if `m` begins anything else.
+    fn text_or_bytes(&mut self, m: Marker) -> Option<Result<Portable, ValueError>> {
+        Some(match m {
+            Marker::FixStr(n) => self.string(Len::Fixed(n as u64)),
+            Marker::Str8 => self.string(Len::Prefix(1)),
+            Marker::Str16 => self.string(Len::Prefix(2)),
+            Marker::Str32 => self.string(Len::Prefix(4)),
+            Marker::Bin8 => self.bin(Len::Prefix(1)),
+            Marker::Bin16 => self.bin(Len::Prefix(2)),
+            Marker::Bin32 => self.bin(Len::Prefix(4)),
             _ => return None,
-        };
-        let start = self.pos + head;
-        let end = start.checked_add(len).filter(|&e| e <= self.end)?;
-        let value = if text {
-            Portable::Str(std::str::from_utf8(&self.buf[start..end]).ok()?.to_owned())
-        } else {
-            Portable::Bytes(self.buf.slice(start..end))
-        };
-        self.pos = end;
-        Some(value)
+        })
     }
 
     /// Reads one item: a complete scalar, or the header of a container.
@@ -708,13 +705,6 @@ impl<'a> Reader<'a> {
                 let v = self.uint(8)?;
                 Portable::Int(i64::try_from(v).map_err(|_| ValueError::IntOutOfRange(at))?)
             }
-            Marker::FixStr(n) => self.string(Len::Fixed(n as u64))?,
-            Marker::Str8 => self.string(Len::Prefix(1))?,
-            Marker::Str16 => self.string(Len::Prefix(2))?,
-            Marker::Str32 => self.string(Len::Prefix(4))?,
-            Marker::Bin8 => self.bin(Len::Prefix(1))?,
-            Marker::Bin16 => self.bin(Len::Prefix(2))?,
-            Marker::Bin32 => self.bin(Len::Prefix(4))?,
             Marker::FixArray(n) => return Ok(Item::Array(n as u64)),
             Marker::Array16 => return Ok(Item::Array(self.uint(2)?)),
             Marker::Array32 => return Ok(Item::Array(self.uint(4)?)),
@@ -729,7 +719,11 @@ impl<'a> Reader<'a> {
             Marker::Ext8 => return self.ext(Len::Prefix(1), at, sidecars),
             Marker::Ext16 => return self.ext(Len::Prefix(2), at, sidecars),
             Marker::Ext32 => return self.ext(Len::Prefix(4), at, sidecars),
-            Marker::Reserved => return Err(ValueError::Reserved(at)),
+            // A string or bytes value; else `Reserved`, the one marker left.
+            marker => match self.text_or_bytes(marker) {
+                Some(read) => read?,
+                None => return Err(ValueError::Reserved(at)),
+            },
         };
         Ok(Item::Value(v))
     }
