@@ -191,6 +191,11 @@ struct Lexer<'a> {
     diags: &'a mut Vec<Diagnostic>,
 }
 
+/// Most tokens [`lex`] makes room for before reading them: 64k tokens (3.5 MiB), a ~200 KB
+/// script's worth. Past that the list grows with the tokens actually read, so a large
+/// source of comments or whitespace reserves nothing for tokens it does not have.
+const TOKENS_RESERVED: usize = 1 << 16;
+
 /// Splits `src` into tokens, appending lexical errors to `diags`.
 pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
     let mut lx = Lexer {
@@ -200,8 +205,8 @@ pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
         diags,
     };
     // About one token per three bytes of source: sized once rather than grown by doubling
-    // (each step copies every token so far).
-    let mut out = Vec::with_capacity(src.len() / 3 + 1);
+    // (each step copies every token so far), up to `TOKENS_RESERVED`.
+    let mut out = Vec::with_capacity((src.len() / 3 + 1).min(TOKENS_RESERVED));
     let mut line_start = true;
     loop {
         // Skip whitespace and comments, noting newlines.
