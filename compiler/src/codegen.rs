@@ -182,7 +182,8 @@ struct Gen<'a, 'u> {
     f: Vec<FnState>,
 }
 
-/// Instructions a function's code and position lists have room for when it starts.
+/// Instructions a function's code and position lists have room for when it starts (trimmed
+/// to what it used when it ends).
 const CODE_CAPACITY: usize = 64;
 
 /// A slot number as encoded; overflow is reported once when the function is finished.
@@ -476,7 +477,12 @@ impl Gen<'_, '_> {
             ok = false;
         }
         let offset = if ok { plain as u16 } else { 0 };
+        // The code and position lists started with room for `CODE_CAPACITY`; the module
+        // keeps them, so they give back what the function did not use.
         let mut code = f.code;
+        code.shrink_to_fit();
+        let mut positions = f.positions;
+        positions.shrink_to_fit();
         for instr in &mut code {
             match instr {
                 Instr::NewCell { slot }
@@ -506,7 +512,7 @@ impl Gen<'_, '_> {
             debug: FunctionDebug {
                 name: f.name,
                 file,
-                positions: f.positions,
+                positions,
                 local_names,
             },
         });
