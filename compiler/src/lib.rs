@@ -184,7 +184,7 @@ impl LineIndex {
         };
         let line = match *near {
             n if holds(n) => n,
-            n if holds(n + 1) => n + 1,
+            n if holds(n.saturating_add(1)) => n + 1,
             _ => self.starts.partition_point(|&s| s <= offset) - 1,
         };
         *near = line;

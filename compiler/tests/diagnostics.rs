@@ -350,13 +350,13 @@ fn too_many_locals_is_an_error() {
 }
 
 proptest::proptest! {
-    /// A hint only speeds the search up: from any line (even past the end), any offset gets
+    /// A hint only speeds the search up: from any line (even past the end, up to usize::MAX), any offset gets
     /// its line and column (chars, 1-based), and the hint becomes that line.
     #[test]
     fn a_line_hint_never_changes_a_position(
         text in "[aé\n€x]{0,40}",
         offset in 0usize..60,
-        hint in 0usize..20,
+        hint in proptest::prop_oneof![0usize..20, proptest::strategy::Just(usize::MAX)],
     ) {
         // By counting: the offset clamped back to a char start, then the newlines and
         // the chars after the last one before it.
