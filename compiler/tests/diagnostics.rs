@@ -350,8 +350,9 @@ fn too_many_locals_is_an_error() {
 }
 
 proptest::proptest! {
-    /// A hint only speeds the search up: from any line (even past the end, up to usize::MAX), any offset gets
-    /// its line and column (chars, 1-based), and the hint becomes that line.
+    /// A hint only speeds the search up: from any line (even past the end, `usize::MAX`
+    /// included), any offset gets its line and column (chars, 1-based), and the hint
+    /// becomes that line.
     #[test]
     fn a_line_hint_never_changes_a_position(
         text in "[aé\n€x]{0,40}",
