@@ -189,6 +189,20 @@ impl StreamWake {
     }
 }
 
+/// A waker's identity: its data and vtable addresses. A waker that a poll is given is the
+/// same as one an earlier poll was given if both are equal, while a clone of the earlier one
+/// is kept (its data then cannot be freed and reused). `Waker::will_wake` cannot tell: a
+/// runtime may hand out a borrowed waker whose clones have a vtable of their own (tokio's
+/// `block_on` does), so a clone never "will wake" the waker it was made from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WakerId(usize, usize);
+
+impl WakerId {
+    fn of(waker: &Waker) -> WakerId {
+        WakerId(waker.data() as usize, waker.vtable() as *const _ as usize)
+    }
+}
+
 /// An outgoing call, started at its first poll and then awaited by its caller
 /// ([`DriverHandle::call`]).
 struct AwaitReply<'a> {
@@ -197,12 +211,47 @@ struct AwaitReply<'a> {
     call: Option<DriverCmd>,
     token: u64,
     rx: oneshot::Receiver<Result<Portable, RemoteError>>,
+    /// The waker `rx` (and, while `reading`, the watched stream) wakes: a clone of the one
+    /// of the poll that registered it, and that one's identity ([`WakerId`]).
+    waker: Option<(Waker, WakerId)>,
     /// This caller read the streams when last polled, and their wake-ups came to it.
     reading: bool,
 }
 
+impl AwaitReply<'_> {
+    /// The answer if it came (`Some(None)`: the connection went away first), without
+    /// registering a waker: `rx` holds the caller's already.
+    fn answer(&mut self) -> Option<Option<Result<Portable, RemoteError>>> {
+        match self.rx.try_recv() {
+            Ok(result) => Some(Some(result)),
+            Err(oneshot::error::TryRecvError::Closed) => Some(None),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+        }
+    }
+
+    /// Whether `rx` holds `cx`'s waker (a clone of it) already.
+    fn registered(&self, cx: &Context<'_>) -> bool {
+        self.waker
+            .as_ref()
+            .is_some_and(|(_, id)| *id == WakerId::of(cx.waker()))
+    }
+
+    /// Waits on `rx` with `cx`'s waker, registering it if it is new.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Portable, RemoteError>>> {
+        if self.registered(cx) {
+            return self.answer().map_or(Poll::Pending, Poll::Ready);
+        }
+        self.waker = Some((cx.waker().clone(), WakerId::of(cx.waker())));
+        // Unconstrained: a poll refused for want of the task's budget registers no waker.
+        Pin::new(&mut tokio::task::unconstrained(&mut self.rx))
+            .poll(cx)
+            .map(Result::ok)
+    }
+}
+
 impl Future for AwaitReply<'_> {
-    type Output = Result<Result<Portable, RemoteError>, oneshot::error::RecvError>;
+    /// The call's answer; `None` if the connection went away first.
+    type Output = Option<Result<Portable, RemoteError>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -214,25 +263,28 @@ impl Future for AwaitReply<'_> {
             if let Some(call) = this.call.take() {
                 link.queue(call);
             }
-            return Pin::new(&mut this.rx).poll(cx);
+            return this.wait(cx);
         }
         // Polled again with nothing arrived on its stream since it read: nothing to read.
         // (A caller awaiting in a `LocalSet`'s `run_until` is polled at every wake-up of
         // any of the set's tasks, quinn's included: on one thread, several times a call.)
-        // The check follows the renewal, so a wake-up after it polls this caller again.
+        // With the same waker, the route needs no renewal: its wake-ups still reach this
+        // caller, or the task, which then answers through `rx`. Else the check follows the
+        // renewal, so a wake-up after it polls this caller again.
         if std::mem::take(&mut this.reading)
-            && link.route.renew_caller(this.token, cx.waker())
             && !link.route.woken.load(Ordering::Acquire)
+            && (this.registered(cx)
+                || (link.route.renew_caller(this.token, cx.waker())
+                    && !link.route.woken.load(Ordering::Acquire)))
         {
             this.reading = true;
-            return Pin::new(&mut this.rx).poll(cx);
+            return this.wait(cx);
         }
-        // Polled with a no-op waker while this caller may send its own answer (a wake-up of
-        // itself would only schedule it again), with its own once it waits.
-        let mut quiet = Context::from_waker(Waker::noop());
+        // While this caller may send its own answer, `rx` is only checked (a wake-up of
+        // itself would only schedule it again); it waits on it once it stops reading.
         match link.core.try_lock() {
             Ok(mut d) => {
-                if let Poll::Ready(r) = Pin::new(&mut this.rx).poll(&mut quiet) {
+                if let Some(r) = this.answer() {
                     return Poll::Ready(r);
                 }
                 if d.closed || !d.cmds.is_empty() || d.pending.len() != 1 {
@@ -243,7 +295,7 @@ impl Future for AwaitReply<'_> {
                     let more = d.read_streams();
                     d.flush(link);
                     d.wake_task_if_needed(more);
-                    if let Poll::Ready(r) = Pin::new(&mut this.rx).poll(&mut quiet) {
+                    if let Some(r) = this.answer() {
                         d.shared.note_read_by_caller();
                         return Poll::Ready(r);
                     }
@@ -253,7 +305,7 @@ impl Future for AwaitReply<'_> {
             // The task (or an answer made in place) holds the state: it reads on.
             Err(_) => link.route.clear_caller(Some(this.token)),
         }
-        Pin::new(&mut this.rx).poll(cx)
+        this.wait(cx)
     }
 }
 
@@ -304,8 +356,7 @@ impl DriverHandle {
         &self,
         token: u64,
         opts: CallOptions,
-    ) -> impl Future<Output = Result<Result<Portable, RemoteError>, oneshot::error::RecvError>> + '_
-    {
+    ) -> impl Future<Output = Option<Result<Portable, RemoteError>>> + '_ {
         let (reply, rx) = oneshot::channel();
         // The waiter itself, not an `async` block around it: one state machine fewer to
         // step through at each of the caller's polls.
@@ -314,6 +365,7 @@ impl DriverHandle {
             call: Some(DriverCmd::Call { token, opts, reply }),
             token,
             rx,
+            waker: None,
             reading: false,
         }
     }

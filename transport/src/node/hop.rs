@@ -203,9 +203,9 @@ pub(crate) async fn call_peer(
     let result = driver.call(token, opts).await;
     guard.armed = false;
     match result {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(remote_failure(e, peer)),
-        Err(_) => Err(failure(hop_error(
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(remote_failure(e, peer)),
+        None => Err(failure(hop_error(
             "Disconnected",
             format!("connection to `{peer}` lost"),
             peer,
