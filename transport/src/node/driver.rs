@@ -512,6 +512,7 @@ async fn drive(handle: DriverHandle, side: Side) {
         if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             d.waker = Some(cx.waker().clone());
             handle.route.set_task(cx.waker());
+            d.streams.set_task(cx.waker());
         }
         // A wake-up does not say which source woke the task, so each is polled once; after
         // that only a source whose state may have changed without a wake-up (it was ready,

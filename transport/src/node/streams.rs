@@ -20,6 +20,9 @@
 //! - The reads of one stream may be watched ([`Streams::watch`]): polled with a waker of
 //!   their own, so that its arrivals can wake someone other than the driver task (the
 //!   caller awaiting the answer on it). Every other read, write and open wakes the task.
+//! - The other reads' set is polled only when one of them woke or a read joined it since it
+//!   was last polled ([`ReadsDue`]): a connection's control stream is read all its life,
+//!   so the set is never empty, and a call's reads rarely wait there.
 //! - Sidecar data the wire wants hashed ([`Transmit::report_hash`]) is hashed piece by piece,
 //!   each piece just before it is written, and exactly one [`Input::SidecarSent`] reports it:
 //!   its hash, or `None` if not all of it was written (or the stream was gone).
@@ -32,7 +35,9 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -89,11 +94,36 @@ struct Outbox {
     fin: bool,
 }
 
+/// Whether the reads' set may have a read ready: set by their wake-ups, which it passes on
+/// to the driver task (once it has polled: its first poll reads everything), and by a read
+/// joining the set; cleared when the set is polled.
+struct ReadsDue {
+    due: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for ReadsDue {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.due.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waker) = &*task {
+            waker.wake_by_ref();
+        }
+    }
+}
+
 pub(super) struct Streams {
     conn: quinn::Connection,
     /// The side whose streams are opened here.
     side: Side,
     reads: FuturesUnordered<Boxed<Read>>,
+    reads_due: Arc<ReadsDue>,
+    /// What `reads` is polled with: a waker of `reads_due`.
+    reads_waker: Waker,
     /// The stream whose reads are watched, if any, and its read in flight (polled with the
     /// watcher's waker). A future of its own, not a set: a `FuturesUnordered` that polled
     /// all its futures wakes its waker to yield, which for a set of one would be a wake-up
@@ -123,10 +153,16 @@ pub(super) struct Streams {
 
 impl Streams {
     pub fn new(conn: quinn::Connection, side: Side) -> Streams {
+        let reads_due = Arc::new(ReadsDue {
+            due: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
         Streams {
             conn,
             side,
             reads: FuturesUnordered::new(),
+            reads_waker: Waker::from(reads_due.clone()),
+            reads_due,
             watched: None,
             watched_read: None,
             writes: FuturesUnordered::new(),
@@ -161,9 +197,25 @@ impl Streams {
         self.watched = id;
         // A read of the stream watched before goes on with the others.
         if let Some(read) = self.watched_read.take() {
-            self.reads.push(read);
-            self.unpolled = true;
+            self.push_read(read);
         }
+    }
+
+    /// The driver task's waker, for the wake-ups of reads in the set.
+    pub fn set_task(&self, waker: &Waker) {
+        let mut task = self
+            .reads_due
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *task = Some(waker.clone());
+    }
+
+    /// Adds `read` to the reads' set, to be polled by the next [`Streams::poll_inputs`].
+    fn push_read(&mut self, read: Boxed<Read>) {
+        self.reads.push(read);
+        self.reads_due.due.store(true, Ordering::Release);
+        self.unpolled = true;
     }
 
     /// Whether [`Streams::poll_inputs`] has work it was not polled for yet (then it must be
@@ -231,7 +283,8 @@ impl Streams {
 
     /// Collects the inputs that are ready (at least one, else `Pending`; once `max` or more
     /// are collected, no further stream is read), completing the writes that are ready on
-    /// the way. The watched stream's reads are polled with `watcher`, all else with `cx`.
+    /// the way. The watched stream's reads are polled with `watcher`, the other reads with
+    /// their own waker ([`ReadsDue`]), all else with `cx`.
     pub fn poll_inputs(
         &mut self,
         cx: &mut Context<'_>,
@@ -264,11 +317,19 @@ impl Streams {
             self.watched_read = None;
             self.read_done(read, out);
         }
-        while out.len() < max {
-            let Poll::Ready(Some(read)) = self.reads.poll_next_unpin(cx) else {
-                break;
-            };
-            self.read_done(read, out);
+        if out.len() < max && self.reads_due.due.swap(false, Ordering::AcqRel) {
+            // Out of `self` while the reads it wakes are handled (swapping costs no count).
+            let waker = std::mem::replace(&mut self.reads_waker, Waker::noop().clone());
+            let mut reads_cx = Context::from_waker(&waker);
+            while let Poll::Ready(Some(read)) = self.reads.poll_next_unpin(&mut reads_cx) {
+                self.read_done(read, out);
+                if out.len() >= max {
+                    // More may be ready.
+                    self.reads_due.due.store(true, Ordering::Release);
+                    break;
+                }
+            }
+            self.reads_waker = waker;
         }
         // Everything queued while polling was polled in turn (reads unless `max` stopped
         // them, which the caller sees).
@@ -415,10 +476,10 @@ impl Streams {
                 "one read of a stream at a time"
             );
             self.watched_read = Some(read);
+            self.unpolled = true;
         } else {
-            self.reads.push(read);
+            self.push_read(read);
         }
-        self.unpolled = true;
     }
 
     /// Writes what is queued for stream `id`, then `next`, unless a write is in flight (then
