@@ -307,25 +307,32 @@ pub struct Stats {
     pub error_replies_sent: u64,
 }
 
+/// What a stream has received and not yet handled. Small (a map entry per stream): what only
+/// a large frame needs is boxed, and it and the sidecar map are absent until needed.
 #[derive(Default)]
 struct RecvState {
     /// A partial frame (not a large one once its buffer of exact size exists).
     buf: BytesMut,
-    /// A large partial frame, once its buffer of exact size exists (from the
-    /// [`BufferPool`]): all of it.
-    whole: Vec<u8>,
-    /// A large partial frame's bytes as received, until its buffer is allocated.
-    parts: Vec<Bytes>,
-    parts_len: usize,
     /// Total bytes the partial frame needs (from its header; [`HEADER_LEN`] until the
     /// header is complete).
     need: usize,
-    /// The partial frame is a large one (see [`LARGE_FRAME`]).
-    large: bool,
-    /// SHA-256 of a large sidecar frame's data, computed as the bytes arrive.
-    digest: Option<Box<SidecarHasher>>,
+    /// The partial frame, if it is a large one (see [`LARGE_FRAME`]).
+    large: Option<Box<LargeFrame>>,
     sidecar_bytes: u64,
-    sidecars: HashMap<SidecarHash, Bytes>,
+    /// The stream's sidecars until the message that references them is decoded.
+    sidecars: Option<HashMap<SidecarHash, Bytes>>,
+}
+
+/// A large partial frame ([`LARGE_FRAME`]).
+#[derive(Default)]
+struct LargeFrame {
+    /// All of the frame, once its buffer of exact size exists (from the [`BufferPool`]).
+    whole: Vec<u8>,
+    /// The frame's bytes as received, until its buffer is allocated.
+    parts: Vec<Bytes>,
+    parts_len: usize,
+    /// SHA-256 of a sidecar frame's data, computed as the bytes arrive.
+    digest: Option<SidecarHasher>,
 }
 
 /// A frame of at least this many bytes is received without regrowing a buffer. If the
@@ -344,7 +351,11 @@ const SIDECAR_DATA_AT: usize = HEADER_LEN + SIDECAR_HEADER_LEN;
 impl RecvState {
     /// Bytes of the partial frame held.
     fn buffered(&self) -> usize {
-        self.buf.len() + self.parts_len + self.whole.len()
+        self.buf.len()
+            + self
+                .large
+                .as_ref()
+                .map_or(0, |l| l.parts_len + l.whole.len())
     }
 
     /// The part of `bytes` (starting at offset `at` in the frame) that is sidecar data: after
@@ -358,10 +369,9 @@ impl RecvState {
 
     /// The partial frame's bytes, once assembled.
     fn assembled(&self) -> &[u8] {
-        if self.whole.is_empty() {
-            &self.buf
-        } else {
-            &self.whole
+        match &self.large {
+            Some(l) if !l.whole.is_empty() => &l.whole,
+            _ => &self.buf,
         }
     }
 
@@ -373,14 +383,14 @@ impl RecvState {
             return;
         }
         let at = self.buffered();
-        if !self.large {
-            self.large = true;
+        if self.large.is_none() {
+            let mut large = Box::<LargeFrame>::default();
             // No parts yet: whatever arrived before is in `buf`.
             let ty = self.buf.first().or(data.first()).copied();
             if ty == Some(FrameType::Sidecar as u8) {
-                let mut digest = Box::new(SidecarHasher::new());
+                let mut digest = SidecarHasher::new();
                 digest.update(self.sidecar_data_in(0, &self.buf));
-                self.digest = Some(digest);
+                large.digest = Some(digest);
             }
             // An idle buffer of the pool is already memory of this process: taken now, each
             // chunk is copied while it is fresh in the cache, instead of keeping the chunks
@@ -388,21 +398,24 @@ impl RecvState {
             if let Some(mut whole) = pool.take_idle(self.need) {
                 whole.extend_from_slice(&self.buf);
                 self.buf = BytesMut::new();
-                self.whole = whole;
+                large.whole = whole;
             }
+            self.large = Some(large);
         }
-        if self.digest.is_some() {
-            let part = self.sidecar_data_in(at, &data);
-            if let Some(digest) = &mut self.digest {
-                digest.update(part);
-            }
+        let part = self.sidecar_data_in(at, &data);
+        let need = self.need;
+        let Some(large) = &mut self.large else {
+            return;
+        };
+        if let Some(digest) = &mut large.digest {
+            digest.update(part);
         }
-        if self.whole.capacity() >= self.need {
-            self.whole.extend_from_slice(&data);
+        if large.whole.capacity() >= need {
+            large.whole.extend_from_slice(&data);
         } else {
-            self.parts_len += data.len();
-            self.parts.push(data);
-            if self.buffered() * 2 >= self.need {
+            large.parts_len += data.len();
+            large.parts.push(data);
+            if self.buffered() * 2 >= need {
                 self.assemble(pool);
             }
         }
@@ -410,37 +423,39 @@ impl RecvState {
 
     /// Moves the collected parts of a large frame into a buffer of its exact size.
     fn assemble(&mut self, pool: &BufferPool) {
-        if self.parts.is_empty() {
+        let size = self.need.max(self.buffered());
+        let Some(large) = self.large.as_mut().filter(|l| !l.parts.is_empty()) else {
             return;
-        }
-        let mut whole = pool.take(self.need.max(self.buffered()));
+        };
+        let mut whole = pool.take(size);
         whole.extend_from_slice(&self.buf);
-        for part in self.parts.drain(..) {
+        for part in large.parts.drain(..) {
             whole.extend_from_slice(&part);
         }
-        self.parts_len = 0;
+        large.parts_len = 0;
+        large.whole = whole;
         self.buf = BytesMut::new();
-        self.whole = whole;
     }
 
     /// The complete frame held (its first `len` bytes), leaving the state empty for the next.
     fn take_frame(&mut self, len: usize, pool: &BufferPool) -> Bytes {
-        if self.whole.is_empty() {
-            self.buf.split_to(len).freeze()
-        } else {
-            debug_assert_eq!(
-                self.whole.len(),
-                len,
-                "a large frame's buffer holds one frame"
-            );
-            pool.freeze(std::mem::take(&mut self.whole))
+        match self.large.take() {
+            Some(large) if !large.whole.is_empty() => {
+                debug_assert_eq!(
+                    large.whole.len(),
+                    len,
+                    "a large frame's buffer holds one frame"
+                );
+                pool.freeze(large.whole)
+            }
+            _ => self.buf.split_to(len).freeze(),
         }
     }
 
     /// The frame is complete: the hash of its sidecar data, if it was computed on arrival.
     fn finish_frame(&mut self) -> Option<SidecarHash> {
-        self.large = false;
-        self.digest.take().map(|digest| digest.finish())
+        let digest = self.large.as_mut()?.digest.take()?;
+        Some(digest.finish())
     }
 }
 
@@ -1602,7 +1617,7 @@ impl Connection {
 
     fn handle_frame(&mut self, stream: StreamId, ty: u8, payload: Bytes, now: Instant) {
         let decoded = {
-            let local = self.recv.get(&stream).map(|r| &r.sidecars);
+            let local = self.recv.get(&stream).and_then(|r| r.sidecars.as_ref());
             let retained = &self.retained;
             let lookup = |h: &SidecarHash| {
                 local
@@ -1619,7 +1634,7 @@ impl Connection {
             // The one message of the stream that references its sidecars holds them now; the
             // stream's copies would only keep their buffers alive until it closes.
             if let Some(r) = self.recv.get_mut(&stream) {
-                r.sidecars.clear();
+                r.sidecars = None;
             }
         }
         if let Message::Error(reply) = msg {
@@ -1816,7 +1831,7 @@ impl Connection {
             self.dedup_lens.insert(data.len());
         }
         if let Some(r) = self.recv.get_mut(&stream) {
-            r.sidecars.insert(hash, data);
+            r.sidecars.get_or_insert_default().insert(hash, data);
         }
         Ok(())
     }
