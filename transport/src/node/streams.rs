@@ -1,9 +1,9 @@
 //! The quinn streams of one connection, owned and polled by the connection's driver task.
 //!
-//! Every read, and every write quinn cannot take at once, is a future in one of two
-//! `FuturesUnordered` sets that the driver polls beside its other inputs: a stream costs no
-//! task of its own and a chunk no channel hop, and only the futures whose stream was woken
-//! are polled again. A write that fits quinn's buffers (most calls and responses) is made
+//! Every read (but the watched stream's, below), and every write quinn cannot take at once,
+//! is a future in one of two `FuturesUnordered` sets that the driver polls beside its other
+//! inputs: a stream costs no task of its own and a chunk no channel hop, and only the
+//! futures whose stream was woken are polled again. A write that fits quinn's buffers (most calls and responses) is made
 //! in place, and a read first takes what is already there. Each future owns its stream and
 //! hands it back when it completes. A stream of ours opens at once while quinn has stream
 //! credit; else opening it is a future too, so a driver waiting for credit from the peer
@@ -75,6 +75,9 @@ type Read = (
     Result<Option<usize>, ()>,
 );
 
+/// A stream waiting for its next read: its id, the stream, and the buffer the read fills.
+type Reading = (StreamId, quinn::RecvStream, Vec<Bytes>);
+
 /// A completed write: the stream back, and whether every byte was accepted.
 struct Written {
     id: StreamId,
@@ -125,11 +128,12 @@ pub(super) struct Streams {
     /// What `reads` is polled with: a waker of `reads_due`.
     reads_waker: Waker,
     /// The stream whose reads are watched, if any, and its read in flight (polled with the
-    /// watcher's waker). A future of its own, not a set: a `FuturesUnordered` that polled
-    /// all its futures wakes its waker to yield, which for a set of one would be a wake-up
-    /// per poll.
+    /// watcher's waker). Not a future in a set: a `FuturesUnordered` that polled all its
+    /// futures wakes its waker to yield, which for a set of one would be a wake-up per
+    /// poll. Nor a future at all: quinn's read keeps nothing between polls, so each poll
+    /// makes one in place, and a call's stream costs no allocation for its reads.
     watched: Option<StreamId>,
-    watched_read: Option<Boxed<Read>>,
+    watched_read: Option<Reading>,
     writes: FuturesUnordered<Boxed<Written>>,
     outboxes: IdMap<StreamId, Outbox>,
     /// The stream of ours being opened, if any.
@@ -196,8 +200,8 @@ impl Streams {
         }
         self.watched = id;
         // A read of the stream watched before goes on with the others.
-        if let Some(read) = self.watched_read.take() {
-            self.push_read(read);
+        if let Some(reading) = self.watched_read.take() {
+            self.push_read(read_future(reading));
         }
     }
 
@@ -309,13 +313,15 @@ impl Streams {
         }
         out.append(&mut self.ready);
         while out.len() < max {
-            let Some(Poll::Ready(read)) =
-                self.watched_read.as_mut().map(|f| f.as_mut().poll(watcher))
-            else {
+            let Some((_, recv, chunks)) = &mut self.watched_read else {
                 break;
             };
-            self.watched_read = None;
-            self.read_done(read, out);
+            let Poll::Ready(result) = std::pin::pin!(recv.read_chunks(chunks)).poll(watcher) else {
+                break;
+            };
+            if let Some((id, recv, chunks)) = self.watched_read.take() {
+                self.read_done((id, recv, chunks, result.map_err(|_| ())), out);
+            }
         }
         if out.len() < max && self.reads_due.due.swap(false, Ordering::AcqRel) {
             // Out of `self` while the reads it wakes are handled (swapping costs no count).
@@ -463,22 +469,18 @@ impl Streams {
         self.read_later(id, recv, chunks);
     }
 
-    /// Reads the next chunks of `recv` into `chunks` through a future, polled with the
-    /// other reads (or as the watched one).
-    fn read_later(&mut self, id: StreamId, mut recv: quinn::RecvStream, mut chunks: Vec<Bytes>) {
-        let read: Boxed<Read> = Box::pin(async move {
-            let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
-            (id, recv, chunks, result)
-        });
+    /// Reads the next chunks of `recv` into `chunks` later: as the watched stream, or
+    /// through a future polled with the other reads.
+    fn read_later(&mut self, id: StreamId, recv: quinn::RecvStream, chunks: Vec<Bytes>) {
         if self.watched == Some(id) {
             debug_assert!(
                 self.watched_read.is_none(),
                 "one read of a stream at a time"
             );
-            self.watched_read = Some(read);
+            self.watched_read = Some((id, recv, chunks));
             self.unpolled = true;
         } else {
-            self.push_read(read);
+            self.push_read(read_future((id, recv, chunks)));
         }
     }
 
@@ -575,6 +577,14 @@ impl Streams {
             self.start_write(w.id, None);
         }
     }
+}
+
+/// The next read of a stream, as a future for the reads' set.
+fn read_future((id, mut recv, mut chunks): Reading) -> Boxed<Read> {
+    Box::pin(async move {
+        let result = recv.read_chunks(&mut chunks).await.map_err(|_| ());
+        (id, recv, chunks, result)
+    })
 }
 
 /// Writes all of `plain` if quinn takes it without waiting: `Some(whether it was accepted)`.
