@@ -83,7 +83,6 @@ struct Written {
     id: StreamId,
     send: quinn::SendStream,
     ok: bool,
-    fin: bool,
     /// The write carried sidecar data to hash: its hash, or `None` if not all was written.
     sidecar: Option<Option<SidecarHash>>,
 }
@@ -233,9 +232,7 @@ impl Streams {
         std::mem::take(&mut self.unpolled)
     }
 
-    /// Starts reading stream `id` and makes it writable. A stream the peer opened may hold
-    /// data already, which goes to `out`; one of ours cannot before we write to it (the
-    /// peer has not seen it), so its read waits at once.
+    /// Starts reading stream `id` and makes it writable.
     fn adopt(
         &mut self,
         id: StreamId,
@@ -243,6 +240,14 @@ impl Streams {
         recv: quinn::RecvStream,
         out: &mut Vec<Input>,
     ) {
+        self.start_reading(id, recv, out);
+        self.outboxes.insert(id, Outbox::new(send));
+    }
+
+    /// Starts reading stream `id`. A stream the peer opened may hold data already, which
+    /// goes to `out`; one of ours cannot before we write to it (the peer has not seen it),
+    /// so its read waits at once.
+    fn start_reading(&mut self, id: StreamId, recv: quinn::RecvStream, out: &mut Vec<Input>) {
         let chunks = self
             .spare_chunks
             .pop()
@@ -252,14 +257,6 @@ impl Streams {
         } else {
             self.read_into(id, recv, chunks, out);
         }
-        self.outboxes.insert(
-            id,
-            Outbox {
-                send: Some(send),
-                queue: VecDeque::new(),
-                fin: false,
-            },
-        );
     }
 
     /// Queues `t.data` for `t.stream`, then finishes it if `t.fin`. A stream of ours named
@@ -281,8 +278,25 @@ impl Streams {
         };
         outbox.fin = t.fin;
         let next = (!t.data.is_empty()).then_some(t);
-        self.start_write(id, next);
+        let step = outbox.write(id, next);
+        self.wrote(id, step);
         true
+    }
+
+    /// What [`Outbox::write`] of stream `id`'s outbox (in `outboxes`) left to do.
+    fn wrote(&mut self, id: StreamId, step: WriteStep) {
+        match step {
+            WriteStep::Open => {}
+            WriteStep::Done => {
+                self.outboxes.remove(&id);
+            }
+            WriteStep::Wait(write) => self.wait_for(write),
+        }
+    }
+
+    fn wait_for(&mut self, write: Boxed<Written>) {
+        self.writes.push(write);
+        self.unpolled = true;
     }
 
     /// Collects the inputs that are ready (at least one, else `Pending`; once `max` or more
@@ -392,10 +406,31 @@ impl Streams {
             Ok((send, recv)) => {
                 debug_assert_eq!(send.id().index(), id.index(), "streams open in order");
                 self.opened_below = id.index() + 1;
-                self.adopt(id, send, recv, out);
+                self.start_reading(id, recv, out);
+                // What waited for the stream is written before its outbox is kept: most
+                // often a call's request and the stream's end, and then it needs none.
+                let mut outbox = Outbox::new(send);
+                let mut next = None;
                 while self.unopened.front().is_some_and(|t| t.stream == id) {
-                    if let Some(t) = self.unopened.pop_front() {
-                        self.write(t);
+                    let Some(t) = self.unopened.pop_front() else {
+                        break;
+                    };
+                    // Nothing is written after the stream's end.
+                    if !outbox.fin {
+                        outbox.fin = t.fin;
+                        if !t.data.is_empty() {
+                            outbox.queue.extend(next.replace(t));
+                        }
+                    }
+                }
+                match outbox.write(id, next) {
+                    WriteStep::Done => {}
+                    WriteStep::Open => {
+                        self.outboxes.insert(id, outbox);
+                    }
+                    WriteStep::Wait(write) => {
+                        self.outboxes.insert(id, outbox);
+                        self.wait_for(write);
                     }
                 }
             }
@@ -484,71 +519,6 @@ impl Streams {
         }
     }
 
-    /// Writes what is queued for stream `id`, then `next`, unless a write is in flight (then
-    /// `next` is queued: the write continues with the queue when done).
-    fn start_write(&mut self, id: StreamId, next: Option<Transmit>) {
-        let Some(outbox) = self.outboxes.get_mut(&id) else {
-            return;
-        };
-        let Some(mut send) = outbox.send.take() else {
-            outbox.queue.extend(next);
-            return;
-        };
-        let fin = outbox.fin;
-        if outbox.queue.is_empty() && next.is_none() {
-            if fin {
-                let _ = send.finish();
-                self.outboxes.remove(&id);
-            } else {
-                outbox.send = Some(send);
-            }
-            return;
-        }
-        let queued: Vec<Transmit> = if outbox.queue.iter().chain(&next).all(|t| !t.report_hash) {
-            // Most writes (a call, a response) fit quinn's buffers at once: done here, with no
-            // future to allocate and poll.
-            let mut plain: SmallVec<[Bytes; 4]> =
-                outbox.queue.drain(..).chain(next).map(|t| t.data).collect();
-            if let Some(ok) = write_now(&mut send, &mut plain) {
-                // All that was queued is written (or the stream is gone): what `written`
-                // does then, with no hash to report.
-                if ok && !fin {
-                    outbox.send = Some(send);
-                } else {
-                    if ok {
-                        let _ = send.finish();
-                    }
-                    self.outboxes.remove(&id);
-                }
-                return;
-            }
-            // What quinn did not take yet (written chunks are emptied) goes on as a future.
-            plain
-                .into_iter()
-                .filter(|data| !data.is_empty())
-                .map(|data| Transmit {
-                    stream: id,
-                    data,
-                    fin: false,
-                    report_hash: false,
-                })
-                .collect()
-        } else {
-            outbox.queue.drain(..).chain(next).collect()
-        };
-        self.unpolled = true;
-        self.writes.push(Box::pin(async move {
-            let (ok, sidecar) = write_queued(&mut send, queued).await;
-            Written {
-                id,
-                send,
-                ok,
-                fin,
-                sidecar,
-            }
-        }));
-    }
-
     /// A write completed: reports its sidecar hash, if it hashed one, and starts the next
     /// write of the stream. A failed write forgets the stream; sidecar data still queued for
     /// it is reported as not sent, so the wire drops what waits behind it.
@@ -568,14 +538,86 @@ impl Streams {
             return;
         }
         outbox.send = Some(w.send);
-        if w.fin && outbox.queue.is_empty() {
-            if let Some(mut send) = outbox.send.take() {
-                let _ = send.finish();
-            }
-            self.outboxes.remove(&w.id);
-        } else {
-            self.start_write(w.id, None);
+        let step = outbox.write(w.id, None);
+        self.wrote(w.id, step);
+    }
+}
+
+/// What is left to do after [`Outbox::write`].
+enum WriteStep {
+    /// Nothing: the stream stays open for more.
+    Open,
+    /// The stream is finished (or gone): its outbox is no longer needed.
+    Done,
+    /// A write that quinn could not take at once, to poll.
+    Wait(Boxed<Written>),
+}
+
+impl Outbox {
+    fn new(send: quinn::SendStream) -> Outbox {
+        Outbox {
+            send: Some(send),
+            queue: VecDeque::new(),
+            fin: false,
         }
+    }
+
+    /// Writes what is queued for stream `id`, then `next`, and finishes the stream after
+    /// them if `fin`; unless a write is in flight, which then continues with `next` queued.
+    fn write(&mut self, id: StreamId, next: Option<Transmit>) -> WriteStep {
+        let Some(mut send) = self.send.take() else {
+            self.queue.extend(next);
+            return WriteStep::Open;
+        };
+        let fin = self.fin;
+        if self.queue.is_empty() && next.is_none() {
+            if fin {
+                let _ = send.finish();
+                return WriteStep::Done;
+            }
+            self.send = Some(send);
+            return WriteStep::Open;
+        }
+        let queued: Vec<Transmit> = if self.queue.iter().chain(&next).all(|t| !t.report_hash) {
+            // Most writes (a call, a response) fit quinn's buffers at once: done here, with no
+            // future to allocate and poll.
+            let mut plain: SmallVec<[Bytes; 4]> =
+                self.queue.drain(..).chain(next).map(|t| t.data).collect();
+            if let Some(ok) = write_now(&mut send, &mut plain) {
+                // All that was queued is written (or the stream is gone): what `written`
+                // does then, with no hash to report.
+                if ok && !fin {
+                    self.send = Some(send);
+                    return WriteStep::Open;
+                }
+                if ok {
+                    let _ = send.finish();
+                }
+                return WriteStep::Done;
+            }
+            // What quinn did not take yet (written chunks are emptied) goes on as a future.
+            plain
+                .into_iter()
+                .filter(|data| !data.is_empty())
+                .map(|data| Transmit {
+                    stream: id,
+                    data,
+                    fin: false,
+                    report_hash: false,
+                })
+                .collect()
+        } else {
+            self.queue.drain(..).chain(next).collect()
+        };
+        WriteStep::Wait(Box::pin(async move {
+            let (ok, sidecar) = write_queued(&mut send, queued).await;
+            Written {
+                id,
+                send,
+                ok,
+                sidecar,
+            }
+        }))
     }
 }
 
