@@ -229,6 +229,17 @@ impl AwaitReply<'_> {
         }
     }
 
+    /// Makes `rx` hold a no-op waker instead of the caller's (the answer if it came, as
+    /// [`AwaitReply::answer`]): the next [`AwaitReply::wait`] registers the caller's again.
+    fn quiet(&mut self) -> Option<Option<Result<Portable, RemoteError>>> {
+        self.waker = None;
+        let mut quiet = Context::from_waker(Waker::noop());
+        match Pin::new(&mut tokio::task::unconstrained(&mut self.rx)).poll(&mut quiet) {
+            Poll::Ready(r) => Some(r.ok()),
+            Poll::Pending => None,
+        }
+    }
+
     /// Whether `rx` holds `cx`'s waker (a clone of it) already.
     fn registered(&self, cx: &Context<'_>) -> bool {
         self.waker
@@ -280,8 +291,6 @@ impl Future for AwaitReply<'_> {
             this.reading = true;
             return this.wait(cx);
         }
-        // While this caller may send its own answer, `rx` is only checked (a wake-up of
-        // itself would only schedule it again); it waits on it once it stops reading.
         match link.core.try_lock() {
             Ok(mut d) => {
                 if let Some(r) = this.answer() {
@@ -291,6 +300,13 @@ impl Future for AwaitReply<'_> {
                     drop(d);
                     link.route.clear_caller(Some(this.token));
                 } else {
+                    // This caller may send its own answer now, which must not wake it: a
+                    // wake-up of itself would only schedule it again (on a multi-thread
+                    // runtime, as a task other workers are woken to take). So `rx` holds a
+                    // no-op waker while it reads, and its waker again once it waits.
+                    if let Some(r) = this.quiet() {
+                        return Poll::Ready(r);
+                    }
                     link.route.set_caller(this.token, cx.waker());
                     let more = d.read_streams();
                     d.flush(link);
