@@ -3,11 +3,11 @@
 //! Every read (but the watched stream's, below), and every write quinn cannot take at once,
 //! is a future in one of two `FuturesUnordered` sets that the driver polls beside its other
 //! inputs: a stream costs no task of its own and a chunk no channel hop, and only the
-//! futures whose stream was woken are polled again. A write that fits quinn's buffers (most calls and responses) is made
-//! in place, and a read first takes what is already there. Each future owns its stream and
-//! hands it back when it completes. A stream of ours opens at once while quinn has stream
-//! credit; else opening it is a future too, so a driver waiting for credit from the peer
-//! still reads the responses that free it.
+//! futures whose stream was woken are polled again. A write that fits quinn's buffers (most
+//! calls and responses) is made in place, and a read first takes what is already there.
+//! Each future owns its stream and hands it back when it completes. A stream of ours opens
+//! at once while quinn has stream credit; else opening it is a future too, so a driver
+//! waiting for credit from the peer still reads the responses that free it.
 //!
 //! Invariants:
 //! - Streams of ours are opened one at a time, in the order the wire numbers them, so the
@@ -545,7 +545,7 @@ impl Streams {
 
 /// What is left to do after [`Outbox::write`].
 enum WriteStep {
-    /// Nothing: the stream stays open for more.
+    /// Nothing now: the outbox stays (its stream open for more, or a write in flight).
     Open,
     /// The stream is finished (or gone): its outbox is no longer needed.
     Done,
