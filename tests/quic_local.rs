@@ -6,7 +6,11 @@ mod common;
 
 use common::{check_nested_hops, cluster, cluster_on, compile, shutdown, Setup};
 use skiff::Portable;
+use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 use tokio::task::LocalSet;
 
@@ -126,6 +130,78 @@ fn a_caller_polled_for_every_task_of_its_set_still_reads_its_own_answers() {
         assert!(
             read_by_caller >= calls / 2,
             "{read_by_caller} of {calls} answers read by their caller"
+        );
+        shutdown(nodes).await;
+    });
+}
+
+/// A waker that counts its wake-ups and passes each on to the waker it was last given.
+struct Counting {
+    wakes: AtomicUsize,
+    to: Mutex<Option<Waker>>,
+}
+
+impl Wake for Counting {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        if let Some(waker) = &*self.to.lock().unwrap() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+#[test]
+fn a_caller_reading_its_own_answer_is_not_woken_by_it() {
+    on_one_thread(|local| async move {
+        let nodes = cluster_on(&["a"], Setup::default(), Some(&local)).await;
+        nodes[1].load(&compile("fn echo(x) { x }")).await.unwrap();
+        let main = &nodes[0];
+        main.call("a", "echo", vec![Portable::Int(0)], None)
+            .await
+            .unwrap();
+        let read_before = main.counters().answers_read_by_caller;
+        let calls = 20;
+        // Polls of a call that returned its answer, and how many of them woke the call.
+        let (mut answered, mut woke_itself) = (0, 0);
+        for i in 0..calls {
+            let counting = Arc::new(Counting {
+                wakes: AtomicUsize::new(0),
+                to: Mutex::new(None),
+            });
+            let waker = Waker::from(counting.clone());
+            let mut call = std::pin::pin!(main.call("a", "echo", vec![Portable::Int(i)], None));
+            let echoed = std::future::poll_fn(|cx| {
+                *counting.to.lock().unwrap() = Some(cx.waker().clone());
+                let before = counting.wakes.load(Ordering::SeqCst);
+                let polled = call.as_mut().poll(&mut Context::from_waker(&waker));
+                if polled.is_ready() {
+                    answered += 1;
+                    if counting.wakes.load(Ordering::SeqCst) != before {
+                        woke_itself += 1;
+                    }
+                }
+                polled
+            })
+            .await
+            .unwrap();
+            assert_eq!(echoed, Portable::Int(i));
+        }
+        let read_by_caller = main.counters().answers_read_by_caller - read_before;
+        // The property is about answers the caller reads itself, which on one thread with
+        // one call in flight are (nearly) all of them.
+        assert!(
+            read_by_caller >= calls as u64 / 2,
+            "{read_by_caller} of {calls} answers read by their caller"
+        );
+        assert_eq!(answered, calls);
+        assert_eq!(
+            woke_itself, 0,
+            "a caller's own answer woke it (a wasted turn; on a multi-thread runtime, its \
+             task scheduled again from inside its poll)"
         );
         shutdown(nodes).await;
     });
