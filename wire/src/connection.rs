@@ -557,6 +557,11 @@ pub struct Connection {
     /// Sealed calls moved to a new stream: the call's id → the stream it runs on now.
     moved: IdMap<CallId, StreamId>,
     incoming: IdMap<StreamId, InCall>,
+    /// How many of `incoming` are answered ([`Phase::Responded`]), kept until the caller's
+    /// evidence of receipt: the others count against `max_calls_in_flight`. Kept by
+    /// [`Connection::respond`] and [`Connection::remove_incoming`], the only places a call
+    /// enters or leaves that phase.
+    responded: usize,
     /// Deadlines of outgoing and incoming calls, earliest first. An entry whose call ended,
     /// moved or was answered stays until it reaches the top, where `poll_timeout` drops it;
     /// the heap is rebuilt from the live calls when such entries outnumber them.
@@ -628,6 +633,7 @@ impl Connection {
             outgoing: IdMap::default(),
             moved: IdMap::default(),
             incoming: IdMap::default(),
+            responded: 0,
             deadlines: BinaryHeap::new(),
             cancelled_unseen: VecDeque::new(),
             early: Vec::new(),
@@ -1260,11 +1266,21 @@ impl Connection {
         self.emit_frames(id, frames, true);
         let caller_finished = self.incoming.get(&id).is_some_and(|c| c.caller_finished);
         if pending.is_empty() || caller_finished {
-            self.incoming.remove(&id);
+            self.remove_incoming(id);
             self.close_recv(id);
         } else if let Some(call) = self.incoming.get_mut(&id) {
             call.phase = Phase::Responded;
             call.retained_pending = pending;
+            self.responded += 1;
+        }
+    }
+
+    /// Removes the incoming call `id`, keeping the count of answered ones.
+    fn remove_incoming(&mut self, id: CallId) {
+        if let Some(call) = self.incoming.remove(&id) {
+            if call.phase == Phase::Responded {
+                self.responded -= 1;
+            }
         }
     }
 
@@ -1305,7 +1321,7 @@ impl Connection {
             .get(&id)
             .is_some_and(|c| c.phase == Phase::Running);
         self.release_pins(id);
-        self.incoming.remove(&id);
+        self.remove_incoming(id);
         self.close_recv(id);
         if running {
             self.events.push_back(Event::CallCancelled { id, reason });
@@ -1434,7 +1450,7 @@ impl Connection {
                     // Evidence: the caller read our whole response, sidecars included.
                     let pending = call.retained_pending.clone();
                     self.peer_sidecars.extend(pending);
-                    self.incoming.remove(&stream);
+                    self.remove_incoming(stream);
                     self.close_recv(stream);
                 }
                 Phase::Receiving | Phase::Waiting => self.fail_incoming(
@@ -1565,11 +1581,15 @@ impl Connection {
         } else {
             self.remote_seen.insert(index);
         }
-        let active = self
-            .incoming
-            .values()
-            .filter(|c| c.phase != Phase::Responded)
-            .count();
+        let active = self.incoming.len() - self.responded;
+        debug_assert_eq!(
+            active,
+            self.incoming
+                .values()
+                .filter(|c| c.phase != Phase::Responded)
+                .count(),
+            "the count of answered incoming calls"
+        );
         let reject = check(
             Limit::MaxCallsInFlight,
             self.config.limits.max_calls_in_flight as u64,
