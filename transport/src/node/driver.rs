@@ -292,10 +292,8 @@ impl Future for AwaitReply<'_> {
             return this.wait(cx);
         }
         match link.core.try_lock() {
+            // Either way `rx` is checked: by `quiet` before this caller reads, else by `wait`.
             Ok(mut d) => {
-                if let Some(r) = this.answer() {
-                    return Poll::Ready(r);
-                }
                 if d.closed || !d.cmds.is_empty() || d.pending.len() != 1 {
                     drop(d);
                     link.route.clear_caller(Some(this.token));

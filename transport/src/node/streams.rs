@@ -123,9 +123,8 @@ pub(super) struct Streams {
     /// The side whose streams are opened here.
     side: Side,
     reads: FuturesUnordered<Boxed<Read>>,
+    /// What `reads` is polled with (as a waker).
     reads_due: Arc<ReadsDue>,
-    /// What `reads` is polled with: a waker of `reads_due`.
-    reads_waker: Waker,
     /// The stream whose reads are watched, if any, and its read in flight (polled with the
     /// watcher's waker). Not a future in a set: a `FuturesUnordered` that polled all its
     /// futures wakes its waker to yield, which for a set of one would be a wake-up per
@@ -156,16 +155,14 @@ pub(super) struct Streams {
 
 impl Streams {
     pub fn new(conn: quinn::Connection, side: Side) -> Streams {
-        let reads_due = Arc::new(ReadsDue {
-            due: AtomicBool::new(false),
-            task: Mutex::new(None),
-        });
         Streams {
             conn,
             side,
             reads: FuturesUnordered::new(),
-            reads_waker: Waker::from(reads_due.clone()),
-            reads_due,
+            reads_due: Arc::new(ReadsDue {
+                due: AtomicBool::new(false),
+                task: Mutex::new(None),
+            }),
             watched: None,
             watched_read: None,
             writes: FuturesUnordered::new(),
@@ -338,8 +335,7 @@ impl Streams {
             }
         }
         if out.len() < max && self.reads_due.due.swap(false, Ordering::AcqRel) {
-            // Out of `self` while the reads it wakes are handled (swapping costs no count).
-            let waker = std::mem::replace(&mut self.reads_waker, Waker::noop().clone());
+            let waker = Waker::from(self.reads_due.clone());
             let mut reads_cx = Context::from_waker(&waker);
             while let Poll::Ready(Some(read)) = self.reads.poll_next_unpin(&mut reads_cx) {
                 self.read_done(read, out);
@@ -349,7 +345,6 @@ impl Streams {
                     break;
                 }
             }
-            self.reads_waker = waker;
         }
         // Everything queued while polling was polled in turn (reads unless `max` stopped
         // them, which the caller sees).
