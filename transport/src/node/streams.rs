@@ -575,10 +575,19 @@ impl Outbox {
         }
         let queued: Vec<Transmit> = if self.queue.iter().chain(&next).all(|t| !t.report_hash) {
             // Most writes (a call, a response) fit quinn's buffers at once: done here, with no
-            // future to allocate and poll.
-            let mut plain: SmallVec<[Bytes; 4]> =
-                self.queue.drain(..).chain(next).map(|t| t.data).collect();
-            if let Some(ok) = write_now(&mut send, &mut plain) {
+            // future to allocate and poll. Most are one frame, written from where it lies.
+            let (mut one, mut many): ([Bytes; 1], SmallVec<[Bytes; 4]>);
+            let plain: &mut [Bytes] = match next {
+                Some(t) if self.queue.is_empty() => {
+                    one = [t.data];
+                    &mut one
+                }
+                next => {
+                    many = self.queue.drain(..).chain(next).map(|t| t.data).collect();
+                    &mut many
+                }
+            };
+            if let Some(ok) = write_now(&mut send, plain) {
                 // All that was queued is written (or the stream is gone): what `written`
                 // does then, with no hash to report.
                 if ok && !fin {
@@ -592,11 +601,11 @@ impl Outbox {
             }
             // What quinn did not take yet (written chunks are emptied) goes on as a future.
             plain
-                .into_iter()
+                .iter_mut()
                 .filter(|data| !data.is_empty())
                 .map(|data| Transmit {
                     stream: id,
-                    data,
+                    data: std::mem::take(data),
                     fin: false,
                     report_hash: false,
                 })
