@@ -550,7 +550,7 @@ pub struct Connection {
     remote_seen: std::collections::BTreeSet<u64>,
     next_call_id: u64,
     /// The SHA-256 of the sidecar data in the frame being handled, when it was computed as
-    /// the frame arrived; set only for the duration of that frame's `handle_frame`.
+    /// the frame arrived; set only for the duration of that frame's `handle_message`.
     arrived_digest: Option<SidecarHash>,
     recv: IdMap<StreamId, RecvState>,
     outgoing: IdMap<StreamId, OutCall>,
@@ -1171,7 +1171,9 @@ impl Connection {
     /// Removes the outgoing call on `stream` (and its alias, if it moved there).
     fn take_outgoing(&mut self, stream: StreamId) -> Option<OutCall> {
         let call = self.outgoing.remove(&stream)?;
-        self.moved.remove(&call.id);
+        if !self.moved.is_empty() {
+            self.moved.remove(&call.id);
+        }
         Some(call)
     }
 
@@ -1351,7 +1353,9 @@ impl Connection {
             return;
         }
         let mut input = data;
-        loop {
+        // With no input left there is nothing to do: a partial frame always needs more bytes
+        // than it holds.
+        while !input.is_empty() {
             let mut digest = None;
             let max_frame = self.config.limits.max_frame;
             let pool = &self.config.recv_buffers;
@@ -1364,9 +1368,6 @@ impl Connection {
                 .max_sidecar_bytes_per_call
                 .saturating_sub(st.sidecar_bytes);
             let (frame, ty, payload) = if st.buffered() == 0 {
-                if input.is_empty() {
-                    return;
-                }
                 match decode_frame(&input, max_frame, max_sidecar) {
                     Err(e) => return self.stream_fatal(stream, e),
                     Ok(FrameStatus::NeedMore(total)) => {
@@ -1385,9 +1386,6 @@ impl Connection {
                 // follows belongs to the next frame).
                 if st.buffered() < st.need {
                     let take = (st.need - st.buffered()).min(input.len());
-                    if take == 0 {
-                        return;
-                    }
                     st.add(input.split_to(take), pool);
                     if st.buffered() < st.need {
                         return;
@@ -1413,8 +1411,24 @@ impl Connection {
                 st.sidecar_bytes += sidecar_charge(payload.len().saturating_sub(framing));
             }
             self.stats.frames_received += 1;
+            let payload = frame.slice(payload);
+            let decoded = {
+                let local = st.sidecars.as_ref();
+                let retained = &self.retained;
+                let lookup = |h: &SidecarHash| {
+                    local
+                        .and_then(|m| m.get(h).cloned())
+                        .or_else(|| retained.get(h).cloned())
+                };
+                decode_message(ty, &payload, &self.config.limits, &lookup)
+            };
+            if matches!(decoded, Ok(Message::Call(_) | Message::Response(_))) {
+                // The one message of the stream that references its sidecars holds them now;
+                // the stream's copies would only keep their buffers alive until it closes.
+                st.sidecars = None;
+            }
             self.arrived_digest = digest;
-            self.handle_frame(stream, ty, frame.slice(payload), now);
+            self.handle_message(stream, ty, decoded, now);
             self.arrived_digest = None;
             if self.closed.is_some() {
                 return;
@@ -1635,36 +1649,29 @@ impl Connection {
         }
     }
 
-    fn handle_frame(&mut self, stream: StreamId, ty: u8, payload: Bytes, now: Instant) {
-        let decoded = {
-            let local = self.recv.get(&stream).and_then(|r| r.sidecars.as_ref());
-            let retained = &self.retained;
-            let lookup = |h: &SidecarHash| {
-                local
-                    .and_then(|m| m.get(h).cloned())
-                    .or_else(|| retained.get(h).cloned())
-            };
-            decode_message(ty, &payload, &self.config.limits, &lookup)
-        };
+    /// A frame's message (or why it did not decode), dispatched by the stream it came on.
+    fn handle_message(
+        &mut self,
+        stream: StreamId,
+        ty: u8,
+        decoded: Result<Message, MessageError>,
+        now: Instant,
+    ) {
         let msg = match decoded {
             Ok(m) => m,
             Err(e) => return self.decode_error(stream, ty, e),
         };
-        if matches!(msg, Message::Call(_) | Message::Response(_)) {
-            // The one message of the stream that references its sidecars holds them now; the
-            // stream's copies would only keep their buffers alive until it closes.
-            if let Some(r) = self.recv.get_mut(&stream) {
-                r.sidecars = None;
-            }
-        }
         if let Message::Error(reply) = msg {
             return self.on_error_reply(stream, reply);
         }
         if stream == CONTROL_STREAM {
             self.on_control(msg, now);
-        } else if self.outgoing.contains_key(&stream) {
-            self.on_outgoing(stream, msg);
-        } else if self.incoming.contains_key(&stream) {
+        } else if stream.initiator() == self.side {
+            // Our calls run on streams we open, the peer's on streams it opens.
+            if self.outgoing.contains_key(&stream) {
+                self.on_outgoing(stream, msg);
+            }
+        } else {
             self.on_incoming(stream, msg, now);
         }
     }
@@ -1940,7 +1947,9 @@ impl Connection {
                     self.peer_blobs.extend(blobs.closure.iter().copied());
                 }
                 // The callee answered on this stream: it read our sidecars.
-                self.peer_sidecars.extend(call.retained_pending);
+                if !call.retained_pending.is_empty() {
+                    self.peer_sidecars.extend(call.retained_pending);
+                }
                 self.close_recv(stream);
                 if !call.sealed {
                     // Evidence for the callee that we read its response (§6).
