@@ -40,6 +40,7 @@ use crate::message::{
     sidecar_frame_head, CallRef, CallRequest, CallResponse, ErrorKind, ErrorReply, Hello, Message,
     MessageError, RemoteError, Target, PROTOCOL_VERSION, SIDECAR_HEADER_LEN, SIDECAR_TRAILER_LEN,
 };
+use crate::names::NameCache;
 use crate::pool::BufferPool;
 use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
 use crate::value::{fill_refs, SidecarHash, SidecarHasher, UnhashedSidecar};
@@ -178,7 +179,7 @@ pub struct IncomingCall {
     pub args: Vec<Portable>,
     /// When the node must give up: now + min(caller's deadline, `max_call_duration`).
     pub deadline: Instant,
-    pub caller: String,
+    pub caller: Arc<str>,
     pub hops: Vec<String>,
     /// The closure of the target and of every function in the arguments and context,
     /// dependencies first; all present (and pinned) in the store until the call ends.
@@ -186,11 +187,11 @@ pub struct IncomingCall {
 }
 
 impl IncomingCall {
-    /// The hop chain a nested call made while running this one should carry: `hops`, then
-    /// `caller`, both moved out (left empty).
+    /// The hop chain a nested call made while running this one should carry: `hops` (moved
+    /// out, left empty), then `caller`.
     pub fn take_nested_hops(&mut self) -> Vec<String> {
         let mut hops = std::mem::take(&mut self.hops);
-        hops.push(std::mem::take(&mut self.caller));
+        hops.push(self.caller.to_string());
         hops
     }
 }
@@ -220,7 +221,7 @@ impl CallOptions {
     }
 
     /// A call of an exported name.
-    pub fn named(name: impl Into<String>, args: Vec<Portable>) -> CallOptions {
+    pub fn named(name: impl Into<Arc<str>>, args: Vec<Portable>) -> CallOptions {
         CallOptions {
             target: Target::Name(name.into()),
             ..CallOptions::function(
@@ -552,6 +553,8 @@ pub struct Connection {
     /// The SHA-256 of the sidecar data in the frame being handled, when it was computed as
     /// the frame arrived; set only for the duration of that frame's `handle_message`.
     arrived_digest: Option<SidecarHash>,
+    /// The names calls from the peer carry (its own, the functions it calls).
+    names: NameCache,
     recv: IdMap<StreamId, RecvState>,
     outgoing: IdMap<StreamId, OutCall>,
     /// Sealed calls moved to a new stream: the call's id → the stream it runs on now.
@@ -641,6 +644,7 @@ impl Connection {
             peer_blobs: HashSet::new(),
             peer_sidecars: HashSet::new(),
             arrived_digest: None,
+            names: NameCache::default(),
             retained: HashMap::new(),
             retained_at: HashMap::new(),
             retained_by_peer: HashSet::new(),
@@ -1420,7 +1424,7 @@ impl Connection {
                         .and_then(|m| m.get(h).cloned())
                         .or_else(|| retained.get(h).cloned())
                 };
-                decode_message(ty, &payload, &self.config.limits, &lookup)
+                decode_message(ty, &payload, &self.config.limits, &lookup, &mut self.names)
             };
             if matches!(decoded, Ok(Message::Call(_) | Message::Response(_))) {
                 // The one message of the stream that references its sidecars holds them now;

@@ -10,6 +10,7 @@ use crate::connection::{Connection, Side, StreamId};
 use crate::frame::{decode_frame, FrameStatus};
 use crate::limits::{Config, Limits};
 use crate::message::{decode_message, encode_plain, Hello, Message, PROTOCOL_VERSION};
+use crate::names::NameCache;
 use crate::store::BlobStore;
 use crate::value::{decode_value, encode_value};
 use bytes::Bytes;
@@ -29,6 +30,9 @@ pub fn fuzz_limits() -> Limits {
 pub fn fuzz_frames(bytes: &[u8]) {
     let limits = fuzz_limits();
     let buf = Bytes::copy_from_slice(bytes);
+    // One cache for the whole input, as a connection keeps one: names decoded again (the
+    // re-encoded message's, a later frame's) come from it.
+    let mut names = NameCache::default();
     let mut pos = 0;
     while pos < buf.len() {
         match decode_frame(
@@ -38,14 +42,15 @@ pub fn fuzz_frames(bytes: &[u8]) {
         ) {
             Ok(FrameStatus::Complete { ty, payload }) => {
                 let p = buf.slice(pos + payload.start..pos + payload.end);
-                if let Ok(msg) = decode_message(ty, &p, &limits, &|_| None) {
+                if let Ok(msg) = decode_message(ty, &p, &limits, &|_| None, &mut names) {
                     // Whatever decodes must re-encode and decode to the same message.
                     let again = encode_plain(&msg);
                     let f = Bytes::from(again);
                     if let Ok(FrameStatus::Complete { ty, payload }) =
                         decode_frame(&f, u32::MAX, u64::MAX)
                     {
-                        let m2 = decode_message(ty, &f.slice(payload), &limits, &|_| None);
+                        let m2 =
+                            decode_message(ty, &f.slice(payload), &limits, &|_| None, &mut names);
                         if !matches!(msg, Message::Call(_) | Message::Response(_)) {
                             assert_eq!(m2.as_ref().ok(), Some(&msg), "re-encode differs");
                         }

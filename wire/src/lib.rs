@@ -23,6 +23,7 @@
 //! - [`pool`]: receive buffers for large frames, reused once the received value is dropped.
 //! - [`store`]: the content-addressed, LRU, pinning, optionally persisted blob store.
 //! - [`idmap`]: maps keyed by sequentially allocated ids, with a multiplicative hash.
+//! - [`names`]: the names a connection decodes call after call, shared instead of copied.
 //! - [`connection`]: hello, negotiation, sidecars, calls both ways, cancellation, deadlines.
 //! - [`fuzz`]: fuzz targets as plain functions.
 //!
@@ -91,6 +92,7 @@ pub mod fuzz;
 pub mod idmap;
 pub mod limits;
 pub mod message;
+pub mod names;
 mod pack;
 pub mod pool;
 pub mod store;

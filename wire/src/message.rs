@@ -20,6 +20,7 @@
 use crate::arena::FRAME_START_CAPACITY;
 use crate::frame::{put_header, FrameType, HEADER_LEN};
 use crate::limits::{check, Limit, LimitExceeded, Limits};
+use crate::names::NameCache;
 use crate::pack;
 use crate::value::{
     decode_list_at, decode_value_at, encode_value_unhashed, hash_sidecars, object_len, SidecarHash,
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// The protocol version this build speaks (checked at hello).
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -64,7 +66,8 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Function(FunctionId),
-    Name(String),
+    /// Shared: a connection decodes the same few names call after call ([`NameCache`]).
+    Name(Arc<str>),
 }
 
 /// A call request (values decoded).
@@ -74,8 +77,8 @@ pub struct CallRequest {
     pub target: Target,
     /// Relative deadline in milliseconds, if the caller has one.
     pub deadline_ms: Option<u64>,
-    /// The calling node's name.
-    pub caller: String,
+    /// The calling node's name (shared, as [`Target::Name`]'s).
+    pub caller: Arc<str>,
     /// Nodes the call has already passed through, outermost first (excluding `caller`).
     pub hops: Vec<String>,
     /// Application-defined call context (e.g. trace ids); nil when unused.
@@ -847,12 +850,14 @@ fn hashes(list: Vec<HashBin>, limits: &Limits) -> Result<Vec<BlobHash>, MessageE
 }
 
 /// Decodes a frame payload of type `ty`. Sidecar references in values are resolved with
-/// `sidecars`. Pure: no I/O, no panics, allocations bounded by the payload.
+/// `sidecars`; a call's target and caller names come from `names` when it holds them. Pure
+/// but for `names`: no I/O, no panics, allocations bounded by the payload.
 pub fn decode_message(
     ty: u8,
     payload: &Bytes,
     limits: &Limits,
     sidecars: SidecarLookup<'_>,
+    names: &mut NameCache,
 ) -> Result<Message, MessageError> {
     let fty = FrameType::from_u8(ty).ok_or(MessageError::UnknownType(ty))?;
     let p: &[u8] = payload;
@@ -885,10 +890,10 @@ pub fn decode_message(
                         blob: BlobHash(hash.0),
                         member,
                     }),
-                    TargetWire::Name(n) => Target::Name(n.into_owned()),
+                    TargetWire::Name(n) => Target::Name(names.get(&n)),
                 },
                 deadline_ms: h.deadline_ms,
-                caller: h.caller.into_owned(),
+                caller: names.get(&h.caller),
                 hops: h.hops.into_owned(),
                 sealed: h.sealed,
                 context,
@@ -993,7 +998,13 @@ pub fn decode_frame_exact(frame: &Bytes, limits: &Limits) -> Result<Message, Mes
                     n: frame.len() - payload.end,
                 });
             }
-            decode_message(ty, &frame.slice(payload), limits, &|_| None)
+            decode_message(
+                ty,
+                &frame.slice(payload),
+                limits,
+                &|_| None,
+                &mut NameCache::default(),
+            )
         }
     }
 }
@@ -1089,7 +1100,7 @@ mod tests {
                     blob: BlobHash(hash.0),
                     member: *member,
                 }),
-                TargetWire::Name(name) => Target::Name(name.to_string()),
+                TargetWire::Name(name) => Target::Name(name.as_ref().into()),
             };
             let call = CallRef {
                 call_id: h.call_id,

@@ -214,7 +214,7 @@ fn call_back_through_the_callers_connection_and_hops() {
         .client
         .call(CallOptions::function(entry, args()), pair.now);
     let mut incoming = pair.run_until(|p| p.server.incoming());
-    assert_eq!(incoming.caller, "client");
+    assert_eq!(&*incoming.caller, "client");
     assert_eq!(incoming.hops, Vec::<String>::new());
     let mut back = CallOptions::function(sentry, vec![Portable::Int(42)]);
     back.hops = incoming.take_nested_hops();
@@ -255,7 +255,7 @@ fn nested_call_across_two_connections() {
     assert_eq!(rtt, 2);
     let inner = bc.server.seen_incoming();
     assert_eq!(inner.hops, vec!["a".to_string()]);
-    assert_eq!(inner.caller, "b");
+    assert_eq!(&*inner.caller, "b");
     ab.server.conn.respond(incoming.id, r);
     let r = ab.run_until(|p| p.client.result(id));
     assert_eq!(r.unwrap(), Portable::List(args()));

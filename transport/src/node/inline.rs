@@ -79,9 +79,6 @@ struct Runner {
     /// The last function judged answerable, if its judgment still holds: its calls skip
     /// the search of `checked` (a warm peer mostly calls one function over and over).
     last_answerable: Option<FunctionId>,
-    /// The name the last call from a peer without a configured name gave for itself,
-    /// shared by the executions of its calls while it stays the same.
-    last_caller: Option<Arc<str>>,
 }
 
 thread_local! {
@@ -122,7 +119,7 @@ pub(crate) fn try_answer(
     let perms = shared.permissions_for(peer.map(|p| &**p));
     let code = shared.inline_code();
     let func = match &call.target {
-        Target::Name(name) if perms.call_exported => *code.exports.get(name)?,
+        Target::Name(name) if perms.call_exported => *code.exports.get(&**name)?,
         Target::Function(f) if perms.ship_code => *f,
         _ => return None,
     };
@@ -175,7 +172,6 @@ fn runner_for<'a>(
                 links: LinkCache::with_limit(RUNNER_LINK_INSTRUCTIONS),
                 checked: BTreeMap::new(),
                 last_answerable: None,
-                last_caller: None,
             });
             runners.len() - 1
         }
@@ -229,18 +225,6 @@ impl Runner {
         self.checked.insert(func, ok);
     }
 
-    /// The caller's name an execution of `call` sees: the peer's name in this node's
-    /// configuration, else the name the caller gave (`last_caller`'s copy when the same).
-    fn caller_name(&mut self, peer: Option<&Arc<str>>, call: &IncomingCall) -> Arc<str> {
-        if let Some(peer) = peer {
-            return peer.clone();
-        }
-        match &self.last_caller {
-            Some(last) if **last == *call.caller => last.clone(),
-            _ => self.last_caller.insert(call.caller.as_str().into()).clone(),
-        }
-    }
-
     fn run(
         &mut self,
         shared: &Shared,
@@ -250,7 +234,7 @@ impl Runner {
     ) -> Option<Portable> {
         let linked = self.answerable(func)?;
         let limits = shared.limits_for(call);
-        let info = shared.node_info(Some(self.caller_name(peer, call)));
+        let info = shared.node_info(Some(super::caller_name(peer, call)));
         WROTE.set(false);
         let io = ExecIo {
             out: Box::new(Noted),

@@ -232,7 +232,7 @@ fn engine_with(natives: &[(String, SendNative)]) -> skiff_vm::Engine {
 /// Who made an incoming call: the connection's authenticated peer, else the name the call
 /// gives (an unidentified client's).
 fn caller_name(peer: Option<&Arc<str>>, call: &IncomingCall) -> Arc<str> {
-    peer.cloned().unwrap_or_else(|| call.caller.as_str().into())
+    peer.unwrap_or(&call.caller).clone()
 }
 
 fn describe(f: &RemoteFailure) -> String {

@@ -541,7 +541,7 @@ impl VmLoop {
                         format!("`{caller}` may not call exported functions on `{here}`"),
                     );
                 }
-                match self.exports.get(name) {
+                match self.exports.get(&**name) {
                     Some(f) => *f,
                     None => {
                         return self.refuse(
