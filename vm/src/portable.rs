@@ -38,7 +38,19 @@ pub enum Portable {
 
 impl Portable {
     /// Every function a value refers to (closures, nested), so a caller can ship their blobs.
+    /// Inlined for the common case, a value with no containers and no functions: every
+    /// argument of every call is asked.
+    #[inline]
     pub fn functions(&self, out: &mut Vec<FunctionId>) {
+        if matches!(
+            self,
+            Portable::List(_) | Portable::Map(_) | Portable::Function { .. }
+        ) {
+            self.functions_within(out);
+        }
+    }
+
+    fn functions_within(&self, out: &mut Vec<FunctionId>) {
         match self {
             Portable::List(items) => items.iter().for_each(|v| v.functions(out)),
             Portable::Map(entries) => entries.iter().for_each(|(k, v)| {
