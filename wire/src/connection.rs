@@ -1466,8 +1466,10 @@ impl Connection {
             match call.phase {
                 Phase::Responded => {
                     // Evidence: the caller read our whole response, sidecars included.
-                    let pending = call.retained_pending.clone();
-                    self.peer_sidecars.extend(pending);
+                    if !call.retained_pending.is_empty() {
+                        let pending = call.retained_pending.clone();
+                        self.peer_sidecars.extend(pending);
+                    }
                     self.remove_incoming(stream);
                     self.close_recv(stream);
                 }

@@ -414,7 +414,9 @@ impl Streams {
                     if !outbox.fin {
                         outbox.fin = t.fin;
                         if !t.data.is_empty() {
-                            outbox.queue.extend(next.replace(t));
+                            if let Some(earlier) = next.replace(t) {
+                                outbox.queue.push_back(earlier);
+                            }
                         }
                     }
                 }
