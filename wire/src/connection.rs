@@ -206,6 +206,10 @@ pub struct CallOptions {
     pub deadline: Option<Duration>,
     /// Hop chain (use [`IncomingCall::take_nested_hops`] for a call made inside a call).
     pub hops: Vec<String>,
+    /// A number of the caller's choosing, given back with the call's result
+    /// ([`Event::CallResult`]): a caller that knows its calls by its own ids needs no map
+    /// from [`CallId`]s to them. Not sent to the peer.
+    pub tag: u64,
 }
 
 impl CallOptions {
@@ -217,6 +221,7 @@ impl CallOptions {
             context: Portable::Nil,
             deadline: None,
             hops: Vec::new(),
+            tag: 0,
         }
     }
 
@@ -262,6 +267,8 @@ pub enum Event {
     /// An outgoing call finished.
     CallResult {
         id: CallId,
+        /// The call's [`CallOptions::tag`].
+        tag: u64,
         result: Result<Portable, RemoteError>,
     },
     /// Stop running an incoming call (`Cancelled`, `DeadlineExceeded` or `ConnectionLost`);
@@ -463,6 +470,8 @@ impl RecvState {
 struct OutCall {
     /// The id the node knows the call by: the stream it started on.
     id: CallId,
+    /// [`CallOptions::tag`].
+    tag: u64,
     call_id: u64,
     /// The blobs the call ships; `None` when it references no function (a call of an
     /// exported name with plain values), which keeps such a call's entry small.
@@ -1002,6 +1011,7 @@ impl Connection {
         self.next_local += 1;
         let mut call = OutCall {
             id: stream,
+            tag: opts.tag,
             call_id,
             blobs,
             deadline: opts.deadline.map(|d| now + d),
@@ -1218,14 +1228,15 @@ impl Connection {
                 }
             }
             self.close_recv(stream);
-            self.call_failed(call.id, RemoteError::new(kind, message));
+            self.call_failed(&call, RemoteError::new(kind, message));
         }
     }
 
-    /// Reports to the node that the outgoing call `id` failed.
-    fn call_failed(&mut self, id: CallId, error: RemoteError) {
+    /// Reports to the node that the outgoing call `call` failed.
+    fn call_failed(&mut self, call: &OutCall, error: RemoteError) {
         self.events.push_back(Event::CallResult {
-            id,
+            id: call.id,
+            tag: call.tag,
             result: Err(error),
         });
     }
@@ -1490,7 +1501,7 @@ impl Connection {
         } else if let Some(call) = self.take_outgoing(stream) {
             self.close_recv(stream);
             self.call_failed(
-                call.id,
+                &call,
                 RemoteError::new(
                     ErrorKind::Protocol,
                     "the callee finished the stream without a response",
@@ -1507,7 +1518,7 @@ impl Connection {
         } else if let Some(call) = self.take_outgoing(stream) {
             self.close_recv(stream);
             self.call_failed(
-                call.id,
+                &call,
                 RemoteError::new(
                     ErrorKind::ConnectionLost,
                     "the callee reset the call stream",
@@ -1528,10 +1539,10 @@ impl Connection {
         }
         tracing::debug!(%reason, "closing");
         self.moved.clear();
-        let ids: Vec<CallId> = self.outgoing.drain().map(|(_, c)| c.id).collect();
-        for id in ids {
+        let calls: Vec<OutCall> = self.outgoing.drain().map(|(_, c)| c).collect();
+        for call in calls {
             self.call_failed(
-                id,
+                &call,
                 RemoteError::new(ErrorKind::ConnectionLost, reason.to_string()),
             );
         }
@@ -1648,7 +1659,7 @@ impl Connection {
         } else {
             self.error_reply(stream, "limit", e.to_string(), 0);
             if let Some(call) = self.take_outgoing(stream) {
-                self.call_failed(call.id, RemoteError::limit(e));
+                self.call_failed(&call, RemoteError::limit(e));
             }
             self.close_recv(stream);
             self.finish_stream(stream);
@@ -1696,16 +1707,18 @@ impl Connection {
             };
             return self.fail_incoming(stream, err);
         }
-        if ty == FrameType::Response as u8 && self.outgoing.contains_key(&stream) {
-            self.outgoing.remove(&stream);
-            self.close_recv(stream);
-            self.finish_stream(stream);
-            let err = match e {
-                MessageError::Limit(l) => RemoteError::limit(l),
-                e => RemoteError::new(ErrorKind::Protocol, format!("bad response: {e}")),
-            };
-            self.call_failed(stream, err);
-            return;
+        if ty == FrameType::Response as u8 {
+            if let Some(call) = self.take_outgoing(stream) {
+                self.close_recv(stream);
+                self.finish_stream(stream);
+                let err = match e {
+                    MessageError::Limit(l) => RemoteError::limit(l),
+                    e => RemoteError::new(ErrorKind::Protocol, format!("bad response: {e}")),
+                };
+                // By the call's id: a sealed call moved to a new stream keeps the first one's.
+                self.call_failed(&call, err);
+                return;
+            }
         }
         self.error_reply(stream, code, e.to_string(), ty);
     }
@@ -1723,7 +1736,7 @@ impl Connection {
                 self.finish_stream(stream);
             }
             self.call_failed(
-                call.id,
+                &call,
                 RemoteError::new(
                     ErrorKind::Protocol,
                     format!("{}: {}", reply.code, reply.message),
@@ -1963,6 +1976,7 @@ impl Connection {
                 }
                 self.events.push_back(Event::CallResult {
                     id: call.id,
+                    tag: call.tag,
                     result: resp.result,
                 });
             }

@@ -76,7 +76,7 @@
 //!         if t.fin { a.handle_stream_finished(t.stream, now) }
 //!     }
 //!     while let Some(e) = a.poll_event() {
-//!         if let Event::CallResult { id, result: r } = e {
+//!         if let Event::CallResult { id, result: r, .. } = e {
 //!             assert_eq!(id, call);
 //!             result = Some(r);
 //!         }

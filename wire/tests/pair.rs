@@ -144,7 +144,25 @@ fn a_moved_call_resends_a_sidecar_that_was_hashed_while_sent() {
 /// Two programs that do not fit the server's store together, called in turn; the third call
 /// (of the first program again, with `args`) finds the client's record of the server stale.
 fn stale_record_after_eviction(args: Vec<Portable>, tweak: fn(&mut Config)) {
-    // Server store fits one program only; a second program evicts the first.
+    let (mut pair, entry1, closure1_size) = evicted_pair(&args, tweak);
+    let before = pair.client.conn.stats().clone();
+    let (r, rtt) = pair.client_call(CallOptions::function(entry1, args.clone()));
+    assert_eq!(r, Ok(Portable::List(args)));
+    assert_eq!(rtt, 2, "request, want, push, response");
+    // Nothing was offered, so the request was sealed: the call moved to a new stream with
+    // the wanted blobs pushed ahead of it.
+    assert_eq!(pair.client.conn.stats().queries_sent, before.queries_sent);
+    let before = before.blob_bytes_sent;
+    assert_eq!(
+        pair.client.conn.stats().blob_bytes_sent - before,
+        closure1_size
+    );
+}
+
+/// A pair whose server store fits one program only, after calls (with `args`) of two: the
+/// client still believes the server holds the first program (returned with the size of its
+/// closure), which the second evicted.
+fn evicted_pair(args: &[Portable], tweak: fn(&mut Config)) -> (Pair, FunctionId, u64) {
     let (set1, entry1, closure1) = program(10, 4000);
     let (set2, entry2, _) = program(20, 4000);
     let server_store = BlobStore::new(size_of(&set1, &closure1) + 100).shared();
@@ -160,30 +178,34 @@ fn stale_record_after_eviction(args: Vec<Portable>, tweak: fn(&mut Config)) {
     let mut both = set1.clone();
     both.merge(&set2);
     pair.client.source = both;
-    assert_eq!(
-        pair.client_call(CallOptions::function(entry1, args.clone()))
-            .1,
-        2
-    );
-    assert_eq!(
-        pair.client_call(CallOptions::function(entry2, args.clone()))
-            .1,
-        2
-    );
-    // The client still believes the server holds program 1; it was evicted.
+    for entry in [entry1, entry2] {
+        assert_eq!(
+            pair.client_call(CallOptions::function(entry, args.to_vec()))
+                .1,
+            2
+        );
+    }
     assert!(pair.client.conn.peer_holds(&entry1.blob));
-    let before = pair.client.conn.stats().clone();
-    let (r, rtt) = pair.client_call(CallOptions::function(entry1, args.clone()));
-    assert_eq!(r, Ok(Portable::List(args)));
-    assert_eq!(rtt, 2, "request, want, push, response");
-    // Nothing was offered, so the request was sealed: the call moved to a new stream with
-    // the wanted blobs pushed ahead of it.
-    assert_eq!(pair.client.conn.stats().queries_sent, before.queries_sent);
-    let before = before.blob_bytes_sent;
-    assert_eq!(
-        pair.client.conn.stats().blob_bytes_sent - before,
-        size_of(&set1, &closure1)
-    );
+    (pair, entry1, size_of(&set1, &closure1))
+}
+
+#[test]
+fn a_moved_call_given_a_malformed_response_fails_under_its_own_id() {
+    let (mut pair, entry1, _) = evicted_pair(&args(), |_| {});
+    pair.server.auto = Auto::Manual;
+    pair.server.events.clear();
+    let id = pair
+        .client
+        .call(CallOptions::function(entry1, args()), pair.now);
+    // The server wants the evicted blobs: the sealed call moves to a new stream.
+    let moved = pair.run_until(|p| p.server.incoming()).id;
+    assert_ne!(moved, id);
+    // A response frame whose payload does not decode, on the stream the call moved to.
+    pair.inject_to_client(moved, vec![0x03, 0, 0, 0, 1, 0xc1], false);
+    let result = pair.run_until(|p| p.client.result(id));
+    let err = result.expect_err("a malformed response fails the call");
+    assert_eq!(err.kind, ErrorKind::Protocol);
+    assert!(err.message.contains("bad response"), "{}", err.message);
 }
 
 #[test]
@@ -1233,7 +1255,7 @@ fn a_call_made_before_hello_sends_its_sidecars_with_retain() {
     server.respond(inc.id, Ok(Portable::Nil));
     shuttle(&mut server, &mut client);
     assert!(std::iter::from_fn(|| client.poll_event())
-        .any(|e| matches!(e, Event::CallResult { id, result: Ok(_) } if id == first)));
+        .any(|e| matches!(e, Event::CallResult { id, result: Ok(_), .. } if id == first)));
     assert!(client.peer_holds_sidecar(&SidecarHash::of(&big)));
 
     // So the next call references it without sending it again.

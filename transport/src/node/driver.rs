@@ -407,7 +407,7 @@ impl DriverHandle {
         d.command(cmd);
         d.flush(self);
         let reading = match caller {
-            Some((token, waker)) if d.pending.len() == 1 && d.tokens.contains_key(&token) => {
+            Some((token, waker)) if d.pending.len() == 1 && d.pending.contains_key(&token) => {
                 self.route.set_caller(token, waker);
                 true
             }
@@ -455,7 +455,6 @@ pub(crate) fn spawn(
         wire,
         streams: Streams::new(conn.clone(), side),
         pending: IdMap::default(),
-        tokens: IdMap::default(),
         incoming: IdSet::default(),
         closed: false,
         armed_for: None,
@@ -490,9 +489,8 @@ struct Driver {
     cmds: mpsc::UnboundedReceiver<DriverCmd>,
     wire: Connection,
     streams: Streams,
-    /// Outgoing calls: wire id → (token, waiter).
-    pending: IdMap<CallId, (u64, oneshot::Sender<Result<Portable, RemoteError>>)>,
-    tokens: IdMap<u64, CallId>,
+    /// Outgoing calls: token (the wire's tag of the call) → (wire id, waiter).
+    pending: IdMap<u64, (CallId, oneshot::Sender<Result<Portable, RemoteError>>)>,
     /// Incoming calls handed to the VM thread, not yet answered or cancelled.
     incoming: IdSet<CallId>,
     closed: bool,
@@ -675,15 +673,19 @@ impl Driver {
 
     fn command(&mut self, cmd: DriverCmd) {
         match cmd {
-            DriverCmd::Call { token, opts, reply } => {
+            DriverCmd::Call {
+                token,
+                mut opts,
+                reply,
+            } => {
+                opts.tag = token;
                 let result = {
                     let code = self.shared.code.read().unwrap_or_else(|e| e.into_inner());
                     self.wire.start_call(opts, &*code, Instant::now())
                 };
                 match result {
                     Ok(id) => {
-                        self.pending.insert(id, (token, reply));
-                        self.tokens.insert(token, id);
+                        self.pending.insert(token, (id, reply));
                         if self.pending.len() == 1 {
                             // The only call: its caller may read its answer itself.
                             self.streams.watch(Some(id));
@@ -704,8 +706,7 @@ impl Driver {
                 }
             }
             DriverCmd::Cancel { token } => {
-                if let Some(id) = self.tokens.remove(&token) {
-                    self.pending.remove(&id);
+                if let Some((id, _)) = self.pending.remove(&token) {
                     self.wire.cancel(id);
                 }
             }
@@ -757,9 +758,8 @@ impl Driver {
                     call: Box::new(call),
                 });
             }
-            Event::CallResult { id, result } => {
-                if let Some((token, reply)) = self.pending.remove(&id) {
-                    self.tokens.remove(&token);
+            Event::CallResult { tag, result, .. } => {
+                if let Some((_, reply)) = self.pending.remove(&tag) {
                     let _ = reply.send(result);
                 }
             }

@@ -90,6 +90,7 @@ async fn attempt_all(shared: &Arc<Shared>, mut job: HopJob) -> Result<Portable, 
             context: context.clone(),
             deadline: None,
             hops: job.hops.clone(),
+            tag: 0,
         };
         match call_peer(shared, peer, opts, job.back.as_ref(), deadline).await {
             Ok(v) => return Ok(v),

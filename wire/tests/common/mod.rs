@@ -148,7 +148,7 @@ impl Node {
     /// Takes the result of an outgoing call, if it arrived.
     pub fn result(&mut self, id: CallId) -> Option<Result<Portable, skiff_wire::RemoteError>> {
         self.take_event(|e| match e {
-            Event::CallResult { id: i, result } if *i == id => Some(result.clone()),
+            Event::CallResult { id: i, result, .. } if *i == id => Some(result.clone()),
             _ => None,
         })
     }
