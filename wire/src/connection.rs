@@ -315,8 +315,8 @@ pub struct Stats {
     pub error_replies_sent: u64,
 }
 
-/// What a stream has received and not yet handled. Small (a map entry per stream): what only
-/// a large frame needs is boxed, and it and the sidecar map are absent until needed.
+/// What a stream has received and not yet handled. Small (it is part of every call's entry):
+/// what only a large frame or a sidecar needs is boxed, and absent until needed.
 #[derive(Default)]
 struct RecvState {
     /// A partial frame (not a large one once its buffer of exact size exists).
@@ -327,8 +327,32 @@ struct RecvState {
     /// The partial frame, if it is a large one (see [`LARGE_FRAME`]).
     large: Option<Box<LargeFrame>>,
     sidecar_bytes: u64,
-    /// The stream's sidecars until the message that references them is decoded.
-    sidecars: Option<HashMap<SidecarHash, Bytes>>,
+    /// The stream's sidecars until the message that references them is decoded. Boxed: a
+    /// map is 48 bytes that every call's entry would carry and move, for the few calls with
+    /// sidecars (which allocate for their data anyway).
+    #[allow(clippy::box_collection)]
+    sidecars: Option<Box<HashMap<SidecarHash, Bytes>>>,
+}
+
+/// The receive state of `stream` (`side` is ours), if it is read: the control stream's, or
+/// the state kept with the call on it. A free function, so that the caller keeps its other
+/// fields (the limits, the buffer pool) while it holds the state.
+fn recv_state<'a>(
+    side: Side,
+    control: &'a mut RecvState,
+    outgoing: &'a mut IdMap<StreamId, OutCall>,
+    incoming: &'a mut IdMap<StreamId, InCall>,
+    stream: StreamId,
+) -> Option<&'a mut RecvState> {
+    if stream == CONTROL_STREAM {
+        Some(control)
+    } else if stream.initiator() == side {
+        outgoing.get_mut(&stream).map(|call| &mut call.recv)
+    } else {
+        incoming
+            .get_mut(&stream)
+            .and_then(|call| call.recv.as_mut())
+    }
 }
 
 /// A large partial frame ([`LARGE_FRAME`]).
@@ -472,6 +496,8 @@ struct OutCall {
     id: CallId,
     /// [`CallOptions::tag`].
     tag: u64,
+    /// What arrived on the call's stream (its response), for as long as the call is out.
+    recv: RecvState,
     call_id: u64,
     /// The blobs the call ships; `None` when it references no function (a call of an
     /// exported name with plain values), which keeps such a call's entry small.
@@ -531,7 +557,10 @@ struct InCall {
     /// The request, while the call waits for blobs it wanted (a warm call never waits: its
     /// request goes straight to the node, so this is boxed to keep the entry small).
     request: Option<Box<CallRequest>>,
-    wanted: HashSet<BlobHash>,
+    /// Blobs asked for with `BlobWant` and not pushed yet. Boxed, and absent until the first
+    /// is asked for: a warm call asks for none, and its entry is moved into the map.
+    #[allow(clippy::box_collection)]
+    wanted: Option<Box<HashSet<BlobHash>>>,
     pinned: Vec<BlobHash>,
     blobs_received: usize,
     blob_bytes_received: u64,
@@ -543,6 +572,9 @@ struct InCall {
     /// The request was sealed, or the caller's fin came while the call ran: the response
     /// ends the call, with no evidence that it was read (docs/protocol.md §6).
     caller_finished: bool,
+    /// What arrives on the call's stream, until the caller's fin (after which more data is
+    /// ignored) or the call's end.
+    recv: Option<RecvState>,
 }
 
 /// The sans-IO protocol state of one connection.
@@ -564,7 +596,9 @@ pub struct Connection {
     arrived_digest: Option<SidecarHash>,
     /// The names calls from the peer carry (its own, the functions it calls).
     names: NameCache,
-    recv: IdMap<StreamId, RecvState>,
+    /// What arrives on the control stream. A call stream's is kept with its call
+    /// ([`OutCall::recv`], [`InCall::recv`]): a stream without a call has nothing to read.
+    control_recv: RecvState,
     outgoing: IdMap<StreamId, OutCall>,
     /// Sealed calls moved to a new stream: the call's id → the stream it runs on now.
     moved: IdMap<CallId, StreamId>,
@@ -641,7 +675,7 @@ impl Connection {
             remote_watermark: if side == Side::Server { 1 } else { 0 },
             remote_seen: Default::default(),
             next_call_id: 1,
-            recv: IdMap::default(),
+            control_recv: RecvState::default(),
             outgoing: IdMap::default(),
             moved: IdMap::default(),
             incoming: IdMap::default(),
@@ -1012,6 +1046,7 @@ impl Connection {
         let mut call = OutCall {
             id: stream,
             tag: opts.tag,
+            recv: RecvState::default(),
             call_id,
             blobs,
             deadline: opts.deadline.map(|d| now + d),
@@ -1035,7 +1070,6 @@ impl Connection {
         let deadline = call.deadline;
         self.outgoing.insert(stream, call);
         self.track_deadline(stream, deadline);
-        self.recv.insert(stream, RecvState::default());
         Ok(stream)
     }
 
@@ -1149,7 +1183,8 @@ impl Connection {
             self.outgoing.insert(stream, call); // moved before
             return;
         }
-        self.close_recv(stream);
+        // What arrived on the old stream is dropped with it.
+        call.recv = RecvState::default();
         let mut frames = FrameList::new();
         for h in wanted {
             self.peer_blobs.remove(h);
@@ -1179,7 +1214,6 @@ impl Connection {
         let deadline = call.deadline;
         self.outgoing.insert(moved, call);
         self.track_deadline(moved, deadline);
-        self.recv.insert(moved, RecvState::default());
     }
 
     /// Removes the outgoing call on `stream` (and its alias, if it moved there).
@@ -1227,7 +1261,6 @@ impl Connection {
                     self.emit(stream, f, true);
                 }
             }
-            self.close_recv(stream);
             self.call_failed(&call, RemoteError::new(kind, message));
         }
     }
@@ -1284,7 +1317,6 @@ impl Connection {
         let caller_finished = self.incoming.get(&id).is_some_and(|c| c.caller_finished);
         if pending.is_empty() || caller_finished {
             self.remove_incoming(id);
-            self.close_recv(id);
         } else if let Some(call) = self.incoming.get_mut(&id) {
             call.phase = Phase::Responded;
             call.retained_pending = pending;
@@ -1339,15 +1371,9 @@ impl Connection {
             .is_some_and(|c| c.phase == Phase::Running);
         self.release_pins(id);
         self.remove_incoming(id);
-        self.close_recv(id);
         if running {
             self.events.push_back(Event::CallCancelled { id, reason });
         }
-    }
-
-    fn close_recv(&mut self, id: StreamId) {
-        // Closed streams need no state: late data on them is recognised by id.
-        self.recv.remove(&id);
     }
 
     // -----------------------------------------------------------------------------------
@@ -1374,7 +1400,13 @@ impl Connection {
             let mut digest = None;
             let max_frame = self.config.limits.max_frame;
             let pool = &self.config.recv_buffers;
-            let Some(st) = self.recv.get_mut(&stream) else {
+            let Some(st) = recv_state(
+                self.side,
+                &mut self.control_recv,
+                &mut self.outgoing,
+                &mut self.incoming,
+                stream,
+            ) else {
                 return;
             };
             let max_sidecar = self
@@ -1482,7 +1514,6 @@ impl Connection {
                         self.peer_sidecars.extend(pending);
                     }
                     self.remove_incoming(stream);
-                    self.close_recv(stream);
                 }
                 Phase::Receiving | Phase::Waiting => self.fail_incoming(
                     stream,
@@ -1495,11 +1526,10 @@ impl Connection {
                     // Nothing more will arrive (a sealed call, or a caller that gave up
                     // waiting for its own reasons); the response then waits for nothing.
                     call.caller_finished = true;
-                    self.close_recv(stream);
+                    call.recv = None;
                 }
             }
         } else if let Some(call) = self.take_outgoing(stream) {
-            self.close_recv(stream);
             self.call_failed(
                 &call,
                 RemoteError::new(
@@ -1516,7 +1546,6 @@ impl Connection {
         if self.incoming.contains_key(&stream) {
             self.drop_incoming(stream, ErrorKind::Cancelled);
         } else if let Some(call) = self.take_outgoing(stream) {
-            self.close_recv(stream);
             self.call_failed(
                 &call,
                 RemoteError::new(
@@ -1550,7 +1579,7 @@ impl Connection {
         for id in ids {
             self.drop_incoming(id, ErrorKind::ConnectionLost);
         }
-        self.recv.clear();
+        self.control_recv = RecvState::default();
         self.held.clear();
         self.closed = Some(reason.clone());
         self.events.push_back(Event::Closed(reason));
@@ -1589,14 +1618,14 @@ impl Connection {
     /// Registers a stream we have not seen; false if its data must be ignored.
     fn accept_stream(&mut self, stream: StreamId) -> bool {
         if stream == CONTROL_STREAM {
-            self.recv.entry(stream).or_default();
-            return true;
-        }
-        if self.recv.contains_key(&stream) {
             return true;
         }
         if stream.initiator() == self.side {
-            return false; // one of ours, finished
+            // One of ours: read while its call is out.
+            return self.outgoing.contains_key(&stream);
+        }
+        if let Some(call) = self.incoming.get(&stream) {
+            return call.recv.is_some();
         }
         let index = stream.index();
         if index < self.remote_watermark || self.remote_seen.contains(&index) {
@@ -1634,7 +1663,7 @@ impl Connection {
                 call_id: 0,
                 phase: Phase::Receiving,
                 request: None,
-                wanted: HashSet::new(),
+                wanted: None,
                 pinned: Vec::new(),
                 blobs_received: 0,
                 blob_bytes_received: 0,
@@ -1643,9 +1672,9 @@ impl Connection {
                 retained_pending: Vec::new(),
                 reject,
                 caller_finished: false,
+                recv: Some(RecvState::default()),
             },
         );
-        self.recv.insert(stream, RecvState::default());
         true
     }
 
@@ -1661,7 +1690,6 @@ impl Connection {
             if let Some(call) = self.take_outgoing(stream) {
                 self.call_failed(&call, RemoteError::limit(e));
             }
-            self.close_recv(stream);
             self.finish_stream(stream);
         }
     }
@@ -1709,7 +1737,6 @@ impl Connection {
         }
         if ty == FrameType::Response as u8 {
             if let Some(call) = self.take_outgoing(stream) {
-                self.close_recv(stream);
                 self.finish_stream(stream);
                 let err = match e {
                     MessageError::Limit(l) => RemoteError::limit(l),
@@ -1731,7 +1758,6 @@ impl Connection {
             )));
         }
         if let Some(call) = self.take_outgoing(stream) {
-            self.close_recv(stream);
             if !call.sealed {
                 self.finish_stream(stream);
             }
@@ -1876,7 +1902,13 @@ impl Connection {
             self.peer_sidecars.insert(hash);
             self.dedup_lens.insert(data.len());
         }
-        if let Some(r) = self.recv.get_mut(&stream) {
+        if let Some(r) = recv_state(
+            self.side,
+            &mut self.control_recv,
+            &mut self.outgoing,
+            &mut self.incoming,
+            stream,
+        ) {
             r.sidecars.get_or_insert_default().insert(hash, data);
         }
         Ok(())
@@ -1969,7 +2001,6 @@ impl Connection {
                 if !call.retained_pending.is_empty() {
                     self.peer_sidecars.extend(call.retained_pending);
                 }
-                self.close_recv(stream);
                 if !call.sealed {
                     // Evidence for the callee that we read its response (§6).
                     self.finish_stream(stream);
@@ -2010,8 +2041,7 @@ impl Connection {
                     for h in hashes {
                         if store.pin(&h) {
                             call.pinned.push(h);
-                        } else if !call.wanted.contains(&h) {
-                            call.wanted.insert(h);
+                        } else if call.wanted.get_or_insert_default().insert(h) {
                             want.push(h);
                         }
                     }
@@ -2120,8 +2150,12 @@ impl Connection {
                 self.peer_blobs.insert(hash);
                 if let Some(call) = self.incoming.get_mut(&stream) {
                     call.pinned.push(hash);
-                    call.wanted.remove(&hash);
-                    if call.phase == Phase::Waiting && call.wanted.is_empty() {
+                    if let Some(wanted) = call.wanted.as_mut() {
+                        wanted.remove(&hash);
+                    }
+                    if call.phase == Phase::Waiting
+                        && call.wanted.as_ref().is_none_or(|w| w.is_empty())
+                    {
                         if let Some(req) = call.request.take() {
                             self.try_start(stream, *req, now);
                         }
@@ -2168,7 +2202,7 @@ impl Connection {
             .map_or(max_ms, |ms| Duration::from_millis(ms).min(max_ms));
         call.deadline = Some(now + allowed);
         call.phase = Phase::Waiting;
-        if call.wanted.is_empty() {
+        if call.wanted.as_ref().is_none_or(|w| w.is_empty()) {
             self.track_deadline(stream, Some(now + allowed));
             self.try_start(stream, req, now);
         } else {
@@ -2210,7 +2244,9 @@ impl Connection {
                 return self.fail_incoming(stream, RemoteError::limit(e));
             }
             call.want_rounds += 1;
-            call.wanted.extend(missing.iter().copied());
+            call.wanted
+                .get_or_insert_default()
+                .extend(missing.iter().copied());
             call.request = Some(Box::new(req));
             self.stats.wants_sent += 1;
             let f = encode_message(&Message::BlobWant(missing), usize::MAX, &mut Vec::new());
