@@ -44,7 +44,7 @@ use crate::names::NameCache;
 use crate::pool::BufferPool;
 use crate::store::{closure, missing_from, BlobSource, SharedStore, StoreError, Verifier};
 use crate::value::{fill_refs, SidecarHash, SidecarHasher, UnhashedSidecar};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use skiff_vm::{BlobHash, FunctionId, Portable};
 use smallvec::SmallVec;
 use std::cmp::Reverse;
@@ -1414,7 +1414,7 @@ impl Connection {
                 .limits
                 .max_sidecar_bytes_per_call
                 .saturating_sub(st.sidecar_bytes);
-            let (frame, ty, payload) = if st.buffered() == 0 {
+            let (mut frame, ty, payload) = if st.buffered() == 0 {
                 match decode_frame(&input, max_frame, max_sidecar) {
                     Err(e) => return self.stream_fatal(stream, e),
                     Ok(FrameStatus::NeedMore(total)) => {
@@ -1424,7 +1424,13 @@ impl Connection {
                         return;
                     }
                     Ok(FrameStatus::Complete { ty, payload }) => {
-                        let frame = input.split_to(payload.end);
+                        // Usually the frame is all of `input`: taken, not split off (a
+                        // split shares the buffer by its reference count).
+                        let frame = if payload.end == input.len() {
+                            std::mem::take(&mut input)
+                        } else {
+                            input.split_to(payload.end)
+                        };
                         (frame, ty, payload)
                     }
                 }
@@ -1458,7 +1464,10 @@ impl Connection {
                 st.sidecar_bytes += sidecar_charge(payload.len().saturating_sub(framing));
             }
             self.stats.frames_received += 1;
-            let payload = frame.slice(payload);
+            // The payload is the frame trimmed in place (no reference count taken).
+            frame.truncate(payload.end);
+            frame.advance(payload.start);
+            let payload = frame;
             let decoded = {
                 let local = st.sidecars.as_ref();
                 let retained = &self.retained;
