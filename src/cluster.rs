@@ -242,7 +242,7 @@ impl LocalCluster {
                     &here.store,
                     linked,
                     &args,
-                    info,
+                    &info,
                     limits,
                     io,
                     DEFAULT_SLICE,

@@ -476,7 +476,7 @@ fn a_quick_run_is_a_start_and_a_run_that_builds_no_execution_for_a_call_ending_a
             &store,
             link(f),
             args,
-            NodeInfo::default(),
+            &NodeInfo::default(),
             limits.clone(),
             captured(&quick_io),
             slice,

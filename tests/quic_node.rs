@@ -105,6 +105,32 @@ async fn peers_reports_a_peer_added_while_the_node_runs() {
     shutdown(nodes).await;
 }
 
+/// The same for a call answered inline, whose run sees the node through state kept on
+/// the connection's thread from one call to the next (one thread here, so every call meets
+/// the state the one before it left).
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_answer_sees_a_peer_added_after_the_last_one() {
+    let nodes = cluster(&["b"], Setup::default()).await;
+    nodes[1]
+        .load(&compile("fn who() { [caller(), peers()] }"))
+        .await
+        .unwrap();
+    let who = || nodes[0].call("b", "who", vec![], None);
+    let inline = || nodes[1].counters().calls_inline;
+    let main_only = list(vec![s("main"), list(vec![s("main")])]);
+    assert_eq!(who().await.unwrap(), main_only);
+    assert_eq!(inline(), 1, "answered inline");
+    nodes[1].add_peer(dead_peer());
+    let with_dead = list(vec![s("main"), list(vec![s("dead"), s("main")])]);
+    assert_eq!(who().await.unwrap(), with_dead);
+    assert_eq!(
+        inline(),
+        2,
+        "answered inline, with the peer table as it is now"
+    );
+    shutdown(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_skips_a_dead_peer_and_else_runs_when_all_fail() {
     let setup = Setup {

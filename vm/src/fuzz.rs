@@ -194,7 +194,7 @@ fn run(
         }
         Start::Quick => {
             let slice = slice.unwrap_or(DEFAULT_SLICE);
-            match Execution::run_quick(engine, store, linked, &args, node, limits, io, slice, now)
+            match Execution::run_quick(engine, store, linked, &args, &node, limits, io, slice, now)
                 .ok()?
             {
                 QuickRun::Done(value) => (None, Status::Done(value)),

@@ -30,12 +30,14 @@
 
 use super::Shared;
 use skiff_vm::interp::program::{LinkCache, Linked};
+use skiff_vm::native::NodeInfo;
 use skiff_vm::{CodeStore, Engine, ExecIo, Execution, FunctionId, Portable, QuickRun};
 use skiff_wire::idmap::NameMap;
 use skiff_wire::{IncomingCall, Target};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -67,6 +69,9 @@ struct Runner {
     node: Weak<Shared>,
     /// The code this state was built from; a new snapshot starts the state over.
     code: Arc<InlineCode>,
+    /// The node's [`Shared::inline_generation`] when `code` was taken (the code may be that
+    /// generation's or a later one's: a later one only starts the state over once more).
+    generation: u64,
     /// Builtins, and the node's effect-free host natives.
     engine: Engine,
     /// The names of those host natives.
@@ -79,6 +84,9 @@ struct Runner {
     /// The last function judged answerable, if its judgment still holds: its calls skip
     /// the search of `checked` (a warm peer mostly calls one function over and over).
     last_answerable: Option<FunctionId>,
+    /// The node as the last run saw it, with the [`Shared::peers_generation`] it was made
+    /// at.
+    info: Option<(u64, NodeInfo)>,
 }
 
 thread_local! {
@@ -117,12 +125,6 @@ pub(crate) fn try_answer(
         return None;
     }
     let perms = shared.permissions_for(peer.map(|p| &**p));
-    let code = shared.inline_code();
-    let func = match &call.target {
-        Target::Name(name) if perms.call_exported => *code.exports.get(&**name)?,
-        Target::Function(f) if perms.ship_code => *f,
-        _ => return None,
-    };
     let mut functions = Vec::new();
     for a in &call.args {
         a.functions(&mut functions);
@@ -134,24 +136,27 @@ pub(crate) fn try_answer(
     RUNNERS
         .try_with(|runners| {
             let mut runners = runners.try_borrow_mut().ok()?;
-            let runner = runner_for(&mut runners, shared, code);
+            let runner = runner_for(&mut runners, shared);
+            let func = match &call.target {
+                Target::Name(name) if perms.call_exported => *runner.code.exports.get(&**name)?,
+                Target::Function(f) if perms.ship_code => *f,
+                _ => return None,
+            };
             runner.run(shared, peer, call, func)
         })
         .ok()
         .flatten()
 }
 
-/// This thread's runner for `shared`, made (or started over) for `code`.
-fn runner_for<'a>(
-    runners: &'a mut Vec<Runner>,
-    shared: &Arc<Shared>,
-    code: Arc<InlineCode>,
-) -> &'a mut Runner {
+/// This thread's runner for `shared`, made (or started over) for the node's latest code.
+fn runner_for<'a>(runners: &'a mut Vec<Runner>, shared: &Arc<Shared>) -> &'a mut Runner {
+    // The generation, not the snapshot: checking it takes no lock and no reference count.
+    let generation = shared.inline_generation.load(Ordering::Acquire);
     let at = match runners
         .iter()
         .position(|r| std::ptr::eq(r.node.as_ptr(), Arc::as_ptr(shared)))
     {
-        Some(at) if Arc::ptr_eq(&runners[at].code, &code) => at,
+        Some(at) if runners[at].generation == generation => at,
         found => {
             if let Some(at) = found {
                 runners.remove(at);
@@ -162,7 +167,8 @@ fn runner_for<'a>(
             }
             runners.push(Runner {
                 node: Arc::downgrade(shared),
-                code,
+                generation,
+                code: shared.inline_code(),
                 engine: super::engine_with(&shared.inline_natives),
                 effect_free_natives: shared
                     .inline_natives
@@ -172,6 +178,7 @@ fn runner_for<'a>(
                 links: LinkCache::with_limit(RUNNER_LINK_INSTRUCTIONS),
                 checked: BTreeMap::new(),
                 last_answerable: None,
+                info: None,
             });
             runners.len() - 1
         }
@@ -234,7 +241,22 @@ impl Runner {
     ) -> Option<Portable> {
         let linked = self.answerable(func)?;
         let limits = shared.limits_for(call);
-        let info = shared.node_info(Some(super::caller_name(peer, call)));
+        // What the run sees of the node: kept while the caller (the same shared name) and
+        // the peer table stay, so that a call takes no lock and no reference count for it.
+        let caller = peer.unwrap_or(&call.caller);
+        let peers = shared.peers_generation.load(Ordering::Acquire);
+        let info = match &mut self.info {
+            Some((at, info))
+                if *at == peers && info.caller.as_ref().is_some_and(|c| Arc::ptr_eq(c, caller)) =>
+            {
+                info
+            }
+            slot => {
+                &slot
+                    .insert((peers, shared.node_info(Some(caller.clone()))))
+                    .1
+            }
+        };
         WROTE.set(false);
         let io = ExecIo {
             out: Box::new(Noted),

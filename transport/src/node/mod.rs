@@ -336,6 +336,7 @@ pub(crate) struct Shared {
     /// Set when shutdown begins: new connections and calls are refused.
     closing: AtomicBool,
     next_token: AtomicU64,
+    /// Calls served on the VM thread; `inline` counts the others (one count per call).
     served: AtomicU64,
     inline: AtomicU64,
     read_by_caller: AtomicU64,
@@ -345,8 +346,13 @@ pub(crate) struct Shared {
     code_blobs: AtomicU64,
     /// [`Shared::peer_names`], until the peer table changes.
     peer_names: Mutex<Option<Arc<[String]>>>,
+    /// Bumped after each change of the peer table, which `peer_names` then no longer is.
+    peers_generation: AtomicU64,
     /// The VM thread's code, for calls answered inline (`inline.rs`).
     inline_code: Mutex<Arc<inline::InlineCode>>,
+    /// Bumped after each change of `inline_code`: a thread's inline state checks it, not
+    /// the snapshot, on every call.
+    inline_generation: AtomicU64,
     /// The host natives declared effect-free, which inline runs may call.
     inline_natives: Vec<(String, SendNative)>,
 }
@@ -390,6 +396,7 @@ impl Shared {
 
     fn set_inline_code(&self, code: inline::InlineCode) {
         *self.inline_code.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(code);
+        self.inline_generation.fetch_add(1, Ordering::Release);
     }
 
     fn note_served(&self) {
@@ -399,7 +406,6 @@ impl Shared {
 
     /// A call answered inline: served and ended at once.
     fn note_inline(&self) {
-        self.served.fetch_add(1, Ordering::Relaxed);
         self.inline.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -648,7 +654,9 @@ impl Node {
             active: AtomicU64::new(0),
             code_blobs: AtomicU64::new(0),
             peer_names: Mutex::new(None),
+            peers_generation: AtomicU64::new(0),
             inline_code: Mutex::default(),
+            inline_generation: AtomicU64::new(0),
             inline_natives: config
                 .natives
                 .iter()
@@ -706,6 +714,7 @@ impl Node {
             .peer_names
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.peers_generation.fetch_add(1, Ordering::Release);
     }
 
     /// Loads a module: its code becomes runnable here and its top-level functions are
@@ -827,7 +836,8 @@ impl Node {
     /// Counters of calls served here.
     pub fn counters(&self) -> NodeCounters {
         NodeCounters {
-            calls_served: self.shared.served.load(Ordering::Relaxed),
+            calls_served: self.shared.served.load(Ordering::Relaxed)
+                + self.shared.inline.load(Ordering::Relaxed),
             calls_inline: self.shared.inline.load(Ordering::Relaxed),
             answers_read_by_caller: self.shared.read_by_caller.load(Ordering::Relaxed),
             calls_cancelled: self.shared.cancelled.load(Ordering::Relaxed),

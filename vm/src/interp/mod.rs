@@ -829,14 +829,15 @@ impl Execution {
     /// around it (no task table, scheduler or state between runs): for a small call, that
     /// is most of the cost of starting, running and dropping an execution. Every other call
     /// gets the execution as that first run leaves it, and its later runs get `slice`
-    /// instructions each too.
+    /// instructions each too. `node` is borrowed: a run that ends here needs no copy of it
+    /// (an execution built to go on takes one).
     #[allow(clippy::too_many_arguments)]
     pub fn run_quick(
         engine: &Engine,
         store: &CodeStore,
         linked: Linked,
         args: &[Portable],
-        node: NodeInfo,
+        node: &NodeInfo,
         limits: Limits,
         mut io: ExecIo,
         slice: u64,
@@ -846,6 +847,7 @@ impl Execution {
             .deadline
             .is_some_and(|d| now >= d || Instant::now() >= d)
         {
+            let node = node.clone();
             let mut exec = Execution::start_linked(engine, store, linked, args, node, limits, io)?;
             exec.slice = slice;
             return Ok(QuickRun::Started(exec.run(now), Box::new(exec)));
@@ -872,7 +874,7 @@ impl Execution {
                 pending: &mut pending,
                 next_request: &mut next_request,
                 out: &mut *io.out,
-                node: &node,
+                node,
                 now,
                 max_depth: limits.max_depth,
                 check_heap: heap_limit.is_some(),
@@ -912,7 +914,7 @@ impl Execution {
             store,
             program,
             (tasks, queue),
-            node,
+            node.clone(),
             limits,
             io,
             heap_limit,
