@@ -42,7 +42,7 @@
 use super::inline;
 use super::streams::{Input, Streams};
 use super::vm::VmMsg;
-use super::Shared;
+use super::{CodeWhenAsked, Shared};
 use skiff_vm::Portable;
 use skiff_wire::idmap::{IdMap, IdSet};
 use skiff_wire::{
@@ -282,7 +282,8 @@ impl Future for AwaitReply<'_> {
         // With the same waker, the route needs no renewal: its wake-ups still reach this
         // caller, or the task, which then answers through `rx`. Else the check follows the
         // renewal, so a wake-up after it polls this caller again.
-        if std::mem::take(&mut this.reading)
+        let was_reading = std::mem::take(&mut this.reading);
+        if was_reading
             && !link.route.woken.load(Ordering::Acquire)
             && (this.registered(cx)
                 || (link.route.renew_caller(this.token, cx.waker())
@@ -302,10 +303,16 @@ impl Future for AwaitReply<'_> {
                     // wake-up of itself would only schedule it again (on a multi-thread
                     // runtime, as a task other workers are woken to take). So `rx` holds a
                     // no-op waker while it reads, and its waker again once it waits.
+                    // A caller that read when last polled, with this same waker, is still
+                    // where the route leads (unless a later call cleared it: then the task
+                    // reads, and answers through `rx`), so the route is left as it is.
+                    let routed = was_reading && this.registered(cx);
                     if let Some(r) = this.quiet() {
                         return Poll::Ready(r);
                     }
-                    link.route.set_caller(this.token, cx.waker());
+                    if !routed {
+                        link.route.set_caller(this.token, cx.waker());
+                    }
                     let more = d.read_streams();
                     d.flush(link);
                     d.wake_task_if_needed(more);
@@ -679,10 +686,9 @@ impl Driver {
                 reply,
             } => {
                 opts.tag = token;
-                let result = {
-                    let code = self.shared.code.read().unwrap_or_else(|e| e.into_inner());
-                    self.wire.start_call(opts, &*code, Instant::now())
-                };
+                let code = CodeWhenAsked::new(&self.shared.code);
+                let result = self.wire.start_call(opts, &code, Instant::now());
+                drop(code);
                 match result {
                     Ok(id) => {
                         self.pending.insert(token, (id, reply));

@@ -63,10 +63,11 @@ use skiff_vm::{Blob, BlobHash, ExecError, ExecIo, FunctionId, Limits, Module, Po
 use skiff_wire::idmap::NameMap;
 use skiff_wire::{BlobSource, CallOptions, IncomingCall, SharedStore, Side, Stats};
 use spawner::Spawner;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
@@ -278,6 +279,36 @@ impl BlobSource for CodeMap {
     }
     fn blob_deps(&self, hash: &BlobHash) -> Option<Vec<BlobHash>> {
         self.blobs.get(hash).map(|(_, d)| d.clone())
+    }
+}
+
+/// The node's code as a [`BlobSource`] that takes its read lock at the first blob asked
+/// for, and holds it from then on: a call that ships no function (most do not) takes none.
+pub(crate) struct CodeWhenAsked<'a> {
+    code: &'a RwLock<CodeMap>,
+    held: OnceCell<RwLockReadGuard<'a, CodeMap>>,
+}
+
+impl<'a> CodeWhenAsked<'a> {
+    pub(crate) fn new(code: &'a RwLock<CodeMap>) -> CodeWhenAsked<'a> {
+        CodeWhenAsked {
+            code,
+            held: OnceCell::new(),
+        }
+    }
+
+    fn map(&self) -> &CodeMap {
+        self.held
+            .get_or_init(|| self.code.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl BlobSource for CodeWhenAsked<'_> {
+    fn blob_bytes(&self, hash: &BlobHash) -> Option<Bytes> {
+        self.map().blob_bytes(hash)
+    }
+    fn blob_deps(&self, hash: &BlobHash) -> Option<Vec<BlobHash>> {
+        self.map().blob_deps(hash)
     }
 }
 
