@@ -1476,7 +1476,13 @@ impl Connection {
                         .and_then(|m| m.get(h).cloned())
                         .or_else(|| retained.get(h).cloned())
                 };
-                decode_message(ty, &payload, &self.config.limits, &lookup, &mut self.names)
+                decode_message(
+                    ty,
+                    &payload,
+                    &self.config.limits,
+                    &lookup,
+                    Some(&mut self.names),
+                )
             };
             if matches!(decoded, Ok(Message::Call(_) | Message::Response(_))) {
                 // The one message of the stream that references its sidecars holds them now;

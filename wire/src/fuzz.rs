@@ -42,15 +42,20 @@ pub fn fuzz_frames(bytes: &[u8]) {
         ) {
             Ok(FrameStatus::Complete { ty, payload }) => {
                 let p = buf.slice(pos + payload.start..pos + payload.end);
-                if let Ok(msg) = decode_message(ty, &p, &limits, &|_| None, &mut names) {
+                if let Ok(msg) = decode_message(ty, &p, &limits, &|_| None, Some(&mut names)) {
                     // Whatever decodes must re-encode and decode to the same message.
                     let again = encode_plain(&msg);
                     let f = Bytes::from(again);
                     if let Ok(FrameStatus::Complete { ty, payload }) =
                         decode_frame(&f, u32::MAX, u64::MAX)
                     {
-                        let m2 =
-                            decode_message(ty, &f.slice(payload), &limits, &|_| None, &mut names);
+                        let m2 = decode_message(
+                            ty,
+                            &f.slice(payload),
+                            &limits,
+                            &|_| None,
+                            Some(&mut names),
+                        );
                         if !matches!(msg, Message::Call(_) | Message::Response(_)) {
                             assert_eq!(m2.as_ref().ok(), Some(&msg), "re-encode differs");
                         }

@@ -850,14 +850,15 @@ fn hashes(list: Vec<HashBin>, limits: &Limits) -> Result<Vec<BlobHash>, MessageE
 }
 
 /// Decodes a frame payload of type `ty`. Sidecar references in values are resolved with
-/// `sidecars`; a call's target and caller names come from `names` when it holds them. Pure
-/// but for `names`: no I/O, no panics, allocations bounded by the payload.
+/// `sidecars`; a call's target and caller names come from `names` when it holds them (a
+/// connection's cache; `None` for a one-off decode, which a cache left cold would only
+/// slow down). Pure but for `names`: no I/O, no panics, allocations bounded by the payload.
 pub fn decode_message(
     ty: u8,
     payload: &Bytes,
     limits: &Limits,
     sidecars: SidecarLookup<'_>,
-    names: &mut NameCache,
+    mut names: Option<&mut NameCache>,
 ) -> Result<Message, MessageError> {
     let fty = FrameType::from_u8(ty).ok_or(MessageError::UnknownType(ty))?;
     let p: &[u8] = payload;
@@ -883,6 +884,10 @@ pub fn decode_message(
                 .map_err(value_err)?
                 .ok_or_else(|| malformed(fty, "args must be an array"))?;
             exact(fty, p, n)?;
+            let mut name = |n: &str| match names.as_deref_mut() {
+                Some(cache) => cache.get(n),
+                None => Arc::from(n),
+            };
             Ok(Message::Call(CallRequest {
                 call_id: h.call_id,
                 target: match h.target {
@@ -890,10 +895,10 @@ pub fn decode_message(
                         blob: BlobHash(hash.0),
                         member,
                     }),
-                    TargetWire::Name(n) => Target::Name(names.get(&n)),
+                    TargetWire::Name(n) => Target::Name(name(&n)),
                 },
                 deadline_ms: h.deadline_ms,
-                caller: names.get(&h.caller),
+                caller: name(&h.caller),
                 hops: h.hops.into_owned(),
                 sealed: h.sealed,
                 context,
@@ -998,13 +1003,7 @@ pub fn decode_frame_exact(frame: &Bytes, limits: &Limits) -> Result<Message, Mes
                     n: frame.len() - payload.end,
                 });
             }
-            decode_message(
-                ty,
-                &frame.slice(payload),
-                limits,
-                &|_| None,
-                &mut NameCache::default(),
-            )
+            decode_message(ty, &frame.slice(payload), limits, &|_| None, None)
         }
     }
 }
