@@ -2,9 +2,9 @@
 //! calls by name — kept once and shared by the calls that carry them, instead of each
 //! call allocating (and dropping) copies of the same few strings.
 //!
-//! Invariants: the cache holds at most [`NAMES`] names, each at most [`MAX_NAME`] bytes
-//! (a longer name is returned fresh and not kept), so a peer sending distinct names only
-//! replaces entries and never grows it. A name returned is always equal to the one asked
+//! Invariants: the cache holds at most 8 names (`NAMES`), each at most 64 bytes
+//! (`MAX_NAME`; a longer name is returned fresh and not kept), so a peer sending distinct
+//! names only replaces entries and never grows it. A name returned is always equal to the one asked
 //! for.
 
 use std::sync::Arc;
