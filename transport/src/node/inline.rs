@@ -24,6 +24,8 @@
 //!   argument is a function. Each check that fails sends the call on, never refuses it, so
 //!   every refusal and error still comes from the VM thread.
 //! - Limits are the VM thread's: the node's limits with the caller's deadline.
+//! - A run sees the node as the VM thread's would (`here`, `caller`, `peers`): the view a
+//!   thread keeps is made again when the caller or the peer table (its generation) changes.
 //! - A thread keeps state for at most [`RUNNERS_PER_THREAD`] nodes, each with at most
 //!   [`RUNNER_LINK_INSTRUCTIONS`] of linked code, and starts a node's state over when the
 //!   node's code changes; the state of a node gone is dropped first when room is needed.
