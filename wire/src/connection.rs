@@ -577,6 +577,13 @@ struct InCall {
     recv: Option<RecvState>,
 }
 
+impl InCall {
+    /// No blob asked for is still missing.
+    fn wants_nothing(&self) -> bool {
+        self.wanted.as_ref().is_none_or(|w| w.is_empty())
+    }
+}
+
 /// The sans-IO protocol state of one connection.
 pub struct Connection {
     side: Side,
@@ -1525,7 +1532,7 @@ impl Connection {
                 Phase::Responded => {
                     // Evidence: the caller read our whole response, sidecars included.
                     if !call.retained_pending.is_empty() {
-                        let pending = call.retained_pending.clone();
+                        let pending = std::mem::take(&mut call.retained_pending);
                         self.peer_sidecars.extend(pending);
                     }
                     self.remove_incoming(stream);
@@ -2168,9 +2175,7 @@ impl Connection {
                     if let Some(wanted) = call.wanted.as_mut() {
                         wanted.remove(&hash);
                     }
-                    if call.phase == Phase::Waiting
-                        && call.wanted.as_ref().is_none_or(|w| w.is_empty())
-                    {
+                    if call.phase == Phase::Waiting && call.wants_nothing() {
                         if let Some(req) = call.request.take() {
                             self.try_start(stream, *req, now);
                         }
@@ -2217,7 +2222,7 @@ impl Connection {
             .map_or(max_ms, |ms| Duration::from_millis(ms).min(max_ms));
         call.deadline = Some(now + allowed);
         call.phase = Phase::Waiting;
-        if call.wanted.as_ref().is_none_or(|w| w.is_empty()) {
+        if call.wants_nothing() {
             self.track_deadline(stream, Some(now + allowed));
             self.try_start(stream, req, now);
         } else {

@@ -66,9 +66,8 @@ const ROUNDS: usize = 8;
 
 /// What the node asks of a connection's driver.
 pub(crate) enum DriverCmd {
-    /// Start an outgoing call; the result goes to `reply`.
+    /// Start an outgoing call; the result goes to `reply`. Its token is `opts.tag`.
     Call {
-        token: u64,
         opts: CallOptions,
         reply: oneshot::Sender<Result<Portable, RemoteError>>,
     },
@@ -376,14 +375,16 @@ impl DriverHandle {
     pub fn call(
         &self,
         token: u64,
-        opts: CallOptions,
+        mut opts: CallOptions,
     ) -> impl Future<Output = Option<Result<Portable, RemoteError>>> + '_ {
         let (reply, rx) = oneshot::channel();
+        // The wire gives the token back with the call's result.
+        opts.tag = token;
         // The waiter itself, not an `async` block around it: one state machine fewer to
         // step through at each of the caller's polls.
         AwaitReply {
             link: self,
-            call: Some(DriverCmd::Call { token, opts, reply }),
+            call: Some(DriverCmd::Call { opts, reply }),
             token,
             rx,
             waker: None,
@@ -680,12 +681,8 @@ impl Driver {
 
     fn command(&mut self, cmd: DriverCmd) {
         match cmd {
-            DriverCmd::Call {
-                token,
-                mut opts,
-                reply,
-            } => {
-                opts.tag = token;
+            DriverCmd::Call { opts, reply } => {
+                let token = opts.tag;
                 let code = CodeWhenAsked::new(&self.shared.code);
                 let result = self.wire.start_call(opts, &code, Instant::now());
                 drop(code);

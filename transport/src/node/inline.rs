@@ -245,7 +245,7 @@ impl Runner {
         let limits = shared.limits_for(call);
         // What the run sees of the node: kept while the caller (the same shared name) and
         // the peer table stay, so that a call takes no lock and no reference count for it.
-        let caller = peer.unwrap_or(&call.caller);
+        let caller = super::caller_name(peer, call);
         let peers = shared.peers_generation.load(Ordering::Acquire);
         let info = match &mut self.info {
             Some((at, info))

@@ -232,8 +232,8 @@ fn engine_with(natives: &[(String, SendNative)]) -> skiff_vm::Engine {
 
 /// Who made an incoming call: the connection's authenticated peer, else the name the call
 /// gives (an unidentified client's).
-fn caller_name(peer: Option<&Arc<str>>, call: &IncomingCall) -> Arc<str> {
-    peer.unwrap_or(&call.caller).clone()
+fn caller_name<'a>(peer: Option<&'a Arc<str>>, call: &'a IncomingCall) -> &'a Arc<str> {
+    peer.unwrap_or(&call.caller)
 }
 
 fn describe(f: &RemoteFailure) -> String {

@@ -497,7 +497,7 @@ impl VmLoop {
     fn incoming(&mut self, driver: DriverHandle, mut call: IncomingCall) {
         let shared = self.shared.clone();
         let here = &*shared.name;
-        let caller = caller_name(driver.peer.as_ref(), &call);
+        let caller = caller_name(driver.peer.as_ref(), &call).clone();
         let perms = shared.permissions_for(driver.peer.as_deref());
         // Shutdown: only call-backs of executions still running here are served.
         let closing = self
