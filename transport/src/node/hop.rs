@@ -184,9 +184,13 @@ pub(crate) async fn call_peer(
 ) -> Result<Portable, RemoteFailure> {
     let driver = match back {
         Some((name, d)) if **name == *peer && d.is_live() => d.clone(),
-        _ => by_deadline(deadline, peer, shared.driver_for(peer))
-            .await?
-            .map_err(|e| failure(transport_failure(&e, peer)))?,
+        // A warm call finds its driver here, with no dial's future built and awaited.
+        _ => match shared.live_driver(peer) {
+            Some(d) => d,
+            None => by_deadline(deadline, peer, shared.dial(peer))
+                .await?
+                .map_err(|e| failure(transport_failure(&e, peer)))?,
+        },
     };
     if let Some(d) = deadline {
         let left = d.saturating_duration_since(Instant::now());

@@ -515,13 +515,18 @@ impl Shared {
         handle
     }
 
-    /// The driver of the connection to `peer`, dialling it if needed.
-    async fn driver_for(self: &Arc<Self>, peer: &str) -> Result<DriverHandle, TransportError> {
-        if let Some(h) = self.lock_drivers().by_name.get(peer) {
-            if h.is_live() {
-                return Ok(h.clone());
-            }
-        }
+    /// The driver of a live connection to `peer`, if there is one.
+    fn live_driver(&self, peer: &str) -> Option<DriverHandle> {
+        self.lock_drivers()
+            .by_name
+            .get(peer)
+            .filter(|h| h.is_live())
+            .cloned()
+    }
+
+    /// The driver of a new connection to `peer` (or of one a concurrent dial made): for a
+    /// caller that found no [`live_driver`](Self::live_driver).
+    async fn dial(self: &Arc<Self>, peer: &str) -> Result<DriverHandle, TransportError> {
         // Boxed: a dial is rare, and its future would otherwise make every call's future
         // (moved on each call) a few times larger.
         let conn = Box::pin(self.manager.connection(peer)).await?;

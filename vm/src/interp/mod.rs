@@ -830,7 +830,8 @@ impl Execution {
     /// is most of the cost of starting, running and dropping an execution. Every other call
     /// gets the execution as that first run leaves it, and its later runs get `slice`
     /// instructions each too. `node` is borrowed: a run that ends here needs no copy of it
-    /// (an execution built to go on takes one).
+    /// (an execution built to go on takes one). `now` is the clock as the run starts: the
+    /// deadline is judged by it, with no second reading.
     #[allow(clippy::too_many_arguments)]
     pub fn run_quick(
         engine: &Engine,
@@ -843,10 +844,7 @@ impl Execution {
         slice: u64,
         now: Instant,
     ) -> Result<QuickRun, StartError> {
-        if limits
-            .deadline
-            .is_some_and(|d| now >= d || Instant::now() >= d)
-        {
+        if limits.deadline.is_some_and(|d| now >= d) {
             let node = node.clone();
             let mut exec = Execution::start_linked(engine, store, linked, args, node, limits, io)?;
             exec.slice = slice;
