@@ -17,8 +17,10 @@
 //! reads and handles what arrived itself ([`StreamWake`], [`DriverHandle::call`]), and a
 //! poll of that caller with nothing arrived since it last read (as in a `LocalSet`, whose
 //! tasks share one waker) reads nothing; with more calls in flight the task reads them all
-//! and sends each answer to its waiter. A VM on a thread of its own queues its answers for
-//! the task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
+//! and sends each answer to its waiter. A caller that reads for itself has no channel: its
+//! answer is kept in the state ([`Reply::Kept`]), taken there by the caller, which asks for
+//! a channel once it stops reading. A VM on a thread of its own queues its answers for the
+//! task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
 //!
 //! Invariants:
 //! - Nothing blocks on the state's mutex but the task itself and a host reading the wire's
@@ -36,6 +38,9 @@
 //!   caller that is not polled holds up its own answer only.
 //! - Every outgoing call ends with exactly one reply to its waiter: its result, or
 //!   `connection_lost` when the connection goes away. Dropping the waiter cancels the call.
+//! - A kept answer's caller learns of it: it is the one reading (and takes it before it
+//!   lets the state go), or the route leads to it (and wakes it), or it was woken when the
+//!   route left it and, not reading any more, takes the answer or a channel for it.
 //! - When the connection closes, every incoming call it carried is reported cancelled to the
 //!   VM thread, which stops the execution and frees its slot.
 
@@ -51,8 +56,8 @@ use skiff_wire::{
 };
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -66,10 +71,13 @@ const ROUNDS: usize = 8;
 
 /// What the node asks of a connection's driver.
 pub(crate) enum DriverCmd {
-    /// Start an outgoing call; the result goes to `reply`. Its token is `opts.tag`.
-    Call {
-        opts: CallOptions,
-        reply: oneshot::Sender<Result<Portable, RemoteError>>,
+    /// Start an outgoing call; its answer goes to `reply`. Its token is `opts.tag`.
+    Call { opts: CallOptions, reply: Reply },
+    /// From now on send the answer of the call started with `token` to `reply` (its caller
+    /// read for itself, and stopped while the state was busy).
+    Subscribe {
+        token: u64,
+        reply: oneshot::Sender<Answer>,
     },
     /// Cancel the outgoing call started with `token` (the callee stops it).
     Cancel { token: u64 },
@@ -80,6 +88,19 @@ pub(crate) enum DriverCmd {
     },
     /// Close the connection.
     Close,
+}
+
+/// An outgoing call's answer: its result, or the error it ended with.
+pub(crate) type Answer = Result<Portable, RemoteError>;
+
+/// Where an outgoing call's answer goes.
+pub(crate) enum Reply {
+    /// To its caller's channel.
+    Channel(oneshot::Sender<Answer>),
+    /// Into the state ([`Driver::kept`]), for a caller that reads for itself: it takes the
+    /// answer while it holds the state, woken through the route if someone else read it,
+    /// and asks for a channel when it stops reading.
+    Kept,
 }
 
 /// A cheap handle on a running driver (one reference count to clone: every incoming call
@@ -111,11 +132,30 @@ pub(crate) struct DriverLink {
 /// Invariant: a wake-up routed to a caller that stops reading (its answer came, another call
 /// started, the state was busy, it went away) is passed on to the task, unless the streams
 /// were read since (`woken` is cleared just before every read).
-#[derive(Default)]
 struct StreamWake {
     to: Mutex<WakeTargets>,
     /// The watched stream woke since the streams were last read.
     woken: AtomicBool,
+    /// The token of the caller the route leads to ([`NOBODY`]: the task), as `to` says: read
+    /// without the lock by a caller checking that the route still leads to it.
+    routed: AtomicU64,
+    /// An answer is kept in the state for a caller that did not read it itself
+    /// ([`Reply::Kept`]); cleared when the last one is taken.
+    answered: AtomicBool,
+}
+
+/// [`StreamWake::routed`] when the route leads to the task.
+const NOBODY: u64 = u64::MAX;
+
+impl Default for StreamWake {
+    fn default() -> Self {
+        StreamWake {
+            to: Mutex::default(),
+            woken: AtomicBool::new(false),
+            routed: AtomicU64::new(NOBODY),
+            answered: AtomicBool::new(false),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -153,6 +193,23 @@ impl StreamWake {
             Some((t, w)) if *t == token => w.clone_from(waker),
             caller => *caller = Some((token, waker.clone())),
         }
+        self.routed.store(token, Ordering::Release);
+    }
+
+    /// Whether the watched stream's wake-ups go to the caller of call `token`.
+    fn leads_to(&self, token: u64) -> bool {
+        self.routed.load(Ordering::Acquire) == token
+    }
+
+    /// An answer for the caller of call `token` was kept in the state: wakes that caller if
+    /// the route leads to it (else it is on its way to the state or to a channel: it was
+    /// woken when the route left it, [`StreamWake::clear_caller`]).
+    fn answer_kept(&self, token: u64) {
+        self.answered.store(true, Ordering::Release);
+        let to = self.to.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, waker)) = to.caller.as_ref().filter(|(t, _)| *t == token) {
+            waker.wake_by_ref();
+        }
     }
 
     /// Routes the watched stream's wake-ups to `waker` if they still go to the caller of
@@ -170,6 +227,8 @@ impl StreamWake {
 
     /// Routes the watched stream's wake-ups back to the task (only if the caller reading is
     /// the one of call `token`, when given), passing on one the caller may not have handled.
+    /// A caller the route is taken from (`token` `None`: by the state, as another call
+    /// starts) is woken, so that it asks for its answer another way.
     fn clear_caller(&self, token: Option<u64>) {
         let mut to = self.to.lock().unwrap_or_else(|e| e.into_inner());
         if to
@@ -179,7 +238,11 @@ impl StreamWake {
         {
             return;
         }
-        to.caller = None;
+        let caller = to.caller.take();
+        self.routed.store(NOBODY, Ordering::Release);
+        if let (None, Some((_, waker))) = (token, caller) {
+            waker.wake();
+        }
         if self.woken.load(Ordering::Acquire) {
             if let Some(task) = &to.task {
                 task.wake_by_ref();
@@ -204,13 +267,20 @@ impl WakerId {
 
 /// An outgoing call, started at its first poll and then awaited by its caller
 /// ([`DriverHandle::call`]).
+///
+/// While the caller reads for itself, its answer is kept in the state ([`Reply::Kept`]) and
+/// there is no channel: the route leads to the caller (`reading`), so an answer someone
+/// else reads wakes it. A caller that stops reading takes its answer from the state if it
+/// came, else asks for a channel: at once while it holds the state, by a command
+/// ([`DriverCmd::Subscribe`]) while the task does.
 struct AwaitReply<'a> {
     link: &'a DriverHandle,
-    /// The call's command, until the first poll sends it.
+    /// The call's command (its answer kept, [`Reply::Kept`]), until the first poll sends it.
     call: Option<DriverCmd>,
     token: u64,
-    rx: oneshot::Receiver<Result<Portable, RemoteError>>,
-    /// The waker `rx` (and, while `reading`, the watched stream) wakes: a clone of the one
+    /// The answer's channel, once there is one.
+    rx: Option<oneshot::Receiver<Answer>>,
+    /// The waker `rx` holds (without `rx`: the route, while `reading`): a clone of the one
     /// of the poll that registered it, and that one's identity ([`WakerId`]).
     waker: Option<(Waker, WakerId)>,
     /// This caller read the streams when last polled, and their wake-ups came to it.
@@ -218,112 +288,189 @@ struct AwaitReply<'a> {
 }
 
 impl AwaitReply<'_> {
-    /// The answer if it came (`Some(None)`: the connection went away first), without
-    /// registering a waker: `rx` holds the caller's already.
-    fn answer(&mut self) -> Option<Option<Result<Portable, RemoteError>>> {
-        match self.rx.try_recv() {
+    /// The answer if it came through `rx` (`Some(None)`: the connection went away first),
+    /// without registering a waker: `rx` holds the caller's already.
+    fn answer(rx: &mut oneshot::Receiver<Answer>) -> Option<Option<Answer>> {
+        match rx.try_recv() {
             Ok(result) => Some(Some(result)),
             Err(oneshot::error::TryRecvError::Closed) => Some(None),
             Err(oneshot::error::TryRecvError::Empty) => None,
         }
     }
 
-    /// Makes `rx` hold a no-op waker instead of the caller's (the answer if it came, as
-    /// [`AwaitReply::answer`]): the next [`AwaitReply::wait`] registers the caller's again.
-    fn quiet(&mut self) -> Option<Option<Result<Portable, RemoteError>>> {
+    /// Makes `rx`, if there is one, hold a no-op waker instead of the caller's (the answer
+    /// if it came, as [`AwaitReply::answer`]): the next [`AwaitReply::wait`] registers the
+    /// caller's again.
+    fn quiet(&mut self) -> Option<Option<Answer>> {
+        let rx = self.rx.as_mut()?;
         self.waker = None;
         let mut quiet = Context::from_waker(Waker::noop());
-        match Pin::new(&mut tokio::task::unconstrained(&mut self.rx)).poll(&mut quiet) {
+        match Pin::new(&mut tokio::task::unconstrained(rx)).poll(&mut quiet) {
             Poll::Ready(r) => Some(r.ok()),
             Poll::Pending => None,
         }
     }
 
-    /// Whether `rx` holds `cx`'s waker (a clone of it) already.
+    /// Whether `rx` (without `rx`: the route) holds `cx`'s waker (a clone of it) already.
     fn registered(&self, cx: &Context<'_>) -> bool {
         self.waker
             .as_ref()
             .is_some_and(|(_, id)| *id == WakerId::of(cx.waker()))
     }
 
-    /// Waits on `rx` with `cx`'s waker, registering it if it is new.
-    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Portable, RemoteError>>> {
-        if self.registered(cx) {
-            return self.answer().map_or(Poll::Pending, Poll::Ready);
+    /// Waits with `cx`'s waker: on `rx`, registering the waker if it is new; without `rx`,
+    /// on the route, which a caller that reads has given the waker already.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        let registered = self.registered(cx);
+        if !registered {
+            self.waker = Some((cx.waker().clone(), WakerId::of(cx.waker())));
         }
-        self.waker = Some((cx.waker().clone(), WakerId::of(cx.waker())));
+        let Some(rx) = &mut self.rx else {
+            return Poll::Pending;
+        };
+        if registered {
+            return Self::answer(rx).map_or(Poll::Pending, Poll::Ready);
+        }
         // Unconstrained: a poll refused for want of the task's budget registers no waker.
-        Pin::new(&mut tokio::task::unconstrained(&mut self.rx))
+        Pin::new(&mut tokio::task::unconstrained(rx))
             .poll(cx)
             .map(Result::ok)
+    }
+
+    /// The first poll. While the state is free the call runs here (its new stream polled
+    /// here too): then its caller reads on for itself if it is the connection's only call,
+    /// else it gets a channel. Otherwise the call is queued with a channel.
+    fn start(&mut self, mut call: DriverCmd, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        let (link, token) = (self.link, self.token);
+        let Some(mut d) = link.free_state() else {
+            let (tx, rx) = oneshot::channel();
+            self.rx = Some(rx);
+            if let DriverCmd::Call { reply, .. } = &mut call {
+                *reply = Reply::Channel(tx);
+            }
+            link.queue(call);
+            return self.wait(cx);
+        };
+        d.reader = Some(token);
+        d.command(call);
+        d.flush(link);
+        // Answered already: a call that could not start.
+        let mut answer = d.read_answer.take();
+        if answer.is_none() {
+            if d.pending.len() == 1 && d.pending.contains_key(&token) {
+                link.route.set_caller(token, cx.waker());
+                self.reading = true;
+            } else {
+                self.rx = Some(d.subscribe(token));
+            }
+            d.settle(link);
+            answer = d.read_answer.take();
+        }
+        d.reader = None;
+        drop(d);
+        match answer {
+            Some(answer) => Poll::Ready(Some(answer)),
+            None => self.wait(cx),
+        }
     }
 }
 
 impl Future for AwaitReply<'_> {
     /// The call's answer; `None` if the connection went away first.
-    type Output = Option<Result<Portable, RemoteError>>;
+    type Output = Option<Answer>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let link = this.link;
-        if this.call.is_some() {
-            // Sent in place while the state is free (its new stream polled there, and if it
-            // is the connection's only call, its caller reads on from here), else queued.
-            this.reading = link.in_place(&mut this.call, Some((this.token, cx.waker())));
-            if let Some(call) = this.call.take() {
-                link.queue(call);
-            }
-            return this.wait(cx);
+        let (link, token) = (this.link, this.token);
+        if let Some(call) = this.call.take() {
+            return this.start(call, cx);
         }
-        // Polled again with nothing arrived on its stream since it read: nothing to read.
-        // (A caller awaiting in a `LocalSet`'s `run_until` is polled at every wake-up of
-        // any of the set's tasks, quinn's included: on one thread, several times a call.)
-        // With the same waker, the route needs no renewal: its wake-ups still reach this
-        // caller, or the task, which then answers through `rx`. Else the check follows the
-        // renewal, so a wake-up after it polls this caller again.
+        // Polled again with nothing arrived on its stream since it read and no answer kept
+        // for it: nothing to read. (A caller awaiting in a `LocalSet`'s `run_until` is
+        // polled at every wake-up of any of the set's tasks, quinn's included: on one
+        // thread, several times a call.) With the route still leading here and the same
+        // waker, the route needs no renewal. Else the check follows the renewal, so a
+        // wake-up after it polls this caller again.
         let was_reading = std::mem::take(&mut this.reading);
+        let calm = |route: &StreamWake| {
+            !route.woken.load(Ordering::Acquire) && !route.answered.load(Ordering::Acquire)
+        };
         if was_reading
-            && !link.route.woken.load(Ordering::Acquire)
+            && calm(&link.route)
+            && link.route.leads_to(token)
             && (this.registered(cx)
-                || (link.route.renew_caller(this.token, cx.waker())
-                    && !link.route.woken.load(Ordering::Acquire)))
+                || (link.route.renew_caller(token, cx.waker()) && calm(&link.route)))
         {
             this.reading = true;
             return this.wait(cx);
         }
         match link.core.try_lock() {
-            // Either way `rx` is checked: by `quiet` before this caller reads, else by `wait`.
             Ok(mut d) => {
-                if d.closed || !d.cmds.is_empty() || d.pending.len() != 1 {
+                if let Some(answer) = d.take_kept(token) {
+                    return Poll::Ready(Some(answer));
+                }
+                if d.closed
+                    || !d.cmds.is_empty()
+                    || d.pending.len() != 1
+                    || !d.pending.contains_key(&token)
+                {
+                    if this.rx.is_none() {
+                        this.rx = Some(d.subscribe(token));
+                        this.waker = None;
+                    }
                     drop(d);
-                    link.route.clear_caller(Some(this.token));
+                    link.route.clear_caller(Some(token));
                 } else {
-                    // This caller may send its own answer now, which must not wake it: a
+                    // This caller may read its own answer now, which must not wake it: a
                     // wake-up of itself would only schedule it again (on a multi-thread
-                    // runtime, as a task other workers are woken to take). So `rx` holds a
-                    // no-op waker while it reads, and its waker again once it waits.
+                    // runtime, as a task other workers are woken to take). So its answer
+                    // is kept without a wake-up (`reader`), or, with a channel, `rx` holds
+                    // a no-op waker while it reads, and its waker again once it waits.
                     // A caller that read when last polled, with this same waker, is still
-                    // where the route leads (unless a later call cleared it: then the task
-                    // reads, and answers through `rx`), so the route is left as it is.
-                    let routed = was_reading && this.registered(cx);
+                    // where the route leads while `leads_to` says so, so the route is left
+                    // as it is.
+                    let routed = was_reading && this.registered(cx) && link.route.leads_to(token);
                     if let Some(r) = this.quiet() {
                         return Poll::Ready(r);
                     }
                     if !routed {
-                        link.route.set_caller(this.token, cx.waker());
+                        link.route.set_caller(token, cx.waker());
                     }
+                    d.reader = Some(token);
                     let more = d.read_streams();
                     d.flush(link);
+                    d.reader = None;
                     d.wake_task_if_needed(more);
-                    if let Some(r) = this.answer() {
+                    let answer = match &mut this.rx {
+                        None => d.read_answer.take().map(Some),
+                        Some(rx) => Self::answer(rx),
+                    };
+                    if let Some(r) = answer {
                         d.shared.note_read_by_caller();
                         return Poll::Ready(r);
                     }
                     this.reading = true;
                 }
             }
-            // The task (or an answer made in place) holds the state: it reads on.
-            Err(_) => link.route.clear_caller(Some(this.token)),
+            // The task (or an answer made in place) holds the state: it reads on, and sends
+            // the answer through a channel it is asked for.
+            Err(_) => {
+                if this.rx.is_none() {
+                    let (tx, rx) = oneshot::channel();
+                    this.rx = Some(rx);
+                    this.waker = None;
+                    if link
+                        .tx
+                        .send(DriverCmd::Subscribe { token, reply: tx })
+                        .is_err()
+                    {
+                        // The task has ended: the state keeps the answer if it came.
+                        let mut d = link.core.lock().unwrap_or_else(|e| e.into_inner());
+                        return Poll::Ready(d.take_kept(token));
+                    }
+                }
+                link.route.clear_caller(Some(token));
+            }
         }
         this.wait(cx)
     }
@@ -358,13 +505,15 @@ impl DriverHandle {
     /// commands (rare, and never waited on), it goes through the channel. A call is sent
     /// the same way by [`DriverHandle::call`], which awaits it.
     pub fn send(&self, cmd: DriverCmd) {
-        let mut cmd = Some(cmd);
-        if let Some(DriverCmd::Respond { .. }) = cmd {
-            self.in_place(&mut cmd, None);
+        if matches!(cmd, DriverCmd::Respond { .. }) {
+            if let Some(mut d) = self.free_state() {
+                d.command(cmd);
+                d.flush(self);
+                d.settle(self);
+                return;
+            }
         }
-        if let Some(cmd) = cmd {
-            self.queue(cmd);
-        }
+        self.queue(cmd);
     }
 
     /// Sends the call `opts` as call `token` ([`DriverHandle::send`]) and waits for its
@@ -376,17 +525,19 @@ impl DriverHandle {
         &self,
         token: u64,
         mut opts: CallOptions,
-    ) -> impl Future<Output = Option<Result<Portable, RemoteError>>> + '_ {
-        let (reply, rx) = oneshot::channel();
+    ) -> impl Future<Output = Option<Answer>> + '_ {
         // The wire gives the token back with the call's result.
         opts.tag = token;
         // The waiter itself, not an `async` block around it: one state machine fewer to
         // step through at each of the caller's polls.
         AwaitReply {
             link: self,
-            call: Some(DriverCmd::Call { opts, reply }),
+            call: Some(DriverCmd::Call {
+                opts,
+                reply: Reply::Kept,
+            }),
             token,
-            rx,
+            rx: None,
             waker: None,
             reading: false,
         }
@@ -398,38 +549,11 @@ impl DriverHandle {
         let _ = self.tx.send(cmd);
     }
 
-    /// Takes `cmd`, runs it on the driver's state and writes what it produced; leaves it if
-    /// the state is busy (its task is polling) or the channel holds commands not yet run.
-    /// With `caller` (a call's token and its caller's waker), a call that is now the
-    /// connection's only one routes its stream's wake-ups to that caller, and `true` says so.
-    fn in_place(&self, cmd: &mut Option<DriverCmd>, caller: Option<(u64, &Waker)>) -> bool {
-        let Ok(mut d) = self.core.try_lock() else {
-            return false;
-        };
-        if d.closed || !d.cmds.is_empty() {
-            return false;
-        }
-        let Some(cmd) = cmd.take() else {
-            return false;
-        };
-        d.command(cmd);
-        d.flush(self);
-        let reading = match caller {
-            Some((token, waker)) if d.pending.len() == 1 && d.pending.contains_key(&token) => {
-                self.route.set_caller(token, waker);
-                true
-            }
-            _ => false,
-        };
-        // A new stream future (a call's stream waiting for its answer) is polled here, so
-        // the task need not wake up just to poll it.
-        let mut more = false;
-        if d.streams.has_unpolled() {
-            more = d.read_streams();
-            d.flush(self);
-        }
-        d.wake_task_if_needed(more);
-        reading
+    /// The state, if it is free and no command waits in the channel: a command run on it
+    /// now keeps the commands' order.
+    fn free_state(&self) -> Option<MutexGuard<'_, Driver>> {
+        let d = self.core.try_lock().ok()?;
+        (!d.closed && d.cmds.is_empty()).then_some(d)
     }
 }
 
@@ -463,6 +587,9 @@ pub(crate) fn spawn(
         wire,
         streams: Streams::new(conn.clone(), side),
         pending: IdMap::default(),
+        kept: IdMap::default(),
+        reader: None,
+        read_answer: None,
         incoming: IdSet::default(),
         closed: false,
         armed_for: None,
@@ -497,8 +624,14 @@ struct Driver {
     cmds: mpsc::UnboundedReceiver<DriverCmd>,
     wire: Connection,
     streams: Streams,
-    /// Outgoing calls: token (the wire's tag of the call) → (wire id, waiter).
-    pending: IdMap<u64, (CallId, oneshot::Sender<Result<Portable, RemoteError>>)>,
+    /// Outgoing calls: token (the wire's tag of the call) → (wire id, where the answer goes).
+    pending: IdMap<u64, (CallId, Reply)>,
+    /// Answers kept for callers that read for themselves ([`Reply::Kept`]), until taken.
+    kept: IdMap<u64, Answer>,
+    /// The call whose caller holds the state to read its own answer: that answer goes to
+    /// `read_answer`, for the caller to take before it lets the state go.
+    reader: Option<u64>,
+    read_answer: Option<Answer>,
     /// Incoming calls handed to the VM thread, not yet answered or cancelled.
     incoming: IdSet<CallId>,
     closed: bool,
@@ -608,7 +741,12 @@ async fn drive(handle: DriverHandle, side: Side) {
     // command sent from now on fails and one still queued is dropped, and their waiters see
     // the connection gone.
     d.cmds.close();
-    while d.cmds.try_recv().is_ok() {}
+    while let Ok(cmd) = d.cmds.try_recv() {
+        // A caller asking for its channel gets its kept answer; the rest need nothing.
+        if let DriverCmd::Subscribe { token, reply } = cmd {
+            d.subscribe_with(token, reply);
+        }
+    }
     d.shared.forget_driver(&handle);
     let reason = d
         .wire
@@ -669,6 +807,62 @@ impl Driver {
         }
     }
 
+    /// After a command run in place: polls a new stream future (a call's stream waiting
+    /// for its answer) here, so the task need not wake up just to poll it, and wakes the
+    /// task for what only it does.
+    fn settle(&mut self, link: &DriverHandle) {
+        let mut more = false;
+        if self.streams.has_unpolled() {
+            more = self.read_streams();
+            self.flush(link);
+        }
+        self.wake_task_if_needed(more);
+    }
+
+    /// Gives call `token` its answer: on its channel, to its caller if it is the one
+    /// reading now, else kept for its caller, which is woken.
+    fn deliver(&mut self, token: u64, reply: Reply, answer: Answer) {
+        match reply {
+            Reply::Channel(tx) => {
+                let _ = tx.send(answer);
+            }
+            Reply::Kept if self.reader == Some(token) => self.read_answer = Some(answer),
+            Reply::Kept => {
+                self.kept.insert(token, answer);
+                self.route.answer_kept(token);
+            }
+        }
+    }
+
+    /// Takes the answer kept for call `token`, if it came.
+    fn take_kept(&mut self, token: u64) -> Option<Answer> {
+        if self.kept.is_empty() {
+            return None;
+        }
+        let answer = self.kept.remove(&token);
+        if self.kept.is_empty() {
+            self.route.answered.store(false, Ordering::Release);
+        }
+        answer
+    }
+
+    /// A channel for the answer of call `token`, whose caller stops reading for itself.
+    fn subscribe(&mut self, token: u64) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        self.subscribe_with(token, tx);
+        rx
+    }
+
+    /// Sends the answer of call `token` to `tx`: now if it is kept, else when it comes. A
+    /// call no longer known drops `tx` (its waiter then sees the connection gone).
+    fn subscribe_with(&mut self, token: u64, tx: oneshot::Sender<Answer>) {
+        if let Some(answer) = self.take_kept(token) {
+            let _ = tx.send(answer);
+        } else if let Some((_, reply)) = self.pending.get_mut(&token) {
+            *reply = Reply::Channel(tx);
+        }
+    }
+
     fn input(&mut self, input: Input, now: Instant) {
         match input {
             Input::Data(id, data) => self.wire.handle_stream_data(id, data, now),
@@ -704,14 +898,16 @@ impl Driver {
                             CallError::MissingBlob(_) => ErrorKind::MissingBlobs,
                             CallError::Limit(_) => ErrorKind::Limit,
                         };
-                        let _ = reply.send(Err(RemoteError::new(kind, e.to_string())));
+                        self.deliver(token, reply, Err(RemoteError::new(kind, e.to_string())));
                     }
                 }
             }
+            DriverCmd::Subscribe { token, reply } => self.subscribe_with(token, reply),
             DriverCmd::Cancel { token } => {
                 if let Some((id, _)) = self.pending.remove(&token) {
                     self.wire.cancel(id);
                 }
+                self.take_kept(token);
             }
             DriverCmd::Respond { id, result } => {
                 self.incoming.remove(&id);
@@ -763,7 +959,7 @@ impl Driver {
             }
             Event::CallResult { tag, result, .. } => {
                 if let Some((_, reply)) = self.pending.remove(&tag) {
-                    let _ = reply.send(result);
+                    self.deliver(tag, reply, result);
                 }
             }
             Event::CallCancelled { id, reason } => {
@@ -781,11 +977,9 @@ impl Driver {
             Event::Closed(reason) => {
                 tracing::debug!(%reason, "connection closed");
                 self.closed = true;
-                for (_, (_, reply)) in self.pending.drain() {
-                    let _ = reply.send(Err(RemoteError::new(
-                        ErrorKind::ConnectionLost,
-                        reason.to_string(),
-                    )));
+                for (token, (_, reply)) in std::mem::take(&mut self.pending) {
+                    let lost = RemoteError::new(ErrorKind::ConnectionLost, reason.to_string());
+                    self.deliver(token, reply, Err(lost));
                 }
                 for id in self.incoming.drain() {
                     self.shared.to_vm(VmMsg::Cancelled {
