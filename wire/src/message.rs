@@ -195,7 +195,7 @@ pub struct RemoteError {
     pub kind: ErrorKind,
     pub message: String,
     /// The remote stack trace, innermost frame first, one line per frame.
-    pub trace: Vec<String>,
+    pub trace: Box<[String]>,
     /// The thrown value for [`ErrorKind::Thrown`], nil otherwise.
     pub value: Portable,
 }
@@ -206,7 +206,7 @@ impl RemoteError {
         RemoteError {
             kind,
             message: message.into(),
-            trace: Vec::new(),
+            trace: Box::default(),
             value: Portable::Nil,
         }
     }
@@ -588,7 +588,7 @@ pub fn encode_message_unhashed_into(
                     let error = ErrorHeader {
                         kind: e.kind.as_str().to_owned(),
                         message: e.message.clone(),
-                        trace: e.trace.clone(),
+                        trace: e.trace.to_vec(),
                     };
                     let header = ResponseHeader {
                         call_id: r.call_id,
@@ -918,7 +918,7 @@ pub fn decode_message(
                 Some(e) => Err(RemoteError {
                     kind: ErrorKind::parse(&e.kind),
                     message: e.message,
-                    trace: e.trace,
+                    trace: e.trace.into(),
                     value,
                 }),
             };

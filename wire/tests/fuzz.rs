@@ -366,7 +366,7 @@ fn write_corpus_when_asked() {
             result: Err(RemoteError {
                 kind: ErrorKind::Thrown,
                 message: "boom".into(),
-                trace: vec!["at f (a.skiff:1:2)".into()],
+                trace: Box::new(["at f (a.skiff:1:2)".into()]),
                 value: Portable::Str("boom".into()),
             }),
         }),

@@ -128,7 +128,7 @@ fn every_example_decodes_to_what_the_document_says() {
             result: Err(RemoteError {
                 kind: ErrorKind::Thrown,
                 message: "boom".into(),
-                trace: vec!["f a.sk:3".into()],
+                trace: Box::new(["f a.sk:3".into()]),
                 value: Portable::Str("boom".into()),
             }),
         })

@@ -618,7 +618,7 @@ impl VmLoop {
                     Err(RemoteError {
                         kind: ErrorKind::Runtime,
                         message,
-                        trace: Vec::new(),
+                        trace: Box::default(),
                         value: error,
                     }),
                 );
@@ -829,7 +829,7 @@ impl VmLoop {
                             BodyFailure::Timeout(value) => RemoteError {
                                 kind: ErrorKind::DeadlineExceeded,
                                 message: format!("hop to `{here}` timed out"),
-                                trace: Vec::new(),
+                                trace: Box::default(),
                                 value,
                             },
                             BodyFailure::Failed(f) => encode_failure(f),
