@@ -23,9 +23,10 @@
 //! task ([`DriverHandle::queue`]; why: `VmLoop::answer`).
 //!
 //! Invariants:
-//! - Nothing blocks on the state's mutex but the task itself and a host reading the wire's
+//! - Nothing blocks on the state's mutex but the task itself, a host reading the wire's
 //!   counters ([`DriverHandle::stats`], which waits at most for one bounded turn of the
-//!   task): commands use `try_lock` and fall back to the channel. Commands run in the order
+//!   task) and a caller whose task has ended (only its last steps can hold the state):
+//!   commands use `try_lock` and fall back to the channel. Commands run in the order
 //!   they were sent: one runs in place only when the channel is empty.
 //! - Locally opened quinn streams are opened in the order the wire numbers them, so the
 //!   stream ids both sides see agree (the client's first stream is the control stream);
@@ -97,9 +98,10 @@ pub(crate) type Answer = Result<Portable, RemoteError>;
 pub(crate) enum Reply {
     /// To its caller's channel.
     Channel(oneshot::Sender<Answer>),
-    /// Into the state ([`Driver::kept`]), for a caller that reads for itself: it takes the
-    /// answer while it holds the state, woken through the route if someone else read it,
-    /// and asks for a channel when it stops reading.
+    /// Into the state, for a caller that reads for itself (`Driver::read_answer` while it
+    /// reads, else [`Driver::kept`]): it takes the answer while it holds the state, woken
+    /// through the route if someone else read it, and asks for a channel when it stops
+    /// reading.
     Kept,
 }
 
