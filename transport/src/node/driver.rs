@@ -518,11 +518,12 @@ impl DriverHandle {
         self.queue(cmd);
     }
 
-    /// Sends the call `opts` as call `token` ([`DriverHandle::send`]) and waits for its
-    /// answer; `Err` if the connection went away first. While it is the connection's only
-    /// call, this caller reads the streams itself when the call's stream wakes, and so gets
-    /// its answer without a wake-up of the driver task; otherwise the task reads and sends
-    /// the answer. Dropping the future leaves the call to be cancelled by the caller.
+    /// Sends the call `opts` as call `token` (in place at the first poll while the state is
+    /// free, else through the channel) and waits for its answer; `None` if the connection
+    /// went away first. While it is the connection's only call, this caller reads the
+    /// streams itself when the call's stream wakes, and so gets its answer without a wake-up
+    /// of the driver task; otherwise the task reads and sends the answer. Dropping the
+    /// future leaves the call to be cancelled by the caller.
     pub fn call(
         &self,
         token: u64,
@@ -741,10 +742,9 @@ async fn drive(handle: DriverHandle, side: Side) {
     let mut d = handle.core.lock().unwrap_or_else(|e| e.into_inner());
     // The receiver outlives the task (it is in the state): closed and emptied here, so a
     // command sent from now on fails and one still queued is dropped, and their waiters see
-    // the connection gone.
+    // the connection gone; a queued `Subscribe` gets its caller's kept answer first.
     d.cmds.close();
     while let Ok(cmd) = d.cmds.try_recv() {
-        // A caller asking for its channel gets its kept answer; the rest need nothing.
         if let DriverCmd::Subscribe { token, reply } = cmd {
             d.subscribe_with(token, reply);
         }
