@@ -69,6 +69,10 @@ impl BytesObj {
     pub fn to_bytes(&self) -> bytes::Bytes {
         self.data.clone()
     }
+    /// The buffer, without taking a reference count (its charge ends here).
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.data
+    }
 }
 
 /// A mutable list shared by reference.

@@ -2008,11 +2008,11 @@ impl Connection {
                     }
                 }
             }
-            Message::Response(resp) => {
+            Message::Response(CallResponse { result, .. }) => {
                 let Some(call) = self.take_outgoing(stream) else {
                     return;
                 };
-                let ran = match &resp.result {
+                let ran = match &result {
                     Ok(_) => true,
                     Err(e) => matches!(e.kind, ErrorKind::Thrown | ErrorKind::Runtime),
                 };
@@ -2030,7 +2030,7 @@ impl Connection {
                 self.events.push_back(Event::CallResult {
                     id: call.id,
                     tag: call.tag,
-                    result: resp.result,
+                    result,
                 });
             }
             other => {

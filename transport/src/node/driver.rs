@@ -600,6 +600,7 @@ pub(crate) fn spawn(
         stream_waker: Waker::from(route.clone()),
         route: route.clone(),
         inputs: Vec::with_capacity(BATCH),
+        input_clock: None,
     };
     let handle = DriverHandle(Arc::new(DriverLink {
         id: conn.stable_id(),
@@ -649,6 +650,11 @@ struct Driver {
     /// whoever reads — the task, a command run in place, a caller reading its own answer —
     /// reuses one allocation.
     inputs: Vec<Input>,
+    /// The clock as the last [`Driver::read_streams`] handed its inputs to the wire, until
+    /// the [`Driver::flush`] after it ends: the incoming calls that flush sees were decoded
+    /// at that reading (their deadlines count from it), and an inline run judges its
+    /// deadline by it too, without reading the clock again.
+    input_clock: Option<Instant>,
 }
 
 async fn drive(handle: DriverHandle, side: Side) {
@@ -783,6 +789,7 @@ impl Driver {
             Poll::Pending => false,
             Poll::Ready(()) => {
                 let now = Instant::now();
+                self.input_clock = Some(now);
                 let full = inputs.len() >= BATCH;
                 for input in inputs.drain(..) {
                     self.input(input, now);
@@ -940,6 +947,7 @@ impl Driver {
                 break;
             }
         }
+        self.input_clock = None;
     }
 
     fn event(&mut self, event: Event, handle: &DriverHandle) {
@@ -947,7 +955,9 @@ impl Driver {
             Event::Connected(info) => tracing::debug!(peer = %info.node, "hello exchanged"),
             Event::IncomingCall(call) => {
                 tracing::debug!(id = ?call.id, caller = %call.caller, "incoming call");
-                if let Some(value) = inline::try_answer(&self.shared, handle.peer.as_ref(), &call) {
+                let now = self.input_clock.unwrap_or_else(Instant::now);
+                let peer = handle.peer.as_ref();
+                if let Some(value) = inline::try_answer(&self.shared, peer, &call, now) {
                     tracing::debug!(id = ?call.id, "answered inline");
                     self.shared.note_inline();
                     self.wire.respond(call.id, Ok(value));

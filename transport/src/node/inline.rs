@@ -117,11 +117,13 @@ impl Write for Noted {
 
 /// Answers `call` here if it is a warm call of effect-free code that ends within
 /// [`INLINE_SLICE`] instructions: `Some(result)` to send as the call's response. `None`: the
-/// call goes to the VM thread, untouched.
+/// call goes to the VM thread, untouched. `now` is the clock as the run starts (its deadline
+/// is judged by it).
 pub(crate) fn try_answer(
     shared: &Arc<Shared>,
     peer: Option<&Arc<str>>,
     call: &IncomingCall,
+    now: Instant,
 ) -> Option<Portable> {
     if shared.closing.load(std::sync::atomic::Ordering::SeqCst) || call.context != Portable::Nil {
         return None;
@@ -144,7 +146,7 @@ pub(crate) fn try_answer(
                 Target::Function(f) if perms.ship_code => *f,
                 _ => return None,
             };
-            runner.run(shared, peer, call, func)
+            runner.run(shared, peer, call, func, now)
         })
         .ok()
         .flatten()
@@ -240,6 +242,7 @@ impl Runner {
         peer: Option<&Arc<str>>,
         call: &IncomingCall,
         func: FunctionId,
+        now: Instant,
     ) -> Option<Portable> {
         let linked = self.answerable(func)?;
         let limits = shared.limits_for(call);
@@ -274,15 +277,16 @@ impl Runner {
             limits,
             io,
             INLINE_SLICE,
-            Instant::now(),
-        )
-        .ok()?;
+            now,
+        );
+        // Matched in place: the value is moved out of the run's result alone.
         let ended = match run {
-            QuickRun::Done(value) => Ok(Ok(value)),
-            QuickRun::Started(status, exec) => {
+            Ok(QuickRun::Done(value)) => Ok(Ok(value)),
+            Ok(QuickRun::Started(status, exec)) => {
                 drop(exec);
                 status.ended()
             }
+            Err(_) => return None,
         };
         let quiet = !WROTE.get();
         match ended {

@@ -33,6 +33,18 @@ pub fn export(value: &Value) -> Result<Portable, Value> {
     export_in(value, &mut path)
 }
 
+/// [`export`], taking the value: a bytes value held nowhere else gives its buffer up instead
+/// of sharing it. On failure the value is given back as it was ([`export`] of it says why).
+pub fn export_owned(value: Value) -> Result<Portable, Value> {
+    match value {
+        Value::Bytes(b) => Ok(Portable::Bytes(match Rc::try_unwrap(b) {
+            Ok(only) => only.into_bytes(),
+            Err(shared) => shared.to_bytes(),
+        })),
+        value => export(&value).map_err(|_| value),
+    }
+}
+
 fn export_in(value: &Value, path: &mut Vec<*const ()>) -> Result<Portable, Value> {
     if path.len() >= MAX_DEPTH {
         return Err(type_error("value is nested too deeply to send"));

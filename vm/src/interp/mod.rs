@@ -889,23 +889,31 @@ impl Execution {
                 limits.deadline,
             )
         };
-        if let run::Exit::Finished(Ok(value)) = &exit {
-            if tasks.len() == 1 && requests.is_empty() {
-                if let Ok(answer) = convert::export(value) {
-                    drop(exit);
-                    // Every value is dropped before the pool is borrowed.
-                    let mut stack = std::mem::take(&mut task.stack);
-                    stack.clear();
-                    let frames = std::mem::take(&mut task.frames);
-                    drop(task);
-                    tasks.clear();
-                    let mut spare = engine.spare.borrow_mut();
-                    spare.keep_task(stack, frames);
-                    spare.keep_execution(tasks, queue);
-                    return Ok(QuickRun::Done(answer));
+        let exit = match exit {
+            run::Exit::Finished(Ok(value)) if tasks.len() == 1 && requests.is_empty() => {
+                // The task's values are dropped first, so that a value the run built or was
+                // given is held only by `value` and can give up its contents on export.
+                let mut stack = std::mem::take(&mut task.stack);
+                stack.clear();
+                match convert::export_owned(value) {
+                    Ok(answer) => {
+                        // Every value is dropped before the pool is borrowed.
+                        let frames = std::mem::take(&mut task.frames);
+                        drop(task);
+                        tasks.clear();
+                        let mut spare = engine.spare.borrow_mut();
+                        spare.keep_task(stack, frames);
+                        spare.keep_execution(tasks, queue);
+                        return Ok(QuickRun::Done(answer));
+                    }
+                    Err(value) => {
+                        task.stack = stack;
+                        run::Exit::Finished(Ok(value))
+                    }
                 }
             }
-        }
+            other => other,
+        };
         // Anything else: the execution as `run` has it at this point, which goes on.
         let mut exec = Box::new(Execution::assemble(
             engine,
