@@ -37,7 +37,7 @@ GROUP_ORDER = [
     "host_call", "host_call_2k", "tasks",
     "compile5k", "hash5k",
     "wire_small_encode", "wire_small_decode", "wire_1mib_encode", "wire_1mib_decode",
-    "rtt", "rtt_vm_thread", "rtt_local", "calls_inflight", "bulk256m",
+    "rtt", "rtt_vm_thread", "rtt_local", "rtt_local_task", "calls_inflight", "bulk256m",
 ]
 # Design bars (DESIGN.md §Performance bars and issue 5), as limits on Skiff time ÷ peer time:
 # faster than Lua 5.4 on fib, the loop and string building; within 1.2× on list building and

@@ -8,6 +8,7 @@
 //! |------------------|---------------------------------------------------------|----------------|
 //! | `rtt`            | one warm request/response of a 64-byte payload           | ≤ 1.1× quinn   |
 //! | `rtt_local`      | the same, everything on one current-thread runtime       | ≤ 1.1× quinn   |
+//! | `rtt_local_task` | `rtt_local` with the timed loop a task of the set, not the future the set runs until | — (no bar; the bar is judged on `rtt_local`) |
 //! | `rtt_vm_thread`  | `rtt` with an echo that calls a host native: run on the server's VM thread, not inline | — (no bar; `rtt`'s bar is judged on `rtt`) |
 //! | `calls_inflight` | one call, with 1/8/32/128 calls kept in flight          | ≥ 0.8× quinn calls/s at 32–128 |
 //! | `bulk256m`       | 256 MiB sent to the peer and acknowledged               | ≥ 0.7× quinn throughput |
@@ -40,7 +41,13 @@
 //! [`Node::start`]: each VM on a thread of its own). `rtt_local` builds every peer again on a
 //! current-thread runtime that the bench thread drives: Skiff's nodes started with
 //! [`Node::start_local`] (endpoint, drivers, VMs and caller on that one thread), the
-//! baselines' endpoints and server tasks on that runtime too.
+//! baselines' endpoints and server tasks on that runtime too. Its timed loop is the future
+//! the `LocalSet` runs until (`LocalSet::block_on`), which the set polls again each time a
+//! task of the set is woken from outside it (by the I/O driver: twice per Skiff round
+//! trip), and which an answer wakes from within the set only for the next scheduler pass.
+//! `rtt_local_task` spawns the same loop as a task of the set instead, as `rtt` spawns its
+//! loop as a task of its runtime: a caller that is a task of the set is woken and run
+//! within the pass that read its answer.
 //!
 //! The peers of a row take turns ([`timed_in_turn`], `support/paired.rs`): a sample of one
 //! peer runs a block of its iterations (64 calls, 16 × the in-flight level, or one
@@ -651,6 +658,38 @@ fn bench_in_turn(
     });
 }
 
+/// [`bench_in_turn`] for the peers of the one-thread rows, which run on `local` driven by
+/// `rt` on the bench thread: the timed loop is the future the set runs until, or (`as_task`)
+/// a task of the set.
+fn bench_local(
+    c: &mut Criterion,
+    row: &str,
+    local: &LocalSet,
+    rt: &Runtime,
+    peers: &[Arc<dyn Peer>],
+    as_task: bool,
+) {
+    let mut g = c.benchmark_group(row);
+    g.sample_size(30).measurement_time(Duration::from_secs(2));
+    let rounds = Arc::new(Rounds::default());
+    for which in 0..peers.len() {
+        g.bench_function(peers[which].name(), |b| {
+            b.iter_custom(|iters| {
+                let run = timed_in_turn(peers.to_vec(), which, Work::Call, iters, rounds.clone());
+                if as_task {
+                    let task = local.spawn_local(run);
+                    local.block_on(rt, task).expect("timed task")
+                } else {
+                    local.block_on(rt, run)
+                }
+            })
+        });
+    }
+    let names: Vec<&str> = peers.iter().map(|p| p.name()).collect();
+    rounds.write(row, &names, String::new);
+    g.finish();
+}
+
 fn transport(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -698,26 +737,8 @@ fn transport(c: &mut Criterion) {
         let echoed = local.block_on(&local_rt, peer.call(&p));
         assert_eq!(echoed, p.as_ref(), "{}: echo on one thread", peer.name());
     }
-    let mut g = c.benchmark_group("rtt_local");
-    g.sample_size(30).measurement_time(Duration::from_secs(2));
-    let rounds = Arc::new(Rounds::default());
-    for which in 0..local_peers.len() {
-        g.bench_function(local_peers[which].name(), |b| {
-            b.iter_custom(|iters| {
-                let run = timed_in_turn(
-                    local_peers.clone(),
-                    which,
-                    Work::Call,
-                    iters,
-                    rounds.clone(),
-                );
-                local.block_on(&local_rt, run)
-            })
-        });
-    }
-    let names: Vec<&str> = local_peers.iter().map(|p| p.name()).collect();
-    rounds.write("rtt_local", &names, String::new);
-    g.finish();
+    bench_local(c, "rtt_local", &local, &local_rt, &local_peers, false);
+    bench_local(c, "rtt_local_task", &local, &local_rt, &local_peers, true);
     drop(local_peers);
 
     let mut g = c.benchmark_group("calls_inflight");

@@ -611,6 +611,12 @@ impl Node {
     /// to do anything, its own calls to other nodes included. Executions run in slices
     /// between which the loop yields, but a slice or a host native that blocks holds up
     /// every task of that thread.
+    ///
+    /// Calls are best made from tasks of `local` (`spawn_local`): a caller awaiting in the
+    /// future the set runs until is polled again whenever the I/O driver wakes a task of the
+    /// set, and its answer wakes it only for the scheduler's next pass, where a caller
+    /// that is a task of the set runs within the pass that read its answer
+    /// (`docs/embedding.md`).
     pub async fn start_local(config: NodeConfig, local: &LocalSet) -> Result<Node, NodeError> {
         let bound = Self::bind(&config, Spawner::local(local))?;
         let vm = VmLoop::new(bound.shared.clone(), &config.natives, bound.contexts, false);
