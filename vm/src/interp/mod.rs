@@ -907,6 +907,7 @@ impl Execution {
                         return Ok(QuickRun::Done(answer));
                     }
                     Err(value) => {
+                        // The task has ended: its cleared stack is not read again.
                         task.stack = stack;
                         run::Exit::Finished(Ok(value))
                     }
