@@ -23,8 +23,8 @@
 //!   effect-free, so the server answers them on the connection's thread (an inline answer,
 //!   docs/ARCHITECTURE.md); `echo_host`, with its host native, runs on the server's VM thread
 //!   (`rtt_vm_thread`: what a call of a function with host natives pays). `call` sends
-//!   the 64-byte payload as a bytes value to `echo`; `bulk` passes one bytes value of
-//!   `chunk × chunks` bytes (built once, outside the timing) to `size`, so it travels as a
+//!   the 64-byte payload as a bytes value to `echo`; `bulk` passes the bulk value (one
+//!   256 MiB bytes value, built once, outside the timing) to `size`, so it travels as a
 //!   sidecar that the sender hashes and the receiver re-hashes and verifies before the call
 //!   runs. The server announces a sidecar retain budget of 0, so the sidecar dedup (which
 //!   would skip a value the peer already holds) never applies: every iteration sends every
@@ -32,10 +32,11 @@
 //! - `quinn`: a raw quinn stream echo / bulk sink. Both endpoints are
 //!   [`skiff_transport::Endpoint`]s on 127.0.0.1 with pinned self-signed dev certificates
 //!   (mutual TLS 1.3, exactly the handshake and transport options a Skiff node uses); above
-//!   that, plain quinn: one bidirectional stream per call, no framing, no hashing.
+//!   that, plain quinn: one bidirectional stream per call, no framing, no hashing; bulk
+//!   writes the same 256 MiB value as Skiff sends, in 1 MiB slices of it.
 //! - `tcp`: raw tokio TCP on 127.0.0.1 (no TLS, `TCP_NODELAY`), as a second line: one
 //!   connection, length-prefixed frames, calls pipelined with responses matched in order; bulk
-//!   on a second connection.
+//!   (the same value, in 1 MiB slices) on a second connection.
 //!
 //! `rtt` and `calls_inflight` run on a 2-worker runtime (Skiff's nodes started with
 //! [`Node::start`]: each VM on a thread of its own). `rtt_local` builds every peer again on a
@@ -99,7 +100,7 @@ fn bulk_bytes() -> usize {
         4 << 20
     }
 }
-/// Bulk is written in chunks of this size.
+/// The baselines write the bulk value in slices of this size.
 const BULK_CHUNK: usize = 1 << 20;
 /// In-flight levels measured by `calls_inflight`.
 const INFLIGHT: [usize; 4] = [1, 8, 32, 128];
@@ -119,9 +120,8 @@ trait Peer: Send + Sync {
     fn name(&self) -> &'static str;
     /// One request/response: the peer returns `payload` (a Skiff node: runs an echo function).
     fn call<'a>(&'a self, payload: &'a Bytes) -> Fut<'a, Vec<u8>>;
-    /// Sends `chunks` copies of `chunk` as one transfer; returns the byte count the far side
-    /// acknowledged.
-    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64>;
+    /// Sends `data` as one transfer; returns the byte count the far side acknowledged.
+    fn bulk<'a>(&'a self, data: &'a Bytes) -> Fut<'a, u64>;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -148,8 +148,6 @@ struct SkiffPeer {
     client: Node,
     /// Serves every call; kept alive for the duration of the bench.
     _server: Node,
-    /// The bulk argument, built once: `chunks` copies of `chunk` as one bytes value.
-    bulk_value: Mutex<Option<Bytes>>,
 }
 
 impl SkiffPeer {
@@ -187,29 +185,11 @@ impl SkiffPeer {
             echo,
             client,
             _server: server,
-            bulk_value: Mutex::new(None),
         };
         // The cold call (dial, TLS handshake, hello) happens here, not in a timed loop.
         let p = payload();
         assert_eq!(peer.call(&p).await, p.as_ref(), "skiff: cold echo");
         peer
-    }
-
-    /// The bulk argument for `chunks` copies of `chunk`, built on first use.
-    fn bulk_value(&self, chunk: &Bytes, chunks: usize) -> Bytes {
-        let mut cached = self.bulk_value.lock().unwrap();
-        if let Some(v) = cached.as_ref() {
-            if v.len() == chunk.len() * chunks && v[..chunk.len()] == chunk[..] {
-                return v.clone();
-            }
-        }
-        let mut data = Vec::with_capacity(chunk.len() * chunks);
-        for _ in 0..chunks {
-            data.extend_from_slice(chunk);
-        }
-        let v = Bytes::from(data);
-        *cached = Some(v.clone());
-        v
     }
 }
 
@@ -235,9 +215,9 @@ impl Peer for SkiffPeer {
         })
     }
 
-    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64> {
+    fn bulk<'a>(&'a self, data: &'a Bytes) -> Fut<'a, u64> {
         Box::pin(async move {
-            let arg = Portable::Bytes(self.bulk_value(chunk, chunks));
+            let arg = Portable::Bytes(data.clone());
             match self.client.call("server", "size", vec![arg], None).await {
                 Ok(Portable::Int(n)) => n as u64,
                 other => panic!("skiff: size returned {other:?}"),
@@ -348,12 +328,13 @@ impl Peer for QuinnPeer {
         })
     }
 
-    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64> {
+    fn bulk<'a>(&'a self, data: &'a Bytes) -> Fut<'a, u64> {
         Box::pin(async move {
             let (mut send, mut recv) = self.conn.open_bi().await.expect("open_bi");
             send.write_all(&[MODE_BULK]).await.expect("write");
-            for _ in 0..chunks {
-                send.write_chunk(chunk.clone()).await.expect("write");
+            for at in (0..data.len()).step_by(BULK_CHUNK) {
+                let slice = data.slice(at..data.len().min(at + BULK_CHUNK));
+                send.write_chunk(slice).await.expect("write");
             }
             send.finish().expect("finish");
             let ack = recv.read_to_end(8).await.expect("read ack");
@@ -478,13 +459,13 @@ impl Peer for TcpPeer {
         })
     }
 
-    fn bulk<'a>(&'a self, chunk: &'a Bytes, chunks: usize) -> Fut<'a, u64> {
+    fn bulk<'a>(&'a self, data: &'a Bytes) -> Fut<'a, u64> {
         Box::pin(async move {
             let mut s = self.bulk.lock().await;
-            let total = (chunk.len() * chunks) as u64;
+            let total = data.len() as u64;
             s.write_all(&total.to_le_bytes()).await.expect("write");
-            for _ in 0..chunks {
-                s.write_all(chunk).await.expect("write");
+            for slice in data.chunks(BULK_CHUNK) {
+                s.write_all(slice).await.expect("write");
             }
             let mut ack = [0u8; 8];
             s.read_exact(&mut ack).await.expect("read ack");
@@ -510,13 +491,19 @@ fn payload() -> Bytes {
     Bytes::from((0..CALL_BYTES).map(|i| i as u8).collect::<Vec<u8>>())
 }
 
+/// What every peer's bulk transfer sends: one value of [`bulk_bytes`] bytes, which no peer
+/// reads from a cache-sized buffer it repeats.
+fn bulk_value() -> Bytes {
+    Bytes::from(vec![0xa5u8; bulk_bytes()])
+}
+
 /// The one-time correctness check: echo returns the payload, bulk is fully acknowledged.
 fn check(rt: &Runtime, peer: &dyn Peer) {
     let p = payload();
-    let chunk = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
+    let data = bulk_value();
     rt.block_on(async {
         assert_eq!(peer.call(&p).await, p.as_ref(), "{}: echo", peer.name());
-        let acked = peer.bulk(&chunk, bulk_bytes() / BULK_CHUNK).await;
+        let acked = peer.bulk(&data).await;
         assert_eq!(acked, bulk_bytes() as u64, "{}: bulk", peer.name());
     });
 }
@@ -550,7 +537,7 @@ enum Work {
     Call,
     /// One call, with this many kept in flight (tasks of the 2-worker runtime).
     InFlight(usize),
-    /// One bulk transfer of copies of this chunk.
+    /// One bulk transfer of this value.
     Bulk(Bytes),
 }
 
@@ -574,9 +561,9 @@ impl Work {
                 }
             }
             Work::InFlight(n) => run_inflight(peer.clone(), payload.clone(), iters, *n).await,
-            Work::Bulk(chunk) => {
+            Work::Bulk(data) => {
                 for _ in 0..iters {
-                    peer.bulk(chunk, bulk_bytes() / BULK_CHUNK).await;
+                    peer.bulk(data).await;
                 }
             }
         }
@@ -607,16 +594,14 @@ async fn timed_in_turn(
     timed
 }
 
-/// Seconds one core takes to hash a bulk transfer's bytes (copies of `chunk`) with the
-/// wire's sidecar hasher: the best of three, as for any pure computation on a shared host.
-fn hash_time(chunk: &Bytes) -> f64 {
+/// Seconds one core takes to hash a bulk transfer's bytes with the wire's sidecar hasher:
+/// the best of three, as for any pure computation on a shared host.
+fn hash_time(data: &Bytes) -> f64 {
     (0..3)
         .map(|_| {
             let start = Instant::now();
             let mut hasher = skiff_wire::value::SidecarHasher::new();
-            for _ in 0..bulk_bytes() / BULK_CHUNK {
-                hasher.update(chunk);
-            }
+            hasher.update(data);
             std::hint::black_box(hasher.finish());
             start.elapsed().as_secs_f64()
         })
@@ -653,7 +638,7 @@ fn bench_in_turn(
     let names: Vec<&str> = peers.iter().map(|p| p.name()).collect();
     rounds.write(row, &names, || match &work {
         // Skiff hashes a bulk transfer's bytes twice (sender, receiver): what one pass costs.
-        Work::Bulk(chunk) => format!(", \"hash_per_iter\": {:.6}", hash_time(chunk)),
+        Work::Bulk(data) => format!(", \"hash_per_iter\": {:.6}", hash_time(data)),
         Work::Call | Work::InFlight(_) => String::new(),
     });
 }
@@ -756,8 +741,7 @@ fn transport(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(bulk_bytes() as u64));
-    let chunk = Bytes::from(vec![0xa5u8; BULK_CHUNK]);
-    bench_in_turn(&mut g, "bulk256m", &rt, &peers, Work::Bulk(chunk));
+    bench_in_turn(&mut g, "bulk256m", &rt, &peers, Work::Bulk(bulk_value()));
     g.finish();
 }
 
