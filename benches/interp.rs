@@ -53,7 +53,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Crit
 
 #[path = "support/paired.rs"]
 mod paired;
-use paired::{blocks, Rounds, TurnStart};
+use paired::{blocks, turn_order, Rounds, TurnStart};
 
 /// One workload, written for every engine.
 struct Workload {
@@ -569,12 +569,12 @@ fn bench_in_turn(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut timed = Duration::ZERO;
-                for n in blocks(iters, block) {
+                for (number, n) in blocks(iters, block).enumerate() {
                     let mut round = Vec::with_capacity(runners.len());
-                    for (_, run) in runners.iter_mut() {
+                    for at in turn_order(runners.len(), number) {
                         let start = TurnStart::now();
-                        (0..n).for_each(|_| run());
-                        round.push(start.finish(n));
+                        (0..n).for_each(|_| (runners[at].1)());
+                        round.push((at, start.finish(n)));
                     }
                     timed += rounds.record(round, which);
                 }
