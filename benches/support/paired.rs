@@ -92,9 +92,8 @@ pub struct Rounds(Mutex<Vec<Vec<Turn>>>);
 /// The order the peers of a row take their turns in, in round `number` of a sample (indices
 /// into the row's peers, the subject first): the subject and the peer after it, the one its
 /// bar compares it with, swap places every other round, and any other peers keep theirs after
-/// them. A turn pays for what the turn before it left in the caches (a quinn turn leaves
-/// quinn's code warm for Skiff, which runs on quinn; `benches/README.md`, twenty-fourth
-/// session): so each of the two follows the other, and whatever ran last, equally often.
+/// them, so that each of the two follows the other, and whatever ran last, equally often:
+/// the turn before a turn moves its time (`benches/README.md`, twenty-fourth session).
 pub fn turn_order(peers: usize, number: usize) -> impl Iterator<Item = usize> {
     let swap = number % 2 == 1;
     (0..peers).map(move |i| match i {
