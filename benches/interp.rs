@@ -53,7 +53,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Crit
 
 #[path = "support/paired.rs"]
 mod paired;
-use paired::{blocks, turn_order, Rounds, TurnStart};
+use paired::{blocks, Rounds, TurnStart};
 
 /// One workload, written for every engine.
 struct Workload {
@@ -569,9 +569,9 @@ fn bench_in_turn(g: &mut BenchmarkGroup<'_, WallTime>, w: &Workload) {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut timed = Duration::ZERO;
-                for (number, n) in blocks(iters, block).enumerate() {
+                for n in blocks(iters, block) {
                     let mut round = Vec::with_capacity(runners.len());
-                    for at in turn_order(runners.len(), number) {
+                    for at in rounds.order(runners.len()) {
                         let start = TurnStart::now();
                         (0..n).for_each(|_| (runners[at].1)());
                         round.push((at, start.finish(n)));

@@ -52,11 +52,12 @@
 //!
 //! The peers of a row take turns ([`timed_in_turn`], `support/paired.rs`): a sample of one
 //! peer runs a block of its iterations (64 calls, 16 × the in-flight level, or one
-//! transfer), then a block of each other peer's, and so on, Skiff and quinn swapping places
-//! every other round ([`turn_order`]); every round's times, all peers', are kept, and give the row's paired ratio (`<criterion home>/paired/<row>.json`;
-//! measured one after the other, the ratio of two criterion medians moved by a fifth and
-//! more between runs of the same code, `rtt_local` 0.94–1.40 in one hour). A row thus takes
-//! about as long as all its peers' iterations together. The file also gives every peer's
+//! transfer), then a block of each other peer's, and so on, Skiff and quinn swapping
+//! places every other round (`Rounds::order`); every round's times, all peers', are kept,
+//! and give the row's paired ratio (`<criterion home>/paired/<row>.json`; measured one
+//! after the other, the ratio of two criterion medians moved by a fifth and more between
+//! runs of the same code, `rtt_local` 0.94–1.40 in one hour). A row thus takes about as
+//! long as all its peers' iterations together. The file also gives every peer's
 //! CPU per iteration and the cores it kept busy, and the bulk row the time one core takes
 //! to hash its bytes: together they say whether a gap is work (CPU) or waiting (cores idle).
 //!
@@ -87,7 +88,7 @@ use tokio::task::LocalSet;
 
 #[path = "support/paired.rs"]
 mod paired;
-use paired::{blocks, measuring, turn_order, Rounds, TurnStart};
+use paired::{blocks, measuring, Rounds, TurnStart};
 
 /// Size of one call's payload (a small call request).
 const CALL_BYTES: usize = 64;
@@ -582,9 +583,9 @@ async fn timed_in_turn(
 ) -> Duration {
     let payload = payload();
     let mut timed = Duration::ZERO;
-    for (number, n) in blocks(iters, work.block()).enumerate() {
+    for n in blocks(iters, work.block()) {
         let mut round = Vec::with_capacity(peers.len());
-        for at in turn_order(peers.len(), number) {
+        for at in rounds.order(peers.len()) {
             let start = TurnStart::now();
             work.run(&peers[at], n, &payload).await;
             round.push((at, start.finish(n)));

@@ -6,7 +6,7 @@
 //! host's speed drifts over seconds (another tenant's load): the ratio of two criterion
 //! medians taken in different stretches moved by a fifth and more from run to run. So the
 //! peers of a row take turns: every sample of every peer runs rounds of one block of each
-//! peer's iterations, back to back (in [`turn_order`]), and every round's times are kept
+//! peer's iterations, back to back (in [`Rounds::order`]), and every round's times are kept
 //! ([`Rounds`]). Skiff's time ÷ a peer's in the same round cancels the drift; the median of
 //! that over all rounds is the row's paired ratio, which `benches/report.py` reports and
 //! judges the bars by.
@@ -16,7 +16,7 @@
 //! ratio of CPU times ÷ the ratio of cores busy.
 //!
 //! Invariant: every round holds one [`Turn`] per peer, in the order of the names given to
-//! [`Rounds::write`], whatever order the turns were taken in ([`turn_order`]).
+//! [`Rounds::write`], whatever order the turns were taken in ([`Rounds::order`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -89,20 +89,6 @@ fn process_cpu() -> Option<Duration> {
 #[derive(Default)]
 pub struct Rounds(Mutex<Vec<Vec<Turn>>>);
 
-/// The order the peers of a row take their turns in, in round `number` of a sample (indices
-/// into the row's peers, the subject first): the subject and the peer after it, the one its
-/// bar compares it with, swap places every other round, and any other peers keep theirs after
-/// them, so that each of the two follows the other, and whatever ran last, equally often:
-/// the turn before a turn moves its time (`benches/README.md`, twenty-fourth session).
-pub fn turn_order(peers: usize, number: usize) -> impl Iterator<Item = usize> {
-    let swap = number % 2 == 1;
-    (0..peers).map(move |i| match i {
-        0 if swap => 1.min(peers - 1),
-        1 if swap => 0,
-        i => i,
-    })
-}
-
 /// The sizes of the blocks `iters` iterations take turns in: `block` each, the last the rest.
 pub fn blocks(iters: u64, block: u64) -> impl Iterator<Item = u64> {
     let block = block.max(1);
@@ -110,8 +96,24 @@ pub fn blocks(iters: u64, block: u64) -> impl Iterator<Item = u64> {
 }
 
 impl Rounds {
+    /// The order the `peers` of the row take their turns in, in its next round (indices into
+    /// the row's peers, the subject first): the subject and the peer after it, the one its
+    /// bar compares it with, swap places every other round of the row (counted over all its
+    /// samples: a sample of one transfer is one round), and any other peers keep theirs
+    /// after them. So each of the two follows the other, and whatever ran last, equally
+    /// often: the turn before a turn moves its time (`benches/README.md`, twenty-fourth
+    /// session).
+    pub fn order(&self, peers: usize) -> impl Iterator<Item = usize> {
+        let swap = self.0.lock().unwrap_or_else(|e| e.into_inner()).len() % 2 == 1;
+        (0..peers).map(move |i| match i {
+            0 if swap => 1.min(peers - 1),
+            1 if swap => 0,
+            i => i,
+        })
+    }
+
     /// Keeps a round: one turn per peer, each with the peer's index, in the order they were
-    /// taken ([`turn_order`]). Returns the wall time of peer `which`'s turn, the time
+    /// taken ([`Rounds::order`]). Returns the wall time of peer `which`'s turn, the time
     /// criterion is measuring.
     pub fn record(&self, mut round: Vec<(usize, Turn)>, which: usize) -> Duration {
         round.sort_by_key(|&(peer, _)| peer);
