@@ -333,9 +333,10 @@ impl Peer for QuinnPeer {
         Box::pin(async move {
             let (mut send, mut recv) = self.conn.open_bi().await.expect("open_bi");
             send.write_all(&[MODE_BULK]).await.expect("write");
-            for at in (0..data.len()).step_by(BULK_CHUNK) {
-                let slice = data.slice(at..data.len().min(at + BULK_CHUNK));
-                send.write_chunk(slice).await.expect("write");
+            for slice in data.chunks(BULK_CHUNK) {
+                send.write_chunk(data.slice_ref(slice))
+                    .await
+                    .expect("write");
             }
             send.finish().expect("finish");
             let ack = recv.read_to_end(8).await.expect("read ack");
@@ -498,13 +499,13 @@ fn bulk_value() -> Bytes {
     Bytes::from(vec![0xa5u8; bulk_bytes()])
 }
 
-/// The one-time correctness check: echo returns the payload, bulk is fully acknowledged.
-fn check(rt: &Runtime, peer: &dyn Peer) {
+/// The one-time correctness check: echo returns the payload, bulk (`data`) is fully
+/// acknowledged.
+fn check(rt: &Runtime, peer: &dyn Peer, data: &Bytes) {
     let p = payload();
-    let data = bulk_value();
     rt.block_on(async {
         assert_eq!(peer.call(&p).await, p.as_ref(), "{}: echo", peer.name());
-        let acked = peer.bulk(&data).await;
+        let acked = peer.bulk(data).await;
         assert_eq!(acked, bulk_bytes() as u64, "{}: bulk", peer.name());
     });
 }
@@ -683,8 +684,9 @@ fn transport(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let peers = rt.block_on(start_peers(None));
+    let bulk = bulk_value();
     for peer in &peers {
-        check(&rt, peer.as_ref());
+        check(&rt, peer.as_ref(), &bulk);
     }
 
     let mut g = c.benchmark_group("rtt");
@@ -742,7 +744,7 @@ fn transport(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(bulk_bytes() as u64));
-    bench_in_turn(&mut g, "bulk256m", &rt, &peers, Work::Bulk(bulk_value()));
+    bench_in_turn(&mut g, "bulk256m", &rt, &peers, Work::Bulk(bulk));
     g.finish();
 }
 

@@ -104,12 +104,9 @@ impl Rounds {
     /// often: the turn before a turn moves its time (`benches/README.md`, twenty-fourth
     /// session).
     pub fn order(&self, peers: usize) -> impl Iterator<Item = usize> {
-        let swap = self.0.lock().unwrap_or_else(|e| e.into_inner()).len() % 2 == 1;
-        (0..peers).map(move |i| match i {
-            0 if swap => 1.min(peers - 1),
-            1 if swap => 0,
-            i => i,
-        })
+        let odd = self.0.lock().unwrap_or_else(|e| e.into_inner()).len() % 2 == 1;
+        let swap = odd && peers >= 2;
+        (0..peers).map(move |i| if swap && i < 2 { 1 - i } else { i })
     }
 
     /// Keeps a round: one turn per peer, each with the peer's index, in the order they were
