@@ -142,6 +142,25 @@ def cpu_notes(paired):
                 "of turns (time ÷ time = CPU ratio ÷ cores ratio):", ""] + lines
 
 
+def stretch_notes(paired):
+    """Lines on how the paired ratio of each row with a bar moved over its run: its stretches
+    (`benches/support/paired.rs`), quickest host first by the peer's time per iteration
+    there; empty when no such row recorded stretches."""
+    lines = []
+    for row in sorted(paired, key=row_key):
+        for peer, stretches in paired[row].get("stretches", {}).items():
+            bar = BARS.get((row, peer)) or BARS.get((group_of(row), peer))
+            if not bar or not stretches:
+                continue
+            each = ", ".join(f"{fmt_cpu(t)}: {r:.3f}" for t, r in sorted(stretches))
+            lines.append(f"- {row} ÷ {peer}: {each}.")
+    if not lines:
+        return []
+    return ["", "The paired ratio of each row with a bar over tenths of its run (its rounds in the "
+                "order they ran), quickest host first: the peer's median time per iteration in "
+                "that tenth, then the ratio there:", ""] + lines
+
+
 def fmt_time(ns):
     for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
         if ns >= scale:
@@ -286,9 +305,9 @@ def main():
         sys.exit(f"no criterion results under {criterion_dir}; run the benches first")
     paired = load_paired(criterion_dir)
     text = table(results, paired_ratios(paired), args.command)
-    notes_cpu = cpu_notes(paired)
+    below = cpu_notes(paired) + stretch_notes(paired)
     if not args.write:
-        print("\n".join([text] + notes_cpu))
+        print("\n".join([text] + below))
         return
     readme = Path(__file__).resolve().parent / "README.md"
     old = readme.read_text()
@@ -304,7 +323,7 @@ def main():
         name = lambda l: l.split("|")[1].strip().rstrip(" †")
         lines[start:] = sorted(lines[start:] + kept, key=lambda l: row_key(name(l)))
         text = "\n".join(lines + [""] + notes)
-    text = "\n".join([text] + notes_cpu)
+    text = "\n".join([text] + below)
     readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
     print(f"updated {readme}")
 

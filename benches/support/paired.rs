@@ -11,6 +11,9 @@
 //! that over all rounds is the row's paired ratio, which `benches/report.py` reports and
 //! judges the bars by.
 //!
+//! The paired ratio moves with the host's load: the row's rounds are also split into
+//! stretches in the order they ran, each with its ratio and the peer's time there.
+//!
 //! Each block also records the process's CPU time, so a row reports how much CPU an
 //! iteration of each peer took and how many cores it kept busy: the ratio of times is the
 //! ratio of CPU times ÷ the ratio of cores busy.
@@ -28,6 +31,14 @@ const SUBJECT: &str = "skiff";
 /// process's CPU time is read in 10 ms ticks, and over shorter blocks it was visibly skewed
 /// (`host_call`'s 50 µs blocks of Lua showed 1.28 cores busy on one thread).
 const MIN_CPU_BLOCK: Duration = Duration::from_millis(1);
+
+/// A row's rounds are also split into this many stretches in the order they ran, each with its
+/// own paired ratio and the peer's time per iteration there: how the ratio moved with the
+/// host's speed over the run (`benches/report.py` lists them for the rows with a bar).
+const STRETCHES: usize = 10;
+
+/// Stretches are written only for a row of at least this many rounds per stretch.
+const MIN_STRETCH_ROUNDS: usize = 20;
 
 /// One peer's block in a round of turns.
 pub struct Turn {
@@ -122,6 +133,8 @@ impl Rounds {
 
     /// Writes `<criterion home>/paired/<row>.json` (`/` in `row` as `_`): the number of
     /// rounds; for each peer, the median over rounds of Skiff's time ÷ the peer's; for each
+    /// peer, the same over each of [`STRETCHES`] stretches of the rounds in the order they
+    /// ran, with the peer's median time per iteration there (a row of enough rounds); for each
     /// peer, its CPU time per iteration and the cores it kept busy (sums over all rounds);
     /// then `extra` (more fields, each starting with `, `). `peers` names the turns of each
     /// round in order. `benches/report.py` reads it. Nothing is written when criterion only
@@ -138,18 +151,23 @@ impl Rounds {
         let Some(skiff) = peers.iter().position(|&p| p == SUBJECT) else {
             return;
         };
-        let ratios: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != skiff)
+        let others = || peers.iter().enumerate().filter(move |&(i, _)| i != skiff);
+        let ratios: Vec<String> = others()
+            .map(|(i, peer)| format!("\"{peer}\": {:.4}", paired_ratio(&rounds, skiff, i)))
+            .collect();
+        // The same over each stretch of the run, with the peer's time there (the host's speed).
+        let stretches: Vec<String> = others()
+            .filter(|_| rounds.len() >= STRETCHES * MIN_STRETCH_ROUNDS)
             .map(|(i, peer)| {
-                let mut r: Vec<f64> = rounds
-                    .iter()
-                    .map(|t| t[skiff].per_iter() / t[i].per_iter())
+                let each: Vec<String> = (0..STRETCHES)
+                    .map(|s| {
+                        let part = &rounds
+                            [s * rounds.len() / STRETCHES..(s + 1) * rounds.len() / STRETCHES];
+                        let peer_time = median(part.iter().map(|t| t[i].per_iter()).collect());
+                        format!("[{peer_time:.9}, {:.4}]", paired_ratio(part, skiff, i))
+                    })
                     .collect();
-                r.sort_by(f64::total_cmp);
-                let median = r.get(r.len() / 2).copied().unwrap_or(f64::NAN);
-                format!("\"{peer}\": {median:.4}")
+                format!("\"{peer}\": [{}]", each.join(", "))
             })
             .collect();
         let cpu: Vec<String> = peers
@@ -173,9 +191,11 @@ impl Rounds {
             })
             .collect();
         let json = format!(
-            "{{\"row\": \"{row}\", \"rounds\": {}, \"ratios\": {{{}}}, \"cpu\": {{{}}}{}}}\n",
+            "{{\"row\": \"{row}\", \"rounds\": {}, \"ratios\": {{{}}}, \"stretches\": {{{}}}, \
+             \"cpu\": {{{}}}{}}}\n",
             rounds.len(),
             ratios.join(", "),
+            stretches.join(", "),
             cpu.join(", "),
             extra()
         );
@@ -188,6 +208,23 @@ impl Rounds {
             );
         }
     }
+}
+
+/// The median over `rounds` of peer `skiff`'s time per iteration ÷ peer `other`'s in the same
+/// round.
+fn paired_ratio(rounds: &[Vec<Turn>], skiff: usize, other: usize) -> f64 {
+    median(
+        rounds
+            .iter()
+            .map(|t| t[skiff].per_iter() / t[other].per_iter())
+            .collect(),
+    )
+}
+
+/// The median of `values` (the upper one of an even count; NaN if there are none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Where criterion keeps its results (as criterion finds it).
