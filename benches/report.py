@@ -158,7 +158,8 @@ def stretch_notes(paired):
         return []
     return ["", "The paired ratio of each row with a bar over tenths of its run (its rounds in the "
                 "order they ran), quickest host first: the peer's median time per iteration in "
-                "that tenth, then the ratio there:", ""] + lines
+                "that tenth, then the ratio there (the peer's time stands for the host's speed, so "
+                "a tenth in which the peer alone was slow reads low):", ""] + lines
 
 
 def fmt_time(ns):
