@@ -11,8 +11,9 @@
 //! that over all rounds is the row's paired ratio, which `benches/report.py` reports and
 //! judges the bars by.
 //!
-//! The paired ratio moves with the host's load: the row's rounds are also split into
-//! stretches in the order they ran, each with its ratio and the peer's time there.
+//! A paired ratio can still move with the host's load (a loaded host slowed Skiff's one-thread
+//! round trip more than quinn's echo), so a row's rounds are also split into stretches in the
+//! order they ran, each with its ratio and the peer's time there.
 //!
 //! Each block also records the process's CPU time, so a row reports how much CPU an
 //! iteration of each peer took and how many cores it kept busy: the ratio of times is the
@@ -156,8 +157,9 @@ impl Rounds {
             .map(|(i, peer)| format!("\"{peer}\": {:.4}", paired_ratio(&rounds, skiff, i)))
             .collect();
         // The same over each stretch of the run, with the peer's time there (the host's speed).
+        let stretched = rounds.len() >= STRETCHES * MIN_STRETCH_ROUNDS;
         let stretches: Vec<String> = others()
-            .filter(|_| rounds.len() >= STRETCHES * MIN_STRETCH_ROUNDS)
+            .filter(|_| stretched)
             .map(|(i, peer)| {
                 let each: Vec<String> = (0..STRETCHES)
                     .map(|s| {
