@@ -23,9 +23,14 @@
 //! - The other reads' set is polled only when one of them woke or a read joined it since it
 //!   was last polled ([`ReadsDue`]): a connection's control stream is read all its life,
 //!   so the set is never empty, and a call's reads rarely wait there.
-//! - Sidecar data the wire wants hashed ([`Transmit::report_hash`]) is hashed piece by piece,
-//!   each piece just before it is written, and exactly one [`Input::SidecarSent`] reports it:
-//!   its hash, or `None` if not all of it was written (or the stream was gone).
+//! - Sidecar data the wire wants hashed ([`Transmit::report_hash`]) is hashed on tokio's
+//!   blocking pool while it is written ([`BackgroundHash`]), and exactly one
+//!   [`Input::SidecarSent`] reports it: its hash, or `None` if not all of it was written (or
+//!   the stream was gone). Hashed in the driver, between its writes, it kept cores idler
+//!   (`benches/README.md`, twenty-fifth session): each write wakes quinn's connection task,
+//!   which tokio then runs next on the same worker (its LIFO slot, which no other worker
+//!   takes from), after the driver's poll, hash and all. The pool's thread runs on whichever
+//!   core is free.
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -52,9 +57,9 @@ pub(super) enum Input {
     SidecarSent(StreamId, Option<SidecarHash>),
 }
 
-/// Sidecar data is hashed and written in pieces of this size, so the first bytes leave
-/// while the rest is still being hashed.
-const HASH_PIECE: usize = 256 << 10;
+/// A background hash takes sidecar data in pieces of this size, looking between pieces
+/// whether its write was given up.
+const HASH_PIECE: usize = 1 << 20;
 
 /// A stream of ours, opened (or why not).
 type Opened = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>;
@@ -647,6 +652,43 @@ fn write_now(send: &mut quinn::SendStream, plain: &mut [Bytes]) -> Option<bool> 
     }
 }
 
+/// Sidecar data being hashed on tokio's blocking pool while the driver writes it. Dropping
+/// it unfinished (the write failed, or the driver went away) stops the hash at its next
+/// piece.
+struct BackgroundHash {
+    hash: tokio::task::JoinHandle<Option<SidecarHash>>,
+    given_up: Arc<AtomicBool>,
+}
+
+impl BackgroundHash {
+    fn start(data: Bytes) -> BackgroundHash {
+        let given_up = Arc::new(AtomicBool::new(false));
+        let stop = given_up.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let mut hasher = SidecarHasher::new();
+            for piece in data.chunks(HASH_PIECE) {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                hasher.update(piece);
+            }
+            Some(hasher.finish())
+        });
+        BackgroundHash { hash, given_up }
+    }
+
+    /// The hash, once all of it is hashed (`None` if the runtime shut the pool down first).
+    async fn finish(mut self) -> Option<SidecarHash> {
+        (&mut self.hash).await.ok().flatten()
+    }
+}
+
+impl Drop for BackgroundHash {
+    fn drop(&mut self) {
+        self.given_up.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Writes `queued` in order: whether every byte was accepted, and for sidecar data to hash
 /// (at most one per write: the wire holds the stream's later frames until its report) the
 /// report — its hash, or `None` if not all of it was written.
@@ -666,16 +708,11 @@ async fn write_queued(
             return (false, sidecar);
         }
         plain.clear();
-        let mut hasher = SidecarHasher::new();
-        let mut rest = t.data;
-        while !rest.is_empty() {
-            let piece = rest.split_to(HASH_PIECE.min(rest.len()));
-            hasher.update(&piece);
-            if send.write_chunk(piece).await.is_err() {
-                return (false, sidecar);
-            }
+        let hash = BackgroundHash::start(t.data.clone());
+        if send.write_chunk(t.data).await.is_err() {
+            return (false, sidecar);
         }
-        sidecar = Some(Some(hasher.finish()));
+        sidecar = Some(hash.finish().await);
     }
     let ok = send.write_all_chunks(&mut plain).await.is_ok();
     (ok, sidecar)
