@@ -69,6 +69,33 @@ fn local_nodes_hop_and_answer_without_a_thread_of_their_own() {
 }
 
 #[test]
+fn a_large_value_hashed_while_sent_crosses_between_local_nodes() {
+    // No retain budget: the sender hashes the sidecar on the runtime's blocking pool while
+    // it writes it, and the receiver checks that hash before the call runs.
+    on_one_thread(|local| async move {
+        let setup = Setup {
+            tweak: |_, config| config.wire.sidecar_retain_bytes = 0,
+            ..Setup::default()
+        };
+        let nodes = cluster_on(&["a"], setup, Some(&local)).await;
+        nodes[1]
+            .load(&compile("fn size(data) { len(data) }"))
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..2 {
+            let arg = Portable::Bytes(data.clone().into());
+            let size = nodes[0].call("a", "size", vec![arg], None).await.unwrap();
+            assert_eq!(size, Portable::Int(8 << 20));
+        }
+        let stats = nodes[0].stats("a").unwrap();
+        assert_eq!(stats.sidecar_bytes_sent, 16 << 20, "{stats:?}");
+        assert_eq!(stats.sidecar_bytes_hashed, 16 << 20, "{stats:?}");
+        shutdown(nodes).await;
+    });
+}
+
+#[test]
 fn a_long_execution_does_not_hold_up_other_calls_on_its_thread() {
     on_one_thread(|local| async move {
         let nodes = cluster_on(&["a"], Setup::default(), Some(&local)).await;

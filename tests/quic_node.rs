@@ -413,8 +413,8 @@ async fn large_bytes_travel_as_sidecars_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bytes_hashed_while_sent_travel_intact() {
-    // No retain budget anywhere: nothing needs a sidecar's hash before it is sent, so the
-    // connection drivers hash both (the argument and the result) as they write them.
+    // No retain budget anywhere: nothing needs a sidecar's hash before it is sent, so both
+    // (the argument and the result) are hashed on the blocking pool as they are written.
     large_bytes_round_trip(
         Setup {
             tweak: |_, config| config.wire.sidecar_retain_bytes = 0,
