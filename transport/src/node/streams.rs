@@ -691,7 +691,8 @@ impl Drop for BackgroundHash {
 
 /// Writes `queued` in order: whether every byte was accepted, and for sidecar data to hash
 /// (at most one per write: the wire holds the stream's later frames until its report) the
-/// report — its hash, or `None` if not all of it was written.
+/// report — its hash, or `None` if not all of it was written (or the runtime shut the
+/// blocking pool down before it was hashed).
 async fn write_queued(
     send: &mut quinn::SendStream,
     queued: Vec<Transmit>,
