@@ -333,8 +333,8 @@ impl Peer for QuinnPeer {
         Box::pin(async move {
             let (mut send, mut recv) = self.conn.open_bi().await.expect("open_bi");
             send.write_all(&[MODE_BULK]).await.expect("write");
-            // One write of the whole value, as Skiff's sender makes (f7950f2): quinn took
-            // less CPU per transfer that way than in 1 MiB slices.
+            // One write of the whole value, as Skiff's sender makes: quinn took less time
+            // per transfer that way than in 1 MiB slices (benches/README.md).
             send.write_chunk(data.clone()).await.expect("write");
             send.finish().expect("finish");
             let ack = recv.read_to_end(8).await.expect("read ack");
