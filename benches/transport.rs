@@ -65,7 +65,9 @@
 //! sink must acknowledge every byte (for `skiff`: `size` returns the byte count).
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench transport`; see
-//! `benches/README.md` for the whole suite and the report script.
+//! `benches/README.md` for the whole suite and the report script. With
+//! `SKIFF_RTT_LOOP=<peer>:<calls>` set, the binary runs no benchmark but a loop of one
+//! `rtt_local` peer's round trips, for profilers ([`rtt_local_loop`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -75,7 +77,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use skiff::node::{Node, NodeConfig, NodeError};
 use skiff::{ExecIo, Limits, NativeCtx, NativeError, Portable, Value};
 use skiff_transport::cert::generate_self_signed;
@@ -746,9 +748,67 @@ fn transport(c: &mut Criterion) {
     g.finish();
 }
 
+/// The environment variable that turns the bench binary into a profiling loop
+/// ([`rtt_local_loop`]) instead of the benchmarks.
+const RTT_LOOP_VAR: &str = "SKIFF_RTT_LOOP";
+
+/// `SKIFF_RTT_LOOP=<peer>:<calls>`: `calls` warm round trips of one peer of `rtt_local`
+/// (`skiff`, `quinn` or `tcp`), each peer built as that row builds it, everything on one
+/// current-thread runtime, then the time per call on stderr. Profilers run this loop twice
+/// with different `calls` and read the difference: per call, with the start-up (certificates,
+/// handshakes, the first calls) taken out (benches/README.md, "Twenty-sixth session").
+fn rtt_local_loop(spec: &str) -> Result<(), String> {
+    let bad = || format!("{RTT_LOOP_VAR}: expected <skiff|quinn|tcp>:<calls>, got {spec:?}");
+    let (name, calls) = spec.split_once(':').ok_or_else(bad)?;
+    let calls: u64 = calls.parse().map_err(|_| bad())?;
+    if !["skiff", "quinn", "tcp"].contains(&name) {
+        return Err(bad());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("local runtime");
+    let local = LocalSet::new();
+    let peers = local.block_on(&rt, start_peers(Some(&local)));
+    let peer = peers
+        .iter()
+        .find(|p| p.name() == name)
+        .expect("every peer started");
+    let p = payload();
+    let elapsed = local.block_on(&rt, async {
+        assert_eq!(
+            peer.call(&p).await,
+            p.as_ref(),
+            "{name}: echo on one thread"
+        );
+        let start = Instant::now();
+        Work::Call.run(peer, calls, &p).await;
+        start.elapsed()
+    });
+    eprintln!(
+        "{name}: {calls} calls, {:.2} µs per call",
+        elapsed.as_secs_f64() * 1e6 / calls.max(1) as f64
+    );
+    Ok(())
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
     targets = transport
 }
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var(RTT_LOOP_VAR) {
+        Ok(spec) => {
+            if let Err(e) = rtt_local_loop(&spec) {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        }
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}
