@@ -54,27 +54,27 @@ pub struct NodeStats {
 }
 
 struct LocalNode {
-    /// Its name, shared with every execution on it (`here()`, a hop's `caller()`).
-    name: Arc<str>,
+    /// What a top-level execution on it knows of it: its name (`here()`, shared with every
+    /// execution on it and a hop's `caller()`) and the other nodes' names, sorted
+    /// (`peers()`); no caller. Kept, so that a host's call borrows it instead of building
+    /// one (two shared counts taken and dropped, each an atomic operation).
+    view: NodeInfo,
     store: CodeStore,
     /// Programs linked from `store`, by entry function; cleared whenever the host may have
     /// changed the store ([`LocalCluster::store_mut`]). Blobs only ever join a node's store,
     /// and a blob's content never changes, so nothing else makes a kept program stale.
     links: LinkCache,
-    /// The other nodes' names, sorted: what `peers()` returns on this node.
-    peers: Arc<[String]>,
     stats: NodeStats,
     contexts: SharedContexts,
 }
 
 impl LocalNode {
-    /// What an execution on this node may know of it (`here()`, `peers()`), and who it
-    /// serves (`caller()`: a node of the cluster, by its shared name).
-    fn info(&self, caller: Option<Arc<str>>) -> NodeInfo {
+    /// What an execution serving a hop from `caller` (a node of the cluster, by its shared
+    /// name) may know of this node.
+    fn info(&self, caller: Arc<str>) -> NodeInfo {
         NodeInfo {
-            here: self.name.clone(),
-            caller,
-            peers: self.peers.clone(),
+            caller: Some(caller),
+            ..self.view.clone()
         }
     }
 }
@@ -129,14 +129,17 @@ impl LocalCluster {
                 (
                     n.to_owned(),
                     LocalNode {
-                        name: n.into(),
+                        view: NodeInfo {
+                            here: n.into(),
+                            caller: None,
+                            peers: all
+                                .iter()
+                                .filter(|&&p| p != n)
+                                .map(|&p| p.to_owned())
+                                .collect(),
+                        },
                         store: CodeStore::new(),
                         links: LinkCache::new(),
-                        peers: all
-                            .iter()
-                            .filter(|&&p| p != n)
-                            .map(|&p| p.to_owned())
-                            .collect(),
                         stats: NodeStats::default(),
                         contexts: Rc::new(RefCell::new(Contexts::default())),
                     },
@@ -225,7 +228,6 @@ impl LocalCluster {
         let Some(here) = self.nodes.get_mut(node) else {
             return Err(RunError::UnknownNode(node.to_owned()));
         };
-        let info = here.info(None);
         let linked = here
             .links
             .get(&self.engine, &here.store, func)
@@ -242,7 +244,7 @@ impl LocalCluster {
                     &here.store,
                     linked,
                     &args,
-                    &info,
+                    &here.view,
                     limits,
                     io,
                     DEFAULT_SLICE,
@@ -260,7 +262,7 @@ impl LocalCluster {
             Status::Blocked { .. } | Status::Yielded => {}
         }
         self.running.push(Some(Running {
-            node: here.name.clone(),
+            node: here.view.here.clone(),
             exec,
             hop: None,
             runnable: false,
@@ -374,7 +376,7 @@ impl LocalCluster {
                 Ok(exec) => {
                     let context = Rc::from(hop.plan.context.as_str());
                     let running = Running {
-                        node: self.nodes[&peer].name.clone(),
+                        node: self.nodes[&peer].view.here.clone(),
                         exec,
                         hop: Some(hop),
                         runnable: true,
@@ -450,7 +452,7 @@ impl LocalCluster {
             (a, b) => a.or(b),
         };
         let node = self.nodes.get_mut(peer).expect("checked above");
-        let info = node.info(Some(caller_node));
+        let info = node.info(caller_node);
         node.stats.calls_served += 1;
         start_on(
             &self.engine,
