@@ -677,6 +677,19 @@ fn bench_local(
     g.finish();
 }
 
+/// The peers of the one-thread rows: a current-thread runtime (which the bench thread
+/// drives) and, in it, the set holding the Skiff nodes (all their tasks:
+/// `Node::start_local`); the baselines' endpoints and server tasks on that runtime too.
+fn one_thread_peers() -> (Runtime, LocalSet, Vec<Arc<dyn Peer>>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("local runtime");
+    let local = LocalSet::new();
+    let peers = local.block_on(&rt, start_peers(Some(&local)));
+    (rt, local, peers)
+}
+
 fn transport(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -712,14 +725,8 @@ fn transport(c: &mut Criterion) {
     );
     g.finish();
 
-    // The same round trip on one thread: the bench thread drives a current-thread runtime
-    // and, in it, the set holding the Skiff nodes (all their tasks: `Node::start_local`).
-    let local_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("local runtime");
-    let local = LocalSet::new();
-    let local_peers = local.block_on(&local_rt, start_peers(Some(&local)));
+    // The same round trip on one thread.
+    let (local_rt, local, local_peers) = one_thread_peers();
     let p = payload();
     for peer in &local_peers {
         let echoed = local.block_on(&local_rt, peer.call(&p));
@@ -764,12 +771,7 @@ fn rtt_local_loop(spec: &str) -> Result<(), String> {
     if !["skiff", "quinn", "tcp"].contains(&name) {
         return Err(bad());
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("local runtime");
-    let local = LocalSet::new();
-    let peers = local.block_on(&rt, start_peers(Some(&local)));
+    let (rt, local, peers) = one_thread_peers();
     let peer = peers
         .iter()
         .find(|p| p.name() == name)
