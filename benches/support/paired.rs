@@ -157,21 +157,13 @@ impl Rounds {
             .map(|(i, peer)| format!("\"{peer}\": {:.4}", paired_ratio(&rounds, skiff, i)))
             .collect();
         // The same over each stretch of the run, with the peer's time there (the host's speed).
-        let stretched = rounds.len() >= STRETCHES * MIN_STRETCH_ROUNDS;
-        let stretches: Vec<String> = others()
-            .filter(|_| stretched)
-            .map(|(i, peer)| {
-                let each: Vec<String> = (0..STRETCHES)
-                    .map(|s| {
-                        let part = &rounds
-                            [s * rounds.len() / STRETCHES..(s + 1) * rounds.len() / STRETCHES];
-                        let peer_time = median(part.iter().map(|t| t[i].per_iter()).collect());
-                        format!("[{peer_time:.9}, {:.4}]", paired_ratio(part, skiff, i))
-                    })
-                    .collect();
-                format!("\"{peer}\": [{}]", each.join(", "))
-            })
-            .collect();
+        let stretches: Vec<String> = if rounds.len() < STRETCHES * MIN_STRETCH_ROUNDS {
+            Vec::new()
+        } else {
+            others()
+                .map(|(i, peer)| format!("\"{peer}\": [{}]", stretches(&rounds, skiff, i)))
+                .collect()
+        };
         let cpu: Vec<String> = peers
             .iter()
             .enumerate()
@@ -221,6 +213,17 @@ fn paired_ratio(rounds: &[Vec<Turn>], skiff: usize, other: usize) -> f64 {
             .map(|t| t[skiff].per_iter() / t[other].per_iter())
             .collect(),
     )
+}
+
+/// [`STRETCHES`] stretches of `rounds` in the order they ran, each as `[peer's median time
+/// per iteration, paired ratio]` of peer `skiff` to peer `other` there, comma-separated.
+fn stretches(rounds: &[Vec<Turn>], skiff: usize, other: usize) -> String {
+    let stretch = |s: usize| {
+        let part = &rounds[s * rounds.len() / STRETCHES..(s + 1) * rounds.len() / STRETCHES];
+        let peer_time = median(part.iter().map(|t| t[other].per_iter()).collect());
+        format!("[{peer_time:.9}, {:.4}]", paired_ratio(part, skiff, other))
+    };
+    (0..STRETCHES).map(stretch).collect::<Vec<_>>().join(", ")
 }
 
 /// The median of `values` (the upper one of an even count; NaN if there are none).

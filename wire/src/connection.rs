@@ -107,8 +107,9 @@ pub struct Transmit {
     pub fin: bool,
     /// `data` is a large sidecar's data, not hashed yet: the transport hashes it while it
     /// writes it ([`SidecarHasher`]; `skiff-transport` does so on another thread, beside the
-    /// write) and reports the hash with [`Connection::handle_sidecar_sent`]. The stream's later frames (the
-    /// sidecar's hash, then the message referencing it) wait for that; other streams do not.
+    /// write) and reports the hash with [`Connection::handle_sidecar_sent`]. The stream's
+    /// later frames (the sidecar's hash, then the message referencing it) wait for that;
+    /// other streams do not.
     pub report_hash: bool,
 }
 
