@@ -44,7 +44,13 @@
 //!   route left it and, not reading any more, takes the answer or a channel for it.
 //! - When the connection closes, every incoming call it carried is reported cancelled to the
 //!   VM thread, which stops the execution and frees its slot.
+//! - A poll that takes quinn's connection lock (reading a stream, accepting one) is made
+//!   only after that source woke, or before its waker was registered ([`Due`], the watched
+//!   stream's `StreamWake::woken`), never at every turn of the task: quinn's connection
+//!   task holds that lock while it handles packets, and a driver that a long write keeps
+//!   waking slept on it (`benches/README.md`, twenty-seventh session).
 
+use super::due::Due;
 use super::inline;
 use super::streams::{Input, Streams};
 use super::vm::VmMsg;
@@ -665,24 +671,27 @@ async fn drive(handle: DriverHandle, side: Side) {
     // fires early the wire finds nothing due and the loop sets it again.
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
-    // One accept future, replaced only when it completes.
+    // One accept future, replaced only when it completes, polled only after it woke: each
+    // poll takes quinn's connection lock, and the task wakes for every read and write.
     let acceptor = conn.clone();
     let accept = acceptor.accept_bi();
     tokio::pin!(accept);
+    let accept_due = Due::new(true);
+    let accept_waker = Waker::from(accept_due.clone());
     std::future::poll_fn(|cx| {
         let mut d = handle.core.lock().unwrap_or_else(|e| e.into_inner());
         if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             d.waker = Some(cx.waker().clone());
             handle.route.set_task(cx.waker());
             d.streams.set_task(cx.waker());
+            accept_due.set_task(cx.waker());
         }
-        // A wake-up does not say which source woke the task, so each is polled once; after
-        // that only a source whose state may have changed without a wake-up (it was ready,
-        // or the flush gave it new work) is polled again: one that returned `Pending` has
-        // registered the waker.
+        // A wake-up does not say which source woke the task, so each is polled once (the
+        // accept future only if it woke: `accept_due`); after that only a source whose
+        // state may have changed without a wake-up (it was ready, or the flush gave it new
+        // work) is polled again: one that returned `Pending` has registered the waker.
         let mut poll_cmds = true;
         let mut poll_streams = true;
-        let mut poll_accept = true;
         let mut poll_timer = true;
         for _ in 0..ROUNDS {
             if std::mem::take(&mut poll_cmds) {
@@ -702,10 +711,11 @@ async fn drive(handle: DriverHandle, side: Side) {
                 }
             }
             // A stream the peer opened first, so that what it carries is read this round.
-            if std::mem::take(&mut poll_accept) {
-                if let Poll::Ready(stream) = accept.as_mut().poll(cx) {
+            if accept_due.take() {
+                let mut accept_cx = Context::from_waker(&accept_waker);
+                if let Poll::Ready(stream) = accept.as_mut().poll(&mut accept_cx) {
                     accept.set(acceptor.accept_bi());
-                    poll_accept = true;
+                    accept_due.mark();
                     match stream {
                         Ok((send, recv)) => d.streams.add(wire_id(recv.id()), send, recv),
                         Err(e) => d.wire.handle_connection_lost(e.to_string()),
@@ -735,7 +745,7 @@ async fn drive(handle: DriverHandle, side: Side) {
                 }
             }
             poll_streams |= d.streams.take_unpolled();
-            if !(poll_cmds || poll_streams || poll_accept || poll_timer) {
+            if !(poll_cmds || poll_streams || poll_timer || accept_due.is_due()) {
                 return Poll::Pending;
             }
         }
@@ -777,15 +787,15 @@ impl Driver {
     /// Polls the streams and handles what they gave; `true` if they may have more (`BATCH`
     /// was taken), else every stream was polled to `Pending`.
     fn read_streams(&mut self) -> bool {
-        self.route.woken.store(false, Ordering::Release);
+        let watched_woke = self.route.woken.swap(false, Ordering::AcqRel);
         // Before the task's first poll, nothing needs its waker: that poll reads everything.
         let mut cx = Context::from_waker(self.waker.as_ref().unwrap_or(Waker::noop()));
         let mut watcher = Context::from_waker(&self.stream_waker);
         let mut inputs = std::mem::take(&mut self.inputs);
-        let full = match self
-            .streams
-            .poll_inputs(&mut cx, &mut watcher, &mut inputs, BATCH)
-        {
+        let polled =
+            self.streams
+                .poll_inputs(&mut cx, &mut watcher, watched_woke, &mut inputs, BATCH);
+        let full = match polled {
             Poll::Pending => false,
             Poll::Ready(()) => {
                 let now = Instant::now();

@@ -43,6 +43,7 @@
 //!   says the node shut down, and only then are the connections closed.
 
 mod driver;
+mod due;
 mod hop;
 mod inline;
 mod spawner;

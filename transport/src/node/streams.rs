@@ -21,8 +21,9 @@
 //!   their own, so that its arrivals can wake someone other than the driver task (the
 //!   caller awaiting the answer on it). Every other read, write and open wakes the task.
 //! - The other reads' set is polled only when one of them woke or a read joined it since it
-//!   was last polled ([`ReadsDue`]): a connection's control stream is read all its life,
-//!   so the set is never empty, and a call's reads rarely wait there.
+//!   was last polled ([`Due`]): a connection's control stream is read all its life,
+//!   so the set is never empty, and a call's reads rarely wait there. The watched read
+//!   likewise is polled only when its stream woke or it was not polled with its waker yet.
 //! - Sidecar data the wire wants hashed ([`Transmit::report_hash`]) is hashed on tokio's
 //!   blocking pool while it is written ([`BackgroundHash`]), and exactly one
 //!   [`Input::SidecarSent`] reports it: its hash, or `None` if not all of it was written (or
@@ -32,6 +33,7 @@
 //!   takes from), after the driver's poll, hash and all. The pool's thread runs on whichever
 //!   core is free.
 
+use super::due::Due;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use skiff_wire::idmap::IdMap;
@@ -41,8 +43,8 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -101,35 +103,14 @@ struct Outbox {
     fin: bool,
 }
 
-/// Whether the reads' set may have a read ready: set by their wake-ups, which it passes on
-/// to the driver task (once it has polled: its first poll reads everything), and by a read
-/// joining the set; cleared when the set is polled.
-struct ReadsDue {
-    due: AtomicBool,
-    task: Mutex<Option<Waker>>,
-}
-
-impl Wake for ReadsDue {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.due.store(true, Ordering::Release);
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(waker) = &*task {
-            waker.wake_by_ref();
-        }
-    }
-}
-
 pub(super) struct Streams {
     conn: quinn::Connection,
     /// The side whose streams are opened here.
     side: Side,
     reads: FuturesUnordered<Boxed<Read>>,
-    /// What `reads` is polled with (as a waker).
-    reads_due: Arc<ReadsDue>,
+    /// What `reads` is polled with (as a waker): whether the set may have a read ready, set
+    /// by their wake-ups and by a read joining the set, cleared when the set is polled.
+    reads_due: Arc<Due>,
     /// The stream whose reads are watched, if any, and its read in flight (polled with the
     /// watcher's waker). Not a future in a set: a `FuturesUnordered` that polled all its
     /// futures wakes its waker to yield, which for a set of one would be a wake-up per
@@ -137,6 +118,10 @@ pub(super) struct Streams {
     /// makes one in place, and a call's stream costs no allocation for its reads.
     watched: Option<StreamId>,
     watched_read: Option<Reading>,
+    /// `watched_read` has not been polled with the watcher's waker to `Pending` since it
+    /// was set (a read made in place is polled with no waker), so no wake-up will say
+    /// when it has something.
+    watched_fresh: bool,
     writes: FuturesUnordered<Boxed<Written>>,
     outboxes: IdMap<StreamId, Outbox>,
     /// The stream of ours being opened, if any.
@@ -164,12 +149,10 @@ impl Streams {
             conn,
             side,
             reads: FuturesUnordered::new(),
-            reads_due: Arc::new(ReadsDue {
-                due: AtomicBool::new(false),
-                task: Mutex::new(None),
-            }),
+            reads_due: Due::new(false),
             watched: None,
             watched_read: None,
+            watched_fresh: false,
             writes: FuturesUnordered::new(),
             outboxes: IdMap::default(),
             opening: None,
@@ -208,18 +191,13 @@ impl Streams {
 
     /// The driver task's waker, for the wake-ups of reads in the set.
     pub fn set_task(&self, waker: &Waker) {
-        let mut task = self
-            .reads_due
-            .task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        *task = Some(waker.clone());
+        self.reads_due.set_task(waker);
     }
 
     /// Adds `read` to the reads' set, to be polled by the next [`Streams::poll_inputs`].
     fn push_read(&mut self, read: Boxed<Read>) {
         self.reads.push(read);
-        self.reads_due.due.store(true, Ordering::Release);
+        self.reads_due.mark();
         self.unpolled = true;
     }
 
@@ -303,12 +281,17 @@ impl Streams {
 
     /// Collects the inputs that are ready (at least one, else `Pending`; once `max` or more
     /// are collected, no further stream is read), completing the writes that are ready on
-    /// the way. The watched stream's reads are polled with `watcher`, the other reads with
-    /// their own waker ([`ReadsDue`]), all else with `cx`.
+    /// the way. The watched stream's reads are polled with `watcher`, and only if it woke
+    /// since it was last polled (`watched_woke`, which the watcher's waker records) or was
+    /// not polled with it yet; the other reads with their own waker ([`Due`]); all else
+    /// with `cx`. (A quinn read takes the connection's lock, which quinn's connection task
+    /// holds while it handles packets: polled at every turn of a driver that a long write
+    /// keeps waking, the watched read made the driver's thread sleep on that lock.)
     pub fn poll_inputs(
         &mut self,
         cx: &mut Context<'_>,
         watcher: &mut Context<'_>,
+        watched_woke: bool,
         out: &mut Vec<Input>,
         max: usize,
     ) -> Poll<()> {
@@ -328,25 +311,34 @@ impl Streams {
             self.written(written, out);
         }
         out.append(&mut self.ready);
-        while out.len() < max {
+        let mut poll_watched = std::mem::take(&mut self.watched_fresh) || watched_woke;
+        while poll_watched {
             let Some((_, recv, chunks)) = &mut self.watched_read else {
                 break;
             };
-            let Poll::Ready(result) = std::pin::pin!(recv.read_chunks(chunks)).poll(watcher) else {
+            if out.len() >= max {
+                // Not polled to `Pending`: it may have more.
+                self.watched_fresh = true;
                 break;
+            }
+            let Poll::Ready(result) = std::pin::pin!(recv.read_chunks(chunks)).poll(watcher) else {
+                // Polled to `Pending` (also a read that `read_done` just set).
+                self.watched_fresh = false;
+                poll_watched = false;
+                continue;
             };
             if let Some((id, recv, chunks)) = self.watched_read.take() {
                 self.read_done((id, recv, chunks, result.map_err(|_| ())), out);
             }
         }
-        if out.len() < max && self.reads_due.due.swap(false, Ordering::AcqRel) {
+        if out.len() < max && self.reads_due.take() {
             let waker = Waker::from(self.reads_due.clone());
             let mut reads_cx = Context::from_waker(&waker);
             while let Poll::Ready(Some(read)) = self.reads.poll_next_unpin(&mut reads_cx) {
                 self.read_done(read, out);
                 if out.len() >= max {
                     // More may be ready.
-                    self.reads_due.due.store(true, Ordering::Release);
+                    self.reads_due.mark();
                     break;
                 }
             }
@@ -515,6 +507,7 @@ impl Streams {
                 "one read of a stream at a time"
             );
             self.watched_read = Some((id, recv, chunks));
+            self.watched_fresh = true;
             self.unpolled = true;
         } else {
             self.push_read(read_future((id, recv, chunks)));
