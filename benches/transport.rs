@@ -67,7 +67,9 @@
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench transport`; see
 //! `benches/README.md` for the whole suite and the report script. With
 //! `SKIFF_RTT_LOOP=<peer>:<calls>` set, the binary runs no benchmark but a loop of one
-//! `rtt_local` peer's round trips, for profilers ([`rtt_local_loop`]).
+//! `rtt_local` peer's round trips, for profilers ([`rtt_local_loop`]); with
+//! `SKIFF_BULK_LOOP=<peer>:<transfers>`, a loop of one peer's bulk transfers
+//! ([`bulk_loop`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -690,12 +692,17 @@ fn one_thread_peers() -> (Runtime, LocalSet, Vec<Arc<dyn Peer>>) {
     (rt, local, peers)
 }
 
-fn transport(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime of every row but the one-thread ones: two workers, as a small host has.
+fn two_worker_runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn transport(c: &mut Criterion) {
+    let rt = two_worker_runtime();
     let peers = rt.block_on(start_peers(None));
     let bulk = bulk_value();
     for peer in &peers {
@@ -755,9 +762,32 @@ fn transport(c: &mut Criterion) {
     g.finish();
 }
 
-/// The environment variable that turns the bench binary into a profiling loop
-/// ([`rtt_local_loop`]) instead of the benchmarks.
+/// The environment variables that turn the bench binary into a profiling loop
+/// ([`rtt_local_loop`], [`bulk_loop`]) instead of the benchmarks.
 const RTT_LOOP_VAR: &str = "SKIFF_RTT_LOOP";
+const BULK_LOOP_VAR: &str = "SKIFF_BULK_LOOP";
+
+/// A profiling loop: runs the loop its variable's value names, or says why it cannot.
+type ProfilingLoop = fn(&str) -> Result<(), String>;
+
+/// The peer and the count a loop variable `var` names (`<skiff|quinn|tcp>:<count>`).
+fn loop_spec<'a>(var: &str, spec: &'a str) -> Result<(&'a str, u64), String> {
+    let bad = || format!("{var}: expected <skiff|quinn|tcp>:<count>, got {spec:?}");
+    let (name, count) = spec.split_once(':').ok_or_else(bad)?;
+    let count: u64 = count.parse().map_err(|_| bad())?;
+    if !["skiff", "quinn", "tcp"].contains(&name) {
+        return Err(bad());
+    }
+    Ok((name, count))
+}
+
+/// The peer of `peers` named `name` (each loop starts all three).
+fn peer_named<'a>(peers: &'a [Arc<dyn Peer>], name: &str) -> &'a Arc<dyn Peer> {
+    peers
+        .iter()
+        .find(|p| p.name() == name)
+        .expect("every peer started")
+}
 
 /// `SKIFF_RTT_LOOP=<peer>:<calls>`: `calls` warm round trips of one peer of `rtt_local`
 /// (`skiff`, `quinn` or `tcp`), each peer built as that row builds it, everything on one
@@ -765,17 +795,9 @@ const RTT_LOOP_VAR: &str = "SKIFF_RTT_LOOP";
 /// with different `calls` and read the difference: per call, with the start-up (certificates,
 /// handshakes, the first calls) taken out (benches/README.md, "Twenty-sixth session").
 fn rtt_local_loop(spec: &str) -> Result<(), String> {
-    let bad = || format!("{RTT_LOOP_VAR}: expected <skiff|quinn|tcp>:<calls>, got {spec:?}");
-    let (name, calls) = spec.split_once(':').ok_or_else(bad)?;
-    let calls: u64 = calls.parse().map_err(|_| bad())?;
-    if !["skiff", "quinn", "tcp"].contains(&name) {
-        return Err(bad());
-    }
+    let (name, calls) = loop_spec(RTT_LOOP_VAR, spec)?;
     let (rt, local, peers) = one_thread_peers();
-    let peer = peers
-        .iter()
-        .find(|p| p.name() == name)
-        .expect("every peer started");
+    let peer = peer_named(&peers, name);
     let p = payload();
     let elapsed = local.block_on(&rt, async {
         assert_eq!(
@@ -794,6 +816,35 @@ fn rtt_local_loop(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `SKIFF_BULK_LOOP=<peer>:<transfers>`: `transfers` bulk transfers of one peer of
+/// `bulk256m`, on the 2-worker runtime as that row runs them (256 MiB each with `--bench`
+/// among the arguments, else 4 MiB), after the row's check; then the time per transfer on
+/// stderr. For `perf sched`, `perf stat` and the like: where a transfer's cores wait
+/// (benches/README.md, "Twenty-seventh session").
+fn bulk_loop(spec: &str) -> Result<(), String> {
+    let (name, transfers) = loop_spec(BULK_LOOP_VAR, spec)?;
+    let rt = two_worker_runtime();
+    let peers = rt.block_on(start_peers(None));
+    let peer = peer_named(&peers, name).clone();
+    let bulk = bulk_value();
+    check(&rt, peer.as_ref(), &bulk);
+    let elapsed = rt.block_on(async move {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            Work::Bulk(bulk).run(&peer, transfers, &payload()).await;
+            start.elapsed()
+        })
+        .await
+        .expect("bulk loop task")
+    });
+    eprintln!(
+        "{name}: {transfers} transfers of {} bytes, {:.1} ms per transfer",
+        bulk_bytes(),
+        elapsed.as_secs_f64() * 1e3 / transfers.max(1) as f64
+    );
+    Ok(())
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
@@ -801,16 +852,17 @@ criterion_group! {
 }
 
 fn main() {
-    match std::env::var(RTT_LOOP_VAR) {
-        Ok(spec) => {
-            if let Err(e) = rtt_local_loop(&spec) {
+    let loops: [(&str, ProfilingLoop); 2] =
+        [(RTT_LOOP_VAR, rtt_local_loop), (BULK_LOOP_VAR, bulk_loop)];
+    for (var, run) in loops {
+        if let Ok(spec) = std::env::var(var) {
+            if let Err(e) = run(&spec) {
                 eprintln!("{e}");
                 std::process::exit(2);
             }
-        }
-        Err(_) => {
-            benches();
-            Criterion::default().configure_from_args().final_summary();
+            return;
         }
     }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
 }
