@@ -23,8 +23,7 @@ pub(super) struct Due {
 }
 
 impl Due {
-    /// A flag, set or not at first, with no task to wake yet (the task's first poll polls
-    /// every source).
+    /// A flag, set or not at first; until [`Due::set_task`], a wake-up only sets it.
     pub fn new(due: bool) -> Arc<Due> {
         Arc::new(Due {
             due: AtomicBool::new(due),
