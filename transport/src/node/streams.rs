@@ -311,24 +311,22 @@ impl Streams {
             self.written(written, out);
         }
         out.append(&mut self.ready);
-        let mut poll_watched = std::mem::take(&mut self.watched_fresh) || watched_woke;
-        while poll_watched {
-            let Some((_, recv, chunks)) = &mut self.watched_read else {
-                break;
-            };
-            if out.len() >= max {
-                // Not polled to `Pending`: it may have more.
-                self.watched_fresh = true;
-                break;
-            }
-            let Poll::Ready(result) = std::pin::pin!(recv.read_chunks(chunks)).poll(watcher) else {
-                // Polled to `Pending` (also a read that `read_done` just set).
-                self.watched_fresh = false;
-                poll_watched = false;
-                continue;
-            };
-            if let Some((id, recv, chunks)) = self.watched_read.take() {
-                self.read_done((id, recv, chunks, result.map_err(|_| ())), out);
+        if std::mem::take(&mut self.watched_fresh) || watched_woke {
+            while let Some((_, recv, chunks)) = &mut self.watched_read {
+                if out.len() >= max {
+                    // Not polled to `Pending`: it may have more.
+                    self.watched_fresh = true;
+                    break;
+                }
+                let Poll::Ready(result) = std::pin::pin!(recv.read_chunks(chunks)).poll(watcher)
+                else {
+                    // Polled to `Pending` (also a read that `read_done` just set).
+                    self.watched_fresh = false;
+                    break;
+                };
+                if let Some((id, recv, chunks)) = self.watched_read.take() {
+                    self.read_done((id, recv, chunks, result.map_err(|_| ())), out);
+                }
             }
         }
         if out.len() < max && self.reads_due.take() {
