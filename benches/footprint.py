@@ -3,14 +3,16 @@
 lines, by crate, side by side for each peer.
 
 On a small core a one-thread round trip is bound less by the instructions it executes than by
-the code they come from: Skiff's own ~8.9k instructions per round trip are nearly all distinct,
-each executed once, so every line of them is fetched cold (the L1 instruction cache holds 32 KiB;
-a round trip runs well over 100 KiB of code, QUIC and the kernel's share not counted). The lines
-a round trip runs are thus the number to shrink, and unlike a time ratio on a shared host it is
-exact: this script runs `SKIFF_RTT_LOOP=<peer>:<calls>` (benches/transport.rs) under callgrind
-and counts the code lines whose instructions ran at least 0.8 times per call (code a round trip
-runs every time; the handshake and start-up run once). A crate is named by the function an
-instruction belongs to, so code inlined into a function counts for that function's crate.
+the code they come from: Skiff's own instructions on the path are nearly all distinct, each run
+once per call, and a round trip's user code is several times the 32 KiB L1 instruction cache,
+so each of their lines is fetched again at every call (benches/README.md, twenty-sixth and
+twenty-eighth sessions). The lines a round trip runs are thus the number to shrink, and unlike
+a time ratio on a shared host the count is the same at every run of one build (a rebuild's
+layout moves it by a few lines per crate). The script runs `SKIFF_RTT_LOOP=<peer>:<calls>`
+(benches/transport.rs) under callgrind and counts the code lines whose instructions ran at
+least 0.8 times per call: code a round trip runs every time, not the handshake's or start-up's.
+A crate is named by the function an instruction belongs to, so code inlined into a function
+counts for that function's crate. Kernel code is not seen.
 
 Usage:
     python3 benches/footprint.py BINARY [--calls N] [--peers skiff,quinn] [--functions REGEX]
