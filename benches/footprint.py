@@ -79,8 +79,8 @@ def crate_of(function):
 
 
 def footprint(instrs, calls):
-    """Per crate: (distinct lines, distinct instructions) on the round trip's path; and the
-    same per function."""
+    """Per crate: (distinct lines, distinct instructions) on the round trip's path; the same
+    per function; and for all of it (a line two crates share counts once)."""
     lines, count = collections.defaultdict(set), collections.Counter()
     fn_lines, fn_count = collections.defaultdict(set), collections.Counter()
     for (obj, addr), (runs, function) in instrs.items():
@@ -93,7 +93,8 @@ def footprint(instrs, calls):
         fn_count[function] += 1
     per_crate = {c: (len(lines[c]), count[c]) for c in lines}
     per_fn = {f: (len(fn_lines[f]), fn_count[f]) for f in fn_lines}
-    return per_crate, per_fn
+    total = (len(set().union(*lines.values())), sum(count.values()))
+    return per_crate, per_fn, total
 
 
 def main():
@@ -111,7 +112,7 @@ def main():
             profile(args.binary, peer, args.calls, out)
             results[peer] = footprint(executed(out), args.calls)
     crates = sorted(
-        {c for per_crate, _ in results.values() for c in per_crate},
+        {c for per_crate, _, _ in results.values() for c in per_crate},
         key=lambda c: -max(r[0].get(c, (0, 0))[0] for r in results.values()),
     )
     print(f"Code lines ({LINE} B) one warm round trip runs, {args.calls} calls per peer:\n")
@@ -120,7 +121,7 @@ def main():
     for c in crates:
         cells = [results[p][0].get(c, (0, 0)) for p in peers]
         print(f"| {c} | " + " | ".join(f"{l} | {i}" for l, i in cells) + " |")
-    totals = [tuple(map(sum, zip(*results[p][0].values()))) for p in peers]
+    totals = [results[p][2] for p in peers]
     print("| **all** | " + " | ".join(f"**{l}** ({l * LINE // 1024} KiB) | {i}" for l, i in totals) + " |")
     if args.functions:
         per_fn = results[peers[0]][1]
