@@ -41,7 +41,10 @@ def profile(binary, peer, calls, out):
         "valgrind", "--tool=callgrind", "--dump-instr=yes", "--compress-pos=no",
         "--compress-strings=no", f"--callgrind-out-file={out}", binary, "--bench",
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    except FileNotFoundError:
+        sys.exit("footprint.py needs valgrind (callgrind) on the PATH")
     if done.returncode != 0:
         sys.exit(f"callgrind failed for {peer}:\n{done.stderr[-2000:]}")
 
@@ -104,6 +107,8 @@ def main():
     ap.add_argument("--peers", default="skiff,quinn")
     ap.add_argument("--functions", help="list the first peer's functions matching this regex")
     args = ap.parse_args()
+    if args.calls < 1:
+        ap.error("--calls must be at least 1")
     peers = args.peers.split(",")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
