@@ -47,9 +47,10 @@
 //!   the spawner keeps running until it suspends. When the first task finishes the execution is
 //!   done, unfinished tasks are cancelled and errors of tasks nobody awaited are written as
 //!   warnings to the error sink.
-//! - An engine (with its clones) keeps the emptied buffers of a few ended executions for the
-//!   next to start on: no value survives in them, and what is kept is bounded (8 of each
-//!   kind, a few KiB each).
+//! - An engine (with its clones) keeps the emptied buffers of a few ended executions, and
+//!   the scratch of the last quick run that ended as its one task, for the next to start on:
+//!   no value survives in them, and what is kept is bounded (8 of each kind, a few KiB
+//!   each).
 
 pub mod convert;
 pub mod program;
@@ -127,7 +128,7 @@ pub struct Engine {
 }
 
 /// The buffers of ended executions, emptied: their tasks' value stacks and frame lists,
-/// their task tables and run queues. Most executions are short calls, and allocating and
+/// their task tables and run queues, and one quick run's [`QuickScratch`]. Most executions are short calls, and allocating and
 /// freeing these was a tenth of a host call. At most [`SpareBuffers::KEPT`] of each are
 /// kept, none larger than a few KiB, so a deep recursion or a swarm of tasks does not pin
 /// its memory.
@@ -137,10 +138,62 @@ struct SpareBuffers {
     frames: Vec<Vec<Frame>>,
     tasks: Vec<Vec<Option<Task>>>,
     queues: Vec<VecDeque<u32>>,
+    /// What the last quick run that ended as its one task left, for the next to start on.
+    quick: Option<Box<QuickScratch>>,
+}
+
+/// What [`Execution::run_quick`] runs a call in: its first task and the tables an
+/// execution would start with. Kept whole between runs (one pointer taken and put back), so
+/// a call that ends as its one task builds and drops none of them. Kept, everything in it
+/// is empty, its task idle and charging nothing, and its buffers within the bounds
+/// [`SpareBuffers`] keeps.
+struct QuickScratch {
+    task: Task,
+    tasks: Vec<Option<Task>>,
+    queue: VecDeque<u32>,
+    requests: Vec<RemoteRequest>,
+    pending: HashMap<u64, (u32, Option<u32>)>,
+    free_slots: Vec<u32>,
+}
+
+impl QuickScratch {
+    /// The engine's kept scratch, or a new one.
+    fn take(engine: &Engine) -> Box<QuickScratch> {
+        let kept = engine.spare.borrow_mut().quick.take();
+        kept.unwrap_or_else(|| {
+            Box::new(QuickScratch {
+                task: Task::idle(Vec::new(), Vec::new()),
+                tasks: Vec::new(),
+                queue: VecDeque::new(),
+                requests: Vec::new(),
+                pending: HashMap::new(),
+                free_slots: Vec::new(),
+            })
+        })
+    }
+
+    /// Gives the scratch of a run that ended as its one task (its task's values dropped)
+    /// back to `engine`, unless a buffer grew past what is kept.
+    fn keep(mut self: Box<QuickScratch>, engine: &Engine) {
+        let task = &mut self.task;
+        if task.stack.capacity() > SpareBuffers::STACK_SLOTS
+            || task.frames.capacity() > SpareBuffers::FRAMES
+            || task.handlers.capacity() > SpareBuffers::FRAMES
+        {
+            return;
+        }
+        task.idle_again();
+        self.tasks.clear();
+        engine.spare.borrow_mut().quick = Some(self);
+    }
 }
 
 impl SpareBuffers {
     const KEPT: usize = 8;
+    /// The most values a kept value stack holds.
+    const STACK_SLOTS: usize = 256;
+    /// The most frames (or handlers) a kept list holds.
+    const FRAMES: usize = 64;
 
     /// An empty value stack and frame list, kept ones if there are.
     fn task(&mut self) -> (Vec<Value>, Vec<Frame>) {
@@ -160,8 +213,8 @@ impl SpareBuffers {
 
     /// Keeps a finished task's `stack` and `frames`.
     fn keep_task(&mut self, stack: Vec<Value>, frames: Vec<Frame>) {
-        keep(&mut self.stacks, stack, 256);
-        keep(&mut self.frames, frames, 64);
+        keep(&mut self.stacks, stack, Self::STACK_SLOTS);
+        keep(&mut self.frames, frames, Self::FRAMES);
     }
 
     /// Keeps an ended execution's task table and run queue.
@@ -526,46 +579,60 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// The value stack for a task running `func`, made in `stack` (empty): `callee`, then
-    /// `argc` slots for the arguments (`nil` until the caller stores them), then the
-    /// function's other locals.
-    fn stack(
-        mut stack: Vec<Value>,
-        program: &Program,
-        func: u32,
-        callee: Value,
-        argc: usize,
-    ) -> Vec<Value> {
-        let size = program.get(func).map_or(0, |f| f.frame_size());
-        stack.reserve(1 + size.max(argc) + 8);
-        stack.push(callee);
-        stack.resize(1 + size.max(argc), Value::Nil);
-        stack
-    }
-
-    /// A task whose bottom frame runs `func` on `stack` (from [`Task::stack`]), its frames
-    /// kept in `frames` (empty). Made once `program` is final for now: the frame points at
-    /// the function's ops in it.
-    fn new(program: &Program, func: u32, stack: Vec<Value>, mut frames: Vec<Frame>) -> Task {
-        let entry = program.get(func);
-        let size = entry.map_or(0, |f| f.frame_size());
-        let locals = entry.map_or(0, |f| f.locals as usize);
-        // An unknown `func` gets no ops: the general loop finds no function and ends the task.
-        let ops = entry.map_or(&[][..], |f| &f.ops);
-        frames.push(Frame::new(func, ops, 1, 0));
+    /// A task that runs nothing yet, on `stack` and `frames` (both empty), charging nothing:
+    /// [`Task::fill_stack`] and then [`Task::enter`] ready it.
+    fn idle(stack: Vec<Value>, frames: Vec<Frame>) -> Task {
         Task {
             stack,
-            sp: 1 + locals,
+            sp: 0,
             frames,
             handlers: Vec::new(),
-            state: TaskState::Ready,
+            state: TaskState::Done,
             resume: None,
             result: None,
             waiters: Vec::new(),
             awaited: false,
             handle: Weak::new(),
-            charge: crate::heap::Charge::new(task_bytes(size + 1)),
+            charge: crate::heap::Charge::new(0),
         }
+    }
+
+    /// Fills the (empty) value stack of an idle task for a call of `func`: `callee`, then
+    /// `argc` slots for the arguments (`nil` until the caller stores them), then the
+    /// function's other locals.
+    fn fill_stack(&mut self, program: &Program, func: u32, callee: Value, argc: usize) {
+        let slots = 1 + program.get(func).map_or(0, |f| f.frame_size()).max(argc);
+        self.stack.reserve(slots + 8);
+        self.stack.push(callee);
+        self.stack.resize_with(slots, || Value::Nil);
+    }
+
+    /// Readies the task, its stack filled ([`Task::fill_stack`]), with a bottom frame that
+    /// runs `func`. Done once `program` is final for now: the frame points at the
+    /// function's ops in it.
+    fn enter(&mut self, program: &Program, func: u32) {
+        let entry = program.get(func);
+        let size = entry.map_or(0, |f| f.frame_size());
+        // An unknown `func` gets no ops: the general loop finds no function and ends the task.
+        let ops = entry.map_or(&[][..], |f| &f.ops);
+        self.frames.push(Frame::new(func, ops, 1, 0));
+        self.sp = 1 + entry.map_or(0, |f| f.locals as usize);
+        self.state = TaskState::Ready;
+        self.charge.resize(task_bytes(size + 1));
+    }
+
+    /// Makes a task that ended, its values already dropped, idle again.
+    fn idle_again(&mut self) {
+        debug_assert!(self.stack.is_empty());
+        self.frames.clear();
+        self.handlers.clear();
+        self.waiters.clear();
+        self.resume = None;
+        self.result = None;
+        self.state = TaskState::Done;
+        self.awaited = false;
+        self.handle = Weak::new();
+        self.charge.resize(0);
     }
 }
 
@@ -701,15 +768,17 @@ fn stretch(
     }
 }
 
-/// The first task of a call of `program`'s function `index` with `args`, imported (which
-/// may link more functions into `program`: a copy of it, if it was shared).
-fn first_task(
+/// Readies `task` (idle) as the first task of a call of `program`'s function `index` with
+/// `args`, imported (which may link more functions into `program`: a copy of it, if it was
+/// shared). On an error the task may hold some of the arguments.
+fn ready_first_task(
+    task: &mut Task,
     engine: &Engine,
     store: &CodeStore,
     program: &mut Program,
     index: u32,
     args: &[Portable],
-) -> Result<Task, StartError> {
+) -> Result<(), StartError> {
     let (arity, upvals) = program.get(index).map_or((0, 0), |f| (f.arity, f.upvals));
     if upvals != 0 {
         return Err(StartError::NeedsCaptures);
@@ -720,14 +789,13 @@ fn first_task(
             got: args.len(),
         });
     }
-    let (stack, frames) = engine.spare.borrow_mut().task();
-    let mut stack = Task::stack(stack, program, index, Value::Nil, args.len());
+    task.fill_stack(program, index, Value::Nil, args.len());
     let mut linker = convert::Linker {
         program: &mut *program,
         store,
         natives: &engine.natives,
     };
-    for (slot, a) in stack[1..].iter_mut().zip(args) {
+    for (slot, a) in task.stack[1..].iter_mut().zip(args) {
         *slot = convert::import(a, &mut linker).map_err(|e| {
             StartError::Import(
                 error_parts(&e)
@@ -736,7 +804,8 @@ fn first_task(
             )
         })?;
     }
-    Ok(Task::new(program, index, stack, frames))
+    task.enter(program, index);
+    Ok(())
 }
 
 impl Execution {
@@ -771,7 +840,9 @@ impl Execution {
             mut program,
             entry: index,
         } = linked;
-        let task = first_task(engine, store, &mut program, index, args)?;
+        let (stack, frames) = engine.spare.borrow_mut().task();
+        let mut task = Task::idle(stack, frames);
+        ready_first_task(&mut task, engine, store, &mut program, index, args)?;
         let (mut tasks, mut queue) = engine.spare.borrow_mut().execution();
         tasks.push(Some(task));
         queue.push_back(0);
@@ -855,21 +926,28 @@ impl Execution {
             mut program,
             entry: index,
         } = linked;
-        let mut task = first_task(engine, store, &mut program, index, args)?;
+        let mut scratch = QuickScratch::take(engine);
+        ready_first_task(&mut scratch.task, engine, store, &mut program, index, args)?;
         let heap_limit = limits.max_heap.map(|m| heap_base.saturating_add(m));
         let heap_guard = heap_limit.map(HeapGuard::install);
-        let (mut tasks, mut queue) = engine.spare.borrow_mut().execution();
-        // Slot 0 is the first task's, out of the table while it runs (as in `run`).
-        tasks.push(None);
-        let (mut requests, mut pending, mut next_request) = (Vec::new(), HashMap::new(), 1);
-        let mut free_slots = Vec::new();
+        let mut next_request = 1;
         let (mut slice_left, mut fuel_left) = (slice, limits.fuel);
         let exit = {
+            let QuickScratch {
+                task,
+                tasks,
+                queue,
+                requests,
+                pending,
+                free_slots,
+            } = &mut *scratch;
+            // Slot 0 is the first task's, out of the table while it runs (as in `run`).
+            tasks.push(None);
             let mut ctx = run::Ctx {
-                tasks: &mut tasks,
-                queue: &mut queue,
-                requests: &mut requests,
-                pending: &mut pending,
+                tasks,
+                queue,
+                requests,
+                pending,
                 next_request: &mut next_request,
                 out: &mut *io.out,
                 node,
@@ -878,11 +956,11 @@ impl Execution {
                 check_heap: heap_limit.is_some(),
                 self_id: 0,
                 spare: &engine.spare,
-                free_slots: &mut free_slots,
+                free_slots,
             };
             stretch(
                 &program,
-                &mut task,
+                task,
                 &mut ctx,
                 &mut slice_left,
                 &mut fuel_left,
@@ -890,32 +968,32 @@ impl Execution {
             )
         };
         let exit = match exit {
-            run::Exit::Finished(Ok(value)) if tasks.len() == 1 && requests.is_empty() => {
+            run::Exit::Finished(Ok(value))
+                if scratch.tasks.len() == 1 && scratch.requests.is_empty() =>
+            {
                 // The task's values are dropped first, so that a value the run built or was
                 // given is held only by `value` and can give up its contents on export.
-                let mut stack = std::mem::take(&mut task.stack);
-                stack.clear();
+                scratch.task.stack.clear();
                 match convert::export_owned(value) {
                     Ok(answer) => {
-                        // Every value is dropped before the pool is borrowed.
-                        let frames = std::mem::take(&mut task.frames);
-                        drop(task);
-                        tasks.clear();
-                        let mut spare = engine.spare.borrow_mut();
-                        spare.keep_task(stack, frames);
-                        spare.keep_execution(tasks, queue);
+                        scratch.keep(engine);
                         return Ok(QuickRun::Done(answer));
                     }
-                    Err(value) => {
-                        // The task has ended: its cleared stack is not read again.
-                        task.stack = stack;
-                        run::Exit::Finished(Ok(value))
-                    }
+                    // The task has ended: its cleared stack is not read again.
+                    Err(value) => run::Exit::Finished(Ok(value)),
                 }
             }
             other => other,
         };
         // Anything else: the execution as `run` has it at this point, which goes on.
+        let QuickScratch {
+            task,
+            tasks,
+            queue,
+            requests,
+            pending,
+            free_slots,
+        } = *scratch;
         let mut exec = Box::new(Execution::assemble(
             engine,
             store,

@@ -1814,8 +1814,9 @@ pub(crate) fn run_task(
                         _ => break err("ArityError", "spawn needs a function of no arguments"),
                     }
                     let (stack, frames) = ctx.spare.borrow_mut().task();
-                    let stack = Task::stack(stack, prog, idx, fv, 0);
-                    let mut task = Task::new(prog, idx, stack, frames);
+                    let mut task = Task::idle(stack, frames);
+                    task.fill_stack(prog, idx, fv, 0);
+                    task.enter(prog, idx);
                     let id = ctx.free_slots.pop().unwrap_or(ctx.tasks.len() as u32);
                     let handle = Rc::new(TaskHandle { id: u64::from(id) });
                     task.handle = Rc::downgrade(&handle);
