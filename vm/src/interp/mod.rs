@@ -933,21 +933,14 @@ impl Execution {
         let mut next_request = 1;
         let (mut slice_left, mut fuel_left) = (slice, limits.fuel);
         let exit = {
-            let QuickScratch {
-                task,
-                tasks,
-                queue,
-                requests,
-                pending,
-                free_slots,
-            } = &mut *scratch;
+            let s = &mut *scratch;
             // Slot 0 is the first task's, out of the table while it runs (as in `run`).
-            tasks.push(None);
+            s.tasks.push(None);
             let mut ctx = run::Ctx {
-                tasks,
-                queue,
-                requests,
-                pending,
+                tasks: &mut s.tasks,
+                queue: &mut s.queue,
+                requests: &mut s.requests,
+                pending: &mut s.pending,
                 next_request: &mut next_request,
                 out: &mut *io.out,
                 node,
@@ -956,11 +949,11 @@ impl Execution {
                 check_heap: heap_limit.is_some(),
                 self_id: 0,
                 spare: &engine.spare,
-                free_slots,
+                free_slots: &mut s.free_slots,
             };
             stretch(
                 &program,
-                task,
+                &mut s.task,
                 &mut ctx,
                 &mut slice_left,
                 &mut fuel_left,
