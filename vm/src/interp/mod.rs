@@ -128,10 +128,10 @@ pub struct Engine {
 }
 
 /// The buffers of ended executions, emptied: their tasks' value stacks and frame lists,
-/// their task tables and run queues, and one quick run's [`QuickScratch`]. Most executions are short calls, and allocating and
-/// freeing these was a tenth of a host call. At most [`SpareBuffers::KEPT`] of each are
-/// kept, none larger than a few KiB, so a deep recursion or a swarm of tasks does not pin
-/// its memory.
+/// their task tables and run queues, and one quick run's [`QuickScratch`]. Most executions
+/// are short calls, and allocating and freeing these was a tenth of a host call. At most
+/// [`SpareBuffers::KEPT`] of each are kept, none larger than a few KiB, so a deep recursion
+/// or a swarm of tasks does not pin its memory.
 #[derive(Default)]
 struct SpareBuffers {
     stacks: Vec<Vec<Value>>,
@@ -184,6 +184,13 @@ impl QuickScratch {
         }
         task.idle_again();
         self.tasks.clear();
+        // Nothing else was used: the run spawned nothing and asked for no remote call.
+        debug_assert!(
+            self.queue.is_empty()
+                && self.requests.is_empty()
+                && self.pending.is_empty()
+                && self.free_slots.is_empty()
+        );
         engine.spare.borrow_mut().quick = Some(self);
     }
 }
