@@ -44,12 +44,14 @@
 //! checks every engine's correctness quickly in a debug build.
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench interp`; see
-//! `benches/README.md` for the whole suite and the report script.
+//! `benches/README.md` for the whole suite and the report script. With `SKIFF_INTERP_LOOP`
+//! set, the binary runs one engine's workload in a loop for profilers instead
+//! ([`profiling_loop`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use criterion::{black_box, criterion_group, BenchmarkGroup, Criterion};
 
 #[path = "support/paired.rs"]
 mod paired;
@@ -632,4 +634,55 @@ criterion_group! {
     config = config();
     targets = interpreters
 }
-criterion_main!(benches);
+
+/// The environment variable that turns the bench binary into a profiling loop
+/// ([`profiling_loop`]) instead of the benchmarks.
+const LOOP_VAR: &str = "SKIFF_INTERP_LOOP";
+
+/// `SKIFF_INTERP_LOOP=<skiff|lua54>:<group>:<iterations>`: `iterations` iterations of one
+/// engine's runner of one workload, built and checked as the benchmarks build it (the real
+/// sizes with `--bench` among the arguments), then the time per iteration on stderr. An
+/// iteration of `host_call` is one call. Profilers run the loop twice with different counts
+/// and read the difference: per iteration, with the start-up taken out (benches/README.md,
+/// "Twenty-ninth session").
+fn profiling_loop(spec: &str) -> Result<(), String> {
+    let bad = || format!("{LOOP_VAR}: expected <skiff|lua54>:<group>:<iterations>, got {spec:?}");
+    let mut parts = spec.splitn(3, ':');
+    let (Some(engine), Some(group), Some(count)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let iterations: u64 = count.parse().map_err(|_| bad())?;
+    let w = workloads()
+        .into_iter()
+        .find(|w| w.group == group)
+        .ok_or_else(|| format!("{LOOP_VAR}: no workload {group:?}"))?;
+    let runner = match engine {
+        "skiff" => skiff_runner(&w),
+        "lua54" => lua_runner(&w),
+        _ => return Err(bad()),
+    };
+    // A runner that failed its check has said why on stderr.
+    let mut run = runner.ok_or_else(|| format!("{LOOP_VAR}: {engine} cannot run {group}"))?;
+    let start = Instant::now();
+    for _ in 0..iterations {
+        run();
+    }
+    eprintln!(
+        "{engine} {group}: {iterations} iterations, {:.1} ns per iteration",
+        start.elapsed().as_secs_f64() * 1e9 / iterations.max(1) as f64
+    );
+    Ok(())
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(LOOP_VAR) {
+        if let Err(e) = profiling_loop(&spec) {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
