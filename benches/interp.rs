@@ -53,6 +53,8 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, BenchmarkGroup, Criterion};
 
+#[path = "support/entry.rs"]
+mod entry;
 #[path = "support/paired.rs"]
 mod paired;
 use paired::{blocks, Rounds, TurnStart};
@@ -676,13 +678,5 @@ fn profiling_loop(spec: &str) -> Result<(), String> {
 }
 
 fn main() {
-    if let Ok(spec) = std::env::var(LOOP_VAR) {
-        if let Err(e) = profiling_loop(&spec) {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    entry::run(&[(LOOP_VAR, profiling_loop)], benches);
 }

@@ -90,6 +90,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::LocalSet;
 
+#[path = "support/entry.rs"]
+mod entry;
 #[path = "support/paired.rs"]
 mod paired;
 use paired::{blocks, measuring, Rounds, TurnStart};
@@ -767,9 +769,6 @@ fn transport(c: &mut Criterion) {
 const RTT_LOOP_VAR: &str = "SKIFF_RTT_LOOP";
 const BULK_LOOP_VAR: &str = "SKIFF_BULK_LOOP";
 
-/// A profiling loop: runs the loop its variable's value names, or says why it cannot.
-type ProfilingLoop = fn(&str) -> Result<(), String>;
-
 /// The peer and the count a loop variable `var` names (`<skiff|quinn|tcp>:<count>`).
 fn loop_spec<'a>(var: &str, spec: &'a str) -> Result<(&'a str, u64), String> {
     let bad = || format!("{var}: expected <skiff|quinn|tcp>:<count>, got {spec:?}");
@@ -852,17 +851,8 @@ criterion_group! {
 }
 
 fn main() {
-    let loops: [(&str, ProfilingLoop); 2] =
-        [(RTT_LOOP_VAR, rtt_local_loop), (BULK_LOOP_VAR, bulk_loop)];
-    for (var, run) in loops {
-        if let Ok(spec) = std::env::var(var) {
-            if let Err(e) = run(&spec) {
-                eprintln!("{e}");
-                std::process::exit(2);
-            }
-            return;
-        }
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    entry::run(
+        &[(RTT_LOOP_VAR, rtt_local_loop), (BULK_LOOP_VAR, bulk_loop)],
+        benches,
+    );
 }
