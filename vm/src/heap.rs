@@ -31,6 +31,11 @@ impl Charge {
         Charge(Cell::new(bytes))
     }
 
+    /// A charge of nothing (the live count is left alone); [`Charge::resize`] charges it.
+    pub const fn none() -> Charge {
+        Charge(Cell::new(0))
+    }
+
     /// Re-sizes the charge (a list or map grew or shrank).
     pub fn resize(&self, bytes: usize) {
         let old = self.0.replace(bytes);

@@ -600,7 +600,7 @@ impl Task {
             waiters: Vec::new(),
             awaited: false,
             handle: Weak::new(),
-            charge: crate::heap::Charge::new(0),
+            charge: crate::heap::Charge::none(),
         }
     }
 
